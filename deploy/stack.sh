@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The local stack: PostgreSQL and Kafka (deploy/postgres.sh, deploy/kafka.sh), then Spoor's processes.
+#   stack.sh infra   start PostgreSQL and Kafka only (what the tests need)
+#   stack.sh up      infra + schema + topics + demo write key + collector + worker
+#   stack.sh demo    simulated traffic through a running stack and a summary
+#   stack.sh down    stop everything
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+venv=${VENV:-$repo/.venv}
+run_dir=${SPOOR_RUN_DIR:-/var/tmp/spoor}
+logs=$run_dir/logs
+spoor="$venv/bin/spoor"
+demo_key=${SPOOR_DEMO_WRITE_KEY:-spoor-demo-write-key}
+collector_url="http://${SPOOR_COLLECTOR_HOST:-127.0.0.1}:${SPOOR_COLLECTOR_PORT:-8080}"
+worker_url="http://127.0.0.1:${SPOOR_WORKER_WEB_PORT:-6066}"
+mkdir -p "$logs"
+
+running() { [[ -f "$run_dir/$1.pid" ]] && kill -0 "$(cat "$run_dir/$1.pid")" 2>/dev/null; }
+
+start_process() {  # name, health URL
+  local name=$1 health=$2
+  if running "$name"; then echo "  $name already running"; return; fi
+  echo "  starting $name (log: $logs/$name.log)"
+  nohup "$spoor" "$name" >>"$logs/$name.log" 2>&1 &
+  echo $! >"$run_dir/$name.pid"
+  for _ in $(seq 1 120); do
+    if curl -fsS -o /dev/null "$health" 2>/dev/null; then return; fi
+    if ! running "$name"; then echo "$name exited; last log lines:" >&2; tail -n 40 "$logs/$name.log" >&2; exit 1; fi
+    sleep 0.5
+  done
+  echo "$name did not become healthy at $health; last log lines:" >&2; tail -n 40 "$logs/$name.log" >&2; exit 1
+}
+
+stop_process() {
+  local name=$1
+  running "$name" || { rm -f "$run_dir/$name.pid"; return 0; }
+  local pid; pid=$(cat "$run_dir/$name.pid")
+  echo "  stopping $name"
+  kill -TERM "$pid"
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  rm -f "$run_dir/$name.pid"
+}
+
+infra() {
+  echo "==> PostgreSQL"; "$here/postgres.sh" start
+  echo "==> Kafka"; "$here/kafka.sh" start
+}
+
+case "${1:-}" in
+  infra) infra ;;
+  up)
+    infra
+    echo "==> schema, topics, demo write key"
+    "$spoor" migrate
+    "$spoor" topics create
+    "$spoor" keys create --name demo --source web --key "$demo_key" >/dev/null
+    echo "==> Spoor processes"
+    start_process collector "$collector_url/healthz"
+    start_process worker "$worker_url/healthz"
+    echo "collector_url: $collector_url"
+    echo "write_key: $demo_key"
+    echo "database_url: ${SPOOR_DATABASE_URL:-postgresql://spoor:spoor@127.0.0.1:${SPOOR_PG_PORT:-5433}/spoor}"
+    echo "kafka_bootstrap: ${SPOOR_KAFKA_BOOTSTRAP:-127.0.0.1:${SPOOR_KAFKA_PORT:-9092}}"
+    ;;
+  demo)
+    echo "==> demo traffic"
+    "$spoor" demo --write-key "$demo_key" --collector-url "$collector_url"
+    echo
+    echo "The stack is still running (psql: make up prints database_url). 'make down' stops it."
+    ;;
+  down)
+    stop_process worker
+    stop_process collector
+    "$here/kafka.sh" stop
+    "$here/postgres.sh" stop
+    ;;
+  *) echo "usage: $0 infra|up|demo|down" >&2; exit 2 ;;
+esac

@@ -1,0 +1,1 @@
+"""Stage 1: the HTTP collector. Segment-spec messages in, canonical events to Kafka."""

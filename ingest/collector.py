@@ -1,0 +1,189 @@
+"""The HTTP collector: Segment's HTTP Tracking API in, canonical events to Kafka.
+
+Contract:
+- 200 ``{"success": true}`` only after Kafka acknowledged every event of the request.
+- 400 when some event is invalid: each one is named (index, field, reason) and
+  dead-lettered with its original payload; the valid events of the same batch
+  are accepted (the body says how many).
+- 401 missing/unknown write key, 413 body or batch too large, 429 rate limited,
+  503 Kafka did not acknowledge (retry: redelivered events are deduplicated).
+"""
+
+import logging
+import math
+import time
+import zlib
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import create_engine
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ingest import metrics
+from ingest.auth import RateLimiter, WriteKeyCache, write_key_from
+from ingest.normalize import InvalidEvent, normalize
+from ingest.producer import EventProducer, KafkaUnavailable
+from spoor.bad_rows import bad_row
+from spoor.settings import Settings
+
+log = logging.getLogger(__name__)
+SINGLE_MESSAGE_TYPES = ("track", "page", "identify", "screen", "alias", "group")
+
+
+class RequestRejected(Exception):
+    def __init__(self, status: int, error: str, headers: dict | None = None):
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.headers = headers or {}
+
+
+class Collector:
+    def __init__(self, settings: Settings, producer: EventProducer, keys: WriteKeyCache):
+        self.settings = settings
+        self.producer = producer
+        self.keys = keys
+        self.limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst_events)
+
+    async def handle(self, request: Request, endpoint: str) -> Response:
+        started = time.perf_counter()
+        try:
+            response = await self._handle(request, endpoint)
+        except RequestRejected as rejected:
+            response = JSONResponse({"success": False, "error": rejected.error},
+                                    status_code=rejected.status, headers=rejected.headers)
+        metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    async def _handle(self, request: Request, endpoint: str) -> Response:
+        received_at = datetime.now(timezone.utc)
+        body = await self._read_json(request)
+        if not isinstance(body, dict):
+            raise RequestRejected(400, "the body must be a JSON object")
+        write_key = write_key_from(request.headers.get("authorization"), body.get("writeKey"))
+        source = self.keys.source_for(write_key)
+        if source is None:
+            raise RequestRejected(401, "missing or unknown write key (HTTP basic auth user name or 'writeKey')")
+
+        if endpoint == "batch":
+            messages = body.get("batch")
+            if not isinstance(messages, list):
+                raise RequestRejected(400, "'batch' must be a list of messages")
+            if len(messages) > self.settings.max_batch_events:
+                raise RequestRejected(413, f"a batch holds at most {self.settings.max_batch_events} messages")
+        else:
+            messages = [body]
+        metrics.BATCH_EVENTS.observe(len(messages))
+
+        wait = self.limiter.retry_after(write_key, len(messages))
+        if wait:
+            raise RequestRejected(429, "rate limit exceeded for this write key",
+                                  {"Retry-After": str(max(1, math.ceil(wait)))})
+
+        records, rejected = self._normalize_all(messages, body, endpoint, source, received_at)
+        try:
+            await self.producer.send_all(records)
+        except KafkaUnavailable as err:
+            metrics.KAFKA_FAILURES.inc()
+            log.warning("Kafka did not acknowledge a request's records: %s", err)
+            raise RequestRejected(503, "event store unavailable, retry later", {"Retry-After": "5"}) from err
+
+        metrics.EVENTS.labels("accepted").inc(len(messages) - len(rejected))
+        if rejected:
+            metrics.EVENTS.labels("rejected").inc(len(rejected))
+            return JSONResponse({"success": False, "accepted": len(messages) - len(rejected),
+                                 "rejected": rejected}, status_code=400)
+        return JSONResponse({"success": True})
+
+    def _normalize_all(self, messages, body, endpoint, source, received_at):
+        settings = self.settings
+        default_type = None if endpoint == "batch" else endpoint
+        batch_context = body.get("context") if endpoint == "batch" and isinstance(body.get("context"), dict) else None
+        records, rejected = [], []
+        for index, message in enumerate(messages):
+            try:
+                if isinstance(message, dict) and batch_context and "context" not in message:
+                    message = {**message, "context": batch_context}
+                if len(orjson.dumps(message)) > settings.max_event_bytes:
+                    raise InvalidEvent("$", f"an event may be at most {settings.max_event_bytes} bytes")
+                event = normalize(message, received_at=received_at, source=source,
+                                  batch_sent_at=body.get("sentAt"), default_type=default_type)
+            except InvalidEvent as err:
+                rejected.append({"index": index, "field": err.field, "reason": err.reason})
+                records.append((settings.dead_letter_topic, None,
+                                bad_row("collector", err.field, err.reason, message, source, received_at)))
+                continue
+            records.append((settings.events_topic, event.user_key.encode(), event.to_json()))
+        return records, rejected
+
+    async def _read_json(self, request: Request):
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestRejected(413, f"the body may be at most {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestRejected(413, f"the body may be at most {limit} bytes")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if request.headers.get("content-encoding", "").lower() == "gzip":
+            raw = _gunzip_bounded(raw, limit)
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as err:
+            raise RequestRejected(400, f"the body is not valid JSON: {err}") from None
+
+
+def _gunzip_bounded(raw: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(raw, limit + 1)
+    except zlib.error:
+        raise RequestRejected(400, "the body is not valid gzip") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise RequestRejected(413, f"the decompressed body may be at most {limit} bytes")
+    return out
+
+
+def create_app(settings: Settings) -> Starlette:
+    state: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        engine = create_engine(settings.database_url, pool_size=2, pool_pre_ping=True)
+        producer = EventProducer(settings)
+        keys = WriteKeyCache(engine, settings.write_key_refresh_s)
+        state["collector"] = Collector(settings, producer, keys)
+        log.info("collector ready: %d write keys, producing to %s", len(keys.sources), settings.events_topic)
+        try:
+            yield
+        finally:
+            keys.close()
+            producer.close()
+            engine.dispose()
+
+    def endpoint(name: str):
+        async def route(request: Request) -> Response:
+            return await state["collector"].handle(request, name)
+        return route
+
+    async def healthz(_request: Request) -> Response:
+        collector = state.get("collector")
+        ok = collector is not None and collector.producer.connected()
+        return JSONResponse({"status": "ok" if ok else "kafka unreachable"}, status_code=200 if ok else 503)
+
+    async def prometheus(_request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [Route("/v1/batch", endpoint("batch"), methods=["POST"])]
+    routes += [Route(f"/v1/{name}", endpoint(name), methods=["POST"]) for name in SINGLE_MESSAGE_TYPES]
+    routes += [Route("/healthz", healthz), Route("/metrics", prometheus)]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,231 @@
+"""Segment HTTP Tracking API messages -> canonical ``Event``s. Pure: no I/O.
+
+A message that cannot be normalised raises ``InvalidEvent`` naming the field
+and the reason; the collector answers 400 and dead-letters the original.
+"""
+
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from pydantic import ValidationError
+
+from spoor.events import Event, EventKind
+
+# Segment E-commerce spec v2 event names (compared case- and separator-insensitively).
+TRACK_KINDS: dict[str, EventKind] = {
+    "product viewed": EventKind.PRODUCT_VIEW,
+    "product clicked": EventKind.CLICK,
+    "promotion clicked": EventKind.CLICK,
+    "product added": EventKind.CART_ADD,
+    "product removed": EventKind.CART_REMOVE,
+    "checkout started": EventKind.CHECKOUT,
+    "order completed": EventKind.PURCHASE,
+}
+MESSAGE_TYPES = {"track", "page", "screen", "identify", "alias", "group"}
+
+
+class InvalidEvent(ValueError):
+    """A message that breaks the contract. ``field`` is a dotted path into the message."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def normalize(message: Any, *, received_at: datetime, source: str,
+              batch_sent_at: Any = None, default_type: str | None = None) -> Event:
+    if not isinstance(message, dict):
+        raise InvalidEvent("$", "a message must be a JSON object")
+    msg_type = message.get("type") or default_type
+    if msg_type not in MESSAGE_TYPES:
+        raise InvalidEvent("type", f"must be one of {sorted(MESSAGE_TYPES)}, got {msg_type!r}")
+
+    user_id = _optional_id(message, "userId")
+    anonymous_id = _optional_id(message, "anonymousId")
+    user_key = user_id or anonymous_id
+    if user_key is None:
+        raise InvalidEvent("userId", "userId or anonymousId is required")
+
+    name, kind = _name_and_kind(message, msg_type)
+    properties = message.get("properties") or {}
+    if not isinstance(properties, dict):
+        raise InvalidEvent("properties", "must be a JSON object")
+    context = message.get("context") or {}
+    if not isinstance(context, dict):
+        raise InvalidEvent("context", "must be a JSON object")
+    page = context.get("page") if isinstance(context.get("page"), dict) else {}
+    if msg_type == "page":
+        page = {**page, **properties}
+
+    fields: dict[str, Any] = {
+        "event_id": _optional_id(message, "messageId") or str(uuid.uuid4()),
+        "kind": kind,
+        "name": name,
+        "user_key": user_key,
+        "user_id": user_id,
+        "anonymous_id": anonymous_id,
+        "event_time": event_time(message, received_at, batch_sent_at),
+        "received_at": received_at,
+        "source": source,
+        "page_url": _text(page.get("url")),
+        "referrer": _text(page.get("referrer")),
+    }
+    if msg_type == "track":
+        fields.update(_commerce_properties(properties, kind))
+    try:
+        return Event(**fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        raise InvalidEvent(_message_path(path), first["msg"]) from err
+
+
+def event_time(message: dict, received_at: datetime, batch_sent_at: Any = None) -> datetime:
+    """Segment's clock-skew correction: receivedAt - (sentAt - timestamp).
+
+    A client whose clock is off by an hour still gets its events placed at the
+    server's time of the action. Without sentAt the timestamp is trusted as is.
+    """
+    timestamp = _parse_time(message, "timestamp") or _parse_time(message, "originalTimestamp")
+    if timestamp is None:
+        return received_at
+    sent_at = _parse_time(message, "sentAt")
+    if sent_at is None and batch_sent_at is not None:
+        sent_at = _parse_time({"sentAt": batch_sent_at}, "sentAt")
+    if sent_at is None:
+        return timestamp
+    return received_at - (sent_at - timestamp)
+
+
+def _name_and_kind(message: dict, msg_type: str) -> tuple[str, EventKind]:
+    if msg_type == "track":
+        name = message.get("event")
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidEvent("event", "a track message needs an event name")
+        canonical = " ".join(name.replace("_", " ").split()).lower()
+        return name, TRACK_KINDS.get(canonical, EventKind.CUSTOM)
+    if msg_type in ("page", "screen"):
+        return _text(message.get("name")) or msg_type, EventKind.PAGE_VIEW
+    if msg_type == "identify":
+        return "identify", EventKind.IDENTIFY
+    return msg_type, EventKind.CUSTOM
+
+
+def _commerce_properties(props: dict, kind: EventKind) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "product_id": _id_value(props, "product_id") or _id_value(props, "sku"),
+        "category": _text(props.get("category")),
+        "price": _money(props, "price"),
+        "order_id": _id_value(props, "order_id"),
+        "currency": _currency(props),
+    }
+    quantity = props.get("quantity")
+    if quantity is not None:
+        if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity != int(quantity):
+            raise InvalidEvent("properties.quantity", "must be a whole number")
+        out["quantity"] = int(quantity)
+    elif kind in (EventKind.CART_ADD, EventKind.CART_REMOVE):
+        out["quantity"] = 1
+    if kind == EventKind.PURCHASE:
+        out["products"] = tuple(_product_lines(props.get("products")))
+        revenue = _money(props, "revenue")
+        if revenue is None:
+            revenue = _money(props, "total")
+        if revenue is None and out["products"]:
+            revenue = sum(((line["price"] or 0) * line["quantity"] for line in out["products"]), Decimal(0))
+        out["revenue"] = revenue if revenue is not None else Decimal(0)
+    return out
+
+
+def _product_lines(products: Any) -> list[dict[str, Any]]:
+    if products is None:
+        return []
+    if not isinstance(products, list):
+        raise InvalidEvent("properties.products", "must be a list")
+    lines = []
+    for i, item in enumerate(products):
+        if not isinstance(item, dict):
+            raise InvalidEvent(f"properties.products.{i}", "must be a JSON object")
+        quantity = item.get("quantity", 1)
+        if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity != int(quantity) or quantity < 0:
+            raise InvalidEvent(f"properties.products.{i}.quantity", "must be a whole number >= 0")
+        lines.append({
+            "product_id": _id_value(item, "product_id") or _id_value(item, "sku"),
+            "category": _text(item.get("category")),
+            "price": _money(item, "price", f"properties.products.{i}."),
+            "quantity": int(quantity),
+        })
+    return lines
+
+
+def _money(props: dict, key: str, prefix: str = "properties.") -> Decimal | None:
+    value = props.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidEvent(prefix + key, "must be a number")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise InvalidEvent(prefix + key, f"must be a number, got {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise InvalidEvent(prefix + key, "must be a finite number >= 0")
+    return amount
+
+
+def _currency(props: dict) -> str | None:
+    value = props.get("currency")
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 3 or not value.isalpha():
+        raise InvalidEvent("properties.currency", "must be a 3-letter ISO 4217 code")
+    return value.upper()
+
+
+def _optional_id(message: dict, key: str) -> str | None:
+    value = message.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidEvent(key, "must be a string")
+    return str(value)
+
+
+def _id_value(props: dict, key: str) -> str | None:
+    value = props.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidEvent(f"properties.{key}", "must be a string or an integer")
+    return str(value)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _parse_time(message: dict, key: str) -> datetime | None:
+    value = message.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(key, "must be an ISO-8601 string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidEvent(key, f"not an ISO-8601 time: {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _message_path(model_field: str) -> str:
+    """Map a canonical field back to where it came from in the Segment message."""
+    top_level = {"event_id": "messageId", "user_key": "userId", "user_id": "userId",
+                 "anonymous_id": "anonymousId", "name": "event", "event_time": "timestamp",
+                 "page_url": "context.page.url", "referrer": "context.page.referrer"}
+    head, _, rest = model_field.partition(".")
+    if head in top_level:
+        return top_level[head]
+    return "properties." + model_field

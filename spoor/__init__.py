@@ -1,0 +1,1 @@
+"""Spoor: shared contracts (settings, the canonical event) and the command line."""

@@ -1,0 +1,42 @@
+"""All of Spoor's settings, read once at a process's entry point and passed down.
+
+Every field can be set from the environment with the prefix ``SPOOR_``
+(``SPOOR_KAFKA_BOOTSTRAP``, ``SPOOR_DATABASE_URL``, ...). The defaults match the
+local stack that ``make up`` starts.
+"""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPOOR_", frozen=True)
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: str = "postgresql+psycopg2://spoor:spoor@127.0.0.1:5433/spoor"
+
+    # Topics. Events are keyed by user key, so one user's events share a partition.
+    events_topic: str = "spoor.events"
+    dead_letter_topic: str = "spoor.events.dlq"
+    topic_partitions: int = Field(4, ge=1)
+    topic_retention_ms: int = 7 * 24 * 3600 * 1000
+
+    # Collector (HTTP -> Kafka).
+    collector_host: str = "127.0.0.1"
+    collector_port: int = 8080
+    max_body_bytes: int = Field(512 * 1024, ge=1024)  # Segment's own batch limit is 500 KB
+    max_batch_events: int = Field(2500, ge=1)
+    max_event_bytes: int = Field(32 * 1024, ge=256)  # Segment's own per-event limit
+    rate_limit_events_per_s: float = Field(50_000, gt=0)  # per write key
+    rate_limit_burst_events: int = Field(100_000, ge=1)
+    kafka_delivery_timeout_ms: int = Field(15_000, ge=1000)
+    write_key_refresh_s: float = Field(10.0, gt=0)
+
+    # Worker (Kafka -> Faust tables -> PostgreSQL).
+    worker_app_id: str = "spoor-worker"
+    worker_web_port: int = 6066
+    worker_data_dir: str = "/var/tmp/spoor/faust"
+    worker_batch_max: int = Field(2000, ge=1)
+    worker_batch_within_s: float = Field(0.25, gt=0)
+    # How many recent event ids per user are remembered to count a redelivered event once.
+    dedupe_window: int = Field(512, ge=1)

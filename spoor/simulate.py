@@ -1,0 +1,59 @@
+"""Simulated shoppers: Segment-spec messages like a shop's tracking would send. Pure and seeded."""
+
+import random
+import uuid
+from datetime import datetime, timedelta, timezone
+
+CATEGORIES = ["shoes", "dresses", "bags", "watches", "sportswear", "home", "beauty", "toys"]
+
+
+def catalog(size: int = 200, seed: int = 7) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"product_id": f"P{i:04d}", "category": rng.choice(CATEGORIES),
+             "price": round(rng.uniform(5, 250), 2)} for i in range(size)]
+
+
+def shopper_journey(rng: random.Random, user: str, products: list[dict], start: datetime) -> list[dict]:
+    """One visit: pages, product views, some clicks, maybe a cart, maybe an order."""
+    at = start
+    messages: list[dict] = []
+
+    def emit(msg_type: str, **fields) -> None:
+        nonlocal at
+        at += timedelta(seconds=rng.randint(2, 90))
+        messages.append({"type": msg_type, "userId": user, "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
+                         "timestamp": at.isoformat(), **fields})
+
+    emit("page", name="Home", properties={"url": "https://shop.example/", "path": "/"})
+    viewed = rng.sample(products, k=rng.randint(1, 6))
+    for product in viewed:
+        if rng.random() < 0.5:
+            emit("track", event="Product Clicked", properties=dict(product))
+        emit("track", event="Product Viewed", properties=dict(product))
+    if rng.random() < 0.35:
+        cart = rng.sample(viewed, k=rng.randint(1, len(viewed)))
+        for product in cart:
+            emit("track", event="Product Added", properties={**product, "quantity": rng.randint(1, 3)})
+        if len(cart) > 1 and rng.random() < 0.3:
+            removed = cart.pop()
+            emit("track", event="Product Removed", properties={**removed, "quantity": 1})
+        if rng.random() < 0.6:
+            emit("track", event="Checkout Started", properties={"currency": "EUR"})
+            if rng.random() < 0.7:
+                lines = [{**p, "quantity": 1} for p in cart]
+                emit("track", event="Order Completed", properties={
+                    "order_id": str(uuid.UUID(int=rng.getrandbits(128))), "currency": "EUR",
+                    "revenue": round(sum(p["price"] for p in lines), 2), "products": lines})
+    return messages
+
+
+def simulate(users: int, seed: int = 42, start: datetime | None = None) -> list[dict]:
+    """Messages of ``users`` shoppers, interleaved as a collector would receive them."""
+    rng = random.Random(seed)
+    products = catalog()
+    start = start or datetime.now(timezone.utc) - timedelta(hours=2)
+    journeys = [shopper_journey(rng, f"user-{seed}-{i}", products, start + timedelta(seconds=rng.randint(0, 3600)))
+                for i in range(users)]
+    messages = [m for journey in journeys for m in journey]
+    messages.sort(key=lambda m: m["timestamp"])
+    return messages

@@ -1,0 +1,48 @@
+"""Creates Spoor's Kafka topics explicitly (the broker never auto-creates them)."""
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from spoor.settings import Settings
+
+
+def spoor_topics(settings: Settings) -> list[NewTopic]:
+    retention = {"retention.ms": str(settings.topic_retention_ms), "min.insync.replicas": "1"}
+    return [
+        NewTopic(settings.events_topic, settings.topic_partitions, 1, topic_configs=retention),
+        # Bad rows are kept longer: someone has to look at them and replay them.
+        NewTopic(settings.dead_letter_topic, 1, 1,
+                 topic_configs={**retention, "retention.ms": str(4 * settings.topic_retention_ms)}),
+    ]
+
+
+def create_topics(settings: Settings) -> list[str]:
+    """Create missing topics; return the names created. Existing ones are checked, not changed."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-admin")
+    try:
+        existing = set(admin.list_topics())
+        wanted = spoor_topics(settings)
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:  # created by a concurrent caller: fine
+                pass
+        for topic in admin.describe_topics([t.name for t in wanted]):
+            want = next(t for t in wanted if t.name == topic["topic"])
+            have = len(topic["partitions"])
+            if have != want.num_partitions:
+                raise RuntimeError(f"topic {topic['topic']} has {have} partitions, Spoor expects "
+                                   f"{want.num_partitions} (SPOOR_TOPIC_PARTITIONS)")
+        return [t.name for t in missing]
+    finally:
+        admin.close()
+
+
+def missing_topics(settings: Settings) -> list[str]:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-admin")
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    return [t.name for t in spoor_topics(settings) if t.name not in existing]

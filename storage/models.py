@@ -1,0 +1,94 @@
+"""Spoor's tables. Change them only together with a migration in ``migrations/versions``."""
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, Numeric, String, Text, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+MONEY = Numeric(18, 4)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UserProfile(Base):
+    """One row per user key: the stream's latest aggregate for that user."""
+
+    __tablename__ = "user_profiles"
+
+    user_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(256))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    events: Mapped[int] = mapped_column(BigInteger)
+    page_views: Mapped[int] = mapped_column(BigInteger)
+    product_views: Mapped[int] = mapped_column(BigInteger)
+    distinct_products_viewed: Mapped[int] = mapped_column(Integer)
+    clicks: Mapped[int] = mapped_column(BigInteger)
+    cart_adds: Mapped[int] = mapped_column(BigInteger)
+    cart_removes: Mapped[int] = mapped_column(BigInteger)
+    cart_value: Mapped[Decimal] = mapped_column(MONEY)
+    checkouts: Mapped[int] = mapped_column(BigInteger)
+    orders: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[Decimal] = mapped_column(MONEY)
+    first_purchase_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_purchase_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Event(Base):
+    """Every accepted event once (primary key = the client's messageId)."""
+
+    __tablename__ = "events"
+
+    event_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(256))
+    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(String(64))
+    product_id: Mapped[str | None] = mapped_column(String(256))
+    category: Mapped[str | None] = mapped_column(Text)
+    price: Mapped[Decimal | None] = mapped_column(MONEY)
+    quantity: Mapped[int | None] = mapped_column(Integer)
+    order_id: Mapped[str | None] = mapped_column(String(256))
+    revenue: Mapped[Decimal | None] = mapped_column(MONEY)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    persisted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        Index("events_user_time", "user_key", "event_time"),
+        Index("events_product_kind", "product_id", "kind"),
+    )
+
+
+class DeadLetter(Base):
+    """A rejected event with its reason and original payload (a "bad row")."""
+
+    __tablename__ = "dead_letters"
+
+    # topic/partition/offset of the bad row itself: writing it twice is a no-op.
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    processor: Mapped[str] = mapped_column(String(64))
+    field: Mapped[str | None] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(64))
+    payload: Mapped[dict] = mapped_column(JSONB)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WriteKey(Base):
+    """A client credential. Only the SHA-256 of the key is stored."""
+
+    __tablename__ = "write_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    source: Mapped[str] = mapped_column(String(64))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

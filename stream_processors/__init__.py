@@ -1,0 +1,1 @@
+"""Stage 2: Faust stream processors. Canonical events in, per-user state out."""

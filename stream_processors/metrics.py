@@ -1,0 +1,16 @@
+"""Every Prometheus metric the worker exports, in one place."""
+
+from prometheus_client import Counter, Histogram
+
+EVENTS = Counter("spoor_worker_events_total",
+                 "Events read from the events topic, by outcome: applied, duplicate (same event id "
+                 "seen before for that user) or invalid (dead-lettered).", ["outcome"])
+BATCH_EVENTS = Histogram("spoor_worker_batch_events", "Events per processed batch.",
+                         buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
+WRITE_SECONDS = Histogram("spoor_worker_write_seconds", "Time to write one batch to PostgreSQL.",
+                          buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+WRITE_FAILURES = Counter("spoor_worker_write_failures_total", "Batch writes to PostgreSQL that failed.")
+FRESHNESS_SECONDS = Histogram("spoor_worker_freshness_seconds",
+                              "Collector receipt to the aggregate being committed in PostgreSQL.",
+                              buckets=(.05, .1, .25, .5, 1, 2, 5, 10, 30, 60, 300))
+DEAD_LETTERS = Counter("spoor_worker_dead_letters_total", "Bad rows stored in PostgreSQL.")

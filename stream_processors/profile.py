@@ -1,0 +1,142 @@
+"""Per-user behaviour aggregate and the fold that builds it. Pure: no Kafka, no database.
+
+``UserProfile.apply`` is deterministic given the events in arrival order, and
+counts an event id at most once within the last ``dedupe_window`` ids of that
+user, so a redelivered event (client retry, worker restart) changes nothing.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+import orjson
+
+from spoor.events import Event, EventKind
+
+ZERO = Decimal(0)
+
+KIND_COUNTERS = {
+    EventKind.PAGE_VIEW: "page_views",
+    EventKind.PRODUCT_VIEW: "product_views",
+    EventKind.CLICK: "clicks",
+    EventKind.CART_ADD: "cart_adds",
+    EventKind.CART_REMOVE: "cart_removes",
+    EventKind.CHECKOUT: "checkouts",
+    EventKind.PURCHASE: "orders",
+}
+
+
+@dataclass(slots=True)
+class UserProfile:
+    user_key: str
+    user_id: str | None = None
+    events: int = 0
+    page_views: int = 0
+    product_views: int = 0
+    clicks: int = 0
+    cart_adds: int = 0
+    cart_removes: int = 0
+    checkouts: int = 0
+    orders: int = 0
+    revenue: Decimal = ZERO
+    first_seen_at: datetime | None = None
+    last_seen_at: datetime | None = None
+    first_purchase_at: datetime | None = None
+    last_purchase_at: datetime | None = None
+    products_viewed: set[str] = field(default_factory=set)
+    cart: dict[str, list] = field(default_factory=dict)  # product id -> [quantity, unit price]
+    recent_event_ids: deque = field(default_factory=deque)
+
+    @property
+    def cart_value(self) -> Decimal:
+        return sum((quantity * price for quantity, price in self.cart.values()), ZERO)
+
+    def apply(self, event: Event, dedupe_window: int) -> bool:
+        """Fold one event in. Returns False (and changes nothing) for a duplicate."""
+        if event.event_id in self.recent_event_ids:
+            return False
+        self.recent_event_ids.append(event.event_id)
+        while len(self.recent_event_ids) > dedupe_window:
+            self.recent_event_ids.popleft()
+
+        self.events += 1
+        if event.user_id:
+            self.user_id = event.user_id
+        at = event.event_time
+        if self.first_seen_at is None or at < self.first_seen_at:
+            self.first_seen_at = at
+        if self.last_seen_at is None or at > self.last_seen_at:
+            self.last_seen_at = at
+
+        counter = KIND_COUNTERS.get(event.kind)
+        if counter:
+            setattr(self, counter, getattr(self, counter) + 1)
+        if event.kind == EventKind.PRODUCT_VIEW and event.product_id:
+            self.products_viewed.add(event.product_id)
+        elif event.kind == EventKind.CART_ADD and event.product_id:
+            quantity, price = self.cart.get(event.product_id, [0, ZERO])
+            self.cart[event.product_id] = [quantity + (event.quantity or 1), event.price or price]
+        elif event.kind == EventKind.CART_REMOVE and event.product_id in self.cart:
+            quantity, price = self.cart[event.product_id]
+            left = quantity - (event.quantity or 1)
+            if left > 0:
+                self.cart[event.product_id] = [left, price]
+            else:
+                del self.cart[event.product_id]
+        elif event.kind == EventKind.PURCHASE:
+            self.revenue += event.revenue or ZERO
+            self.cart.clear()
+            if self.first_purchase_at is None or at < self.first_purchase_at:
+                self.first_purchase_at = at
+            if self.last_purchase_at is None or at > self.last_purchase_at:
+                self.last_purchase_at = at
+        return True
+
+    def row(self) -> dict:
+        """The ``user_profiles`` row for this state."""
+        return {
+            "user_key": self.user_key, "user_id": self.user_id,
+            "events": self.events, "page_views": self.page_views,
+            "product_views": self.product_views, "clicks": self.clicks,
+            "cart_adds": self.cart_adds, "cart_removes": self.cart_removes,
+            "checkouts": self.checkouts, "orders": self.orders, "revenue": self.revenue,
+            "distinct_products_viewed": len(self.products_viewed),
+            "cart_value": self.cart_value,
+            "first_seen_at": self.first_seen_at, "last_seen_at": self.last_seen_at,
+            "first_purchase_at": self.first_purchase_at, "last_purchase_at": self.last_purchase_at,
+        }
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "user_key": self.user_key, "user_id": self.user_id,
+            "counts": [self.events, self.page_views, self.product_views, self.clicks,
+                       self.cart_adds, self.cart_removes, self.checkouts, self.orders],
+            "revenue": str(self.revenue),
+            "times": [_iso(self.first_seen_at), _iso(self.last_seen_at),
+                      _iso(self.first_purchase_at), _iso(self.last_purchase_at)],
+            "products_viewed": sorted(self.products_viewed),
+            "cart": {pid: [q, str(p)] for pid, (q, p) in self.cart.items()},
+            "recent_event_ids": list(self.recent_event_ids),
+        })
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "UserProfile":
+        data = orjson.loads(raw)
+        counts = data["counts"]
+        times = [datetime.fromisoformat(t) if t else None for t in data["times"]]
+        return cls(
+            user_key=data["user_key"], user_id=data["user_id"],
+            events=counts[0], page_views=counts[1], product_views=counts[2], clicks=counts[3],
+            cart_adds=counts[4], cart_removes=counts[5], checkouts=counts[6], orders=counts[7],
+            revenue=Decimal(data["revenue"]),
+            first_seen_at=times[0], last_seen_at=times[1],
+            first_purchase_at=times[2], last_purchase_at=times[3],
+            products_viewed=set(data["products_viewed"]),
+            cart={pid: [q, Decimal(p)] for pid, (q, p) in data["cart"].items()},
+            recent_event_ids=deque(data["recent_event_ids"]),
+        )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
