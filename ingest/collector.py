@@ -27,8 +27,9 @@ from starlette.routing import Route
 from ingest import metrics
 from ingest.auth import RateLimiter, WriteKeyCache, write_key_from
 from ingest.normalize import InvalidEvent, normalize
-from ingest.producer import EventProducer, KafkaUnavailable
+from ingest.producer import EventProducer, KafkaUnavailable, partition_for
 from spoor.bad_rows import bad_row
+from spoor.events import Event, encode_events
 from spoor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Collector:
         self.producer = producer
         self.keys = keys
         self.limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst_events)
+        self.partitions = producer.partitions(settings.events_topic)
 
     async def handle(self, request: Request, endpoint: str) -> Response:
         started = time.perf_counter()
@@ -102,9 +104,11 @@ class Collector:
         return JSONResponse({"success": True})
 
     def _normalize_all(self, messages, body, endpoint, source, received_at):
+        """Kafka records for a request: one per partition holding its valid events, one per bad row."""
         settings = self.settings
         default_type = None if endpoint == "batch" else endpoint
         batch_context = body.get("context") if endpoint == "batch" and isinstance(body.get("context"), dict) else None
+        by_partition: dict[int, list[Event]] = {}
         records, rejected = [], []
         for index, message in enumerate(messages):
             try:
@@ -116,10 +120,12 @@ class Collector:
                                   batch_sent_at=body.get("sentAt"), default_type=default_type)
             except InvalidEvent as err:
                 rejected.append({"index": index, "field": err.field, "reason": err.reason})
-                records.append((settings.dead_letter_topic, None,
+                records.append((settings.dead_letter_topic, None, None,
                                 bad_row("collector", err.field, err.reason, message, source, received_at)))
                 continue
-            records.append((settings.events_topic, event.user_key.encode(), event.to_json()))
+            by_partition.setdefault(partition_for(event.user_key, self.partitions), []).append(event)
+        for partition, events in by_partition.items():
+            records.append((settings.events_topic, partition, None, encode_events(events)))
         return records, rejected
 
     async def _read_json(self, request: Request):
@@ -177,8 +183,11 @@ def create_app(settings: Settings) -> Starlette:
 
     async def healthz(_request: Request) -> Response:
         collector = state.get("collector")
-        ok = collector is not None and collector.producer.connected()
-        return JSONResponse({"status": "ok" if ok else "kafka unreachable"}, status_code=200 if ok else 503)
+        if collector is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        failure = collector.producer.last_failure
+        return JSONResponse({"status": "ok"} if failure is None else {"status": "kafka failing", "error": failure},
+                            status_code=200 if failure is None else 503)
 
     async def prometheus(_request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from kafka import KafkaProducer
+from kafka.partitioner.default import murmur2
 
 from spoor.settings import Settings
 
@@ -66,9 +67,17 @@ class EventProducer:
         # One thread: records enter the producer in request order, so a user's
         # events keep their order across requests.
         self.sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spoor-send")
+        self.last_failure: str | None = None  # cleared by the next fully acknowledged request
 
-    async def send_all(self, records: list[tuple[str, bytes, bytes]]) -> None:
-        """Produce (topic, key, value) records; raise KafkaUnavailable unless all were acked."""
+    def partitions(self, topic: str) -> int:
+        """Partition count of a topic (blocks up to max_block_ms for metadata)."""
+        partitions = self.producer.partitions_for(topic)
+        if not partitions:
+            raise KafkaUnavailable(f"topic {topic} does not exist: run `spoor topics create`")
+        return len(partitions)
+
+    async def send_all(self, records: list[tuple[str, int | None, bytes | None, bytes]]) -> None:
+        """Produce (topic, partition, key, value) records; raise KafkaUnavailable unless all were acked."""
         if not records:
             return
         loop = asyncio.get_running_loop()
@@ -77,14 +86,17 @@ class EventProducer:
             await loop.run_in_executor(self.sender, self._enqueue, records, acks)
             error = await asyncio.wait_for(acks.done, self.settings.kafka_delivery_timeout_ms / 1000 + 5)
         except Exception as err:  # any producer failure means "not durable": the client must retry
-            raise KafkaUnavailable(str(err) or type(err).__name__) from err
+            self.last_failure = str(err) or type(err).__name__
+            raise KafkaUnavailable(self.last_failure) from err
         if error is not None:
-            raise KafkaUnavailable(str(error) or type(error).__name__)
+            self.last_failure = str(error) or type(error).__name__
+            raise KafkaUnavailable(self.last_failure)
+        self.last_failure = None
 
     def _enqueue(self, records, acks: _Acks) -> None:
-        for index, (topic, key, value) in enumerate(records):
+        for index, (topic, partition, key, value) in enumerate(records):
             try:
-                future = self.producer.send(topic, value=value, key=key)
+                future = self.producer.send(topic, value=value, key=key, partition=partition)
             except Exception as err:
                 for _ in range(len(records) - index):
                     acks.on_error(err)
@@ -92,10 +104,16 @@ class EventProducer:
             future.add_callback(acks.on_success)
             future.add_errback(acks.on_error)
 
-    def connected(self) -> bool:
-        return self.producer.bootstrap_connected()
+    def healthy(self) -> bool:
+        """False while the latest request's records were not all acknowledged."""
+        return self.last_failure is None
 
     def close(self) -> None:
         self.sender.shutdown(wait=True)
         self.producer.flush(timeout=self.settings.kafka_delivery_timeout_ms / 1000)
         self.producer.close()
+
+
+def partition_for(user_key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java, kafka-python, aiokafka) picks for key=user_key."""
+    return (murmur2(user_key.encode()) & 0x7FFFFFFF) % partitions

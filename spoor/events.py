@@ -1,8 +1,15 @@
 """The canonical event: the one shape every stage after the collector reads.
 
 The collector turns Segment-spec messages into these (``ingest.normalize``);
-backend services may produce them to the events topic directly. Kafka records
-carry the JSON of ``Event`` as value and the user key as key.
+backend services may produce them to the events topic directly.
+
+Events-topic record format: the value is either one ``Event`` as a JSON object
+(keyed by the user key: what a backend service sends) or a JSON array of
+``Event``s that all belong on that partition (what the collector sends: one
+record per partition per request, because each Kafka record costs the Python
+producer ~100 us). Either way every event of a user is on partition
+``murmur2(user_key) % partitions``, the default partitioner's choice for
+key=user_key, so a user's events are read in the order they were accepted.
 """
 
 from datetime import datetime
@@ -11,7 +18,7 @@ from enum import StrEnum
 from typing import Annotated
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 SCHEMA_VERSION = 1
 
@@ -71,9 +78,23 @@ class Event(BaseModel):
     referrer: Annotated[str, StringConstraints(max_length=2048)] | None = None
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json", exclude_defaults=True, exclude={"schema_version"})
-                            | {"schema_version": self.schema_version})
+        return orjson.dumps(self.model_dump(mode="json", exclude_defaults=True))
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "Event":
         return cls.model_validate_json(raw)
+
+
+EVENT_LIST = TypeAdapter(list[Event])
+
+
+def encode_events(events: list[Event]) -> bytes:
+    """One events-topic record value holding several events (a JSON array)."""
+    return EVENT_LIST.dump_json(events, exclude_defaults=True)
+
+
+def decode_record(raw: bytes) -> list[Event]:
+    """Events of one events-topic record (object or array); raises pydantic's ValidationError."""
+    if raw.lstrip()[:1] == b"[":
+        return EVENT_LIST.validate_json(raw)
+    return [Event.model_validate_json(raw)]

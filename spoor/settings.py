@@ -38,5 +38,7 @@ class Settings(BaseSettings):
     worker_data_dir: str = "/var/tmp/spoor/faust"
     worker_batch_max: int = Field(2000, ge=1)
     worker_batch_within_s: float = Field(0.25, gt=0)
+    # A worker that died is noticed by the group after this long; its partitions then move.
+    worker_session_timeout_s: float = Field(30.0, ge=6)
     # How many recent event ids per user are remembered to count a redelivered event once.
     dedupe_window: int = Field(512, ge=1)

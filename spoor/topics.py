@@ -29,10 +29,10 @@ def create_topics(settings: Settings) -> list[str]:
             except TopicAlreadyExistsError:  # created by a concurrent caller: fine
                 pass
         for topic in admin.describe_topics([t.name for t in wanted]):
-            want = next(t for t in wanted if t.name == topic["topic"])
+            want = next(t for t in wanted if t.name == topic["name"])
             have = len(topic["partitions"])
             if have != want.num_partitions:
-                raise RuntimeError(f"topic {topic['topic']} has {have} partitions, Spoor expects "
+                raise RuntimeError(f"topic {want.name} has {have} partitions, Spoor expects "
                                    f"{want.num_partitions} (SPOOR_TOPIC_PARTITIONS)")
         return [t.name for t in missing]
     finally:

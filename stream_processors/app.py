@@ -4,7 +4,6 @@ Agents are thin shells: ``ProfileTracker`` does the work for events, and the
 dead-letter agent copies bad rows into PostgreSQL so people can query them.
 """
 
-import asyncio
 import logging
 
 import faust
@@ -15,6 +14,7 @@ from spoor.bad_rows import bad_row, dead_letter_row
 from spoor.settings import Settings
 from storage.writers import StreamWriter
 from stream_processors import metrics
+from stream_processors.blocking import fail_stop_on_error, run_blocking
 from stream_processors.profile_tracker import ProfileTracker
 
 log = logging.getLogger(__name__)
@@ -27,42 +27,49 @@ def create_app(settings: Settings) -> faust.App:
         store="memory://",
         datadir=settings.worker_data_dir,
         topic_partitions=settings.topic_partitions,
+        key_serializer="raw",
+        value_serializer="raw",
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=settings.worker_batch_max * 4,
         producer_acks=-1,
+        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
         web_bind="127.0.0.1",
         web_port=settings.worker_web_port,
-        web_transport="aiohttp://",
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    events_topic = app.topic(settings.events_topic, **raw)
-    dead_letter_topic = app.topic(settings.dead_letter_topic, **raw)
+    raw = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw")
+    dead_letter_topic = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes,
+                                  key_serializer="raw", value_serializer="raw")
     # Keys are raw bytes and the default partitioner places them, so a user's
     # changelog records land on the same partition number as the user's events.
     profiles = app.Table("user-profiles", default=None, partitions=settings.topic_partitions,
-                         use_partitioner=True, **raw)
+                         use_partitioner=True, schema=raw)
 
     engine = create_engine(settings.database_url, pool_size=2, pool_pre_ping=True)
     writer = StreamWriter(engine)
 
-    async def send_bad_row(raw_value: bytes, reason: str):
-        field, _, why = reason.partition(": ")
-        return await dead_letter_topic.send(value=bad_row("worker", field, why, raw_value))
+    async def send_bad_row(raw_value: bytes, field: str, reason: str):
+        return await dead_letter_topic.send(value=bad_row("worker", field, reason, raw_value))
 
     tracker = ProfileTracker(profiles, writer, settings.dedupe_window, send_bad_row)
 
+    # Faust acks a take() batch even when the agent body raises, and acked offsets
+    # get committed. So a batch that cannot be persisted must stop the process
+    # before that happens (fail_stop); the restarted worker gets it again.
     @app.agent(events_topic, name="track-profiles")
     async def track_profiles(stream):
         async for batch in stream.take(settings.worker_batch_max, within=settings.worker_batch_within_s):
-            await tracker.process(batch)
+            await fail_stop_on_error(tracker.process(batch), "tracking profiles")
 
     @app.agent(dead_letter_topic, name="store-dead-letters")
     async def store_dead_letters(stream):
         async for batch in stream.take_events(500, within=1.0):
             rows = [dead_letter_row(f"{e.message.topic}/{e.message.partition}/{e.message.offset}", e.value)
                     for e in batch]
-            await asyncio.get_running_loop().run_in_executor(None, writer.write_dead_letters, rows)
+            await fail_stop_on_error(run_blocking(writer.write_dead_letters, rows), "storing dead letters")
             metrics.DEAD_LETTERS.inc(len(rows))
 
     @app.page("/metrics")

@@ -9,22 +9,23 @@ nothing; the user's current snapshot is still re-written (idempotently), in
 case the crash came between 1 and 2.
 """
 
-import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 
+import orjson
 from pydantic import ValidationError
 
-from spoor.events import Event
+from spoor.events import Event, decode_record
 from storage.writers import StreamWriter
 from stream_processors import metrics
+from stream_processors.blocking import run_blocking
 from stream_processors.profile import UserProfile
 
 
 class ProfileTracker:
     def __init__(self, table, writer: StreamWriter, dedupe_window: int,
-                 send_bad_row: Callable[[bytes, str], "asyncio.Future"]):
+                 send_bad_row: Callable[[bytes, str, str], Awaitable]):
         self.table = table  # Faust table: user key (bytes) -> encoded UserProfile
         self.writer = writer
         self.dedupe_window = dedupe_window
@@ -50,11 +51,7 @@ class ProfileTracker:
             rows.append(profile.row())
 
         started = time.perf_counter()
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, self.writer.write_batch, rows, events)
-        except Exception:
-            metrics.WRITE_FAILURES.inc()
-            raise  # the agent crashes and the worker restarts from the last commit: nothing is lost
+        await run_blocking(self.writer.write_batch, rows, events)
         metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_EVENTS.observe(len(values))
         metrics.EVENTS.labels("applied").inc(applied)
@@ -64,13 +61,31 @@ class ProfileTracker:
             metrics.FRESHNESS_SECONDS.observe((now - event.received_at).total_seconds())
 
     async def _decode(self, values: Sequence[bytes]) -> list[Event]:
+        """Events of the batch's records; an invalid one is dead-lettered, never dropped."""
         events = []
         for raw in values:
             try:
-                events.append(Event.from_json(raw))
+                events.extend(decode_record(raw))
+            except ValidationError:
+                events.extend(await self._salvage(raw))
+        return events
+
+    async def _salvage(self, raw: bytes) -> list[Event]:
+        """Keep the valid events of a record that failed validation; dead-letter the rest one by one."""
+        try:
+            items = orjson.loads(raw)
+        except orjson.JSONDecodeError as err:
+            await self._reject(raw, "$", f"not JSON: {err}")
+            return []
+        good = []
+        for item in items if isinstance(items, list) else [items]:
+            try:
+                good.append(Event.model_validate(item))
             except ValidationError as err:
                 first = err.errors()[0]
-                field = ".".join(str(p) for p in first["loc"]) or "$"
-                await self.send_bad_row(raw, f"{field}: {first['msg']}")
-                metrics.EVENTS.labels("invalid").inc()
-        return events
+                await self._reject(orjson.dumps(item), ".".join(str(p) for p in first["loc"]) or "$", first["msg"])
+        return good
+
+    async def _reject(self, raw: bytes, field: str, reason: str) -> None:
+        await self.send_bad_row(raw, field, reason)
+        metrics.EVENTS.labels("invalid").inc()

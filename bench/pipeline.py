@@ -1,0 +1,203 @@
+"""Pipeline benchmark: figures, not a test. Run on a stack started by `make up` (`make bench N=...`).
+
+Phases, in one run:
+1. Kafka's own ProducerPerformance / ConsumerPerformance on a scratch topic: the ceiling.
+2. Flood: N simulated events through the collector as fast as it takes them (batches of 100);
+   collector events/s, and end-to-end events/s until the last aggregate is in PostgreSQL.
+3. Paced: events at a fixed rate (default 2,000/s); freshness p50/p99 from the collector's
+   receipt to the transaction that made the aggregate visible in PostgreSQL.
+Ends with `name: value` lines for machines.
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from sqlalchemy import create_engine, text
+
+from spoor.collector_client import CollectorClient
+from spoor.settings import Settings
+from spoor.simulate import simulate
+
+REPO = Path(__file__).resolve().parent.parent
+BATCH = 100
+
+
+def kafka_classpath() -> str:
+    out = subprocess.run([str(REPO / "deploy/kafka.sh"), "classpath"], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def kafka_tool(classpath: str, tool: str, *args: str) -> str:
+    cmd = ["java", "-Xmx512m", "-cp", classpath, f"org.apache.kafka.tools.{tool}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+def kafka_ceiling(settings: Settings, records: int, record_size: int) -> tuple[float, float]:
+    from kafka.admin import KafkaAdminClient, NewTopic
+    topic = f"spoor.bench-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, settings.topic_partitions, 1)])
+    try:
+        classpath = kafka_classpath()
+        produced = kafka_tool(classpath, "ProducerPerformance", "--topic", topic, "--num-records", str(records),
+                              "--record-size", str(record_size), "--throughput", "-1", "--producer-props",
+                              f"bootstrap.servers={settings.kafka_bootstrap}", "acks=all", "linger.ms=5")
+        producer_rate = float(re.findall(r"([\d.]+) records/sec", produced)[-1])
+        consumed = kafka_tool(classpath, "ConsumerPerformance", "--bootstrap-server", settings.kafka_bootstrap,
+                              "--topic", topic, "--messages", str(records), "--timeout", "60000")
+        header, values = [line for line in consumed.splitlines() if line.strip()][-2:]
+        row = dict(zip([h.strip() for h in header.split(",")], [v.strip() for v in values.split(",")]))
+        consumer_rate = float(row["nMsg.sec"])
+    finally:
+        admin.delete_topics([topic])
+        admin.close()
+    return producer_rate, consumer_rate
+
+
+def make_batches(events: int, seed: int) -> tuple[list[bytes], int]:
+    messages: list[dict] = []
+    users = max(1, events // 8)
+    while len(messages) < events:
+        messages += simulate(users, seed=seed + len(messages))
+    messages = messages[:events]
+    return [orjson.dumps({"batch": messages[i:i + BATCH]}) for i in range(0, len(messages), BATCH)], len(messages)
+
+
+def post_all(url: str, key: str, bodies: list[bytes], threads: int, rate_per_s: float | None = None) -> float:
+    """Post pre-serialised batches from several connections; returns elapsed seconds."""
+    next_index = iter(range(len(bodies)))
+    lock = threading.Lock()
+    errors: list[str] = []
+    started = time.perf_counter()
+
+    def sender() -> None:
+        client = CollectorClient(url, key)
+        while True:
+            with lock:
+                index = next(next_index, None)
+            if index is None:
+                break
+            if rate_per_s:  # paced: batch i is due at i * BATCH / rate
+                delay = started + index * BATCH / rate_per_s - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            status, body = raw_post(client, bodies[index])
+            if status != 200:
+                errors.append(f"{status}: {body}")
+                break
+        client.close()
+
+    workers = [threading.Thread(target=sender) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        sys.exit(f"collector refused a batch: {errors[0]}")
+    return time.perf_counter() - started
+
+
+def raw_post(client: CollectorClient, body: bytes) -> tuple[int, object]:
+    for attempt in range(20):
+        if client.connection is None:
+            import http.client
+            client.connection = http.client.HTTPConnection(client.host, client.port, timeout=60)
+        client.connection.request("POST", "/v1/batch", body, {"Content-Type": "application/json",
+                                                              "Authorization": client.auth})
+        response = client.connection.getresponse()
+        data = response.read()
+        if response.status not in (429, 503):
+            return response.status, data[:200]
+        time.sleep(min(2.0, 0.1 * 2 ** attempt))
+    return response.status, data[:200]
+
+
+def count_events(engine, since) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM events WHERE received_at >= :t"), {"t": since}).scalar()
+
+
+def wait_persisted(engine, since, expected: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    last_report = 0.0
+    while True:
+        done = count_events(engine, since)
+        if done >= expected:
+            return time.perf_counter()
+        if time.monotonic() > deadline:
+            sys.exit(f"only {done}/{expected} events reached PostgreSQL in {timeout}s")
+        if time.monotonic() - last_report > 5:
+            print(f"  ... {done}/{expected} persisted", flush=True)
+            last_report = time.monotonic()
+        time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--paced-rate", type=float, default=2000)
+    parser.add_argument("--paced-seconds", type=float, default=30)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--write-key", default=os.environ.get("SPOOR_DEMO_WRITE_KEY", "spoor-demo-write-key"))
+    args = parser.parse_args()
+    settings = Settings()
+    url = f"http://{settings.collector_host}:{settings.collector_port}"
+    engine = create_engine(settings.database_url)
+    from datetime import datetime, timezone
+
+    print(f"preparing {args.events} simulated events ...", flush=True)
+    bodies, n = make_batches(args.events, seed=int(time.time()))
+    mean_size = statistics.mean(len(b) for b in bodies) / BATCH
+
+    print("phase 1: Kafka's own producer/consumer performance tools (the ceiling)", flush=True)
+    producer_rate, consumer_rate = kafka_ceiling(settings, n, int(mean_size))
+    print(f"  ProducerPerformance {producer_rate:,.0f} records/s, ConsumerPerformance {consumer_rate:,.0f} "
+          f"records/s ({n} records of {mean_size:.0f} bytes)", flush=True)
+
+    print(f"phase 2: flood, {n} events in batches of {BATCH} from {args.threads} connections", flush=True)
+    since = datetime.now(timezone.utc)
+    started = time.perf_counter()
+    post_seconds = post_all(url, args.write_key, bodies, args.threads)
+    collector_rate = n / post_seconds
+    print(f"  collector accepted {n} events in {post_seconds:.1f}s", flush=True)
+    finished = wait_persisted(engine, since, n, timeout=max(300, n / 500))
+    end_to_end_rate = n / (finished - started)
+
+    paced_n = int(args.paced_rate * args.paced_seconds)
+    print(f"phase 3: paced, {paced_n} events at {args.paced_rate:.0f} events/s", flush=True)
+    paced_bodies, paced_n = make_batches(paced_n, seed=int(time.time()) + 7)
+    since = datetime.now(timezone.utc)
+    post_all(url, args.write_key, paced_bodies, args.threads, rate_per_s=args.paced_rate)
+    wait_persisted(engine, since, paced_n, timeout=300)
+    with engine.connect() as conn:
+        p50, p99 = conn.execute(text(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM persisted_at - received_at)),"
+            "       percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM persisted_at - received_at))"
+            "  FROM events WHERE received_at >= :t"), {"t": since}).one()
+
+    print()
+    print(f"collector:  {collector_rate:10,.0f} events/s  = {collector_rate / producer_rate:.2f} x Kafka producer")
+    print(f"end-to-end: {end_to_end_rate:10,.0f} events/s  = {end_to_end_rate / consumer_rate:.2f} x Kafka consumer")
+    print(f"freshness at {args.paced_rate:.0f} events/s: p50 {p50:.3f}s, p99 {p99:.3f}s")
+    print()
+    for name, value in [("events", n), ("collector_events_per_s", round(collector_rate)),
+                        ("end_to_end_events_per_s", round(end_to_end_rate)),
+                        ("freshness_p50_s", round(p50, 3)), ("freshness_p99_s", round(p99, 3)),
+                        ("kafka_producer_events_per_s", round(producer_rate)),
+                        ("kafka_consumer_events_per_s", round(consumer_rate)),
+                        ("collector_vs_kafka_producer", round(collector_rate / producer_rate, 3)),
+                        ("end_to_end_vs_kafka_consumer", round(end_to_end_rate / consumer_rate, 3))]:
+        print(f"{name}: {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Blocking work (database writes) off the event loop, with retries and a safe way to fail.
+
+A write either completes or the worker process stops before the batch that
+depends on it is acknowledged: never "log and carry on".
+"""
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from stream_processors import metrics
+
+log = logging.getLogger(__name__)
+EXIT_CODE = 70  # EX_SOFTWARE: a supervisor restarts the worker, which resumes from the last commit
+WRITES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spoor-write")
+
+
+def retry_transient(write: Callable, *args, attempts: int = 8, first_delay_s: float = 0.2):
+    """Call ``write``; retry when the database is unreachable (backoff ~50 s in all), not on bad data."""
+    for attempt in range(attempts):
+        try:
+            return write(*args)
+        except (OperationalError, DBAPIError) as err:
+            if not getattr(err, "connection_invalidated", False) and not isinstance(err, OperationalError):
+                raise
+            metrics.WRITE_FAILURES.inc()
+            if attempt == attempts - 1:
+                raise
+            delay = first_delay_s * 2 ** attempt
+            log.warning("database write failed (%s), retry %d/%d in %.1fs", err.__class__.__name__,
+                        attempt + 1, attempts - 1, delay)
+            time.sleep(delay)
+
+
+async def run_blocking(write: Callable, *args) -> None:
+    """Run a write in a thread. If the task is cancelled (shutdown), wait for the write anyway."""
+    future = WRITES.submit(retry_transient, write, *args)
+    try:
+        await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.result()  # the ack that follows a cancelled await must still be true
+        raise
+
+
+async def fail_stop_on_error(step: Awaitable, what: str) -> None:
+    try:
+        await step
+    except Exception:
+        log.critical("%s failed; stopping the worker before this batch is acknowledged "
+                     "(it is redelivered on restart)", what, exc_info=True)
+        logging.shutdown()
+        os._exit(EXIT_CODE)
