@@ -38,7 +38,6 @@ def create_app(settings: Settings) -> faust.App:
         web_bind="127.0.0.1",
         web_port=settings.worker_web_port,
     )
-    raw = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw")
     dead_letter_topic = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes,
@@ -46,7 +45,7 @@ def create_app(settings: Settings) -> faust.App:
     # Keys are raw bytes and the default partitioner places them, so a user's
     # changelog records land on the same partition number as the user's events.
     profiles = app.Table("user-profiles", default=None, partitions=settings.topic_partitions,
-                         use_partitioner=True, schema=raw)
+                         use_partitioner=True, key_type=bytes, value_type=bytes)  # bytes -> "raw" codec
 
     engine = create_engine(settings.database_url, pool_size=2, pool_pre_ping=True)
     writer = StreamWriter(engine)
