@@ -32,8 +32,8 @@ BATCH = 100
 
 
 def kafka_classpath() -> str:
-    out = subprocess.run([str(REPO / "deploy/kafka.sh"), "classpath"], capture_output=True, text=True, check=True)
-    return out.stdout.strip().splitlines()[-1]
+    out = subprocess.run([str(REPO / "deploy/kafka.sh"), "fetch"], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1] + "/*"
 
 
 def kafka_tool(classpath: str, tool: str, *args: str) -> str:

@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("summary", help="print the summary of what is in PostgreSQL")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    long_running = args.command in ("collector", "worker")
+    logging.basicConfig(level=logging.INFO if long_running else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python logs every connection at INFO
     settings = Settings()
     handler = globals()["_" + args.command]
     handler(settings, args)

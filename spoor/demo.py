@@ -12,6 +12,14 @@ from storage.queries import count_dead_letters, count_events, summary
 BATCH = 100
 
 
+def progress(line: str, done: bool = False) -> None:
+    """Rewrite one status line on a terminal; print plain lines to a log or CI."""
+    if sys.stdout.isatty():
+        print("\r" + line, end="\n" if done else "", flush=True)
+    elif done or int(time.monotonic()) % 3 == 0:
+        print(line, flush=True)
+
+
 def invalid_messages(seed: int) -> list[dict]:
     """A few broken events, as buggy tracking code would send them: each must be rejected with a reason."""
     return [
@@ -42,25 +50,25 @@ def run_demo(engine: Engine, collector_url: str, write_key: str, users: int, tim
         elif status != 200:
             raise SystemExit(f"collector answered {status}: {body}")
         if number % 10 == 0 or number == len(batches):
-            print(f"\r  sent {min(number * BATCH, len(messages))}/{len(messages)} events", end="", flush=True)
+            progress(f"  sent {min(number * BATCH, len(messages))}/{len(messages)} events", number == len(batches))
     status, _ = client.send_batch(batches[0])  # a client retry: must not be counted twice
     client.close()
-    print(f"\n  collector accepted {len(messages)} events, rejected {rejected} "
+    print(f"  collector accepted {len(messages)} events, rejected {rejected} "
           f"in {time.monotonic() - started:.1f}s; waiting for the worker to persist them", flush=True)
 
     deadline = time.monotonic() + timeout_s
     while True:
         persisted = count_events(engine) - events_before
         dead = count_dead_letters(engine) - rejected_before
-        print(f"\r  persisted {persisted}/{len(messages)} events, {dead}/{rejected} rejections", end="", flush=True)
-        if persisted >= len(messages) and dead >= rejected:
+        finished = persisted >= len(messages) and dead >= rejected
+        progress(f"  persisted {persisted}/{len(messages)} events, {dead}/{rejected} rejections", finished)
+        if finished:
             break
         if time.monotonic() > deadline:
             print(file=sys.stderr)
             raise SystemExit(f"the worker persisted only {persisted}/{len(messages)} events in {timeout_s}s: "
                              "see the worker log (make logs)")
         time.sleep(0.5)
-    print()
     return summary(engine)
 
 
