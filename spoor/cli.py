@@ -11,7 +11,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="spoor", description="Spoor: e-commerce behaviour tracking.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("collector", help="run the HTTP collector (Segment HTTP Tracking API)")
-    commands.add_parser("worker", help="run the Faust stream worker")
+    worker = commands.add_parser("worker", help="run the Faust stream worker (restarted after a fail-stop)")
+    worker.add_argument("--no-supervise", action="store_true", help="run the worker in this process")
     commands.add_parser("migrate", help="apply database migrations")
     topics = commands.add_parser("topics", help="Kafka topics").add_subparsers(dest="action", required=True)
     topics.add_parser("create", help="create Spoor's topics if missing")
@@ -47,16 +48,19 @@ def _collector(settings: Settings, _args) -> None:
                 log_level="warning", access_log=False)
 
 
-def _worker(settings: Settings, _args) -> None:
-    import faust
-
+def _worker(settings: Settings, args) -> None:
     from spoor.topics import missing_topics
-    from stream_processors.app import create_app
     missing = missing_topics(settings)
     if missing:
         sys.exit(f"Kafka topics {missing} do not exist: run `spoor topics create` first")
-    app = create_app(settings)
-    faust.Worker(app, loglevel="INFO").execute_from_commandline()
+    if not args.no_supervise:
+        from spoor.supervise import supervise
+        sys.exit(supervise([sys.executable, "-m", "spoor.cli", "worker", "--no-supervise"]))
+
+    import faust
+
+    from stream_processors.app import create_app
+    faust.Worker(create_app(settings), loglevel="INFO").execute_from_commandline()
 
 
 def _migrate(settings: Settings, _args) -> None:

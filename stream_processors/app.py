@@ -14,7 +14,9 @@ from spoor.bad_rows import bad_row, dead_letter_row
 from spoor.settings import Settings
 from storage.writers import StreamWriter
 from stream_processors import metrics
-from stream_processors.blocking import fail_stop_on_error, run_blocking
+from stream_processors.continuity import OffsetContinuity
+from stream_processors.durable_table import DurableTable
+from stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
 from stream_processors.profile_tracker import ProfileTracker
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,9 @@ def create_app(settings: Settings) -> faust.App:
                                   key_serializer="raw", value_serializer="raw")
     # Keys are raw bytes and the default partitioner places them, so a user's
     # changelog records land on the same partition number as the user's events.
-    profiles = app.Table("user-profiles", default=None, partitions=settings.topic_partitions,
-                         use_partitioner=True, key_type=bytes, value_type=bytes)  # bytes -> "raw" codec
+    profiles = app.tables.add(DurableTable(
+        app, name="user-profiles", default=None, beacon=app.tables.beacon, partitions=settings.topic_partitions,
+        use_partitioner=True, key_type=bytes, value_type=bytes))  # bytes -> "raw" codec
 
     engine = create_engine(settings.database_url, pool_size=2, pool_pre_ping=True)
     writer = StreamWriter(engine)
@@ -58,10 +61,33 @@ def create_app(settings: Settings) -> faust.App:
     # Faust acks a take() batch even when the agent body raises, and acked offsets
     # get committed. So a batch that cannot be persisted must stop the process
     # before that happens (fail_stop); the restarted worker gets it again.
+    continuity = OffsetContinuity()
+
+    @app.on_partitions_revoked.connect
+    async def forget_positions_on_revoke(_app, revoked, **_kwargs):
+        continuity.reset()
+
+    @app.on_partitions_assigned.connect
+    async def forget_positions_on_assign(_app, assigned, **_kwargs):
+        continuity.reset()
+
     @app.agent(events_topic, name="track-profiles")
     async def track_profiles(stream):
-        async for batch in stream.take(settings.worker_batch_max, within=settings.worker_batch_within_s):
-            await fail_stop_on_error(tracker.process(batch), "tracking profiles")
+        async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_s):
+            values, holes = [], {}
+            for event in batch:
+                tp = event.message.tp
+                verdict = continuity.admit(tp, event.message.offset, app.consumer._committed_offset.get(tp))
+                if verdict is True:
+                    values.append(event.value)
+                elif verdict is not False:
+                    holes[tp] = verdict
+            await fail_stop_on_error(tracker.process(values), "tracking profiles")
+            if holes:
+                # Faust's own seek re-creates the hole (prefetched records move its read offset on).
+                # Nothing past a hole is acked, so a restarted worker reads it from the last commit.
+                metrics.SKIPPED_RECORD_REPAIRS.inc(len(holes))
+                fail_stop(f"the consumer skipped records at {holes}; restarting to read them again")
 
     @app.agent(dead_letter_topic, name="store-dead-letters")
     async def store_dead_letters(stream):

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from stream_processors import metrics
 
 log = logging.getLogger(__name__)
-EXIT_CODE = 70  # EX_SOFTWARE: a supervisor restarts the worker, which resumes from the last commit
+EXIT_CODE = 70  # EX_SOFTWARE: `spoor worker` restarts the process, which resumes from the last commit
 WRITES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spoor-write")
 
 
@@ -51,7 +51,12 @@ async def fail_stop_on_error(step: Awaitable, what: str) -> None:
     try:
         await step
     except Exception:
-        log.critical("%s failed; stopping the worker before this batch is acknowledged "
-                     "(it is redelivered on restart)", what, exc_info=True)
-        logging.shutdown()
-        os._exit(EXIT_CODE)
+        log.critical("%s failed", what, exc_info=True)
+        fail_stop("stopping the worker before this batch is acknowledged (it is redelivered on restart)")
+
+
+def fail_stop(reason: str) -> None:
+    """Exit at once, before Faust can ack or commit anything more; `spoor worker` restarts the process."""
+    log.critical(reason)
+    logging.shutdown()
+    os._exit(EXIT_CODE)

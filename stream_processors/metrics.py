@@ -14,3 +14,5 @@ FRESHNESS_SECONDS = Histogram("spoor_worker_freshness_seconds",
                               "Collector receipt to the aggregate being committed in PostgreSQL.",
                               buckets=(.05, .1, .25, .5, 1, 2, 5, 10, 30, 60, 300))
 DEAD_LETTERS = Counter("spoor_worker_dead_letters_total", "Bad rows stored in PostgreSQL.")
+SKIPPED_RECORD_REPAIRS = Counter("spoor_worker_skipped_record_repairs_total",
+                                 "Holes in a partition's offsets left by the consumer; each restarts the worker process.")

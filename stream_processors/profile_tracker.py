@@ -1,7 +1,7 @@
 """Folds a batch of events into per-user state in a Faust table, then persists it.
 
 Order of effects for one batch, which is what makes a crash at any point safe:
-1. table updates (their changelog records are flushed before any offset commit);
+1. table updates, awaited until the broker acknowledged their changelog records;
 2. events and profile snapshots written to PostgreSQL in one transaction;
 3. only then does the agent return, so Faust acks the batch and may commit.
 A redelivered event is recognised by its id in the user's state and changes
@@ -50,6 +50,7 @@ class ProfileTracker:
             applied += changed
             rows.append(profile.row())
 
+        await self.table.changelog_durable()
         started = time.perf_counter()
         await run_blocking(self.writer.write_batch, rows, events)
         metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
