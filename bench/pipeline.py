@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
@@ -152,7 +153,12 @@ def main() -> None:
     settings = Settings()
     url = f"http://{settings.collector_host}:{settings.collector_port}"
     engine = create_engine(settings.database_url)
-    from datetime import datetime, timezone
+
+    print("waiting for the worker to be ready (a probe event through the whole pipeline) ...", flush=True)
+    since = datetime.now(timezone.utc)
+    probe = orjson.dumps({"batch": simulate(1, seed=int(time.time()))[:1]})
+    post_all(url, args.write_key, [probe], 1)
+    wait_persisted(engine, since, 1, timeout=600)
 
     print(f"preparing {args.events} simulated events ...", flush=True)
     bodies, n = make_batches(args.events, seed=int(time.time()))
@@ -165,11 +171,12 @@ def main() -> None:
 
     print(f"phase 2: flood, {n} events in batches of {BATCH} from {args.threads} connections", flush=True)
     since = datetime.now(timezone.utc)
+    before = count_events(engine, since)
     started = time.perf_counter()
     post_seconds = post_all(url, args.write_key, bodies, args.threads)
     collector_rate = n / post_seconds
     print(f"  collector accepted {n} events in {post_seconds:.1f}s", flush=True)
-    finished = wait_persisted(engine, since, n, timeout=max(300, n / 500))
+    finished = wait_persisted(engine, since, before + n, timeout=max(300, n / 500))
     end_to_end_rate = n / (finished - started)
 
     paced_n = int(args.paced_rate * args.paced_seconds)
