@@ -122,22 +122,28 @@ def raw_post(client: CollectorClient, body: bytes) -> tuple[int, object]:
     return response.status, data[:200]
 
 
-def count_events(engine, since) -> int:
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT count(*) FROM events WHERE received_at >= :t"), {"t": since}).scalar()
+def persisted_events(worker_url: str) -> int:
+    """Events the worker has committed to PostgreSQL (its counter moves after each commit)."""
+    import urllib.request
+    with urllib.request.urlopen(f"{worker_url}/metrics", timeout=10) as response:
+        text_ = response.read().decode()
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text_.splitlines()
+                   if line.startswith("spoor_worker_events_total{")
+                   and ('outcome="applied"' in line or 'outcome="duplicate"' in line)))
 
 
-def wait_persisted(engine, since, expected: int, timeout: float) -> float:
+def wait_persisted(worker_url: str, expected: int, timeout: float) -> float:
+    """Wait until the worker's committed-event counter reaches ``expected``."""
     deadline = time.monotonic() + timeout
     last_report = 0.0
     while True:
-        done = count_events(engine, since)
+        done = persisted_events(worker_url)
         if done >= expected:
             return time.perf_counter()
         if time.monotonic() > deadline:
             sys.exit(f"only {done}/{expected} events reached PostgreSQL in {timeout}s")
         if time.monotonic() - last_report > 5:
-            print(f"  ... {done}/{expected} persisted", flush=True)
+            print(f"  ... {done} of {expected} events committed by the worker so far", flush=True)
             last_report = time.monotonic()
         time.sleep(0.2)
 
@@ -153,12 +159,13 @@ def main() -> None:
     settings = Settings()
     url = f"http://{settings.collector_host}:{settings.collector_port}"
     engine = create_engine(settings.database_url)
+    worker_url = f"http://127.0.0.1:{settings.worker_web_port}"
 
     print("waiting for the worker to be ready (a probe event through the whole pipeline) ...", flush=True)
-    since = datetime.now(timezone.utc)
+    before = persisted_events(worker_url)
     probe = orjson.dumps({"batch": simulate(1, seed=int(time.time()))[:1]})
     post_all(url, args.write_key, [probe], 1)
-    wait_persisted(engine, since, 1, timeout=600)
+    wait_persisted(worker_url, before + 1, timeout=600)
 
     print(f"preparing {args.events} simulated events ...", flush=True)
     bodies, n = make_batches(args.events, seed=int(time.time()))
@@ -170,21 +177,21 @@ def main() -> None:
           f"records/s ({n} records of {mean_size:.0f} bytes)", flush=True)
 
     print(f"phase 2: flood, {n} events in batches of {BATCH} from {args.threads} connections", flush=True)
-    since = datetime.now(timezone.utc)
-    before = count_events(engine, since)
+    before = persisted_events(worker_url)
     started = time.perf_counter()
     post_seconds = post_all(url, args.write_key, bodies, args.threads)
     collector_rate = n / post_seconds
     print(f"  collector accepted {n} events in {post_seconds:.1f}s", flush=True)
-    finished = wait_persisted(engine, since, before + n, timeout=max(300, n / 500))
+    finished = wait_persisted(worker_url, before + n, timeout=max(300, n / 500))
     end_to_end_rate = n / (finished - started)
 
     paced_n = int(args.paced_rate * args.paced_seconds)
     print(f"phase 3: paced, {paced_n} events at {args.paced_rate:.0f} events/s", flush=True)
     paced_bodies, paced_n = make_batches(paced_n, seed=int(time.time()) + 7)
     since = datetime.now(timezone.utc)
+    before = persisted_events(worker_url)
     post_all(url, args.write_key, paced_bodies, args.threads, rate_per_s=args.paced_rate)
-    wait_persisted(engine, since, paced_n, timeout=300)
+    wait_persisted(worker_url, before + paced_n, timeout=300)
     with engine.connect() as conn:
         p50, p99 = conn.execute(text(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM persisted_at - received_at)),"

@@ -104,10 +104,6 @@ class EventProducer:
             future.add_callback(acks.on_success)
             future.add_errback(acks.on_error)
 
-    def healthy(self) -> bool:
-        """False while the latest request's records were not all acknowledged."""
-        return self.last_failure is None
-
     def close(self) -> None:
         self.sender.shutdown(wait=True)
         self.producer.flush(timeout=self.settings.kafka_delivery_timeout_ms / 1000)

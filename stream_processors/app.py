@@ -53,8 +53,9 @@ def create_app(settings: Settings) -> faust.App:
     engine = create_engine(settings.database_url, pool_size=2, pool_pre_ping=True)
     writer = StreamWriter(engine)
 
-    async def send_bad_row(raw_value: bytes, field: str, reason: str):
-        return await dead_letter_topic.send(value=bad_row("worker", field, reason, raw_value))
+    async def send_bad_row(raw_value: bytes, field: str, reason: str) -> None:
+        delivered = await dead_letter_topic.send(value=bad_row("worker", field, reason, raw_value))
+        await delivered  # acked by the broker before the batch that dropped the event is acked
 
     tracker = ProfileTracker(profiles, writer, settings.dedupe_window, send_bad_row)
 
@@ -99,7 +100,8 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/metrics")
     async def prometheus(web, request):
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway.
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 
     @app.page("/healthz")
     async def healthz(web, request):

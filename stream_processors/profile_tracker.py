@@ -32,6 +32,8 @@ class ProfileTracker:
         self.send_bad_row = send_bad_row
 
     async def process(self, values: Sequence[bytes]) -> None:
+        if not values:
+            return
         events = await self._decode(values)
         by_user: dict[str, list[Event]] = {}
         for event in events:
@@ -54,7 +56,7 @@ class ProfileTracker:
         started = time.perf_counter()
         await run_blocking(self.writer.write_batch, rows, events)
         metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
-        metrics.BATCH_EVENTS.observe(len(values))
+        metrics.BATCH_EVENTS.observe(len(events))
         metrics.EVENTS.labels("applied").inc(applied)
         metrics.EVENTS.labels("duplicate").inc(len(events) - applied)
         now = datetime.now(timezone.utc)

@@ -143,3 +143,36 @@ def test_collector_exports_metrics(collector, write_key):
     metrics = httpx.get(f"{collector}/metrics").text
     assert 'spoor_collector_requests_total{endpoint="track",status="200"}' in metrics
     assert 'spoor_collector_events_total{outcome="accepted"}' in metrics
+
+
+def test_backend_services_can_produce_canonical_events_directly(worker, test_settings, engine):
+    from kafka import KafkaProducer
+
+    from spoor.events import Event
+    event = Event(event_id="srv-1", kind="purchase", name="Order Completed", user_key="backend-user",
+                  event_time=T, received_at=T, source="backend", order_id="o-9", revenue=Decimal("42.50"))
+    producer = KafkaProducer(bootstrap_servers=test_settings.kafka_bootstrap, acks="all")
+    producer.send(test_settings.events_topic, key=b"backend-user", value=event.to_json())
+    producer.send(test_settings.events_topic, key=b"broken", value=b'{"event_id": "srv-2", "kind": "teleport"}')
+    producer.send(test_settings.events_topic, key=b"broken", value=b"not json at all")
+    producer.flush()
+    producer.close()
+
+    wait_until(lambda: profile(engine, "backend-user"), 60, "the backend event's profile")
+    row = profile(engine, "backend-user")
+    assert (row["orders"], row["revenue"]) == (1, Decimal("42.50"))
+    def worker_dead_letters() -> list[dict] | None:
+        rows = [d for d in _dead_letters(engine) if d["processor"] == "worker"]
+        return rows if len(rows) == 2 else None
+
+    dead = wait_until(worker_dead_letters, 60, "the worker's two dead letters")
+    reasons = sorted((d["field"], d["payload"].get("event_id") or d["payload"].get("raw")) for d in dead)
+    assert reasons == [("$", "not json at all"), ("kind", "srv-2")]
+
+
+def test_worker_exports_metrics(worker, test_settings, engine):
+    wait_until(lambda: profile(engine, "alice"), 60, "the first test's events")
+    response = httpx.get(f"http://127.0.0.1:{test_settings.worker_web_port}/metrics")
+    assert response.status_code == 200
+    assert 'spoor_worker_events_total{outcome="applied"}' in response.text
+    assert "spoor_worker_freshness_seconds_bucket" in response.text
