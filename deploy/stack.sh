@@ -18,13 +18,13 @@ mkdir -p "$logs"
 
 running() { [[ -f "$run_dir/$1.pid" ]] && kill -0 "$(cat "$run_dir/$1.pid")" 2>/dev/null; }
 
-start_process() {  # name, health URL
-  local name=$1 health=$2
+start_process() {  # name, health URL, seconds to wait
+  local name=$1 health=$2 wait_s=$3
   if running "$name"; then echo "  $name already running"; return; fi
   echo "  starting $name (log: $logs/$name.log)"
   nohup "$spoor" "$name" >>"$logs/$name.log" 2>&1 &
   echo $! >"$run_dir/$name.pid"
-  for _ in $(seq 1 120); do
+  for _ in $(seq 1 $((wait_s * 2))); do
     if curl -fsS -o /dev/null "$health" 2>/dev/null; then return; fi
     if ! running "$name"; then echo "$name exited; last log lines:" >&2; tail -n 40 "$logs/$name.log" >&2; exit 1; fi
     sleep 0.5
@@ -57,8 +57,9 @@ case "${1:-}" in
     "$spoor" topics create
     "$spoor" keys create --name demo --source web --key "$demo_key" >/dev/null
     echo "==> Spoor processes"
-    start_process collector "$collector_url/healthz"
-    start_process worker "$worker_url/healthz"
+    start_process collector "$collector_url/healthz" 60
+    echo "  (the worker restores its table state from Kafka before it is ready: minutes for a large state)"
+    start_process worker "$worker_url/healthz" 900
     echo "collector_url: $collector_url"
     echo "write_key: $demo_key"
     echo "database_url: ${SPOOR_DATABASE_URL:-postgresql://spoor:spoor@127.0.0.1:${SPOOR_PG_PORT:-5433}/spoor}"

@@ -72,29 +72,41 @@ def create_app(settings: Settings) -> faust.App:
     async def forget_positions_on_assign(_app, assigned, **_kwargs):
         continuity.reset()
 
+    async def expected_start(tp) -> int | None:
+        """Where a partition's records should begin: the committed offset, else the log start."""
+        committed = app.consumer._committed_offset.get(tp)
+        if committed is None and tp not in continuity.next_offset:
+            committed = (await app.consumer.earliest_offsets(tp)).get(tp)
+        return committed
+
+    async def without_holes(batch) -> list:
+        """The batch's records to process; fail-stops if the consumer left a hole (see continuity.py)."""
+        kept, holes = [], {}
+        for event in batch:
+            tp = event.message.tp
+            verdict = continuity.admit(tp, event.message.offset, await expected_start(tp))
+            if verdict is True:
+                kept.append(event)
+            elif verdict is not False:
+                holes[tp] = verdict
+        if holes:
+            # Faust's own seek re-creates the hole (prefetched records move its read offset on).
+            # Nothing at or past a hole is acked, so a restarted worker reads it from the last commit.
+            metrics.SKIPPED_RECORD_REPAIRS.inc(len(holes))
+            fail_stop(f"the consumer skipped records at {holes}; restarting to read them again")
+        return kept
+
     @app.agent(events_topic, name="track-profiles")
     async def track_profiles(stream):
         async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_s):
-            values, holes = [], {}
-            for event in batch:
-                tp = event.message.tp
-                verdict = continuity.admit(tp, event.message.offset, app.consumer._committed_offset.get(tp))
-                if verdict is True:
-                    values.append(event.value)
-                elif verdict is not False:
-                    holes[tp] = verdict
-            await fail_stop_on_error(tracker.process(values), "tracking profiles")
-            if holes:
-                # Faust's own seek re-creates the hole (prefetched records move its read offset on).
-                # Nothing past a hole is acked, so a restarted worker reads it from the last commit.
-                metrics.SKIPPED_RECORD_REPAIRS.inc(len(holes))
-                fail_stop(f"the consumer skipped records at {holes}; restarting to read them again")
+            await fail_stop_on_error(tracker.process([e.value for e in await without_holes(batch)]),
+                                     "tracking profiles")
 
     @app.agent(dead_letter_topic, name="store-dead-letters")
     async def store_dead_letters(stream):
         async for batch in stream.take_events(500, within=1.0):
             rows = [dead_letter_row(f"{e.message.topic}/{e.message.partition}/{e.message.offset}", e.value)
-                    for e in batch]
+                    for e in await without_holes(batch)]
             await fail_stop_on_error(run_blocking(writer.write_dead_letters, rows), "storing dead letters")
             metrics.DEAD_LETTERS.inc(len(rows))
 
@@ -105,6 +117,8 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/healthz")
     async def healthz(web, request):
+        if not app.tables.recovery.completed.is_set():  # streams wait until tables are restored
+            return web.json({"status": "recovering table state from the changelog"}, status=503)
         return web.json({"status": "ok"})
 
     return app
