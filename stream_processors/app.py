@@ -80,21 +80,19 @@ def create_app(settings: Settings) -> faust.App:
         return committed
 
     async def without_holes(batch) -> list:
-        """The batch's records to process; fail-stops if the consumer left a hole (see continuity.py)."""
-        kept, holes = [], {}
+        """The batch, after checking the consumer left no hole in it (else fail-stop; see continuity.py)."""
+        holes = {}
         for event in batch:
             tp = event.message.tp
-            verdict = continuity.admit(tp, event.message.offset, await expected_start(tp))
-            if verdict is True:
-                kept.append(event)
-            elif verdict is not False:
-                holes[tp] = verdict
+            missing = continuity.admit(tp, event.message.offset, await expected_start(tp))
+            if missing is not None:
+                holes.setdefault(tp, missing)
         if holes:
-            # Faust's own seek re-creates the hole (prefetched records move its read offset on).
-            # Nothing at or past a hole is acked, so a restarted worker reads it from the last commit.
+            # Faust's own seek re-creates the hole (prefetched records move its read offset on), so
+            # stop before this batch is acked: a restarted worker reads from the last commit.
             metrics.SKIPPED_RECORD_REPAIRS.inc(len(holes))
             fail_stop(f"the consumer skipped records at {holes}; restarting to read them again")
-        return kept
+        return batch
 
     @app.agent(events_topic, name="track-profiles")
     async def track_profiles(stream):
