@@ -91,7 +91,7 @@ def post_all(url: str, key: str, bodies: list[bytes], threads: int, rate_per_s: 
                 delay = started + index * BATCH / rate_per_s - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            status, body = raw_post(client, bodies[index])
+            status, body = client.send_batch_json(bodies[index], retries=20)
             if status != 200:
                 errors.append(f"{status}: {body}")
                 break
@@ -105,21 +105,6 @@ def post_all(url: str, key: str, bodies: list[bytes], threads: int, rate_per_s: 
     if errors:
         sys.exit(f"collector refused a batch: {errors[0]}")
     return time.perf_counter() - started
-
-
-def raw_post(client: CollectorClient, body: bytes) -> tuple[int, object]:
-    for attempt in range(20):
-        if client.connection is None:
-            import http.client
-            client.connection = http.client.HTTPConnection(client.host, client.port, timeout=60)
-        client.connection.request("POST", "/v1/batch", body, {"Content-Type": "application/json",
-                                                              "Authorization": client.auth})
-        response = client.connection.getresponse()
-        data = response.read()
-        if response.status not in (429, 503):
-            return response.status, data[:200]
-        time.sleep(min(2.0, 0.1 * 2 ** attempt))
-    return response.status, data[:200]
 
 
 def persisted_events(worker_url: str) -> int:

@@ -11,10 +11,9 @@ import ctypes
 import logging
 import signal
 import subprocess
-import sys
 import time
 
-RESTART_CODE = 70
+RESTART_CODE = 70  # EX_SOFTWARE: the worker fail-stopped; a fresh process resumes from the last commit
 MAX_RESTARTS_PER_HOUR = 30
 PR_SET_PDEATHSIG = 1
 log = logging.getLogger("spoor.supervise")
@@ -52,7 +51,3 @@ def supervise(command: list[str]) -> int:
             return code
         log.warning("worker fail-stopped (exit %d); restarting it (%d in the last hour)", code, len(restarts))
         time.sleep(1)
-
-
-def main() -> None:
-    sys.exit(supervise(sys.argv[1:]))

@@ -16,9 +16,13 @@ def spoor_topics(settings: Settings) -> list[NewTopic]:
     ]
 
 
+def _admin(settings: Settings) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-admin")
+
+
 def create_topics(settings: Settings) -> list[str]:
     """Create missing topics; return the names created. Existing ones are checked, not changed."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-admin")
+    admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
         wanted = spoor_topics(settings)
@@ -40,7 +44,7 @@ def create_topics(settings: Settings) -> list[str]:
 
 
 def missing_topics(settings: Settings) -> list[str]:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-admin")
+    admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
     finally:

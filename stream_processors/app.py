@@ -40,10 +40,9 @@ def create_app(settings: Settings) -> faust.App:
         web_bind="127.0.0.1",
         web_port=settings.worker_web_port,
     )
-    events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes,
-                             key_serializer="raw", value_serializer="raw")
-    dead_letter_topic = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes,
-                                  key_serializer="raw", value_serializer="raw")
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    events_topic = app.topic(settings.events_topic, **raw)
+    dead_letter_topic = app.topic(settings.dead_letter_topic, **raw)
     # Keys are raw bytes and the default partitioner places them, so a user's
     # changelog records land on the same partition number as the user's events.
     profiles = app.tables.add(DurableTable(

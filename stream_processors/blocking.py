@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from spoor.supervise import RESTART_CODE
 from stream_processors import metrics
 
 log = logging.getLogger(__name__)
-EXIT_CODE = 70  # EX_SOFTWARE: `spoor worker` restarts the process, which resumes from the last commit
 WRITES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spoor-write")
 
 
@@ -25,8 +25,8 @@ def retry_transient(write: Callable, *args, attempts: int = 8, first_delay_s: fl
     for attempt in range(attempts):
         try:
             return write(*args)
-        except (OperationalError, DBAPIError) as err:
-            if not getattr(err, "connection_invalidated", False) and not isinstance(err, OperationalError):
+        except DBAPIError as err:
+            if not (isinstance(err, OperationalError) or err.connection_invalidated):
                 raise
             metrics.WRITE_FAILURES.inc()
             if attempt == attempts - 1:
@@ -59,4 +59,4 @@ def fail_stop(reason: str) -> None:
     """Exit at once, before Faust can ack or commit anything more; `spoor worker` restarts the process."""
     log.critical(reason)
     logging.shutdown()
-    os._exit(EXIT_CODE)
+    os._exit(RESTART_CODE)
