@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     # Topics. Events are keyed by user key, so one user's events share a partition.
     events_topic: str = "spoor.events"
     dead_letter_topic: str = "spoor.events.dlq"
+    # Behavioural triggers (cart/browse abandonment, win-back) for campaigns to act on.
+    triggers_topic: str = "spoor.triggers"
     topic_partitions: int = Field(4, ge=1)
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
 

@@ -3,7 +3,7 @@
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, Numeric, String, Text, func
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, Numeric, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -37,6 +37,51 @@ class UserProfile(Base):
     first_purchase_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_purchase_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+WINDOWS = ("1d", "7d", "30d")
+WINDOWED_COUNTS = ("page_views", "product_views", "cart_adds", "checkouts", "purchases")
+
+
+class UserActivity(Base):
+    """Per-user rolling windows and RFM inputs, written by the stream as of the user's latest event.
+
+    Columns ``<count>_<window>`` and ``revenue_<window>`` exist for every name in
+    WINDOWED_COUNTS x WINDOWS (see migration 0002); they are reached through the table's columns.
+    """
+
+    __tablename__ = "user_activity"
+
+    user_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    as_of: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    frequency: Mapped[int] = mapped_column(Integer)
+    monetary: Mapped[Decimal] = mapped_column(MONEY)
+    favourite_category: Mapped[str | None] = mapped_column(Text)
+    favourite_categories: Mapped[list] = mapped_column(JSONB)
+    lifecycle_stage: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+for _count in WINDOWED_COUNTS:
+    for _window in WINDOWS:
+        UserActivity.__table__.append_column(Column(f"{_count}_{_window}", Integer, nullable=False))
+for _window in WINDOWS:
+    UserActivity.__table__.append_column(Column(f"revenue_{_window}", MONEY, nullable=False))
+
+
+class BehaviourTrigger(Base):
+    """A behavioural trigger (cart/browse abandonment, win-back), once per user and episode."""
+
+    __tablename__ = "behaviour_triggers"
+
+    # "<kind>:<user_key>:<episode>", so re-emitting the same episode is a no-op.
+    trigger_id: Mapped[str] = mapped_column(String(400), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    user_key: Mapped[str] = mapped_column(String(256))
+    episode: Mapped[str] = mapped_column(String(256))
+    fired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    details: Mapped[dict] = mapped_column(JSONB)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class Event(Base):
