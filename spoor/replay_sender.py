@@ -39,6 +39,10 @@ class ReplayResult:
     batches: int = 0
     seconds: float = 0.0
 
+    @property
+    def sent(self) -> int:
+        return self.accepted + sum(self.rejected.values())
+
 
 def replay_file(path: Path, client: CollectorClient, progress: TextIO = sys.stderr) -> ReplayResult:
     with open(path, "rb") as raw:
@@ -56,17 +60,21 @@ def replay_file(path: Path, client: CollectorClient, progress: TextIO = sys.stde
         if result.format == Format.ONLINE_RETAIL:
             messages = online_retail_messages(rows, result.tally)  # grouped by invoice: the whole file first
             total = len(messages)
-            sent_fraction = lambda: result.accepted / max(1, total)  # noqa: E731
+
+            def done_fraction() -> float:
+                return result.sent / max(1, total)
         else:
-            messages = rees46_messages(rows, result.tally)
+            messages = rees46_messages(rows, result.tally)  # streamed: progress is the share of the file read
             size = path.stat().st_size
-            sent_fraction = lambda: raw.tell() / max(1, size)  # noqa: E731
-        bar = ProgressBar(progress, sent_fraction)
+
+            def done_fraction() -> float:
+                return raw.tell() / max(1, size)
+        bar = ProgressBar(progress, done_fraction)
         for batch in _batches(messages):
             _send(client, batch, result)
-            bar.show(result.accepted + sum(result.rejected.values()))
+            bar.show(result.sent)
         result.seconds = time.monotonic() - started
-        bar.done(result.accepted + sum(result.rejected.values()))
+        bar.done(result.sent)
     return result
 
 
@@ -141,7 +149,7 @@ def summary_lines(result: ReplayResult, collector_url: str) -> list[str]:
     mapped = sum(tally.events.values())
     lines = [f"replayed {result.path} ({result.format}, {result.rows:,} rows) to {collector_url}",
              f"sent {mapped:,} events in {result.batches:,} batches in {result.seconds:.1f}s: "
-             f"{result.accepted:,} accepted, {sum(result.rejected.values()):,} rejected"]
+             f"{result.accepted:,} accepted, {result.sent - result.accepted:,} rejected"]
     lines += [f"  {name:<16} {count:>9,}" for name, count in sorted(tally.events.items())]
     if result.format == Format.ONLINE_RETAIL:
         lines.append(f"guest invoices (no CustomerID; anonymousId guest-<InvoiceNo>): {tally.guests:,}")
