@@ -44,3 +44,6 @@ class Settings(BaseSettings):
     worker_session_timeout_s: float = Field(30.0, ge=6)
     # How many recent event ids per user are remembered to count a redelivered event once.
     dedupe_window: int = Field(512, ge=1)
+
+    # Replay (`spoor replay`): the write key `make up` creates, used when none is given.
+    demo_write_key: str = "spoor-demo-write-key"
