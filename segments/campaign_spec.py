@@ -19,7 +19,8 @@ from datetime import time
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator,
+                      model_validator)
 
 from segments import SegmentsError
 from segments.language import NAME_PATTERN, parse_duration
@@ -71,6 +72,10 @@ class QuietHours(BaseModel):
         if isinstance(value, str) and re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
             return time.fromisoformat(value)
         raise ValueError("quiet hours are 'HH:MM' (24 h)")
+
+    @field_serializer("start", "end")
+    def _as_hh_mm(self, value: time) -> str:
+        return value.strftime("%H:%M")
 
     @model_validator(mode="after")
     def _not_empty(self):

@@ -160,7 +160,8 @@ def dispatch_due(engine: Engine, sender: Sender, now: datetime, default_time_zon
             if row is None:
                 break
             spec = specs[row.campaign]
-            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"{spec.name}\x00{row.user_key}"))))
+            lock = f"spoor.campaign:{spec.name}:{row.user_key}"  # serialises the cap check per user
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(lock))))
             consent = conn.execute(select(CONSENT.c.opted_out, CONSENT.c.time_zone)
                                    .where(CONSENT.c.user_key == row.user_key)).first()
             sent_recently = 0

@@ -26,6 +26,7 @@ def test_definition_errors_are_clear():
         parse_campaign({**SPEC.model_dump(mode="json"), "quiet_hours": {"start": "25:00", "end": "08:00"}})
     with pytest.raises(CampaignDefinitionError, match="holdout_percent"):
         parse_campaign({**SPEC.model_dump(mode="json"), "holdout_percent": 95})
+    assert parse_campaign(SPEC.model_dump(mode="json")) == SPEC  # stored definitions read back the same
     assert SPEC.delay == 1800 and SPEC.expires_after == 43200 and SPEC.frequency_cap.per == 7 * 86400
 
 
