@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
 
+from segments import metrics
 from segments.campaign_spec import TRIGGER_KINDS
 from spoor.bad_rows import bad_row
 from storage.models import BehaviourTrigger
@@ -68,12 +69,22 @@ class TriggerIngest:
         if not values:
             return 0
         rows, rejects = parse_triggers(values)
-        stored = store_triggers(self.engine, rows)
-        sent = [self.producer.send(self.dead_letter_topic, value=bad_row("campaign-triggers", field, reason, raw))
-                for raw, field, reason in rejects]
-        for future in sent:
-            future.get(timeout=30)  # a reject is acknowledged by Kafka before its offset is committed
-        self.consumer.commit()
+        try:
+            stored = store_triggers(self.engine, rows)
+            sent = [self.producer.send(self.dead_letter_topic, value=bad_row("campaign-triggers", field, reason, raw))
+                    for raw, field, reason in rejects]
+            for future in sent:
+                future.get(timeout=30)  # a reject is acknowledged by Kafka before its offset is committed
+            self.consumer.commit()
+        except Exception:
+            # Read these records again next time: the consumer's position already moved past them.
+            for tp, records in batches.items():
+                if records:
+                    self.consumer.seek(tp, records[0].offset)
+            raise
+        metrics.TRIGGERS.labels("stored").inc(stored)
+        metrics.TRIGGERS.labels("duplicate").inc(len(rows) - stored)
+        metrics.TRIGGERS.labels("rejected").inc(len(rejects))
         return stored
 
 

@@ -60,3 +60,5 @@ class Settings(BaseSettings):
     admin_token: str = ""  # bearer token of the segments/campaigns HTTP API; the API refuses to start without it
     admin_api_host: str = "127.0.0.1"
     admin_api_port: int = 8090
+    segments_web_port: int = 6070  # /healthz and /metrics of `spoor segments run` (0 = none)
+    campaigns_web_port: int = 6071  # the same for `spoor campaigns run`

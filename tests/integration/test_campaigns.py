@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from sqlalchemy import select
 
 from segments import campaigns, membership

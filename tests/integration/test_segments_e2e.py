@@ -7,6 +7,7 @@ import hashlib
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -20,7 +21,7 @@ from segments.kafka import create_producer, create_segment_topics
 from segments.rules import idempotency_key, in_holdout
 from segments.triggers import trigger_message
 from spoor.collector_client import CollectorClient
-from tests.conftest import REPO, SpoorProcess, wait_until
+from tests.conftest import REPO, SpoorProcess, free_port, wait_until
 from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -34,7 +35,8 @@ def settings(test_settings):
     settings = test_settings.model_copy(update={
         "campaign_webhook_secret": SECRET, "triggers_topic": f"spoor.test-{run}.triggers",
         "segments_topic": f"spoor.test-{run}.segments", "campaigns_dead_letter_topic": f"spoor.test-{run}.cdlq",
-        "segments_poll_s": 0.5, "campaigns_poll_s": 0.5, "segments_change_overlap_s": 5.0})
+        "segments_poll_s": 0.5, "campaigns_poll_s": 0.5, "segments_change_overlap_s": 5.0,
+        "segments_web_port": free_port(), "campaigns_web_port": free_port()})
     create_segment_topics(settings)
     return settings
 
@@ -56,10 +58,20 @@ def runners(settings, tmp_path_factory):
         processes.append(subprocess.Popen([sys.executable, "-m", "spoor.cli", command, "run"], cwd=REPO,
                                           env=SpoorProcess(command, settings, log_dir).env(), stdout=log,
                                           stderr=subprocess.STDOUT))
+    for port in (settings.segments_web_port, settings.campaigns_web_port):
+        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 60, f"runner on port {port}")
     yield log_dir
     for process in processes:
         process.terminate()
         process.wait(30)
+
+
+def http_get(url: str) -> tuple[int | None, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except OSError:
+        return None, ""
 
 
 def spoor(settings, *args: str, stdin: str | None = None) -> str:
@@ -91,7 +103,7 @@ def test_traffic_to_segment_to_campaign_to_webhook(settings, collector, start_pr
     now = datetime.now(timezone.utc)
 
     # Definitions through the CLI, as a marketer would.
-    spoor(settings, "segments", "define", "-", stdin=f"""
+    spoor(settings, "segments", "define", "-", stdin="""
 name: carted_last_hour
 description: added to cart in the last hour without ordering
 where: 'did "Product Added" in last 1h and not "Order Completed"'
@@ -179,6 +191,11 @@ retry_backoff: 1s
     for user in (opted_out, quiet, buyer, *held):
         assert receiver.calls_for(user) == []
     assert len(receiver.calls) == 4
+    _, exposed = http_get(f"http://127.0.0.1:{settings.campaigns_web_port}/metrics")
+    assert 'spoor_campaigns_deliveries_total{outcome="sent"} 4.0' in exposed
+    assert 'spoor_campaigns_triggers_total{outcome="duplicate"} 1.0' in exposed
+    _, exposed = http_get(f"http://127.0.0.1:{settings.segments_web_port}/metrics")
+    assert 'spoor_segments_published_total' in exposed
 
     # Erasure: PostgreSQL rows, a tombstone on the worker's table changelog, an audit record.
     report = orjson.loads(spoor(settings, "users", "erase", plain_1))

@@ -2,7 +2,6 @@
 history and sizes, the enter/exit topic."""
 
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 
 import orjson
 import pytest
