@@ -30,7 +30,7 @@ DEFINITIONS = SegmentDefinition.__table__
 MEMBERS = SegmentMember.__table__
 TRANSITIONS = SegmentTransition.__table__
 CURSORS = SegmentCursor.__table__
-KEY_CHUNK = 5000
+KEY_CHUNK = 1000  # bounds the incremental diff even under a nested-loop plan
 STATUSES = ("draft", "active", "paused")
 
 
@@ -140,7 +140,8 @@ def refresh(engine: Engine, spec: SegmentSpec, specs: dict[str, SegmentSpec], no
     return _refresh(engine, spec, specs, now, None)
 
 
-def _refresh(engine, spec, specs, now, keys: list[str] | None) -> tuple[int, int]:
+def refresh_statement(spec: SegmentSpec, specs: dict[str, SegmentSpec], now: datetime, keys: list[str] | None):
+    """INSERT new members, DELETE leavers, and record both as transitions: one statement."""
     compiled = compile_segment(spec, {**specs, spec.name: spec}.get, now, keys)
     computed = compiled.query.cte("computed")
     name = literal(spec.name)
@@ -155,10 +156,19 @@ def _refresh(engine, spec, specs, now, keys: list[str] | None) -> tuple[int, int
     left = leaving.returning(MEMBERS.c.user_key).cte("left")
     changes = union_all(select(name, entered.c.user_key, literal("enter"), at),
                         select(name, left.c.user_key, literal("exit"), at))
-    record = (insert(TRANSITIONS).from_select(["segment", "user_key", "change", "at"], changes)
-              .returning(TRANSITIONS.c.change))
+    return (insert(TRANSITIONS).from_select(["segment", "user_key", "change", "at"], changes)
+            .returning(TRANSITIONS.c.change))
+
+
+def _refresh(engine, spec, specs, now, keys: list[str] | None) -> tuple[int, int]:
+    record = refresh_statement(spec, specs, now, keys)
     with engine.begin() as conn:
         conn.execute(select(func.pg_advisory_xact_lock(func.hashtext("spoor.segment:" + spec.name))))
+        if keys is None:
+            # A full pass reads everyone, so hash joins are right; and with stale statistics on
+            # segment_members (e.g. a segment that just filled) the planner picks a nested-loop
+            # anti-join against the computed set: quadratic, 16 s instead of 0.3 s for 11k members.
+            conn.execute(text("SET LOCAL enable_nestloop = off"))
         changed = conn.execute(record).scalars().all()
         if keys is None:
             conn.execute(update(DEFINITIONS).where(DEFINITIONS.c.name == spec.name)
