@@ -8,7 +8,7 @@ import hmac
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, select
@@ -24,6 +24,8 @@ from spoor.settings import Settings
 from storage.models import UserActivity, UserProfile
 
 MAX_BODY_BYTES = 1_000_000
+Name = Annotated[str, Path(max_length=64)]
+UserKey = Annotated[str, Path(min_length=1, max_length=256)]
 SEGMENT_EXAMPLE = {"name": "shoe_fans", "description": "frequent shoe buyers",
                    "where": {"all": ["purchases_30d >= 2", 'favourite_category == "shoes"',
                                      'did "Product Added" in last 24h and not "Order Completed"']}}
@@ -76,7 +78,7 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
         return segment_store.rows()
 
     @app.put("/segments/{name}", dependencies=auth, summary="Create or replace a segment (status unchanged)")
-    def put_segment(name: str, definition: Annotated[dict, Body(examples=[SEGMENT_EXAMPLE])]) -> dict:
+    def put_segment(name: Name, definition: Annotated[dict, Body(examples=[SEGMENT_EXAMPLE])]) -> dict:
         spec = parse_segment({**definition, "name": definition.get("name", name)})
         if spec.name != name:
             raise SegmentsError(f"the definition is named {spec.name!r}, the path says {name!r}")
@@ -84,7 +86,7 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
         return {**segment_store.row(name), "definition": spec.model_dump(mode="json", by_alias=True)}
 
     @app.get("/segments/{name}", dependencies=auth)
-    def get_segment(name: str) -> dict:
+    def get_segment(name: Name) -> dict:
         return {**segment_store.row(name),
                 "definition": segment_store.get(name).model_dump(mode="json", by_alias=True)}
 
@@ -94,38 +96,38 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
         return membership.preview(engine, parse_segment(definition), segment_store.specs(), clock(), sample)
 
     @app.get("/segments/{name}/preview", dependencies=auth, summary="Size and sample of a saved segment now")
-    def preview_segment(name: str, sample: int = Query(10, ge=0, le=100)) -> dict:
+    def preview_segment(name: Name, sample: int = Query(10, ge=0, le=100)) -> dict:
         return membership.preview(engine, segment_store.get(name), segment_store.specs(), clock(), sample)
 
     @app.post("/segments/{name}/launch", dependencies=auth, summary="Maintain membership (computed at once)")
-    def launch_segment(name: str) -> dict:
+    def launch_segment(name: Name) -> dict:
         segment_store.set_status(name, "active")
         entered, left = membership.full_recompute(engine, clock(), [name])[name]
         return {**segment_store.row(name), "entered": entered, "left": left}
 
     @app.post("/segments/{name}/pause", dependencies=auth, summary="Stop maintaining membership")
-    def pause_segment(name: str) -> dict:
+    def pause_segment(name: Name) -> dict:
         segment_store.set_status(name, "paused")
         return segment_store.row(name)
 
     @app.post("/segments/{name}/recompute", dependencies=auth, summary="Full recompute now")
-    def recompute_segment(name: str) -> dict:
+    def recompute_segment(name: Name) -> dict:
         entered, left = membership.full_recompute(engine, clock(), [name])[name]
         return {"segment": name, "entered": entered, "left": left}
 
     @app.get("/segments/{name}/members", dependencies=auth)
-    def segment_members(name: str, limit: int = Query(100, ge=1, le=10_000),
+    def segment_members(name: Name, limit: int = Query(100, ge=1, le=10_000),
                         after: str | None = Query(None, max_length=256)) -> list[dict]:
         segment_store.row(name)
         return membership.members(engine, name, limit, after)
 
     @app.get("/segments/{name}/history", dependencies=auth, summary="Latest entries and exits")
-    def segment_history(name: str, limit: int = Query(100, ge=1, le=10_000)) -> list[dict]:
+    def segment_history(name: Name, limit: int = Query(100, ge=1, le=10_000)) -> list[dict]:
         segment_store.row(name)
         return membership.history(engine, name, limit)
 
     @app.get("/segments/{name}/sizes", dependencies=auth, summary="Segment size at each step from start to end")
-    def segment_sizes(name: str, start: datetime, end: datetime,
+    def segment_sizes(name: Name, start: datetime, end: datetime,
                       step_s: int = Query(3600, ge=60, le=366 * 86400)) -> list[dict]:
         segment_store.row(name)
         return membership.sizes(engine, name, start, end, timedelta(seconds=step_s))
@@ -136,7 +138,7 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
         return campaign_store.rows()
 
     @app.put("/campaigns/{name}", dependencies=auth, summary="Create or replace a campaign (status unchanged)")
-    def put_campaign(name: str, definition: Annotated[dict, Body(examples=[CAMPAIGN_EXAMPLE])]) -> dict:
+    def put_campaign(name: Name, definition: Annotated[dict, Body(examples=[CAMPAIGN_EXAMPLE])]) -> dict:
         spec = parse_campaign({**definition, "name": definition.get("name", name)})
         if spec.name != name:
             raise SegmentsError(f"the definition is named {spec.name!r}, the path says {name!r}")
@@ -144,15 +146,15 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
         return campaign_store.get(name)[1]
 
     @app.get("/campaigns/{name}", dependencies=auth)
-    def get_campaign(name: str) -> dict:
+    def get_campaign(name: Name) -> dict:
         return campaign_store.get(name)[1]
 
     @app.get("/campaigns/{name}/preview", dependencies=auth, summary="Who the campaign would reach")
-    def preview_campaign(name: str, sample: int = Query(10, ge=0, le=100)) -> dict:
+    def preview_campaign(name: Name, sample: int = Query(10, ge=0, le=100)) -> dict:
         return campaigns.preview(engine, campaign_store.get(name)[0], clock(), sample)
 
     @app.post("/campaigns/{name}/launch", dependencies=auth)
-    def launch_campaign(name: str) -> dict:
+    def launch_campaign(name: Name) -> dict:
         spec, _ = campaign_store.get(name)
         if spec.action.webhook and not settings.campaign_webhook_secret:
             raise SegmentsError("SPOOR_CAMPAIGN_WEBHOOK_SECRET is not set: webhooks cannot be signed")
@@ -160,26 +162,26 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
         return campaign_store.get(name)[1]
 
     @app.post("/campaigns/{name}/pause", dependencies=auth)
-    def pause_campaign(name: str) -> dict:
+    def pause_campaign(name: Name) -> dict:
         campaign_store.pause(name)
         return campaign_store.get(name)[1]
 
     @app.get("/campaigns/{name}/report", dependencies=auth, summary="Conversion of treated vs holdout, with lift")
-    def campaign_report(name: str, days: int | None = Query(None, ge=1, le=90)) -> dict:
+    def campaign_report(name: Name, days: int | None = Query(None, ge=1, le=90)) -> dict:
         return campaigns.report(engine, name, days)
 
     # Users
     @app.get("/users/{user_key}", dependencies=auth, summary="Profile, activity, segments and campaign history")
-    def get_user(user_key: str) -> dict[str, Any]:
+    def get_user(user_key: UserKey) -> dict[str, Any]:
         return user_view(engine, user_key)
 
     @app.put("/users/{user_key}/consent", dependencies=auth, summary="Opt a user out of (or back into) campaigns")
-    def put_consent(user_key: str, opted_out: bool | None = Body(None, embed=True),
+    def put_consent(user_key: UserKey, opted_out: bool | None = Body(None, embed=True),
                     time_zone: str | None = Body(None, embed=True, max_length=64)) -> dict:
         return campaigns.set_consent(engine, user_key, opted_out, time_zone)
 
     @app.delete("/users/{user_key}", dependencies=auth, summary="Erase a user (PostgreSQL and Faust tables)")
-    def erase(user_key: str) -> dict:
+    def erase(user_key: UserKey) -> dict:
         return erase_user(settings, engine, user_key, actor="api")
 
     return app

@@ -89,12 +89,13 @@ class CampaignStore:
 
 def _episodes(conn, spec: CampaignSpec, launched_at: datetime, now: datetime):
     """Audience episodes since launch that have no delivery row yet: (episode, user_key, at, details)."""
-    already = exists().where(DELIVERIES.c.campaign == spec.name)
+    already = exists().where(DELIVERIES.c.campaign == spec.name)  # with user_key: the unique index answers
     if spec.audience.trigger:
         query = (select(TRIGGERS.c.trigger_id, TRIGGERS.c.user_key, TRIGGERS.c.fired_at, TRIGGERS.c.details)
                  .where(TRIGGERS.c.kind == spec.audience.trigger, TRIGGERS.c.fired_at >= launched_at,
                         TRIGGERS.c.fired_at <= now,
-                        ~already.where(DELIVERIES.c.episode == TRIGGERS.c.trigger_id))
+                        ~already.where(DELIVERIES.c.user_key == TRIGGERS.c.user_key,
+                                       DELIVERIES.c.episode == TRIGGERS.c.trigger_id))
                  .order_by(TRIGGERS.c.fired_at))
     else:
         episode = func.concat("segment:", TRANSITIONS.c.segment, ":", TRANSITIONS.c.id)
@@ -102,7 +103,8 @@ def _episodes(conn, spec: CampaignSpec, launched_at: datetime, now: datetime):
                         func.jsonb_build_object("segment", TRANSITIONS.c.segment))
                  .where(TRANSITIONS.c.segment == spec.audience.segment_entry, TRANSITIONS.c.change == "enter",
                         TRANSITIONS.c.at >= launched_at, TRANSITIONS.c.at <= now,
-                        ~already.where(DELIVERIES.c.episode == episode))
+                        ~already.where(DELIVERIES.c.user_key == TRANSITIONS.c.user_key,
+                                       DELIVERIES.c.episode == episode))
                  .order_by(TRANSITIONS.c.id))
     return conn.execute(query.limit(ENQUEUE_BATCH)).all()
 

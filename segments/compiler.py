@@ -146,9 +146,3 @@ def compile_segment(spec: SegmentSpec, resolve: Resolver, now: datetime,
         query = query.where(PROFILES.c.user_key.in_(list(user_keys)))
     return CompiledSegment(spec.name, query, depends_on_population=compiler.rfm is not None,
                            depends_on_time=compiler.uses_time, references=compiler.references)
-
-
-def check_references(spec: SegmentSpec, resolve: Resolver, now: datetime) -> None:
-    """Raise SegmentDefinitionError for unknown references or cycles (compiles without running)."""
-    compile_segment(spec, resolve, now)
-

@@ -235,25 +235,3 @@ def parse_segment(data: Any) -> SegmentSpec:
         if isinstance(err, ValidationError):
             raise SegmentDefinitionError(_describe(err)) from None
         raise SegmentDefinitionError(str(err)) from None
-
-
-def referenced_segments(condition) -> set[str]:
-    if isinstance(condition, SegmentRef):
-        return {condition.segment}
-    if isinstance(condition, (AllOf, AnyOf)):
-        children = condition.all if isinstance(condition, AllOf) else condition.any
-        return set().union(*(referenced_segments(c) for c in children))
-    if isinstance(condition, NotOf):
-        return referenced_segments(condition.not_)
-    return set()
-
-
-def used_fields(condition) -> set[str]:
-    if isinstance(condition, FieldCondition):
-        return {condition.field}
-    if isinstance(condition, (AllOf, AnyOf)):
-        children = condition.all if isinstance(condition, AllOf) else condition.any
-        return set().union(*(used_fields(c) for c in children))
-    if isinstance(condition, NotOf):
-        return used_fields(condition.not_)
-    return set()

@@ -99,3 +99,18 @@ def test_lift_and_confidence_intervals():
     assert small["absolute_lift_ci"][0] < 0 < small["absolute_lift_ci"][1]  # not significant
     assert lift(10, 1, 0, 0)["relative_lift"] is None
     assert lift(10, 1, 10, 0)["relative_lift"] is None and lift(10, 1, 10, 0)["absolute_lift"] == 0.1
+
+
+def test_trigger_messages_are_validated():
+    from segments.triggers import parse_triggers, trigger_message
+    good = trigger_message("cart_abandonment", "u1", "7", datetime(2026, 6, 1, tzinfo=timezone.utc), {"v": 1})
+    rows, rejects = parse_triggers([
+        good,
+        b"not json",
+        trigger_message("teleport", "u1", "7", datetime(2026, 6, 1, tzinfo=timezone.utc)),
+        good.replace(b'"trigger_id":"cart_abandonment:u1:7"', b'"trigger_id":"cart_abandonment:u2:7"'),
+        trigger_message("win_back", "u1", "7", datetime(2026, 6, 1)),  # no time zone
+    ])
+    assert [r["trigger_id"] for r in rows] == ["cart_abandonment:u1:7"] and rows[0]["details"] == {"v": 1}
+    assert len(rejects) == 4
+    assert rejects[1][1] == "kind" and "trigger_id must be" in rejects[2][2] and "time zone" in rejects[3][2]
