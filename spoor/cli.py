@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--write-key", required=True)
     commands.add_parser("summary", help="print the summary of what is in PostgreSQL")
     _add_replay_parser(commands)
+    from segments.cli import add_commands as add_segments_commands  # segments, campaigns, users
+    add_segments_commands(commands)
 
     args = parser.parse_args(argv)
     long_running = args.command in ("collector", "worker")
@@ -136,6 +138,12 @@ def _replay(settings: Settings, args) -> None:
     print("\n".join(summary_lines(result, url)))
     if result.rejected:
         sys.exit(1)
+def _segments(settings: Settings, args) -> None:
+    from segments.cli import run
+    run(settings, args)
+
+
+_campaigns = _users = _segments
 
 
 if __name__ == "__main__":

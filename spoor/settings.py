@@ -47,3 +47,21 @@ class Settings(BaseSettings):
 
     # Replay (`spoor replay`): the write key `make up` creates, used when none is given.
     demo_write_key: str = "spoor-demo-write-key"
+
+    # Segments and campaigns (segments/).
+    segments_topic: str = "spoor.segments"  # enter/exit messages, keyed by user key
+    campaigns_dead_letter_topic: str = "spoor.campaigns.dlq"  # deliveries that failed their last try
+    segments_poll_s: float = Field(5.0, gt=0)  # how often the incremental pass looks for changed profiles
+    segments_full_recompute_s: float = Field(900.0, gt=0)  # scheduled full recompute of every active segment
+    # Changed profiles are re-read from this far before the last pass, because a profile's updated_at
+    # is its transaction's start time and that transaction may commit later.
+    segments_change_overlap_s: float = Field(120.0, ge=0)
+    campaigns_poll_s: float = Field(2.0, gt=0)
+    campaign_webhook_secret: str = ""  # HMAC-SHA256 key for webhook signatures; required to send webhooks
+    campaign_webhook_timeout_s: float = Field(5.0, gt=0)
+    campaign_default_time_zone: str = "UTC"  # for quiet hours of users without a time zone in user_consent
+    admin_token: str = ""  # bearer token of the segments/campaigns HTTP API; the API refuses to start without it
+    admin_api_host: str = "127.0.0.1"
+    admin_api_port: int = 8090
+    segments_web_port: int = 6070  # /healthz and /metrics of `spoor segments run` (0 = none)
+    campaigns_web_port: int = 6071  # the same for `spoor campaigns run`
