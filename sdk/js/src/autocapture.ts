@@ -2,12 +2,13 @@
 
 import type { Properties } from './types';
 
-/** Calls `onNavigate` when pushState or back/forward changes the URL. */
+/** Calls `onNavigate` when pushState or back/forward changes the path or query (not just the #fragment). */
 export function watchHistory(onNavigate: () => void): void {
-  let last = location.href;
+  const where = () => location.pathname + location.search;
+  let last = where();
   const check = () => {
-    if (location.href !== last) {
-      last = location.href;
+    if (where() !== last) {
+      last = where();
       onNavigate();
     }
   };

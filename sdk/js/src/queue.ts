@@ -51,7 +51,7 @@ export class EventQueue {
     this.keyPrefix = `${options.prefix}:queue:`;
     this.key = this.keyPrefix + options.tabId;
     this.now = options.now ?? Date.now;
-    this.schedule = options.schedule ?? queueMicrotask;
+    this.schedule = options.schedule ?? ((task) => queueMicrotask(task));
   }
 
   get length(): number {
