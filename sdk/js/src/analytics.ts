@@ -180,6 +180,11 @@ export class Spoor {
     };
     const userId = identity.userId();
     if (userId) message.userId = userId;
+    try {
+      JSON.stringify(message); // a cycle or a BigInt would otherwise stall the queue later
+    } catch (error) {
+      return warn(`spoor: ${fields.type} ${fields.event ?? ''} dropped: its properties are not JSON`, error);
+    }
     queue.push(message);
     delivery.queued();
   }
