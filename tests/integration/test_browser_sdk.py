@@ -16,6 +16,7 @@ import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import text
@@ -190,6 +191,16 @@ def test_shopper_journey_arrives_once_in_order(browser, shop, pipeline, engine):
     assert len(sessions) == 1
     assert {m["anonymousId"] for m in messages} == {anonymous_id}
     assert messages[2]["properties"] == {"product_id": "P9", "price": "9.50", "session_id": sessions.pop()}
+
+
+def test_calls_recorded_by_the_async_snippet_are_replayed(browser, shop, pipeline, engine):
+    config = {"writeKey": pipeline["key"], "host": pipeline["host"], **TEST_OPTIONS}
+    context = browser.call("context")
+    page = browser.call("open", context=context, url=f"{shop}/?bundle=snippet&config={quote(json.dumps(config))}")
+    wait_until(lambda: browser.eval(page, "window.spoorReady === true"), 10, "the bundle to load")
+    browser.eval(page, "spoor.push(['track', 'Snippet 3'])")
+    anonymous_id = browser.eval(page, "localStorage.getItem('spoor:aid')")
+    assert_once_in_order(engine, anonymous_id, ["Snippet 1", "Snippet 2", "Snippet 3"])
 
 
 def test_collector_outage_and_reload_lose_nothing(browser, shop, pipeline, engine):

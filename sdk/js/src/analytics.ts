@@ -143,6 +143,14 @@ export class Spoor {
     return this.optedOut;
   }
 
+  /** The async snippet's `spoor.push([method, ...args])`, which keeps working once the bundle is loaded. */
+  push(call: [string, ...unknown[]]): void {
+    const [method, ...args] = Array.isArray(call) ? call : [''];
+    const fn = (this as unknown as Record<string, unknown>)[method];
+    if (typeof fn === 'function' && method !== 'push' && method !== 'constructor') fn.apply(this, args);
+    else warn(`spoor.push: unknown method ${String(method)}`);
+  }
+
   /** Send what is queued now; resolves when the queue is empty or a send failed (it will be retried). */
   flush(): Promise<void> {
     return this.ready ? this.ready.delivery.flush() : Promise.resolve();
