@@ -50,6 +50,7 @@ export class Delivery {
   private backingOff = false;
   private stopped = false;
   private batchLimit: number;
+  private unloadInFlight: string | null = null;
   private readonly setTimer: (task: () => void, ms: number) => unknown;
   private readonly clearTimer: (handle: unknown) => void;
 
@@ -96,9 +97,15 @@ export class Delivery {
   flushOnUnload(): void {
     if (this.stopped || this.queue.length === 0) return;
     const batch = this.queue.head(this.options.maxBatchEvents, this.options.unloadMaxBytes);
+    // visibilitychange and pagehide both fire on close: the same batch goes out once.
+    const signature = `${batch[0].messageId}/${batch.length}`;
+    if (signature === this.unloadInFlight) return;
+    this.unloadInFlight = signature;
     this.send(batch, 'unload').then((answer) => {
       if (outcomeFor(answer.status) === 'ok') this.queue.ack(batch.map((m) => m.messageId));
-    }, () => undefined);
+    }, () => undefined).finally(() => {
+      if (this.unloadInFlight === signature) this.unloadInFlight = null;
+    });
   }
 
   /** Stop sending (opt-out). `start` resumes. */

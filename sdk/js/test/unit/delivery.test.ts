@@ -190,6 +190,17 @@ describe('Delivery', () => {
     expect(queue.length).toBe(0);
   });
 
+  it('hands the same batch to one unload request only, until it is answered', async () => {
+    const { collector, delivery, track } = setup({ flushAt: 100 });
+    track('a', 'b');
+    delivery.flushOnUnload(); // visibilitychange: hidden
+    delivery.flushOnUnload(); // pagehide
+    track('c');
+    delivery.flushOnUnload(); // a different head batch goes out
+    expect(collector.sent.map((s) => s.events)).toEqual([['a', 'b'], ['a', 'b', 'c']]);
+    await vi.advanceTimersByTimeAsync(20);
+  });
+
   it('stop sends nothing more; start resumes', async () => {
     const { collector, delivery, queue, track } = setup();
     delivery.stop();
