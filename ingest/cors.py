@@ -84,10 +84,10 @@ class CorsMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith(CORS_PATHS):
             return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        origin_raw = headers.get(b"origin")
+        origin_raw = next((value for name, value in scope["headers"] if name == b"origin"), None)
         if origin_raw is None:
             return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
         origin = origin_raw.decode("latin-1")
         policy: OriginPolicy | None = self.policy()
         if policy is None:
