@@ -86,6 +86,11 @@ def _keys(settings: Settings, args) -> None:
     from storage import write_keys
     engine = create_engine(settings.database_url)
     if args.action == "create":
+        from storage.write_key_origins import normalize_origin
+        try:
+            [normalize_origin(origin) for origin in args.origin]  # before the key exists
+        except ValueError as err:
+            sys.exit(f"--origin: {err}")
         key = write_keys.create_key(engine, args.name, args.source, args.key)
         if args.origin:
             _key_origins(engine, args.name, args.origin)

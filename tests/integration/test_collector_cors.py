@@ -112,6 +112,8 @@ def test_origins_set_from_the_cli_apply_without_a_restart(url, keys, test_settin
     refused = spoor(test_settings, "keys", "origins", "server", "--origin", "https://shop.example/path")
     assert refused.returncode != 0 and "no path" in refused.stderr
 
+    invalid = spoor(test_settings, "keys", "create", "--name", "pwa", "--source", "web", "--origin", "app.example")
+    assert invalid.returncode != 0 and "http(s)://host[:port]" in invalid.stderr
     created = spoor(test_settings, "keys", "create", "--name", "pwa", "--source", "web",
                     "--origin", "HTTPS://App.Example:443")
     assert created.returncode == 0, created.stderr
