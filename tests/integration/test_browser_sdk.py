@@ -228,6 +228,9 @@ def test_collector_outage_and_reload_lose_nothing(browser, shop, pipeline, engin
 
     pipeline["collector"] = pipeline["start_collector"]()
     assert_once_in_order(engine, anonymous_id, before + during + after)
+    # The 12 events that waited went out as one batch, large enough to be gzipped.
+    encodings = [r["headers"].get("content-encoding") for r in browser.call("requests", context=context)]
+    assert "gzip" in encodings
     wait_until(lambda: not queue_keys(browser, page), 10, "the queue to be acknowledged")
     assert browser.eval(page, "spoor.stats()") == {"queued": 0, "dropped": 0, "retrying": False}
 

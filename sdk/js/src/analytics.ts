@@ -163,12 +163,12 @@ export class Spoor {
              retrying: r ? r.delivery.isBackingOff : false };
   }
 
-  private enqueue(fields: Pick<Message, 'type'> & Partial<Message>): void {
-    if (!this.ready) return this.later(() => this.enqueue(fields));
+  private enqueue(fields: Pick<Message, 'type'> & Partial<Message>, at = Date.now()): void {
+    if (!this.ready) return this.later(() => this.enqueue(fields, at));
     if (this.optedOut) return;
     const { identity, queue, delivery, sessionTimeoutMs } = this.ready;
     // Strictly increasing timestamps keep a burst of events in order downstream.
-    const now = Math.max(Date.now(), this.lastTimestamp + 1);
+    const now = Math.max(at, this.lastTimestamp + 1);
     this.lastTimestamp = now;
     const sessionId = identity.sessionId(now, sessionTimeoutMs);
     const message: Message = {
