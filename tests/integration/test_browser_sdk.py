@@ -146,7 +146,7 @@ def profile_event_count(engine, user_key):
 
 
 def queue_keys(browser, page):
-    return browser.eval(page, "Object.keys(localStorage).filter((k) => k.startsWith('spoor:queue:'))")
+    return browser.eval(page, "Object.keys(localStorage).filter((k) => k.startsWith('spoor:q:'))")
 
 
 def test_shopper_journey_arrives_once_in_order(browser, shop, pipeline, engine):
@@ -262,12 +262,18 @@ def test_events_queued_when_the_tab_closes_arrive_once(browser, shop, pipeline, 
 def test_opt_out_stops_collection_and_clears_the_queue(browser, shop, pipeline, engine):
     context = browser.call("context")
     page = open_shop(browser, context, shop, pipeline, flushAt=1000, flushIntervalMs=600_000)
+    other_tab = open_shop(browser, context, shop, pipeline, flushAt=1000, flushIntervalMs=600_000)
     track_all(browser, page, ["Before opt-out 1", "Before opt-out 2"])
-    assert queue_keys(browser, page)
+    track_all(browser, other_tab, ["Other tab before opt-out"])
+    assert len(queue_keys(browser, page)) == 3
     browser.eval(page, "spoor.optOut()")
     browser.eval(page, "spoor.track('While opted out')")
     assert browser.eval(page, "spoor.stats().queued") == 0
     assert queue_keys(browser, page) == []
+    # The other tab hears of it through the storage event and drops its queue too.
+    wait_until(lambda: browser.eval(other_tab, "spoor.isOptedOut()"), 5, "the other tab to opt out")
+    assert browser.eval(other_tab, "spoor.stats().queued") == 0
+    browser.call("close", page=other_tab)
     assert browser.eval(page, "localStorage.getItem('spoor:aid')") is None
     assert "spoor_aid=" not in browser.eval(page, "document.cookie")
 

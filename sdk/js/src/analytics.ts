@@ -59,6 +59,7 @@ export class Spoor {
     this.optedOut = store.get(`${prefix}:opt_out`) === '1' || readCookie(`${prefix}_opt_out`) === '1';
     this.ready = { options, store, identity: new Identity(store, prefix, options.cookieDomain), queue, delivery,
                    prefix, sessionTimeoutMs: options.sessionTimeoutMs ?? 30 * 60_000 };
+    queue.persistNow();
     if (!this.optedOut && queue.adoptOrphans(ORPHAN_AFTER_MS) > 0) void delivery.flush();
     this.watchPageLifecycle(this.ready);
 
@@ -126,6 +127,7 @@ export class Spoor {
     writeCookie(`${prefix}_opt_out`, '1', options.cookieDomain);
     delivery.stop();
     queue.clear();
+    queue.clearOtherTabs();
     identity.forget();
   }
 
@@ -188,12 +190,13 @@ export class Spoor {
     };
     const userId = identity.userId();
     if (userId) message.userId = userId;
+    let json: string;
     try {
-      JSON.stringify(message); // a cycle or a BigInt would otherwise stall the queue later
+      json = JSON.stringify(message); // a cycle or a BigInt would otherwise stall the queue later
     } catch (error) {
       return warn(`spoor: ${fields.type} ${fields.event ?? ''} dropped: its properties are not JSON`, error);
     }
-    queue.push(message);
+    queue.push(message, json);
     delivery.queued();
   }
 
@@ -201,7 +204,7 @@ export class Spoor {
     if (this.early.length < MAX_CALLS_BEFORE_INIT) this.early.push(call);
   }
 
-  private watchPageLifecycle({ queue, delivery }: Ready): void {
+  private watchPageLifecycle({ queue, delivery, prefix }: Ready): void {
     const hide = () => {
       delivery.flushOnUnload();
       queue.persistNow();
@@ -217,9 +220,11 @@ export class Spoor {
       if (event.persisted) queue.setClosed(false);
     });
     addEventListener('online', () => delivery.online());
-    setInterval(() => {
-      if (queue.length > 0) queue.persistNow();
-    }, HEARTBEAT_MS);
+    // An opt-out in another tab applies here too.
+    addEventListener('storage', (event) => {
+      if (event.key === `${prefix}:opt_out` && event.newValue === '1' && !this.optedOut) this.optOut();
+    });
+    setInterval(() => queue.persistNow(), HEARTBEAT_MS);
   }
 }
 

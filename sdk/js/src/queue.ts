@@ -4,19 +4,20 @@
  * Contract:
  * - FIFO; an event leaves only when acknowledged (`ack`) or when the bound is
  *   exceeded (the oldest is dropped and counted in `dropped`).
- * - Persisted in localStorage under one key per tab, so tabs never overwrite each
- *   other. A tab marks its queue closed on pagehide; a later page load adopts
- *   queues that are closed or whose heartbeat is stale, merged in time order.
- * - Writes are coalesced (one per burst of changes); `persistNow` forces one.
+ * - Persisted in localStorage one key per event (`<prefix>:q:<tab>:<messageId>`),
+ *   so queuing an event costs one small write whatever the queue's length.
+ *   Each tab has its own keys, so tabs never overwrite each other, plus a record
+ *   `<prefix>:tab:<tab>` with a heartbeat and a closed flag (set on pagehide).
+ *   A page load adopts the events of tabs that closed or stopped beating,
+ *   merged in time order.
  */
 
 import type { KeyValueStore } from './storage';
 import type { Message } from './types';
 
-interface StoredQueue {
+interface TabRecord {
   heartbeat: number;
   closed: boolean;
-  events: Message[];
 }
 
 export interface QueueOptions {
@@ -25,8 +26,6 @@ export interface QueueOptions {
   tabId: string;
   maxEvents: number;
   now?: () => number;
-  /** Runs a persistence task later; default: a microtask (before any unload handler can run). */
-  schedule?: (task: () => void) => void;
   onStorageError?: () => void;
 }
 
@@ -37,21 +36,18 @@ export function byteLength(message: Message): number {
 }
 
 export class EventQueue {
-  readonly key: string;
   /** Events dropped because the queue was full (oldest first). */
   dropped = 0;
   private events: Message[] = [];
   private closed = false;
-  private persistPending = false;
-  private readonly keyPrefix: string;
+  private readonly store: KeyValueStore;
+  private readonly eventPrefix: string;
   private readonly now: () => number;
-  private readonly schedule: (task: () => void) => void;
 
   constructor(private readonly options: QueueOptions) {
-    this.keyPrefix = `${options.prefix}:queue:`;
-    this.key = this.keyPrefix + options.tabId;
+    this.store = options.store;
+    this.eventPrefix = `${options.prefix}:q:`;
     this.now = options.now ?? Date.now;
-    this.schedule = options.schedule ?? ((task) => queueMicrotask(task));
   }
 
   get length(): number {
@@ -63,10 +59,13 @@ export class EventQueue {
     return this.events.slice();
   }
 
-  push(message: Message): void {
+  /** Queue `message`; `json` is its serialisation when the caller already has it. */
+  push(message: Message, json = JSON.stringify(message)): void {
     this.events.push(message);
+    if (!this.store.set(this.eventKey(this.options.tabId, message.messageId), json)) {
+      this.options.onStorageError?.();
+    }
     this.enforceBound();
-    this.changed();
   }
 
   /** The oldest events that fit in one request of at most maxEvents and maxBytes (at least one). */
@@ -85,80 +84,101 @@ export class EventQueue {
   /** Remove acknowledged events (unknown ids are ignored: acks are idempotent). */
   ack(messageIds: Iterable<string>): void {
     const done = new Set(messageIds);
-    const before = this.events.length;
     this.events = this.events.filter((m) => !done.has(m.messageId));
-    if (this.events.length !== before) this.changed();
+    for (const id of done) this.store.remove(this.eventKey(this.options.tabId, id));
   }
 
   clear(): void {
+    for (const m of this.events) this.store.remove(this.eventKey(this.options.tabId, m.messageId));
     this.events = [];
-    this.persistPending = false;
-    this.options.store.remove(this.key);
   }
 
-  /** Mark this tab's queue closed (pagehide) or live again (pageshow from the back/forward cache). */
+  /** Delete every tab's stored events (opt-out). */
+  clearOtherTabs(): void {
+    const tabPrefix = `${this.options.prefix}:tab:`;
+    for (const key of this.store.keys()) {
+      if (key.startsWith(this.eventPrefix) || (key.startsWith(tabPrefix) && key !== this.tabKey(this.options.tabId))) {
+        this.store.remove(key);
+      }
+    }
+  }
+
+  /** Mark this tab closed (pagehide) or live again (pageshow from the back/forward cache). */
   setClosed(closed: boolean): void {
     this.closed = closed;
     this.persistNow();
   }
 
+  /** Write this tab's heartbeat (a live tab does so at least every minute). */
+  persistNow(): void {
+    const record: TabRecord = { heartbeat: this.now(), closed: this.closed };
+    this.store.set(this.tabKey(this.options.tabId), JSON.stringify(record));
+  }
+
   /**
-   * Take over the queues of tabs that closed, or stopped beating for staleMs,
-   * and of this tab's previous life. Returns how many events were adopted.
+   * Take over the events of tabs that closed or whose heartbeat is older than
+   * staleMs, oldest first. Returns how many events were adopted.
    */
   adoptOrphans(staleMs: number): number {
-    const { store } = this.options;
+    const mine = this.options.tabId;
+    const byTab = new Map<string, string[]>();
+    for (const key of this.store.keys()) {
+      if (!key.startsWith(this.eventPrefix)) continue;
+      const tab = key.slice(this.eventPrefix.length, key.indexOf(':', this.eventPrefix.length));
+      if (tab !== mine) byTab.set(tab, [...(byTab.get(tab) ?? []), key]);
+    }
     const adopted: Message[] = [];
-    for (const key of store.keys()) {
-      if (!key.startsWith(this.keyPrefix) || key === this.key) continue;
-      const other = parseStored(store.get(key));
-      if (other !== null && !other.closed && this.now() - other.heartbeat < staleMs) continue;
-      if (other !== null) adopted.push(...other.events);
-      store.remove(key);
+    for (const [tab, keys] of byTab) {
+      const record = parseRecord(this.store.get(this.tabKey(tab)));
+      if (record !== null && !record.closed && this.now() - record.heartbeat < staleMs) continue;
+      for (const key of keys) {
+        const message = parseMessage(this.store.get(key));
+        if (message !== null) adopted.push(message);
+        this.store.remove(key);
+      }
+      this.store.remove(this.tabKey(tab));
     }
     if (adopted.length === 0) return 0;
-    const seen = new Set<string>();
-    this.events = [...adopted, ...this.events]
-      .filter((m) => !seen.has(m.messageId) && seen.add(m.messageId))
-      .sort((a, b) => (a.timestamp < b.timestamp ? -1 : a.timestamp > b.timestamp ? 1 : 0));
+    const seen = new Set(this.events.map((m) => m.messageId));
+    const fresh = adopted.filter((m) => !seen.has(m.messageId) && seen.add(m.messageId));
+    for (const m of fresh) this.store.set(this.eventKey(mine, m.messageId), JSON.stringify(m));
+    this.events = [...fresh, ...this.events].sort(
+      (a, b) => (a.timestamp < b.timestamp ? -1 : a.timestamp > b.timestamp ? 1 : 0));
     this.enforceBound();
-    this.persistNow();
     return adopted.length;
-  }
-
-  /** Write now (pagehide, heartbeat). */
-  persistNow(): void {
-    this.persistPending = false;
-    const stored: StoredQueue = { heartbeat: this.now(), closed: this.closed, events: this.events };
-    if (this.events.length === 0) {
-      this.options.store.remove(this.key);
-    } else if (!this.options.store.set(this.key, JSON.stringify(stored))) {
-      this.options.onStorageError?.();
-    }
-  }
-
-  private changed(): void {
-    if (this.persistPending) return;
-    this.persistPending = true;
-    this.schedule(() => {
-      if (this.persistPending) this.persistNow();
-    });
   }
 
   private enforceBound(): void {
     const excess = this.events.length - this.options.maxEvents;
-    if (excess > 0) {
-      this.events.splice(0, excess);
-      this.dropped += excess;
-    }
+    if (excess <= 0) return;
+    for (const m of this.events.splice(0, excess)) this.store.remove(this.eventKey(this.options.tabId, m.messageId));
+    this.dropped += excess;
+  }
+
+  private eventKey(tab: string, messageId: string): string {
+    return `${this.eventPrefix}${tab}:${messageId}`;
+  }
+
+  private tabKey(tab: string): string {
+    return `${this.options.prefix}:tab:${tab}`;
   }
 }
 
-function parseStored(raw: string | null): StoredQueue | null {
+function parseRecord(raw: string | null): TabRecord | null {
   if (raw === null) return null;
   try {
-    const value = JSON.parse(raw) as StoredQueue;
-    return Array.isArray(value.events) && typeof value.heartbeat === 'number' ? value : null;
+    const value = JSON.parse(raw) as TabRecord;
+    return typeof value.heartbeat === 'number' ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+function parseMessage(raw: string | null): Message | null {
+  if (raw === null) return null;
+  try {
+    const value = JSON.parse(raw) as Message;
+    return typeof value.messageId === 'string' && typeof value.timestamp === 'string' ? value : null;
   } catch {
     return null;
   }

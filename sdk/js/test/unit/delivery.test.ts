@@ -29,8 +29,7 @@ class ScriptedCollector {
 }
 
 function setup(options: Partial<DeliveryOptions> = {}) {
-  const queue = new EventQueue({ store: new CountingStore(), prefix: 'spoor', tabId: 't', maxEvents: 1000,
-                                 schedule: (t) => t() });
+  const queue = new EventQueue({ store: new CountingStore(), prefix: 'spoor', tabId: 't', maxEvents: 1000 });
   const collector = new ScriptedCollector();
   const errors: SpoorError[] = [];
   const delivery = new Delivery(queue, collector.send, {

@@ -5,10 +5,11 @@ import { CountingStore, message, names } from './helpers';
 
 function queue(overrides: Partial<QueueOptions> = {}) {
   const store = (overrides.store as CountingStore) ?? new CountingStore();
-  const q = new EventQueue({ store, prefix: 'spoor', tabId: 'tab-a', maxEvents: 5, schedule: (t) => t(),
-                             ...overrides });
+  const q = new EventQueue({ store, prefix: 'spoor', tabId: 'tab-a', maxEvents: 5, ...overrides });
   return { q, store };
 }
+
+const storedEvents = (store: CountingStore) => store.keys().filter((k) => k.startsWith('spoor:q:')).sort();
 
 describe('EventQueue', () => {
   it('hands out the oldest events first, bounded by count and bytes', () => {
@@ -21,52 +22,49 @@ describe('EventQueue', () => {
     expect(names(q.head(10, 1))).toEqual(['a']); // never empty while events wait
   });
 
-  it('drops the oldest events beyond its bound and counts them', () => {
-    const { q } = queue({ maxEvents: 3 });
-    ['a', 'b', 'c', 'd', 'e'].forEach((n) => q.push(message(n)));
+  it('drops the oldest events beyond its bound, counts them and deletes their stored copies', () => {
+    const { q, store } = queue({ maxEvents: 3 });
+    const events = ['a', 'b', 'c', 'd', 'e'].map((n) => message(n));
+    events.forEach((m) => q.push(m));
     expect(names(q.all())).toEqual(['c', 'd', 'e']);
     expect(q.dropped).toBe(2);
+    expect(storedEvents(store)).toEqual(events.slice(2).map((m) => `spoor:q:tab-a:${m.messageId}`).sort());
   });
 
   it('removes only acknowledged events, and acks are idempotent', () => {
-    const { q } = queue();
+    const { q, store } = queue();
     const [a, b, c] = ['a', 'b', 'c'].map((n) => message(n));
     [a, b, c].forEach((m) => q.push(m));
     q.ack([b.messageId, 'unknown']);
     q.ack([b.messageId]);
     expect(names(q.all())).toEqual(['a', 'c']);
+    expect(storedEvents(store)).toEqual([`spoor:q:tab-a:${a.messageId}`, `spoor:q:tab-a:${c.messageId}`].sort());
   });
 
-  it('persists under its own tab key and removes the key when empty', () => {
-    const { q, store } = queue();
-    const a = message('a');
-    q.push(a);
-    expect(JSON.parse(store.get('spoor:queue:tab-a') as string).events[0].messageId).toBe(a.messageId);
-    q.ack([a.messageId]);
-    expect(store.get('spoor:queue:tab-a')).toBeNull();
+  it('stores each event once under its own key: queuing costs one small write at any depth', () => {
+    const { q, store } = queue({ maxEvents: 1000 });
+    for (let i = 0; i < 500; i++) q.push(message(`e${i}`));
+    const before = store.writes;
+    const last = message('last');
+    q.push(last);
+    expect(store.writes - before).toBe(1);
+    expect(JSON.parse(store.get(`spoor:q:tab-a:${last.messageId}`) as string)).toEqual(last);
   });
 
-  it('coalesces a burst of changes into one write', () => {
-    const tasks: Array<() => void> = [];
-    const { q, store } = queue({ schedule: (t) => tasks.push(t), maxEvents: 100 });
-    for (let i = 0; i < 50; i++) q.push(message(`e${i}`));
-    expect(store.writes).toBe(0);
-    tasks.forEach((t) => t());
-    expect(store.writes).toBe(1);
-    expect(JSON.parse(store.get(q.key) as string).events).toHaveLength(50);
-  });
-
-  it('adopts the queue of a closed tab and of a silent one, never of a live one', () => {
+  it('adopts the events of a closed tab and of a silent one, never of a live one', () => {
     const store = new CountingStore();
     let now = 1_000_000;
-    const tab = (id: string) => new EventQueue({ store, prefix: 'spoor', tabId: id, maxEvents: 10,
-                                                 schedule: (t) => t(), now: () => now });
+    const tab = (id: string) => {
+      const q = new EventQueue({ store, prefix: 'spoor', tabId: id, maxEvents: 10, now: () => now });
+      q.persistNow();
+      return q;
+    };
     const closed = tab('closed');
     closed.push(message('closed-1', 10));
     closed.setClosed(true);
     const silent = tab('silent');
     silent.push(message('silent-1', 20));
-    now += 6 * 60_000; // silent has not written for 6 minutes
+    now += 6 * 60_000; // silent has not written its heartbeat for 6 minutes
     const live = tab('live');
     live.push(message('live-1', 30));
 
@@ -74,18 +72,25 @@ describe('EventQueue', () => {
     fresh.push(message('fresh-1', 40));
     expect(fresh.adoptOrphans(5 * 60_000)).toBe(2);
     expect(names(fresh.all())).toEqual(['closed-1', 'silent-1', 'fresh-1']);
-    expect(store.get('spoor:queue:closed')).toBeNull();
-    expect(store.get('spoor:queue:silent')).toBeNull();
-    expect(store.get('spoor:queue:live')).not.toBeNull();
+    expect(store.keys().filter((k) => /^spoor:(q|tab):(closed|silent)/.test(k))).toEqual([]);
+    expect(storedEvents(store).filter((k) => k.startsWith('spoor:q:fresh:'))).toHaveLength(3);
+    expect(storedEvents(store).filter((k) => k.startsWith('spoor:q:live:'))).toHaveLength(1);
+  });
+
+  it('adopts events whose tab left no record (a crash before its first heartbeat)', () => {
+    const store = new CountingStore();
+    new EventQueue({ store, prefix: 'spoor', tabId: 'ghost', maxEvents: 10 }).push(message('ghost-1'));
+    const { q } = queue({ store });
+    expect(q.adoptOrphans(60_000)).toBe(1);
   });
 
   it('merges adopted events in time order, once each, within its bound', () => {
     const store = new CountingStore();
-    const old = new EventQueue({ store, prefix: 'spoor', tabId: 'old', maxEvents: 10, schedule: (t) => t() });
+    const old = new EventQueue({ store, prefix: 'spoor', tabId: 'old', maxEvents: 10 });
     const shared = message('shared', 15);
     [message('o1', 10), shared, message('o3', 30)].forEach((m) => old.push(m));
     old.setClosed(true);
-    const q = new EventQueue({ store, prefix: 'spoor', tabId: 'new', maxEvents: 3, schedule: (t) => t() });
+    const q = new EventQueue({ store, prefix: 'spoor', tabId: 'new', maxEvents: 3 });
     q.push(message('n1', 20));
     q.push(shared);
     q.adoptOrphans(60_000);
@@ -93,12 +98,13 @@ describe('EventQueue', () => {
     expect(q.dropped).toBe(1); // o1, the oldest, did not fit
   });
 
-  it('discards unreadable stored queues instead of failing', () => {
+  it('discards unreadable stored events instead of failing', () => {
     const store = new CountingStore();
-    store.set('spoor:queue:broken', '{not json');
+    store.set('spoor:q:broken:m1', '{not json');
+    store.set('spoor:q:broken:m2', '{"no": "id"}');
     const { q } = queue({ store });
     expect(q.adoptOrphans(60_000)).toBe(0);
-    expect(store.get('spoor:queue:broken')).toBeNull();
+    expect(storedEvents(store)).toEqual([]);
   });
 
   it('reports a storage failure and keeps the events in memory', () => {
@@ -111,11 +117,18 @@ describe('EventQueue', () => {
     expect(names(q.all())).toEqual(['a']);
   });
 
-  it('clear deletes the queue and its stored copy', () => {
-    const { q, store } = queue();
+  it('clear deletes the queue and its stored copies; clearOtherTabs deletes every tab\'s', () => {
+    const store = new CountingStore();
+    const other = new EventQueue({ store, prefix: 'spoor', tabId: 'other', maxEvents: 10 });
+    other.push(message('x'));
+    other.persistNow();
+    const { q } = queue({ store });
     q.push(message('a'));
+    q.persistNow();
     q.clear();
     expect(q.length).toBe(0);
-    expect(store.get(q.key)).toBeNull();
+    expect(storedEvents(store)).toHaveLength(1);
+    q.clearOtherTabs();
+    expect(store.keys()).toEqual(['spoor:tab:tab-a']);
   });
 });
