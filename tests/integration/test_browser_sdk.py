@@ -145,6 +145,11 @@ def profile_event_count(engine, user_key):
         return conn.execute(text("SELECT events FROM user_profiles WHERE user_key = :u"), {"u": user_key}).scalar()
 
 
+def request_body(request) -> dict:
+    raw = base64.b64decode(request["body"])
+    return json.loads(gzip.decompress(raw) if request["headers"].get("content-encoding") == "gzip" else raw)
+
+
 def queue_keys(browser, page):
     return browser.eval(page, "Object.keys(localStorage).filter((k) => k.startsWith('spoor:q:'))")
 
@@ -182,8 +187,7 @@ def test_shopper_journey_arrives_once_in_order(browser, shop, pipeline, engine):
         assert request["url"] == f"{pipeline['host']}/v1/batch"
         assert request["headers"]["authorization"] == "Basic " + base64.b64encode(
             f"{pipeline['key']}:".encode()).decode()
-        raw = base64.b64decode(request["body"])
-        body = json.loads(gzip.decompress(raw) if request["headers"].get("content-encoding") == "gzip" else raw)
+        body = request_body(request)
         assert body["sentAt"].endswith("Z")
         messages += body["batch"]
     assert len({m["messageId"] for m in messages}) == len(messages) == 9
@@ -290,3 +294,25 @@ def test_opt_out_stops_collection_and_clears_the_queue(browser, shop, pipeline, 
     with engine.connect() as conn:
         leaked = conn.execute(text("SELECT name FROM events WHERE name LIKE '%opt%' AND name <> 'After opt-in'")).all()
     assert leaked == []
+
+
+def test_rate_limited_sdk_waits_the_retry_after_it_can_read_through_cors(browser, shop, pipeline, engine,
+                                                                         start_process):
+    # A second collector whose per-key bucket holds 2 events and refills 2 per second.
+    port = free_port()
+    start_process("collector", collector_port=port, rate_limit_events_per_s=2.0, rate_limit_burst_events=2)
+    context = browser.call("context")
+    page = open_shop(browser, context, shop, {**pipeline, "host": f"http://127.0.0.1:{port}"},
+                     flushAt=1, maxBatchEvents=2)
+    names = [f"Limited {i}" for i in range(6)]
+    track_all(browser, page, names)
+    anonymous_id = browser.eval(page, "localStorage.getItem('spoor:aid')")
+    assert_once_in_order(engine, anonymous_id, names)
+
+    requests = browser.call("requests", context=context)
+    first_ids = [request_body(r)["batch"][0]["messageId"] for r in requests]
+    retries = [(earlier["time"], later["time"]) for earlier, later, a, b
+               in zip(requests, requests[1:], first_ids, first_ids[1:]) if a == b]
+    assert retries, "the collector never answered 429"
+    # Retry-After is 1 s; without it the SDK would have retried after 150-300 ms (retryBaseMs 300).
+    assert all(later - earlier >= 900 for earlier, later in retries), retries
