@@ -36,15 +36,20 @@ export class Spoor {
 
   init(options: SpoorOptions): void {
     if (this.ready) return warn('spoor.init was called twice; the second call is ignored');
-    if (!options || typeof options.writeKey !== 'string' || !options.writeKey || typeof options.host !== 'string') {
-      return warn('spoor.init needs {writeKey, host}');
+    if (!options || typeof options.writeKey !== 'string' || !/^[\x21-\x7e]+$/.test(options.writeKey)
+        || typeof options.host !== 'string') {
+      return warn('spoor.init needs {writeKey, host}: a write key (printable ASCII) and the collector\'s URL');
     }
     const prefix = options.storagePrefix ?? 'spoor';
     const store = LocalStore.open();
     const onError = options.onError ?? ((e: SpoorError) => warn(e.message, e.detail ?? ''));
+    let storageFull = false; // reported once per page, not per event
     const queue = new EventQueue({
       store, prefix, tabId: uuid(), maxEvents: options.maxQueueEvents ?? 1000,
-      onStorageError: () => onError({ kind: 'storage', message: 'localStorage is full: the queue is kept in memory' }),
+      onStorageError: () => {
+        if (!storageFull) onError({ kind: 'storage', message: 'localStorage is full: events are kept in memory' });
+        storageFull = true;
+      },
     });
     const delivery = new Delivery(queue, httpSender(options.host, options.writeKey), {
       flushAt: options.flushAt ?? 20,

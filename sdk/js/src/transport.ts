@@ -27,8 +27,12 @@ export function httpSender(host: string, writeKey: string): Sender {
     const headers: Record<string, string> = { 'Content-Type': 'application/json', Authorization: authorization };
     let body: BodyInit = json;
     if (json.length > GZIP_ABOVE_BYTES && typeof CompressionStream === 'function') {
-      body = await gzip(json);
-      headers['Content-Encoding'] = 'gzip';
+      try {
+        body = await gzip(json);
+        headers['Content-Encoding'] = 'gzip';
+      } catch {
+        body = json; // send it as it is rather than not at all
+      }
     }
     const controller = new AbortController();
     const timeout = setTimeout(() => controller.abort(), TIMEOUT_MS);

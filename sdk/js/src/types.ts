@@ -55,7 +55,7 @@ export interface Order {
 export interface SpoorOptions {
   /** The write key of a web source (`spoor keys create --source web --origin https://your.shop`). */
   writeKey: string;
-  /** The collector's base URL, e.g. `https://collect.your.shop`. */
+  /** The collector's base URL, e.g. `https://collect.your.shop` (or a path such as `/collect` on the page's own origin). */
   host: string;
   /** Send when this many events are queued (default 20). */
   flushAt?: number;
