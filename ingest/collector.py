@@ -175,7 +175,7 @@ def create_app(settings: Settings) -> Starlette:
         engine = create_engine(settings.database_url, pool_size=2, pool_pre_ping=True)
         producer = EventProducer(settings)
         keys = WriteKeyCache(engine, settings.write_key_refresh_s)
-        state["origins"] = origins = OriginPolicy(engine, settings.write_key_refresh_s)
+        state["origins"] = origins = OriginPolicy.from_database(engine, settings.write_key_refresh_s)
         state["collector"] = Collector(settings, producer, keys, origins)
         log.info("collector ready: %d write keys, producing to %s", len(keys.sources), settings.events_topic)
         try:

@@ -16,6 +16,7 @@ Contract:
 
 import logging
 import threading
+from collections.abc import Callable
 
 import orjson
 from sqlalchemy import Engine
@@ -33,10 +34,17 @@ CORS_PATHS = "/v1/"
 
 
 class OriginPolicy:
-    """Allowed origins of the active write keys, refreshed from PostgreSQL in the background."""
+    """Allowed origins of the active write keys, refreshed in the background.
 
-    def __init__(self, engine: Engine, refresh_s: float):
-        self.engine = engine
+    ``load`` returns key hash -> allowed origins (``active_key_origins`` on PostgreSQL).
+    """
+
+    @classmethod
+    def from_database(cls, engine: Engine, refresh_s: float) -> "OriginPolicy":
+        return cls(lambda: active_key_origins(engine), refresh_s)
+
+    def __init__(self, load: Callable[[], dict[str, frozenset[str]]], refresh_s: float):
+        self.load = load
         self.refresh_s = refresh_s
         self._load()
         self._stop = threading.Event()
@@ -44,7 +52,7 @@ class OriginPolicy:
         self._thread.start()
 
     def _load(self) -> None:
-        by_key = active_key_origins(self.engine)
+        by_key = self.load()
         self.by_key = by_key
         self.any_key = frozenset().union(*by_key.values()) if by_key else frozenset()
 
