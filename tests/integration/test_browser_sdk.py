@@ -298,21 +298,36 @@ def test_opt_out_stops_collection_and_clears_the_queue(browser, shop, pipeline, 
 
 def test_rate_limited_sdk_waits_the_retry_after_it_can_read_through_cors(browser, shop, pipeline, engine,
                                                                          start_process):
-    # A second collector whose per-key bucket holds 2 events and refills 2 per second.
+    # A second collector whose per-key bucket holds 2 events and refills 1 per second, so
+    # batches sent back to back are answered 429 with a Retry-After.
     port = free_port()
-    start_process("collector", collector_port=port, rate_limit_events_per_s=2.0, rate_limit_burst_events=2)
+    start_process("collector", collector_port=port, rate_limit_events_per_s=1.0, rate_limit_burst_events=2)
     context = browser.call("context")
     page = open_shop(browser, context, shop, {**pipeline, "host": f"http://127.0.0.1:{port}"},
                      flushAt=1, maxBatchEvents=2)
+    # Every send the SDK makes, timed in the page: start, answer, status, the Retry-After it could read.
+    browser.eval(page, """(() => {
+        window.sends = [];
+        const realFetch = window.fetch;
+        window.fetch = async (url, init) => {
+            const send = {start: performance.now(), first: JSON.parse(init.body).batch[0].messageId};
+            window.sends.push(send);
+            const response = await realFetch(url, init);
+            Object.assign(send, {end: performance.now(), status: response.status,
+                                 retryAfter: response.headers.get('Retry-After')});
+            return response;
+        };
+    })()""")
     names = [f"Limited {i}" for i in range(6)]
     track_all(browser, page, names)
     anonymous_id = browser.eval(page, "localStorage.getItem('spoor:aid')")
     assert_once_in_order(engine, anonymous_id, names)
 
-    requests = browser.call("requests", context=context)
-    first_ids = [request_body(r)["batch"][0]["messageId"] for r in requests]
-    retries = [(earlier["time"], later["time"]) for earlier, later, a, b
-               in zip(requests, requests[1:], first_ids, first_ids[1:]) if a == b]
-    assert retries, "the collector never answered 429"
-    # Retry-After is 1 s; without it the SDK would have retried after 150-300 ms (retryBaseMs 300).
-    assert all(later - earlier >= 900 for earlier, later in retries), retries
+    sends = browser.eval(page, "window.sends")
+    throttled = [(send, retry) for send, retry in zip(sends, sends[1:]) if send["status"] == 429]
+    assert throttled, f"the collector never answered 429: {sends}"
+    for send, retry in throttled:
+        assert send["retryAfter"] is not None, "Retry-After not readable: is it in Access-Control-Expose-Headers?"
+        assert retry["first"] == send["first"]  # the same head of the queue, nothing jumped ahead
+        # Without Retry-After the SDK would have retried after 150-300 ms (retryBaseMs 300).
+        assert retry["start"] - send["end"] >= int(send["retryAfter"]) * 1000 - 10, (send, retry)

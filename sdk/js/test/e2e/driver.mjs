@@ -6,7 +6,7 @@
 //   {"cmd": "eval", "page", "js"}            -> the value of the expression (awaited)
 //   {"cmd": "click", "page", "selector"}     -> null (a real mouse click)
 //   {"cmd": "close", "page"}                 -> null (closes the tab: visibilitychange, pagehide)
-//   {"cmd": "requests", "context"}           -> [{url, headers, body (base64), time (ms)}] POSTs to /v1/ so far
+//   {"cmd": "requests", "context"}           -> [{url, headers, body (base64)}] POSTs to /v1/ so far
 //   {"cmd": "quit"}
 // Page console output goes to stderr.
 import { createInterface } from 'node:readline';
@@ -32,8 +32,7 @@ async function run(command) {
       context.on('request', (r) => {
         if (r.method() === 'POST' && new URL(r.url()).pathname.startsWith('/v1/')) {
           const body = r.postDataBuffer();
-          context.requests.push({ url: r.url(), headers: r.headers(), body: body ? body.toString('base64') : null,
-                                  time: Date.now() });
+          context.requests.push({ url: r.url(), headers: r.headers(), body: body ? body.toString('base64') : null });
         }
       });
       contexts.set(id, context);
