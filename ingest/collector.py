@@ -5,7 +5,8 @@ Contract:
 - 400 when some event is invalid: each one is named (index, field, reason) and
   dead-lettered with its original payload; the valid events of the same batch
   are accepted (the body says how many).
-- 401 missing/unknown write key, 413 body or batch too large, 429 rate limited,
+- 401 missing/unknown write key, 403 browser origin not allowed for the key (ingest/cors.py),
+  413 body or batch too large, 429 rate limited,
   503 Kafka did not acknowledge (retry: redelivered events are deduplicated).
 """
 
@@ -20,12 +21,14 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import create_engine
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingest import metrics
 from ingest.auth import RateLimiter, WriteKeyCache, write_key_from
+from ingest.cors import CorsMiddleware, OriginPolicy
 from ingest.normalize import InvalidEvent, normalize
 from ingest.producer import EventProducer, KafkaUnavailable, partition_for
 from spoor.bad_rows import bad_row
@@ -45,8 +48,10 @@ class RequestRejected(Exception):
 
 
 class Collector:
-    def __init__(self, settings: Settings, producer: EventProducer, keys: WriteKeyCache):
+    def __init__(self, settings: Settings, producer: EventProducer, keys: WriteKeyCache,
+                 origins: OriginPolicy | None = None):
         self.settings = settings
+        self.origins = origins
         self.producer = producer
         self.keys = keys
         self.limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst_events)
@@ -72,6 +77,9 @@ class Collector:
         source = self.keys.source_for(write_key)
         if source is None:
             raise RequestRejected(401, "missing or unknown write key (HTTP basic auth user name or 'writeKey')")
+        denial = self.origins and self.origins.denial(request.headers.get("origin"), write_key)
+        if denial:
+            raise RequestRejected(403, denial)
 
         if endpoint == "batch":
             messages = body.get("batch")
@@ -167,12 +175,14 @@ def create_app(settings: Settings) -> Starlette:
         engine = create_engine(settings.database_url, pool_size=2, pool_pre_ping=True)
         producer = EventProducer(settings)
         keys = WriteKeyCache(engine, settings.write_key_refresh_s)
-        state["collector"] = Collector(settings, producer, keys)
+        state["origins"] = origins = OriginPolicy.from_database(engine, settings.write_key_refresh_s)
+        state["collector"] = Collector(settings, producer, keys, origins)
         log.info("collector ready: %d write keys, producing to %s", len(keys.sources), settings.events_topic)
         try:
             yield
         finally:
             keys.close()
+            origins.close()
             producer.close()
             engine.dispose()
 
@@ -195,4 +205,5 @@ def create_app(settings: Settings) -> Starlette:
     routes = [Route("/v1/batch", endpoint("batch"), methods=["POST"])]
     routes += [Route(f"/v1/{name}", endpoint(name), methods=["POST"]) for name in SINGLE_MESSAGE_TYPES]
     routes += [Route("/healthz", healthz), Route("/metrics", prometheus)]
-    return Starlette(routes=routes, lifespan=lifespan)
+    cors = Middleware(CorsMiddleware, policy=lambda: state.get("origins"))
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[cors])

@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--name", required=True)
     create.add_argument("--source", required=True, help="web, ios, android, backend...")
     create.add_argument("--key", help="use this value instead of a random one")
+    create.add_argument("--origin", action="append", default=[],
+                        help="browser origin allowed to send with this key, e.g. https://shop.example (repeatable; * for any)")
+    origins = keys.add_parser("origins", help="show or replace the browser origins of a write key (CORS)")
+    origins.add_argument("name")
+    origins.add_argument("--origin", action="append", help="the new list (repeatable); none: show the current list")
     keys.add_parser("list", help="list write keys (names and sources, never values)")
     revoke = keys.add_parser("revoke", help="revoke a write key")
     revoke.add_argument("name")
@@ -84,13 +89,36 @@ def _keys(settings: Settings, args) -> None:
     from storage import write_keys
     engine = create_engine(settings.database_url)
     if args.action == "create":
-        print(write_keys.create_key(engine, args.name, args.source, args.key))
+        from storage.write_key_origins import normalize_origin
+        try:
+            [normalize_origin(origin) for origin in args.origin]  # before the key exists
+        except ValueError as err:
+            sys.exit(f"--origin: {err}")
+        key = write_keys.create_key(engine, args.name, args.source, args.key)
+        if args.origin:
+            _key_origins(engine, args.name, args.origin)
+        print(key)
+    elif args.action == "origins":
+        _key_origins(engine, args.name, args.origin)
     elif args.action == "list":
         for key in write_keys.list_keys(engine):
             state = f"revoked {key['revoked_at']:%Y-%m-%d}" if key["revoked_at"] else "active"
             print(f"{key['name']:<24} {key['source']:<12} {state}")
     elif not write_keys.revoke_key(engine, args.name):
         sys.exit(f"no active write key named {args.name!r}")
+
+
+def _key_origins(engine, name: str, origins: list[str] | None) -> None:
+    from storage.write_key_origins import origins_of, set_origins
+    try:
+        current = set_origins(engine, name, origins) if origins is not None else origins_of(engine, name)
+    except ValueError as err:
+        sys.exit(f"cannot set origins of {name!r}: {err}")
+    except KeyError:
+        current = None
+    if current is None:
+        sys.exit(f"no active write key named {name!r}")
+    print(f"{name}: browser origins {', '.join(current) or '(none: browsers are refused)'}", file=sys.stderr)
 
 
 def _demo(settings: Settings, args) -> None:
