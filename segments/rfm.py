@@ -1,9 +1,10 @@
 """RFM for segments: the scores and named groups of the view ``user_rfm``, the one RFM definition.
 
 The view (migration 0009) scores customers, i.e. identified users (``user_id`` set) with at least
-one order: ``ceil(5 * cume_dist())`` over ``last_purchase_at`` (R), ``orders`` (F) and ``revenue``
-(M), so 5 is the best fifth and users with equal values always get equal scores. Anonymous buyers
-and non-buyers have no scores (null): an RFM condition never matches them.
+one order: 1 + floor(5 * (customers with a lower value) / customers) over ``last_purchase_at`` (R),
+``orders`` (F) and ``revenue`` (M), so 5 is the best fifth, equal values always get equal scores,
+and a tie takes the lowest score of the fifths it spans (one-time buyers are F = 1). Anonymous
+buyers and non-buyers have no scores (null): an RFM condition never matches them.
 
 Named groups (first match wins, over R = recency score and F = frequency score):
 
