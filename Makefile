@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-up: install          ## start Kafka, PostgreSQL, the collector and the worker in the background
+up: install          ## start Kafka, PostgreSQL and Spoor's processes (collector, worker, segments, campaigns, admin API)
 	@deploy/stack.sh up
 
 down:                ## stop everything `make up` started

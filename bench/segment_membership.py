@@ -22,10 +22,10 @@ from spoor.settings import Settings
 from storage.migrate import upgrade
 
 FILL = """
-INSERT INTO user_profiles (user_key, first_seen_at, last_seen_at, events, page_views, product_views,
+INSERT INTO user_profiles (user_key, user_id, first_seen_at, last_seen_at, events, page_views, product_views,
     distinct_products_viewed, clicks, cart_adds, cart_removes, cart_value, checkouts, orders, revenue,
     first_purchase_at, last_purchase_at)
-SELECT 'u' || i, now() - interval '200 days', now() - (i % 30) * interval '1 day', 10, 3, 5, 4, 1, i % 4, 0, 0,
+SELECT 'u' || i, CASE WHEN i % 10 > 0 THEN 'c' || i END, now() - interval '200 days', now() - (i % 30) * interval '1 day', 10, 3, 5, 4, 1, i % 4, 0, 0,
        i % 3, i % 7, (i % 7) * 25.5,
        CASE WHEN i % 7 > 0 THEN now() - (i % 180) * interval '1 day' END,
        CASE WHEN i % 7 > 0 THEN now() - (i % 120) * interval '1 day' END

@@ -68,7 +68,12 @@ def _print(value) -> None:
 
 
 def _read(path: str) -> str:
-    return sys.stdin.read() if path == "-" else Path(path).read_text()
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        sys.exit(f"error: cannot read {path}: {err}")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> None:
@@ -100,8 +105,11 @@ def _segments(settings: Settings, engine, args) -> None:
         for f in FIELDS.values():
             print(f"{f.name:<28} {f.type:<7} {f.source:<9} {f.description}")
     elif args.action == "preview":
-        path = Path(args.name_or_file)
-        spec = parse_segment(path.read_text()) if path.is_file() else store.get(args.name_or_file)
+        name_or_file = args.name_or_file
+        looks_like_file = name_or_file == "-" or Path(name_or_file).suffix in (".yaml", ".yml", ".json") \
+            or "/" in name_or_file
+        spec = parse_segment(_read(name_or_file)) if looks_like_file or Path(name_or_file).is_file() \
+            else store.get(name_or_file)
         _print(membership.preview(engine, spec, store.specs(), utcnow(), args.sample))
     elif args.action == "show":
         _print({**store.row(args.name), "definition": store.get(args.name).model_dump(mode="json", by_alias=True)})
@@ -115,9 +123,11 @@ def _segments(settings: Settings, engine, args) -> None:
     elif args.action == "recompute":
         _print(membership.full_recompute(engine, utcnow(), args.names or None))
     elif args.action == "members":
+        store.row(args.name)  # an unknown name is an error, not an empty list
         for member in membership.members(engine, args.name, args.limit):
             print(f"{member['user_key']}\t{member['entered_at']:%Y-%m-%d %H:%M:%S}")
     elif args.action == "sizes":
+        store.row(args.name)
         end = datetime.now(timezone.utc)
         for point in membership.sizes(engine, args.name, end - timedelta(days=args.days), end,
                                       timedelta(hours=args.step_hours)):

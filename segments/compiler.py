@@ -17,7 +17,7 @@ from ingest.normalize import TRACK_KINDS
 from segments.fields import FIELDS, FieldType
 from segments.language import (AllOf, AnyOf, EventCondition, FieldCondition, NotOf, SegmentDefinitionError,
                                SegmentRef, SegmentSpec)
-from segments.rfm import rfm_scores
+from segments.rfm import FIELD_COLUMNS, USER_RFM
 from spoor.events import EventKind
 from storage.models import Event, UserActivity, UserProfile
 
@@ -82,9 +82,8 @@ class _Compiler:
             column = ACTIVITY.c[name]
             return column if spec.type is FieldType.STRING else func.coalesce(column, 0)
         if spec.source == "rfm":
-            if self.rfm is None:
-                self.rfm = rfm_scores()
-            return self.rfm.c[name]
+            self.rfm = USER_RFM
+            return USER_RFM.c[FIELD_COLUMNS[name]]
         self.uses_time = True
         if name == "average_order_value":
             return PROFILES.c.revenue / func.nullif(PROFILES.c.orders, 0)

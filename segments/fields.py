@@ -3,7 +3,7 @@
 Only names listed here reach SQL, so a field name can never inject anything. Sources:
 ``profile`` = user_profiles, ``activity`` = user_activity (rolling windows from the stream; a user
 without a row counts as 0), ``derived`` = computed against the evaluation time (``now``), ``rfm`` =
-scores relative to all buyers (see ``segments.rfm``).
+scores relative to all customers, from the view ``user_rfm`` (see ``segments.rfm``).
 """
 
 from dataclasses import dataclass
@@ -50,9 +50,9 @@ _specs: list[FieldSpec] = [
     FieldSpec("monetary", FieldType.NUMBER, "activity", "RFM monetary value from the stream"),
     FieldSpec("favourite_category", FieldType.STRING, "activity", "most engaged category"),
     FieldSpec("lifecycle_stage", FieldType.STRING, "activity", "lifecycle stage from the stream"),
-    FieldSpec("recency_score", FieldType.NUMBER, "rfm", "RFM recency quintile 1-5 (null for non-buyers)"),
-    FieldSpec("frequency_score", FieldType.NUMBER, "rfm", "RFM frequency quintile 1-5"),
-    FieldSpec("monetary_score", FieldType.NUMBER, "rfm", "RFM monetary quintile 1-5"),
+    FieldSpec("recency_score", FieldType.NUMBER, "rfm", "RFM recency score 1-5 (null for non-buyers and anonymous users)"),
+    FieldSpec("frequency_score", FieldType.NUMBER, "rfm", "RFM frequency score 1-5"),
+    FieldSpec("monetary_score", FieldType.NUMBER, "rfm", "RFM monetary score 1-5"),
     FieldSpec("rfm_group", FieldType.STRING, "rfm", "champions, loyal, potential_loyalists, at_risk, "
                                                     "hibernating or lost"),
 ]

@@ -14,6 +14,7 @@ Field names are checked against the catalogue (``segments.fields``) and values a
 field's type here, so a bad definition fails with a clear message before any SQL exists.
 """
 
+import difflib
 import json
 import re
 from decimal import Decimal
@@ -73,7 +74,9 @@ class FieldCondition(BaseModel):
     def _check_types(self) -> "FieldCondition":
         spec = FIELDS.get(self.field)
         if spec is None:
-            raise ValueError(f"unknown field {self.field[:80]!r}; known fields: {', '.join(sorted(FIELDS))}")
+            close = difflib.get_close_matches(self.field[:80], FIELDS, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ValueError(f"unknown field {self.field[:80]!r}; {hint}known fields: {', '.join(sorted(FIELDS))}")
         values = self.value if isinstance(self.value, list) else [self.value]
         if self.op in ("in", "not in"):
             if not isinstance(self.value, list) or not 1 <= len(self.value) <= MAX_LIST:

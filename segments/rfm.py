@@ -1,9 +1,10 @@
-"""RFM scores and named groups, computed in SQL over user_profiles (buyers only).
+"""RFM for segments: the scores and named groups of the view ``user_rfm``, the one RFM definition.
 
-Scores are quintiles 1-5 taken as ``ceil(5 * cume_dist())`` over recency (``last_purchase_at``),
-frequency (``orders``) and monetary value (``revenue``): the most recent, most frequent, biggest
-spenders get 5. Unlike NTILE, users with equal values always get the same score, so the result
-does not depend on row order (deterministic ties), and a small population still spreads over 1-5.
+The view (migration 0009) scores customers, i.e. identified users (``user_id`` set) with at least
+one order: 1 + floor(5 * (customers with a lower value) / customers) over ``last_purchase_at`` (R),
+``orders`` (F) and ``revenue`` (M), so 5 is the best fifth, equal values always get equal scores,
+and a tie takes the lowest score of the fifths it spans (one-time buyers are F = 1). Anonymous
+buyers and non-buyers have no scores (null): an RFM condition never matches them.
 
 Named groups (first match wins, over R = recency score and F = frequency score):
 
@@ -15,29 +16,18 @@ Named groups (first match wins, over R = recency score and F = frequency score):
 | at_risk | F >= 3 (R <= 2) | used to buy often, not lately |
 | hibernating | R = 2 | few orders, a while ago |
 | lost | R = 1 | few orders, long ago |
+
+The scores rank purchases against each other, not against the evaluation time, so they need no
+``now``; time-relative conditions use ``days_since_last_purchase``.
 """
 
-from sqlalchemy import case, func, select
-from sqlalchemy.sql import Subquery
-
-from storage.models import UserProfile
+from sqlalchemy import Integer, String, column, table
 
 GROUPS = ("champions", "loyal", "potential_loyalists", "at_risk", "hibernating", "lost")
 
+USER_RFM = table("user_rfm", column("user_key", String), column("r_score", Integer), column("f_score", Integer),
+                 column("m_score", Integer), column("rfm_group", String))
 
-def rfm_scores() -> Subquery:
-    p = UserProfile.__table__
-
-    def quintile(order_by):
-        return func.ceil(5 * func.cume_dist().over(order_by=order_by)).cast(p.c.orders.type)
-
-    scores = (select(p.c.user_key,
-                     quintile(p.c.last_purchase_at).label("recency_score"),
-                     quintile(p.c.orders).label("frequency_score"),
-                     quintile(p.c.revenue).label("monetary_score"))
-              .where(p.c.orders > 0, p.c.last_purchase_at.is_not(None))
-              .subquery("rfm_scores"))
-    r, f = scores.c.recency_score, scores.c.frequency_score
-    group = case(((r >= 4) & (f >= 4), "champions"), ((r >= 3) & (f >= 3), "loyal"), (r >= 3, "potential_loyalists"),
-                 (f >= 3, "at_risk"), (r == 2, "hibernating"), else_="lost")
-    return select(scores, group.label("rfm_group")).subquery("rfm")
+# Segment field name -> user_rfm column.
+FIELD_COLUMNS = {"recency_score": "r_score", "frequency_score": "f_score", "monetary_score": "m_score",
+                 "rfm_group": "rfm_group"}

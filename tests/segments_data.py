@@ -15,10 +15,10 @@ PROFILE_COUNTS = ("events", "page_views", "product_views", "clicks", "cart_adds"
 
 def profile(user_key: str, now: datetime, *, orders: int = 0, revenue: str = "0",
             last_purchase_days: float | None = None, first_purchase_days: float | None = None,
-            first_seen_days: float = 100, **counts) -> dict:
+            first_seen_days: float = 100, user_id: str | None = None, **counts) -> dict:
     row = {name: counts.pop(name, 0) for name in PROFILE_COUNTS}
     assert not counts, counts
-    row.update(user_key=user_key, user_id=None, first_seen_at=now - timedelta(days=first_seen_days),
+    row.update(user_key=user_key, user_id=user_id, first_seen_at=now - timedelta(days=first_seen_days),
                last_seen_at=now - timedelta(hours=1), distinct_products_viewed=0, cart_value=Decimal(0),
                orders=orders, revenue=Decimal(revenue),
                last_purchase_at=None if last_purchase_days is None else now - timedelta(days=last_purchase_days),

@@ -12,6 +12,7 @@ from segments import membership
 from segments.kafka import create_producer, create_segment_topics
 from segments.language import SegmentDefinitionError, parse_segment
 from segments.membership import SegmentStore
+from segments.rfm import GROUPS
 from storage.segments_models import SegmentTransition
 from tests.segments_data import profile, put_activity, put_events, put_profiles
 
@@ -92,20 +93,30 @@ def test_injection_attempts_reach_sql_only_as_parameters(engine, store):
         parse_segment({"name": "x", "where": {"field": "user_profiles.orders", "op": "==", "value": 1}})
 
 
-def test_rfm_scores_and_groups(engine, store):
+def test_rfm_groups_and_scores_come_from_the_user_rfm_view(engine, store):
     store.install_builtins()
-    put_profiles(engine, [profile(f"rfm-{i}", NOW, orders=i, revenue=str(100 * i), last_purchase_days=60 - 5 * i)
-                          for i in range(1, 11)])
+    put_profiles(engine, [profile(f"rfm-{i}", NOW, orders=i, revenue=str(100 * i), last_purchase_days=60 - 5 * i,
+                                  user_id=f"customer-{i}") for i in range(1, 11)]
+                 + [profile(f"rfm-twin-{t}", NOW, orders=5, revenue="150", last_purchase_days=33,
+                            user_id=f"twin-{t}") for t in "ab"])
     specs = store.specs()
-    champions = membership.compute_members(engine, specs["rfm_champions"], specs, NOW)
-    lost = membership.compute_members(engine, specs["rfm_lost"], specs, NOW)
-    # 10 buyers (plus seg-a, seg-b): the most recent and frequent are champions, the oldest single buyer is lost.
-    assert {"rfm-10", "rfm-9"} <= champions and "rfm-1" not in champions
-    assert "rfm-1" in lost
-    groups = [membership.compute_members(engine, specs[f"rfm_{g}"], specs, NOW) for g in
-              ("champions", "loyal", "potential_loyalists", "at_risk", "hibernating", "lost")]
-    buyers = {f"rfm-{i}" for i in range(1, 11)} | {"seg-a", "seg-b"}
-    assert set().union(*groups) == buyers and sum(len(g) for g in groups) == len(buyers)  # a partition
+    groups = {g: membership.compute_members(engine, specs[f"rfm_{g}"], specs, NOW) for g in GROUPS}
+    with engine.connect() as conn:
+        view = {row.user_key: row for row in conn.execute(text("SELECT * FROM user_rfm"))}
+    # Customers are identified buyers: seg-a and seg-b bought anonymously, so they have no scores.
+    customers = {f"rfm-{i}" for i in range(1, 11)} | {"rfm-twin-a", "rfm-twin-b"}
+    assert set(view) == customers
+    assert groups == {g: {k for k, row in view.items() if row.rfm_group == g} for g in GROUPS}
+    assert sum(len(members) for members in groups.values()) == len(customers)  # a partition
+    assert {"rfm-10", "rfm-9"} <= groups["champions"] and "rfm-1" in groups["lost"]
+    # Equal values, equal scores: 4 of the 12 have fewer than 5 orders, so all three with 5 orders
+    # get 1 + 5 * 4 // 12 = 2 (NTILE would have split them).
+    assert [view[k].f_score for k in ("rfm-1", "rfm-5", "rfm-twin-a", "rfm-twin-b", "rfm-10")] == [1, 2, 2, 2, 5]
+    twins = [(r.r_score, r.f_score, r.m_score, r.rfm_group) for r in (view["rfm-twin-a"], view["rfm-twin-b"])]
+    assert twins[0] == twins[1]
+    frequency_two = define(store, {"name": "t_frequency_two", "where": "frequency_score == 2"}, status="draft")
+    assert membership.compute_members(engine, frequency_two, store.specs(), NOW) == {
+        "rfm-4", "rfm-5", "rfm-twin-a", "rfm-twin-b"}
 
 
 def test_incremental_and_full_recompute_agree_and_history_is_kept(engine, store):
@@ -121,7 +132,8 @@ def test_incremental_and_full_recompute_agree_and_history_is_kept(engine, store)
     second = NOW + timedelta(minutes=10)
     put_profiles(engine, [profile("seg-c", NOW, orders=1, revenue="10", last_purchase_days=0.001),
                           profile("seg-new", NOW),
-                          profile("whale", NOW, orders=50, revenue="9000", last_purchase_days=0.01)])
+                          profile("whale", NOW, orders=50, revenue="9000", last_purchase_days=0.01,
+                                  user_id="whale")])
     put_events(engine, [
         {"event_id": "e5", "user_key": "seg-c", "kind": "purchase", "name": "Order Completed",
          "event_time": NOW + timedelta(minutes=5)},

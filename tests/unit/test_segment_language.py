@@ -42,6 +42,7 @@ where:
     ("favourite_category > \"a\"", "is a string: use ==, !=, in or not in"),
     ("favourite_category == shoes", "must be a JSON number"),
     ("no_such_field == 1", "unknown field 'no_such_field'"),
+    ("recency >= 4", "unknown field 'recency'; did you mean frequency or recency_score"),
     ({"field": "orders", "op": "in", "value": 1}, "needs a list"),
     ({"field": "orders", "op": "~", "value": 1}, "op"),
     ({"did": "Order Completed", "within": "1y"}, "not a duration"),
