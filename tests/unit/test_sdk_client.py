@@ -211,3 +211,14 @@ def test_retry_after_as_seconds_or_http_date():
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after(format_datetime(now + timedelta(seconds=20), usegmt=True), now) == 20.0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_messages_go_out_after_the_flush_interval_without_a_flush(collector):
+    server = collector()
+    client = client_for(server, flush_interval=0.2, batch_size=100)
+    client.track("u", "X", message_id="m1")
+    deadline = time.monotonic() + 5
+    while not server.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.delivered_ids() == ["m1"]
+    client.shutdown()

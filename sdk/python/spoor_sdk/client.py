@@ -173,7 +173,7 @@ class Client:
                 self._enqueued_seq += 1
                 self._queue.append((self._enqueued_seq, message, encoded))
                 self.stats.queued += 1
-                if len(self._queue) >= self.batch_size:
+                if len(self._queue) in (1, self.batch_size):  # the first starts the interval; a full batch goes now
                     self._lock.notify_all()
                 return True
         return self._drop(message, reason)
