@@ -45,7 +45,7 @@ def normalize(message: Any, *, received_at: datetime, source: str,
     if not isinstance(message, dict):
         raise InvalidEvent("$", "a message must be a JSON object")
     msg_type = message.get("type") or default_type
-    if msg_type not in MESSAGE_TYPES:
+    if not isinstance(msg_type, str) or msg_type not in MESSAGE_TYPES:
         raise InvalidEvent("type", f"must be one of {sorted(MESSAGE_TYPES)}, got {msg_type!r}")
 
     user_id = _optional_id(message, "userId")
