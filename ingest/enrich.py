@@ -15,20 +15,26 @@ import ua_parser
 MAX_USER_AGENT_CHARS = 512  # bounds the matcher's work; longer agents are parsed on their prefix
 MAX_NAME_CHARS = 128
 USER_AGENT_CACHE_SIZE = 8192
+IPV6_KEPT_BITS = ((1 << 48) - 1) << 80  # the first 48 bits
 
 
 def anonymize_ip(value: Any) -> str | None:
     """IPv4 keeps its first 3 octets (a.b.c.0), IPv6 its first 48 bits (last 80 dropped); else None."""
     if not isinstance(value, str):
         return None
+    value = value.strip()
+    octets = value.split(".")
+    if len(octets) == 4 and all(o.isascii() and o.isdigit() and len(o) <= 3 and int(o) <= 255 for o in octets):
+        return f"{int(octets[0])}.{int(octets[1])}.{int(octets[2])}.0"  # the common case, without ipaddress
     try:
-        ip = ipaddress.ip_address(value.strip())
+        ip = ipaddress.ip_address(value)
     except ValueError:
         return None
     if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+        return anonymize_ip(str(ip.ipv4_mapped))
+    if ip.version == 4:
+        return None  # unreachable: every IPv4 address took the fast path
+    return str(ipaddress.IPv6Address(int(ip) & IPV6_KEPT_BITS))
 
 
 def _name(value: str | None) -> str | None:
