@@ -117,15 +117,16 @@ def test_event_times_out_of_range_are_invalid_not_crashes(timestamp, sent_at):
 
 
 SDK_MESSAGES = [
-    build("track", user_id="u1", event="Product Viewed", properties={"product_id": 7, "price": "9.99",
-                                                                      "category": "Shoes"}),
-    build("track", anonymous_id="a1", event="product_added", properties={"sku": "S1", "price": 5}),
-    build("track", user_id="u1", event="Order Completed", properties={
-        "order_id": "o1", "currency": "eur", "products": [{"product_id": "P1", "price": "10", "quantity": 2}]}),
-    build("page", user_id="u1", name="Home", properties={"url": "https://shop.example/"}),
-    build("screen", user_id="u1", name="Cart"),
-    build("identify", user_id="u1", traits={"plan": "pro"}),
-    build("track", user_id="u1", event="Newsletter Signup", properties={"quantity": 3}),
+    build("track", {"event": "Product Viewed", "properties": {"product_id": 7, "price": "9.99", "category": "Shoes"}},
+          user_id="u1"),
+    build("track", {"event": "product_added", "properties": {"sku": "S1", "price": 5}}, anonymous_id="a1"),
+    build("track", {"event": "Order Completed", "properties": {
+        "order_id": "o1", "currency": "eur", "products": [{"product_id": "P1", "price": "10", "quantity": 2}]}},
+        user_id="u1"),
+    build("page", {"name": "Home", "properties": {"url": "https://shop.example/"}}, user_id="u1"),
+    build("screen", {"name": "Cart"}, user_id="u1"),
+    build("identify", {"traits": {"plan": "pro"}}, user_id="u1"),
+    build("track", {"event": "Newsletter Signup", "properties": {"quantity": 3}}, user_id="u1"),
 ]
 
 
@@ -137,3 +138,29 @@ def test_the_sdk_kafka_transport_produces_what_the_collector_would(message):
     assert from_sdk == from_collector
     if wire.get("event") == "Order Completed":
         assert from_sdk.revenue == Decimal("20") and from_sdk.currency == "EUR"
+
+
+def test_replay_judges_collector_payloads_again_and_worker_events_as_canonical_events():
+    from ingest.replay import replay_records
+    def row(id_, processor, payload, failure_type="schema_violation", request=None):
+        return {"id": id_, "processor": processor, "failure_type": failure_type, "payload": payload,
+                "source": "web", "received_at": NOW, "request": request}
+    rows = [
+        row("c1", "collector", {"userId": "u", "event": "Product Viewed"}, request={"endpoint": "track",
+                                                                                   "user_agent": IPHONE}),
+        row("c2", "collector", {"type": "track", "event": "X"}),
+        row("w1", "worker", {"event_id": "w-1", "kind": "custom", "name": "X", "user_key": "u",
+                             "event_time": NOW.isoformat(), "received_at": NOW.isoformat()}),
+        row("w2", "worker", {"raw": "not json"}, failure_type="parse_error"),
+        row("f1", "unknown", {"raw": "?"}, failure_type="foreign_record"),
+    ]
+    records, report = replay_records(rows, intake(), "events", "dlq", 4)
+    assert (report.replayed, report.accepted, report.invalid_again, report.skipped) == (4, 2, 2, 1)
+    assert report.replayed_ids == ["c1", "c2", "w1", "w2"]
+    events = [e for topic, _, _, value in records if topic == "events" for e in decode_record(value)]
+    replayed = next(e for e in events if e.kind == "product_view")
+    # No messageId: one derived from the dead letter's id, so a second replay is the same event.
+    assert replayed.event_id.startswith("replay-") and replayed.received_at == NOW and replayed.device == "iPhone"
+    assert replay_records(rows[:1], intake(), "events", "dlq", 4)[0] == records[:1]
+    again = [dead_letter_row("x", value) for topic, _, _, value in records if topic == "dlq"]
+    assert sorted(d["replay_of"] for d in again) == ["c2", "w2"]

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from ingest.intake import Intake, RequestFacts
 from spoor.bad_rows import dead_letter_row
 from spoor.events import decode_record
-from tests.integration.test_collector_fuzz import context, some_messages, times
+from tests.strategies import context, some_messages, times
 
 INTAKE = Intake("events", "dlq", 4, 32 * 1024)
 

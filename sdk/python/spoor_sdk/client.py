@@ -75,23 +75,24 @@ class Client:
             atexit.register(self.shutdown)
 
     # --- the tracking API (Segment spec names) ---
+    # Every call also takes the keyword options anonymous_id, context, timestamp, message_id, integrations.
 
     def track(self, user_id=None, event: str = "", properties: dict | None = None, **options) -> bool:
         if not isinstance(event, str) or not event.strip():
             raise ValueError("track: an event name is required")
-        return self._enqueue(messages.build("track", user_id=user_id, event=event,
-                                            properties=properties or {}, **options))
+        return self._enqueue(messages.build("track", {"event": event, "properties": properties or {}},
+                                            user_id=user_id, **options))
 
     def page(self, user_id=None, name: str | None = None, properties: dict | None = None, **options) -> bool:
-        return self._enqueue(messages.build("page", user_id=user_id, name=name, properties=properties or {},
-                                            **options))
+        return self._enqueue(messages.build("page", {"name": name, "properties": properties or {}},
+                                            user_id=user_id, **options))
 
     def screen(self, user_id=None, name: str | None = None, properties: dict | None = None, **options) -> bool:
-        return self._enqueue(messages.build("screen", user_id=user_id, name=name, properties=properties or {},
-                                            **options))
+        return self._enqueue(messages.build("screen", {"name": name, "properties": properties or {}},
+                                            user_id=user_id, **options))
 
     def identify(self, user_id=None, traits: dict | None = None, **options) -> bool:
-        return self._enqueue(messages.build("identify", user_id=user_id, traits=traits or {}, **options))
+        return self._enqueue(messages.build("identify", {"traits": traits or {}}, user_id=user_id, **options))
 
     # --- E-commerce spec v2 helpers ---
 
@@ -113,8 +114,7 @@ class Client:
                               products=products, **properties)
 
     def _commerce(self, event: str, user_id, **properties) -> bool:
-        options = {k: properties.pop(k) for k in ("anonymous_id", "context", "timestamp", "message_id")
-                   if k in properties}
+        options = {k: properties.pop(k) for k in messages.CALL_OPTIONS if k in properties}
         return self.track(user_id, event, {k: v for k, v in properties.items() if v is not None}, **options)
 
     # --- lifecycle ---

@@ -9,10 +9,12 @@ from typing import Any
 from spoor_sdk.version import VERSION
 
 LIBRARY = {"name": "spoor-sdk-python", "version": VERSION}
+CALL_OPTIONS = {"anonymous_id", "context", "timestamp", "message_id", "integrations"}
 
 
-def build(msg_type: str, *, user_id: Any = None, anonymous_id: Any = None, context: dict | None = None,
-          timestamp: datetime | None = None, message_id: str | None = None, **fields: Any) -> dict:
+def build(msg_type: str, fields: dict[str, Any], *, user_id: Any = None, anonymous_id: Any = None,
+          context: dict | None = None, timestamp: datetime | None = None, message_id: str | None = None,
+          integrations: dict | None = None) -> dict:
     """One message. Raises ValueError for a call that can never be valid (a programming error)."""
     if user_id in (None, "") and anonymous_id in (None, ""):
         raise ValueError(f"{msg_type}: user_id or anonymous_id is required")
@@ -23,6 +25,8 @@ def build(msg_type: str, *, user_id: Any = None, anonymous_id: Any = None, conte
         message["userId"] = str(user_id)
     if anonymous_id not in (None, ""):
         message["anonymousId"] = str(anonymous_id)
+    if integrations:
+        message["integrations"] = integrations
     for key, value in fields.items():
         if value is not None:
             message[key] = value
