@@ -224,3 +224,18 @@ def test_messages_go_out_after_the_flush_interval_without_a_flush(collector):
         time.sleep(0.02)
     assert server.delivered_ids() == ["m1"]
     client.shutdown()
+
+
+def test_the_module_level_api_uses_one_default_client(collector):
+    import spoor_sdk
+    server = collector()
+    with pytest.raises(RuntimeError):
+        spoor_sdk.track("u", "X")
+    spoor_sdk.init("wk", host=server.url, flush_at_exit=False, flush_interval=0.05)
+    assert spoor_sdk.product_viewed("u", product_id="P1", message_id="mod-1")
+    assert spoor_sdk.checkout_started("u", message_id="mod-2")
+    assert spoor_sdk.flush(5)
+    assert spoor_sdk.shutdown()
+    spoor_sdk.default_client = None
+    assert server.delivered_ids() == ["mod-1", "mod-2"]
+    assert server.requests[0]["body"]["batch"][0]["event"] == "Product Viewed"

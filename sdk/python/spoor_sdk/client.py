@@ -179,7 +179,8 @@ class Client:
         return self._drop(message, reason)
 
     def _drop(self, message: dict, reason: str) -> bool:
-        self.stats.dropped += 1
+        with self._lock:
+            self.stats.dropped += 1
         log.warning("spoor-sdk dropped a %s message: %s", message.get("type"), reason)
         _notify(self.on_drop, message, reason)
         return False
