@@ -139,10 +139,17 @@ def _dead_letters(settings: Settings, args) -> None:
                              include_replayed=args.action == "list" and not args.pending)
     if args.action == "list":
         _print_dead_letters(rows, args.json)
+        if args.limit and len(rows) == args.limit and not args.json:
+            print(f"(the oldest {args.limit}: narrow with --since / --reason, or raise --limit)")
         return
+    from ingest.producer import KafkaUnavailable
     from ingest.replay import replay
     started = datetime.now(timezone.utc)
-    report = replay(settings, rows, dry_run=args.dry_run)
+    try:
+        report = replay(settings, rows, dry_run=args.dry_run)
+    except KafkaUnavailable as err:
+        sys.exit(f"Kafka did not acknowledge the replay ({err}); nothing was marked replayed. "
+                 "Run it again: events already sent are counted once.")
     if not args.dry_run and report.replayed_ids:
         mark_replayed(engine, report.replayed_ids, started)
     verb = "would replay" if args.dry_run else "replayed"
