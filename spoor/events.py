@@ -90,9 +90,8 @@ class Event(BaseModel):
     @model_validator(mode="after")
     def _no_nul_characters(self) -> "Event":
         # PostgreSQL text and jsonb cannot hold U+0000: such an event would fail every write.
-        for name in _TEXT_FIELDS:
-            value = getattr(self, name)
-            if value is not None and "\x00" in value:
+        for name, value in self.__dict__.items():
+            if isinstance(value, str) and "\x00" in value:
                 raise ValueError(f"{name} may not contain the NUL character")
         for line in self.products:
             if "\x00" in (line.product_id or "") + (line.category or ""):
@@ -107,7 +106,6 @@ class Event(BaseModel):
         return cls.model_validate_json(raw)
 
 
-_TEXT_FIELDS = tuple(name for name, field in Event.model_fields.items() if "str" in str(field.annotation))
 EVENT_LIST = TypeAdapter(list[Event])
 
 

@@ -158,3 +158,22 @@ def test_dead_letters_are_listed_and_replayed_after_a_fix(edge, engine, write_ke
     assert "1 dead letters" in pending and "[pending]" in pending
     second = spoor(test_settings, "dead-letters", "replay", "--id", again[0]["id"]).stdout
     assert second.startswith("replayed 1 dead letters: 0 accepted, 1 still invalid")
+
+
+def test_a_nul_character_is_a_400_and_its_dead_letter_is_stored(edge, engine, write_key):
+    """PostgreSQL cannot store U+0000: the event is refused at the edge, its dead letter stored with U+FFFD."""
+    body = b'{"batch": [{"type": "track", "userId": "nul\\u0000user", "event": "X", "messageId": "nul-1"}]}'
+    response = httpx.post(f"{edge}/v1/batch", content=body, auth=(write_key, ""),
+                          headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["rejected"] == [{"index": 0, "field": "$",
+                                            "reason": "Value error, user_key may not contain the NUL character"}]
+
+    def stored():
+        return [d for d in dead_letters(engine) if d["payload"].get("messageId") == "nul-1"] or None
+
+    assert wait_until(stored, 60, "the NUL event's dead letter")[0]["payload"]["userId"] == "nul\ufffduser"
+    # The worker is still writing: a later event arrives.
+    assert httpx.post(f"{edge}/v1/track", json={"userId": "after-nul", "event": "X", "messageId": "nul-2"},
+                      auth=(write_key, "")).status_code == 200
+    wait_until(lambda: event_row(engine, "nul-2"), 60, "an event after the NUL one")
