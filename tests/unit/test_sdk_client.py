@@ -239,3 +239,14 @@ def test_the_module_level_api_uses_one_default_client(collector):
     spoor_sdk.default_client = None
     assert server.delivered_ids() == ["mod-1", "mod-2"]
     assert server.requests[0]["body"]["batch"][0]["event"] == "Product Viewed"
+
+
+def test_shutdown_gives_up_within_its_timeout_when_the_collector_keeps_failing(collector):
+    server = collector(lambda batch: (503, {"Retry-After": "2"}, {}))
+    client = client_for(server, batch_size=1, retry=RetryPolicy(max_retries=100))
+    for i in range(5):
+        client.track("u", "X", message_id=f"m{i}")
+    started = time.monotonic()
+    assert client.shutdown(timeout=1) is False
+    assert time.monotonic() - started < 5
+    assert (client.stats.sent, client.stats.failed) == (0, 5)

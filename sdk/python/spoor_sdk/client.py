@@ -217,6 +217,9 @@ class Client:
 
     def _deliver(self, batch: list[tuple[int, dict, bytes]]) -> None:
         msgs = [m for _, m, _ in batch]
+        if self._give_up.is_set():  # shutdown's time is up: what is left is not even tried
+            self._give_up_on(batch, TimeoutError("shutdown timed out before this batch was sent"))
+            return
         attempt = 0
         while True:
             try:
