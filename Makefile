@@ -7,11 +7,12 @@ export SPOOR_RUN_DIR ?= /var/tmp/spoor
 
 .PHONY: install up down demo test unit bench logs clean sdk-js
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml sdk/python/pyproject.toml
 	@echo "==> installing Spoor and its Python packages into $(VENV) (first run only)"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e sdk/python
 	@touch $@
 
 install: $(VENV)/.installed
@@ -27,6 +28,7 @@ demo: up             ## simulated shoppers through the stack, then a summary fro
 
 test: install sdk-js ## unit tests, then integration and end-to-end tests on the real Kafka and PostgreSQL
 	@deploy/stack.sh infra
+	@deploy/segment_node.sh
 	$(VENV)/bin/python -m pytest tests
 
 unit: install

@@ -8,6 +8,7 @@ Contract:
 - 401 missing/unknown write key, 403 browser origin not allowed for the key (ingest/cors.py),
   413 body or batch too large, 429 rate limited,
   503 Kafka did not acknowledge (retry: redelivered events are deduplicated).
+- Events are enriched at the edge (ingest/enrich.py); the raw client IP goes nowhere.
 """
 
 import logging
@@ -29,10 +30,8 @@ from starlette.routing import Route
 from ingest import metrics
 from ingest.auth import RateLimiter, WriteKeyCache, write_key_from
 from ingest.cors import CorsMiddleware, OriginPolicy
-from ingest.normalize import InvalidEvent, normalize
-from ingest.producer import EventProducer, KafkaUnavailable, partition_for
-from spoor.bad_rows import bad_row
-from spoor.events import Event, encode_events
+from ingest.intake import Intake, RequestFacts
+from ingest.producer import EventProducer, KafkaUnavailable
 from spoor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +55,8 @@ class Collector:
         self.keys = keys
         self.limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst_events)
         self.partitions = producer.partitions(settings.events_topic)
+        self.intake = Intake(settings.events_topic, settings.dead_letter_topic, self.partitions,
+                             settings.max_event_bytes)
 
     async def handle(self, request: Request, endpoint: str) -> Response:
         started = time.perf_counter()
@@ -96,7 +97,11 @@ class Collector:
             raise RequestRejected(429, "rate limit exceeded for this write key",
                                   {"Retry-After": str(max(1, math.ceil(wait)))})
 
-        records, rejected = self._normalize_all(messages, body, endpoint, source, received_at)
+        batch_context = body.get("context") if endpoint == "batch" and isinstance(body.get("context"), dict) else None
+        facts = RequestFacts(received_at=received_at, source=source, endpoint=endpoint, sent_at=body.get("sentAt"),
+                             context=batch_context, user_agent=request.headers.get("user-agent"),
+                             peer_ip=request.client.host if request.client else None)
+        records, rejected, _accepted = self.intake.records(messages, facts)
         try:
             await self.producer.send_all(records)
         except KafkaUnavailable as err:
@@ -110,31 +115,6 @@ class Collector:
             return JSONResponse({"success": False, "accepted": len(messages) - len(rejected),
                                  "rejected": rejected}, status_code=400)
         return JSONResponse({"success": True})
-
-    def _normalize_all(self, messages, body, endpoint, source, received_at):
-        """Kafka records for a request: one per partition holding its valid events, one per bad row."""
-        settings = self.settings
-        default_type = None if endpoint == "batch" else endpoint
-        batch_context = body.get("context") if endpoint == "batch" and isinstance(body.get("context"), dict) else None
-        by_partition: dict[int, list[Event]] = {}
-        records, rejected = [], []
-        for index, message in enumerate(messages):
-            try:
-                if isinstance(message, dict) and batch_context and "context" not in message:
-                    message = {**message, "context": batch_context}
-                if len(orjson.dumps(message)) > settings.max_event_bytes:
-                    raise InvalidEvent("$", f"an event may be at most {settings.max_event_bytes} bytes")
-                event = normalize(message, received_at=received_at, source=source,
-                                  batch_sent_at=body.get("sentAt"), default_type=default_type)
-            except InvalidEvent as err:
-                rejected.append({"index": index, "field": err.field, "reason": err.reason})
-                records.append((settings.dead_letter_topic, None, None,
-                                bad_row("collector", err.field, err.reason, message, source, received_at)))
-                continue
-            by_partition.setdefault(partition_for(event.user_key, self.partitions), []).append(event)
-        for partition, events in by_partition.items():
-            records.append((settings.events_topic, partition, None, encode_events(events)))
-        return records, rejected
 
     async def _read_json(self, request: Request):
         limit = self.settings.max_body_bytes
