@@ -24,6 +24,8 @@ class Series:
 
     def observe(self, window_end: datetime, totals: dict) -> tuple[Verdict, Transition | None]:
         value, volume = metric_value(self.rule.metric, totals)
+        if totals.get("partial"):
+            value = None  # the window was open when the worker (re)started: not all of it was counted
         if isinstance(self.detector, SeasonalDetector):
             verdict = self.detector.observe(window_end, value)
         else:

@@ -2,8 +2,8 @@
 
 Hysteresis: ``fire_after`` consecutive anomalous windows fire the alert (the
 first one makes it pending), and ``resolve_after`` consecutive windows that are
-not anomalous resolve it. A pending alert that sees a normal window goes back
-to inactive without a notification. Each episode is one alert: it keeps the
+not anomalous resolve it. A pending alert that sees a normal window is
+cancelled (recorded, never notified) and the series is inactive again. Each episode is one alert: it keeps the
 window where it started and its worst evidence.
 """
 
@@ -19,6 +19,7 @@ class AlertStatus(StrEnum):
     PENDING = "pending"
     FIRING = "firing"
     RESOLVED = "resolved"
+    CANCELLED = "cancelled"  # was pending, a normal window came before it fired (never notified)
 
 
 def fingerprint(rule_id: str, metric: str, dimension: str) -> str:
@@ -55,7 +56,7 @@ class AlertLifecycle:
         if verdict.anomalous:
             self.anomalous_run += 1
             self.normal_run = 0
-            if self.status in (None, AlertStatus.RESOLVED):
+            if self.status in (None, AlertStatus.RESOLVED, AlertStatus.CANCELLED):
                 self.status, self.started_at, self.worst = AlertStatus.PENDING, verdict.at, {}
                 self._keep_worst(verdict)
                 if self.fire_after > 1:
@@ -68,8 +69,10 @@ class AlertLifecycle:
         self.normal_run += 1
         self.anomalous_run = 0
         if self.status == AlertStatus.PENDING:
-            self.status = None  # never fired: drop quietly
-            return None
+            self.status = AlertStatus.CANCELLED
+            transition = self._transition(verdict)
+            self.status = None
+            return transition
         if self.status == AlertStatus.FIRING and self.normal_run >= self.resolve_after:
             self.status = AlertStatus.RESOLVED
             return self._transition(verdict)

@@ -44,3 +44,15 @@ class Settings(BaseSettings):
     worker_session_timeout_s: float = Field(30.0, ge=6)
     # How many recent event ids per user are remembered to count a redelivered event once.
     dedupe_window: int = Field(512, ge=1)
+
+    # Metric windows and alerts (stream_processors/metric_agent.py, alerts/).
+    metric_lateness_s: float = Field(120.0, ge=0)  # a window closes this long (event time) after its end
+    alerts_enabled: bool = True
+    alerts_topic: str = "spoor.alerts"
+    alert_rules_path: str | None = None  # default: alerts/rules.yaml in the package
+    alert_eval_interval_s: float = Field(1.0, gt=0)
+    alertmanager_url: str | None = None  # e.g. http://127.0.0.1:9093
+    alert_slack_webhook_url: str | None = None
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: str = ""  # HMAC-SHA256 key of the generic webhook's signature
+    alert_notify_attempts: int = Field(5, ge=1, le=20)

@@ -1,0 +1,201 @@
+"""Faust shell of the business-metric windows and of the alert evaluator.
+
+Two agents fold events and dead letters into ``MetricWindows`` (pure); when
+the watermark closes windows, the events agent writes them and the
+partitions' watermarks to PostgreSQL in one transaction before its batch is
+acknowledged (fail-stop otherwise, like the profile agent), and exports the
+closed windows' values to Prometheus. A timer on the group leader runs the
+``AlertEvaluator`` over complete windows.
+
+Open windows live in memory. A restart loses the open windows' events that
+were acknowledged before it; those windows are written ``partial`` and the
+detectors skip them rather than see a false drop.
+"""
+
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import faust
+import orjson
+from pydantic import ValidationError
+from sqlalchemy import Engine
+
+from alerts.evaluator import AlertEvaluator
+from alerts.notifiers import HttpNotifier, NotifierHub
+from alerts.rules import RulesFile
+from alerts.series import METRICS, metric_value
+from spoor.bad_rows import SCHEMA as BAD_ROW_SCHEMA
+from spoor.events import Event, decode_record
+from spoor.settings import Settings
+from storage.metric_store import MetricWindowWriter
+from stream_processors import metrics
+from stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
+from stream_processors.continuity import OffsetContinuity
+from stream_processors.metric_windows import MetricWindows
+
+log = logging.getLogger(__name__)
+DEFAULT_RULES = Path(__file__).resolve().parent.parent / "alerts" / "rules.yaml"
+
+
+def decode_events(raw: bytes) -> list[Event]:
+    """The valid events of a record. Invalid ones are the profile agent's to dead-letter (and
+    are counted there and as dead letters here), so they are skipped, not rejected twice."""
+    try:
+        return decode_record(raw)
+    except ValidationError:
+        try:
+            items = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return []
+        events = []
+        for item in items if isinstance(items, list) else [items]:
+            try:
+                events.append(Event.model_validate(item))
+            except ValidationError:
+                pass
+        return events
+
+
+def dead_letter_time(raw: bytes) -> tuple[datetime, str | None, str] | None:
+    """(when, source, processor) of a bad row: the original event's time when it has one, so dead
+    letters fall in the same event-time windows as the events they were sent with."""
+    try:
+        row = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(row, dict) or row.get("schema") != BAD_ROW_SCHEMA:
+        return None
+    payload = row.get("payload") if isinstance(row.get("payload"), dict) else {}
+    for candidate in (payload.get("event_time"), payload.get("timestamp"), row.get("received_at")):
+        try:
+            at = datetime.fromisoformat(str(candidate).replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if at.tzinfo is not None:
+            return at, row.get("source"), str(row.get("processor"))
+    return None
+
+
+def export(rows: list[dict]) -> None:
+    """Prometheus: every metric of the latest closed window, per resolution and dimension (this
+    worker's partitions summed; one worker owns them all in the usual deployment)."""
+    totals: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row["resolution"], row["dimension"], row["window_end"])
+        total = totals.setdefault(key, {})
+        for name, value in row.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) or name == "revenue":
+                total[name] = total.get(name, 0) + value
+    for (resolution, dimension, end), total in totals.items():
+        for metric in METRICS:
+            value, _volume = metric_value(metric, total)
+            if value is not None:
+                metrics.BUSINESS_METRIC.labels(metric, dimension, resolution).set(float(value))
+        metrics.METRIC_WINDOW_END.labels(resolution).set(end.timestamp())
+
+
+class PartitionGuard:
+    """Offset continuity for one agent (see continuity.py), with its own positions."""
+
+    def __init__(self, app: faust.App):
+        self.app = app
+        self.continuity = OffsetContinuity()
+
+    async def check(self, batch) -> None:
+        holes = {}
+        for event in batch:
+            tp = event.message.tp
+            start = self.app.consumer._committed_offset.get(tp)
+            if start is None and tp not in self.continuity.next_offset:
+                start = (await self.app.consumer.earliest_offsets(tp)).get(tp)
+            missing = self.continuity.admit(tp, event.message.offset, start)
+            if missing is not None:
+                holes.setdefault(tp, missing)
+        if holes:
+            metrics.SKIPPED_RECORD_REPAIRS.inc(len(holes))
+            fail_stop(f"the consumer skipped records at {holes}; restarting to read them again")
+
+
+def register_metric_windows(app: faust.App, settings: Settings, events_topic, dead_letter_topic,
+                            engine: Engine) -> MetricWindows:
+    windows = MetricWindows(lateness=timedelta(seconds=settings.metric_lateness_s))
+    writer = MetricWindowWriter(engine)
+    event_guard, dead_letter_guard = PartitionGuard(app), PartitionGuard(app)
+
+    @app.on_partitions_revoked.connect
+    async def forget_metric_positions_on_revoke(_app, revoked, **_kwargs):
+        event_guard.continuity.reset()
+        dead_letter_guard.continuity.reset()
+
+    @app.on_partitions_assigned.connect
+    async def forget_metric_positions_on_assign(_app, assigned, **_kwargs):
+        event_guard.continuity.reset()
+        dead_letter_guard.continuity.reset()
+
+    def assigned_partitions() -> list[int]:
+        return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.events_topic)
+
+    async def close_windows() -> None:
+        rows = windows.close_due()
+        watermark = windows.watermark
+        if watermark is None:
+            return
+        marks = {partition: watermark for partition in assigned_partitions()}
+        await run_blocking(writer.write, rows, marks)
+        metrics.METRIC_WINDOWS_WRITTEN.inc(len(rows))
+        metrics.METRIC_LATE_EVENTS.set(windows.late_events)
+        if rows:
+            export(rows)
+
+    @app.agent(events_topic, name="metric-windows")
+    async def fold_event_windows(stream):
+        async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_s):
+            await event_guard.check(batch)
+            for event in batch:
+                for decoded in decode_events(event.value):
+                    windows.add_event(event.message.partition, decoded)
+            await fail_stop_on_error(close_windows(), "writing metric windows")
+
+    @app.agent(dead_letter_topic, name="metric-dead-letters")
+    async def fold_dead_letter_windows(stream):
+        async for batch in stream.take_events(500, within=1.0):
+            await dead_letter_guard.check(batch)
+            for event in batch:
+                parsed = dead_letter_time(event.value)
+                if parsed is not None:
+                    windows.add_dead_letter(*parsed)
+
+    if settings.alerts_enabled:
+        register_alert_evaluator(app, settings, engine)
+    return windows
+
+
+def notifier_hub(settings: Settings) -> NotifierHub:
+    notifiers = []
+    if settings.alertmanager_url:
+        notifiers.append(HttpNotifier("alertmanager", settings.alertmanager_url, "alertmanager"))
+    if settings.alert_slack_webhook_url:
+        notifiers.append(HttpNotifier("slack", settings.alert_slack_webhook_url, "slack"))
+    if settings.alert_webhook_url:
+        notifiers.append(HttpNotifier("webhook", settings.alert_webhook_url, "webhook",
+                                      settings.alert_webhook_secret.encode()))
+    return NotifierHub(notifiers, attempts=settings.alert_notify_attempts)
+
+
+def register_alert_evaluator(app: faust.App, settings: Settings, engine: Engine) -> None:
+    alerts_topic = app.topic(settings.alerts_topic, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw")
+    rules_path = settings.alert_rules_path or str(DEFAULT_RULES)
+
+    async def publish(key: bytes, value: bytes) -> None:
+        await (await alerts_topic.send(key=key, value=value))  # acked by the broker
+
+    state: dict = {}
+
+    @app.timer(interval=settings.alert_eval_interval_s, on_leader=True)
+    async def evaluate_alerts():
+        if "evaluator" not in state:
+            state["evaluator"] = AlertEvaluator(engine, RulesFile(rules_path), settings.topic_partitions,
+                                                publish, notifier_hub(settings))
+        await state["evaluator"].tick()

@@ -1,0 +1,144 @@
+"""Tumbling business-metric windows on event time. Pure: no Kafka, no database, no clock.
+
+Every event adds to one window per resolution (1, 5 and 60 minutes), for each
+of its dimensions: ``global``, ``source:<source>`` and ``category:<category>``
+(the first ``max_categories`` categories seen; later ones count as
+``category:other`` to bound the cardinality). Windows are kept per partition:
+events are partitioned by user, so distinct users and sessions of different
+partitions are different and the partitions' rows simply add up.
+
+Windows close on event time: the watermark is the newest event time seen
+minus ``lateness``; a window closes once its end is at or before the
+watermark, and an event for a window already closed is counted as late (it
+stays in the ``events`` table, it just misses the metric). A window that was
+already open when this process saw its first event is marked ``partial``:
+after a restart its earlier events were folded by the previous process and
+are not in this one's memory (the detector skips partial windows).
+
+Sessions: an event's ``session_id`` when the event has one, else the user key
+(so ``sessions`` counts distinct users until sessionized events exist).
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from alerts.series import COUNTS, RESOLUTIONS
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+KIND_COLUMNS = {"page_view": "page_views", "product_view": "product_views", "click": "clicks",
+                "cart_add": "cart_adds", "cart_remove": "cart_removes", "checkout": "checkouts",
+                "purchase": "orders", "identify": "identifies", "custom": "custom_events"}
+DEAD_LETTER_PARTITION = -1  # rows counting dead letters (their topic is not partitioned by user)
+
+
+def window_start(at: datetime, size_s: int) -> datetime:
+    seconds = int((at - EPOCH).total_seconds()) // size_s * size_s
+    return EPOCH + timedelta(seconds=seconds)
+
+
+@dataclass
+class Accumulator:
+    """One window of one dimension on one partition."""
+
+    counts: dict = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
+    revenue: Decimal = Decimal(0)
+    users: set = field(default_factory=set)
+    sessions: set = field(default_factory=set)
+    viewers: set = field(default_factory=set)
+    carters: set = field(default_factory=set)
+    buyers: set = field(default_factory=set)
+
+    def add_event(self, event) -> None:
+        kind = str(event.kind)
+        self.counts["events"] += 1
+        self.counts[KIND_COLUMNS[kind]] += 1
+        self.users.add(event.user_key)
+        self.sessions.add(getattr(event, "session_id", None) or event.user_key)
+        if kind == "product_view":
+            self.viewers.add(event.user_key)
+        elif kind == "cart_add":
+            self.carters.add(event.user_key)
+        elif kind == "purchase":
+            self.buyers.add(event.user_key)
+            self.revenue += event.revenue or 0
+
+    def add_dead_letter(self, processor: str) -> None:
+        self.counts["dead_letters"] += 1
+        if processor == "collector":
+            self.counts["collector_rejects"] += 1
+
+    def row(self) -> dict:
+        return {**self.counts, "active_users": len(self.users), "sessions": len(self.sessions),
+                "viewers": len(self.viewers), "carters": len(self.carters), "buyers": len(self.buyers),
+                "revenue": self.revenue}
+
+
+@dataclass
+class MetricWindows:
+    lateness: timedelta = timedelta(minutes=2)
+    max_categories: int = 20
+    newest_event: datetime | None = None
+    first_event: datetime | None = None
+    late_events: int = 0
+    # (resolution, window start) -> (partition, dimension) -> Accumulator
+    open: dict = field(default_factory=dict)
+    categories: set = field(default_factory=set)
+
+    @property
+    def watermark(self) -> datetime | None:
+        return None if self.newest_event is None else self.newest_event - self.lateness
+
+    def dimensions(self, source: str, categories) -> list[str]:
+        dims = ["global", f"source:{source[:64]}"]
+        for category in sorted({c[:64] for c in categories if c}):
+            if category not in self.categories and len(self.categories) < self.max_categories:
+                self.categories.add(category)
+            dims.append(f"category:{category}" if category in self.categories else "category:other")
+        return list(dict.fromkeys(dims))
+
+    def _accumulators(self, at: datetime, partition: int, dimensions: list[str]):
+        """The open accumulators ``at`` falls into, one per resolution and dimension; none when late."""
+        watermark = self.watermark
+        for resolution, size_s in RESOLUTIONS.items():
+            start = window_start(at, size_s)
+            if watermark is not None and start + timedelta(seconds=size_s) <= watermark:
+                if resolution == "1m":
+                    self.late_events += 1
+                continue
+            window = self.open.setdefault((resolution, start), {})
+            for dimension in dimensions:
+                yield window.setdefault((partition, dimension), Accumulator())
+
+    def add_event(self, partition: int, event) -> None:
+        at = event.event_time
+        if self.first_event is None:
+            self.first_event = at
+        categories = [event.category] + [line.category for line in event.products]
+        for accumulator in self._accumulators(at, partition, self.dimensions(event.source, categories)):
+            accumulator.add_event(event)
+        if self.newest_event is None or at > self.newest_event:
+            self.newest_event = at
+
+    def add_dead_letter(self, at: datetime, source: str | None, processor: str) -> None:
+        dims = ["global"] + ([f"source:{source[:64]}"] if source else [])
+        for accumulator in self._accumulators(at, DEAD_LETTER_PARTITION, dims):
+            accumulator.add_dead_letter(processor)
+
+    def close_due(self) -> list[dict]:
+        """Rows of every window the watermark has passed, removed from memory (oldest first)."""
+        watermark = self.watermark
+        if watermark is None:
+            return []
+        rows = []
+        for key in sorted(self.open, key=lambda k: (k[1], RESOLUTIONS[k[0]])):
+            resolution, start = key
+            end = start + timedelta(seconds=RESOLUTIONS[resolution])
+            if end > watermark:
+                continue
+            partial = self.first_event is not None and start < self.first_event
+            for (partition, dimension), accumulator in self.open.pop(key).items():
+                rows.append({"resolution": resolution, "window_start": start, "window_end": end,
+                             "dimension": dimension, "partition": partition, "partial": partial,
+                             **accumulator.row()})
+        return rows
