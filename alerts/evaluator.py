@@ -1,7 +1,7 @@
 """Judges complete metric windows as they appear in PostgreSQL; stores, publishes and notifies alerts.
 
-Runs in the worker as a Faust timer on the group leader only, so one process
-evaluates however many workers there are. Event-time driven: a window is
+Runs in the worker as a Faust timer, in the one worker that owns partition 0
+of the events topic, so one process evaluates however many workers there are. Event-time driven: a window is
 judged once every partition's watermark has passed its end
 (``metric_watermarks``), whatever the wall clock says.
 

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
 
     # Metric windows and alerts (stream_processors/metric_agent.py, alerts/).
     metric_lateness_s: float = Field(120.0, ge=0)  # a window closes this long (event time) after its end
+    metric_idle_partition_s: float = Field(10.0, ge=0)  # then a partition with nothing to read stops holding windows
     alerts_enabled: bool = True
     alerts_topic: str = "spoor.alerts"
     alert_rules_path: str | None = None  # default: alerts/rules.yaml in the package

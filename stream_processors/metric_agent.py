@@ -5,7 +5,7 @@ the watermark closes windows, the events agent writes them and the
 partitions' watermarks to PostgreSQL in one transaction before its batch is
 acknowledged (fail-stop otherwise, like the profile agent), and exports the
 closed windows' values to Prometheus. A timer on the group leader runs the
-``AlertEvaluator`` over complete windows.
+``AlertEvaluator`` over complete windows (on the worker owning partition 0).
 
 Open windows live in memory. A restart loses the open windows' events that
 were acknowledged before it; those windows are written ``partial`` and the
@@ -13,6 +13,7 @@ detectors skip them rather than see a false drop.
 """
 
 import logging
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -127,21 +128,41 @@ def register_metric_windows(app: faust.App, settings: Settings, events_topic, de
     async def forget_metric_positions_on_revoke(_app, revoked, **_kwargs):
         event_guard.continuity.reset()
         dead_letter_guard.continuity.reset()
+        last_offsets.clear()
+        caught_up_since.clear()
 
     @app.on_partitions_assigned.connect
     async def forget_metric_positions_on_assign(_app, assigned, **_kwargs):
         event_guard.continuity.reset()
         dead_letter_guard.continuity.reset()
+        last_offsets.clear()
+        caught_up_since.clear()
 
-    def assigned_partitions() -> list[int]:
-        return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.events_topic)
+    last_offsets: dict = {}  # tp -> last offset folded
+    caught_up_since: dict = {}  # tp -> monotonic time it was first seen with nothing left to read
+
+    def idle_partitions() -> set[int]:
+        """Assigned partitions with nothing left to read for ``metric_idle_partition_s``."""
+        idle, now = set(), time.monotonic()
+        for tp in app.consumer.assignment():
+            if tp.topic != settings.events_topic:
+                continue
+            highwater = app.consumer.highwater(tp)
+            last = last_offsets.get(tp)
+            position = last + 1 if last is not None else app.consumer._committed_offset.get(tp)
+            if highwater is None or position is None or position < highwater:
+                caught_up_since.pop(tp, None)
+                continue
+            if now - caught_up_since.setdefault(tp, now) >= settings.metric_idle_partition_s:
+                idle.add(tp.partition)
+        return idle
 
     async def close_windows() -> None:
-        rows = windows.close_due()
-        watermark = windows.watermark
-        if watermark is None:
+        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.events_topic}
+        rows = windows.close_due(idle_partitions())
+        marks = {p: at for p, at in windows.closed.items() if p in assigned}
+        if not rows and not marks:
             return
-        marks = {partition: watermark for partition in assigned_partitions()}
         await run_blocking(writer.write, rows, marks)
         metrics.METRIC_WINDOWS_WRITTEN.inc(len(rows))
         metrics.METRIC_LATE_EVENTS.set(windows.late_events)
@@ -153,6 +174,7 @@ def register_metric_windows(app: faust.App, settings: Settings, events_topic, de
         async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_s):
             await event_guard.check(batch)
             for event in batch:
+                last_offsets[event.message.tp] = event.message.offset
                 for decoded in decode_events(event.value):
                     windows.add_event(event.message.partition, decoded)
             await fail_stop_on_error(close_windows(), "writing metric windows")
@@ -193,8 +215,15 @@ def register_alert_evaluator(app: faust.App, settings: Settings, engine: Engine)
 
     state: dict = {}
 
-    @app.timer(interval=settings.alert_eval_interval_s, on_leader=True)
+    def evaluates_alerts() -> bool:
+        """One worker evaluates: the owner of the events topic's partition 0. (Faust's own leader
+        election needs its leader topic, which the app disables.)"""
+        return any(tp.topic == settings.events_topic and tp.partition == 0 for tp in app.consumer.assignment())
+
+    @app.timer(interval=settings.alert_eval_interval_s)
     async def evaluate_alerts():
+        if not evaluates_alerts():
+            return
         if "evaluator" not in state:
             state["evaluator"] = AlertEvaluator(engine, RulesFile(rules_path), settings.topic_partitions,
                                                 publish, notifier_hub(settings))

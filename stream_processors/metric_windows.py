@@ -7,11 +7,16 @@ of its dimensions: ``global``, ``source:<source>`` and ``category:<category>``
 events are partitioned by user, so distinct users and sessions of different
 partitions are different and the partitions' rows simply add up.
 
-Windows close on event time: the watermark is the newest event time seen
-minus ``lateness``; a window closes once its end is at or before the
-watermark, and an event for a window already closed is counted as late (it
-stays in the ``events`` table, it just misses the metric). A window that was
-already open when this process saw its first event is marked ``partial``:
+Windows close on event time, per partition: a partition's watermark is its
+newest event time minus ``lateness`` (per partition, because a consumer
+catching up reads partitions at different speeds); a partition that has had
+nothing to read for a while (idle) follows the newest partition instead, so
+a quiet partition does not hold every window open. A window closes once its
+end is at or before the watermark, and an event for a window already closed
+is counted as late (it stays in the ``events`` table, it just misses the
+metric). A window that was
+already open when this process saw its partition's first event is marked
+``partial``:
 after a restart its earlier events were folded by the previous process and
 are not in this one's memory (the detector skips partial windows).
 
@@ -78,16 +83,17 @@ class Accumulator:
 class MetricWindows:
     lateness: timedelta = timedelta(minutes=2)
     max_categories: int = 20
-    newest_event: datetime | None = None
-    first_event: datetime | None = None
     late_events: int = 0
+    newest: dict = field(default_factory=dict)  # partition -> newest event time
+    first: dict = field(default_factory=dict)  # partition -> first event time seen by this process
+    closed: dict = field(default_factory=dict)  # partition -> watermark its windows were closed at
     # (resolution, window start) -> (partition, dimension) -> Accumulator
     open: dict = field(default_factory=dict)
     categories: set = field(default_factory=set)
 
     @property
-    def watermark(self) -> datetime | None:
-        return None if self.newest_event is None else self.newest_event - self.lateness
+    def newest_event(self) -> datetime | None:
+        return max(self.newest.values(), default=None)
 
     def dimensions(self, source: str, categories) -> list[str]:
         dims = ["global", f"source:{source[:64]}"]
@@ -99,10 +105,10 @@ class MetricWindows:
 
     def _accumulators(self, at: datetime, partition: int, dimensions: list[str]):
         """The open accumulators ``at`` falls into, one per resolution and dimension; none when late."""
-        watermark = self.watermark
+        closed = self.closed.get(partition)
         for resolution, size_s in RESOLUTIONS.items():
             start = window_start(at, size_s)
-            if watermark is not None and start + timedelta(seconds=size_s) <= watermark:
+            if closed is not None and start + timedelta(seconds=size_s) <= closed:
                 if resolution == "1m":
                     self.late_events += 1
                 continue
@@ -112,33 +118,51 @@ class MetricWindows:
 
     def add_event(self, partition: int, event) -> None:
         at = event.event_time
-        if self.first_event is None:
-            self.first_event = at
+        self.first.setdefault(partition, at)
         categories = [event.category] + [line.category for line in event.products]
         for accumulator in self._accumulators(at, partition, self.dimensions(event.source, categories)):
             accumulator.add_event(event)
-        if self.newest_event is None or at > self.newest_event:
-            self.newest_event = at
+        if partition not in self.newest or at > self.newest[partition]:
+            self.newest[partition] = at
 
     def add_dead_letter(self, at: datetime, source: str | None, processor: str) -> None:
         dims = ["global"] + ([f"source:{source[:64]}"] if source else [])
         for accumulator in self._accumulators(at, DEAD_LETTER_PARTITION, dims):
             accumulator.add_dead_letter(processor)
 
-    def close_due(self) -> list[dict]:
-        """Rows of every window the watermark has passed, removed from memory (oldest first)."""
-        watermark = self.watermark
-        if watermark is None:
-            return []
+    def advance(self, idle: set | frozenset = frozenset()) -> dict[int, datetime]:
+        """Move each partition's watermark: its newest event time minus ``lateness``. An ``idle``
+        partition (nothing left to read for a while) follows the newest event of any partition, so
+        it does not hold the others' windows back; so do dead letters. Returns the watermarks."""
+        newest = self.newest_event
+        if newest is None:
+            return {}
+        marks = {p: at - self.lateness for p, at in self.newest.items()}
+        for partition in set(idle) | {DEAD_LETTER_PARTITION}:
+            marks[partition] = newest - self.lateness
+        for partition, mark in marks.items():
+            if partition not in self.closed or mark > self.closed[partition]:
+                self.closed[partition] = mark
+        return {p: self.closed[p] for p in marks}
+
+    def close_due(self, idle: set | frozenset = frozenset()) -> list[dict]:
+        """Advance the watermarks; return the rows of every (window, partition) they passed, removed
+        from memory, oldest first."""
+        self.advance(idle)
         rows = []
         for key in sorted(self.open, key=lambda k: (k[1], RESOLUTIONS[k[0]])):
             resolution, start = key
             end = start + timedelta(seconds=RESOLUTIONS[resolution])
-            if end > watermark:
-                continue
-            partial = self.first_event is not None and start < self.first_event
-            for (partition, dimension), accumulator in self.open.pop(key).items():
+            accumulators = self.open[key]
+            for (partition, dimension) in list(accumulators):
+                closed = self.closed.get(partition)
+                if closed is None or end > closed:
+                    continue
+                first = self.first.get(partition)
                 rows.append({"resolution": resolution, "window_start": start, "window_end": end,
-                             "dimension": dimension, "partition": partition, "partial": partial,
-                             **accumulator.row()})
+                             "dimension": dimension, "partition": partition,
+                             "partial": first is not None and start < first,
+                             **accumulators.pop((partition, dimension)).row()})
+            if not accumulators:
+                del self.open[key]
         return rows
