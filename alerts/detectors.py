@@ -60,6 +60,11 @@ class SeasonalConfig:
     max_level_change: float | None = 0.35  # drift: |level / profile - 1| above this is anomalous
     drift_alpha: float = 0.02
     adapt_after: int = 240  # anomalous windows in a row after which the new level is learned
+    # Judge a shift spread over this many windows on their combined score too. Off (1) by default:
+    # the profile's errors correlate across neighbouring windows, and in bench/alerts_quality.py
+    # 3 windows raised false alerts on clean series from 0 to ~3 a week.
+    evidence_windows: int = 1
+    learn_band: float = 2.0  # values are learned clipped to expected +- this many scales
 
 
 @dataclass
@@ -74,6 +79,7 @@ class SeasonalDetector:
     drift_observed: float = 0.0
     drift_usual: float = 0.0
     anomalous_run: int = 0
+    recent: list = field(default_factory=list)  # (residual, scale) of the last evidence_windows windows
 
     @property
     def season_s(self) -> int:
@@ -114,29 +120,37 @@ class SeasonalDetector:
             return Verdict(at, value, None, 0.0, False, "warmup")
 
         scale = self._scale(expected)
-        score = (value - expected) / scale if scale > 0 else 0.0
+        score = (value - expected) / scale
+        self.recent = (self.recent + [(value - expected, scale)])[-cfg.evidence_windows:]
+        combined = sum(r for r, _ in self.recent) / math.sqrt(sum(s * s for _, s in self.recent))
+        # Anomalous: this window alone is far off, or the last few together are and this one is
+        # off the same way (so one outlier does not keep the combined score anomalous for long).
+        low = score <= -cfg.sensitivity or (combined <= -cfg.sensitivity and score <= -1)
+        high = score >= cfg.sensitivity or (combined >= cfg.sensitivity and score >= 1)
         reason, anomalous = "ok", False
         if self.seen < cfg.warmup_windows:
             reason = "warmup"
         elif expected < cfg.min_expected:
             reason = "low_volume"
-        elif score <= -cfg.sensitivity and cfg.direction in ("drop", "both"):
+        elif low and cfg.direction in ("drop", "both"):
             reason, anomalous = "drop", True
-        elif score >= cfg.sensitivity and cfg.direction in ("spike", "both"):
+        elif high and cfg.direction in ("spike", "both"):
             reason, anomalous = "spike", True
         elif seasonal is not None and cfg.max_level_change is not None and self.drift_usual > 0:
             change = self.drift_observed / self.drift_usual - 1
             if (change <= -cfg.max_level_change and cfg.direction in ("drop", "both")) or (
                     change >= cfg.max_level_change and cfg.direction in ("spike", "both")):
                 reason, anomalous = "drift", True
+        if anomalous and abs(combined) > abs(score) and reason != "drift":
+            score = combined
         # An anomaly does not become the baseline: anomalous windows are not learned (until one
-        # lasts adapt_after windows: then it is the new normal), others are learned clipped to the
-        # band. During warm-up the band is not trusted yet: values are learned as they are.
+        # lasts adapt_after windows: then it is the new normal), others are learned clipped to
+        # +- learn_band scales. During warm-up values are learned as they are.
         self.anomalous_run = self.anomalous_run + 1 if anomalous else 0
         if self.seen < cfg.warmup_windows:
             self._learn(at, slot, value, expected, seasonal)
         elif not anomalous or self.anomalous_run > cfg.adapt_after:
-            band = cfg.sensitivity * scale
+            band = cfg.learn_band * scale
             self._learn(at, slot, min(max(value, expected - band), expected + band), expected, seasonal)
         return Verdict(at, value, expected, score, anomalous, reason)
 
