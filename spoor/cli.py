@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--collector-url", default=None)
     demo.add_argument("--write-key", required=True)
     commands.add_parser("summary", help="print the summary of what is in PostgreSQL")
+    from alerts.cli import add_commands as add_alerts_commands
+    add_alerts_commands(commands)
 
     args = parser.parse_args(argv)
     long_running = args.command in ("collector", "worker")
@@ -104,6 +106,11 @@ def _summary(settings: Settings, _args) -> None:
     from spoor.demo import print_summary
     from storage.queries import summary
     print_summary(summary(create_engine(settings.database_url)))
+
+
+def _alerts(settings: Settings, args) -> None:
+    from alerts.cli import run
+    run(settings, args)
 
 
 if __name__ == "__main__":
