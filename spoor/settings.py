@@ -50,10 +50,11 @@ class Settings(BaseSettings):
     metric_idle_partition_s: float = Field(10.0, ge=0)  # then a partition with nothing to read stops holding windows
     alerts_enabled: bool = True
     alerts_topic: str = "spoor.alerts"
-    alert_rules_path: str | None = None  # default: alerts/rules.yaml in the package
+    alert_rules_path: str = ""  # empty: alerts/rules.yaml in the package
     alert_eval_interval_s: float = Field(1.0, gt=0)
-    alertmanager_url: str | None = None  # e.g. http://127.0.0.1:9093
-    alert_slack_webhook_url: str | None = None
-    alert_webhook_url: str | None = None
+    alertmanager_url: str = ""  # e.g. http://127.0.0.1:9093; empty: no such notifier
+    alert_slack_webhook_url: str = ""
+    alert_webhook_url: str = ""
     alert_webhook_secret: str = ""  # HMAC-SHA256 key of the generic webhook's signature
     alert_notify_attempts: int = Field(5, ge=1, le=20)
+    worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape /metrics

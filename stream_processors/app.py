@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
-        web_bind="127.0.0.1",
+        web_bind=settings.worker_web_host,
         web_port=settings.worker_web_port,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}

@@ -178,6 +178,8 @@ def register_metric_windows(app: faust.App, settings: Settings, events_topic, de
                 for decoded in decode_events(event.value):
                     windows.add_event(event.message.partition, decoded)
             await fail_stop_on_error(close_windows(), "writing metric windows")
+            if windows.newest_event is not None:
+                metrics.EVENT_TIME_LAG.set(time.time() - windows.newest_event.timestamp())
 
     @app.agent(dead_letter_topic, name="metric-dead-letters")
     async def fold_dead_letter_windows(stream):
@@ -187,6 +189,13 @@ def register_metric_windows(app: faust.App, settings: Settings, events_topic, de
                 parsed = dead_letter_time(event.value)
                 if parsed is not None:
                     windows.add_dead_letter(*parsed)
+
+    @app.timer(interval=5.0)
+    async def export_consumer_lag():
+        for tp in app.consumer.assignment():
+            highwater, committed = app.consumer.highwater(tp), app.consumer._committed_offset.get(tp)
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - (committed or 0)))
 
     if settings.alerts_enabled:
         register_alert_evaluator(app, settings, engine)
@@ -208,7 +217,7 @@ def notifier_hub(settings: Settings) -> NotifierHub:
 def register_alert_evaluator(app: faust.App, settings: Settings, engine: Engine) -> None:
     alerts_topic = app.topic(settings.alerts_topic, key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw")
-    rules_path = settings.alert_rules_path or str(DEFAULT_RULES)
+    rules = RulesFile(settings.alert_rules_path or DEFAULT_RULES)  # a broken file stops the start, saying why
 
     async def publish(key: bytes, value: bytes) -> None:
         await (await alerts_topic.send(key=key, value=value))  # acked by the broker
@@ -225,6 +234,6 @@ def register_alert_evaluator(app: faust.App, settings: Settings, engine: Engine)
         if not evaluates_alerts():
             return
         if "evaluator" not in state:
-            state["evaluator"] = AlertEvaluator(engine, RulesFile(rules_path), settings.topic_partitions,
+            state["evaluator"] = AlertEvaluator(engine, rules, settings.topic_partitions,
                                                 publish, notifier_hub(settings))
         await state["evaluator"].tick()

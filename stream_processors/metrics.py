@@ -30,3 +30,8 @@ METRIC_WINDOWS_WRITTEN = Counter("spoor_metric_window_rows_total",
 METRIC_LATE_EVENTS = Gauge("spoor_metric_late_events",
                            "Events that arrived after their 1-minute window had closed (not in the metrics), "
                            "since the worker started.")
+CONSUMER_LAG = Gauge("spoor_worker_consumer_lag_records",
+                     "Records of an assigned partition not yet committed by the worker's consumer group "
+                     "(high watermark minus committed offset).", ["topic", "partition"])
+EVENT_TIME_LAG = Gauge("spoor_metric_event_time_lag_seconds",
+                       "Wall clock minus the newest event time folded into metric windows (stream freshness).")
