@@ -64,6 +64,7 @@ class SeasonalConfig:
     # the profile's errors correlate across neighbouring windows, and in bench/alerts_quality.py
     # 3 windows raised false alerts on clean series from 0 to ~3 a week.
     evidence_windows: int = 1
+    evidence_sensitivity: float | None = None  # threshold of the combined score (default: sensitivity)
     learn_band: float = 2.0  # values are learned clipped to expected +- this many scales
 
 
@@ -125,8 +126,9 @@ class SeasonalDetector:
         combined = sum(r for r, _ in self.recent) / math.sqrt(sum(s * s for _, s in self.recent))
         # Anomalous: this window alone is far off, or the last few together are and this one is
         # off the same way (so one outlier does not keep the combined score anomalous for long).
-        low = score <= -cfg.sensitivity or (combined <= -cfg.sensitivity and score <= -1)
-        high = score >= cfg.sensitivity or (combined >= cfg.sensitivity and score >= 1)
+        combined_limit = cfg.evidence_sensitivity or cfg.sensitivity
+        low = score <= -cfg.sensitivity or (combined <= -combined_limit and score <= -1)
+        high = score >= cfg.sensitivity or (combined >= combined_limit and score >= 1)
         reason, anomalous = "ok", False
         if self.seen < cfg.warmup_windows:
             reason = "warmup"

@@ -53,6 +53,7 @@ class SeasonalSpec(_Strict):
     drift_alpha: float = Field(0.02, gt=0, le=1)
     adapt_after: int = Field(240, ge=1)
     evidence_windows: int = Field(1, ge=1, le=60)
+    evidence_sensitivity: float | None = Field(None, gt=0, le=50)
     learn_band: float = Field(2.0, gt=0)
     poisson_floor: bool = True
     min_scale: float = Field(0.0, ge=0)
