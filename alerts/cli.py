@@ -72,6 +72,15 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
         replay(settings, engine, args)
 
 
+def _utc(text: str) -> datetime:
+    """An ISO time; without an offset it is UTC."""
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"{text!r} is not an ISO time (e.g. 2024-05-01T10:00:00+00:00)") from None
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
 def _num(value) -> str:
     return "-" if value is None else f"{value:.4g}"
 
@@ -87,8 +96,8 @@ def replay(settings: Settings, engine, args) -> None:
                 {**rule.detector.model_dump(), **overrides})})
     except (RulesError, ValueError) as err:
         sys.exit(str(err))
-    until = datetime.fromisoformat(args.until) if args.until else datetime.now(timezone.utc)
-    since = datetime.fromisoformat(args.since) if args.since else until - timedelta(days=7)
+    until = _utc(args.until) if args.until else datetime.now(timezone.utc)
+    since = _utc(args.since) if args.since else until - timedelta(days=7)
     size_s = RESOLUTIONS[rule.resolution]
     ends = window_ends(since, until, size_s, 10 ** 6)
     totals = window_totals(engine, rule.resolution, since, until)

@@ -30,7 +30,7 @@ from alerts import metrics, store
 from alerts.engine import RuleEngine
 from alerts.notifiers import NotifierHub, alert_document
 from alerts.rules import RulesFile
-from alerts.series import RESOLUTIONS
+from alerts.series import METRICS, RESOLUTIONS, metric_value
 from storage.metric_store import complete_until, window_totals
 from storage.metrics_models import MetricWindow
 
@@ -133,7 +133,14 @@ class AlertEvaluator:
                     rows.append(store.alert_row(evaluation))
         for row in rows:
             await self.publish(row["fingerprint"].encode(), orjson.dumps(alert_document(row)))
-        last = windows[-1][0]
+        last, latest = windows[-1]
+        for dimension, totals in latest.items():  # Prometheus: the newest complete window's values
+            if totals.get("partial"):
+                continue
+            for metric in METRICS:
+                value, _volume = metric_value(metric, totals)
+                if value is not None:
+                    metrics.BUSINESS_METRIC.labels(metric, dimension, resolution).set(float(value))
         stored = await asyncio.to_thread(store.record, self.db, rows, {resolution: last})
         self.cursors[resolution] = last
         metrics.WINDOWS_EVALUATED.labels(resolution).inc(len(windows))

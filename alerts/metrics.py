@@ -16,3 +16,8 @@ RULES_RELOADS = Counter("spoor_alert_rules_reloads_total", "Rules file reloads, 
                         ["outcome"])
 EVALUATED_UNTIL = Gauge("spoor_alert_evaluated_until_timestamp_seconds",
                         "End (event time) of the newest metric window judged, by resolution.", ["resolution"])
+BUSINESS_METRIC = Gauge("spoor_business_metric",
+                        "Value of a business metric in the latest complete event-time window (all partitions), "
+                        "by metric, dimension (global, source:<s>, category:<c>) and resolution (1m, 5m, 60m). "
+                        "Counts are per window; revenue in the shop's currency; rates are 0..1.",
+                        ["metric", "dimension", "resolution"])

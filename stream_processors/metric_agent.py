@@ -3,8 +3,7 @@
 Two agents fold events and dead letters into ``MetricWindows`` (pure); when
 the watermark closes windows, the events agent writes them and the
 partitions' watermarks to PostgreSQL in one transaction before its batch is
-acknowledged (fail-stop otherwise, like the profile agent), and exports the
-closed windows' values to Prometheus. A timer on the group leader runs the
+acknowledged (fail-stop otherwise, like the profile agent). A timer on the group leader runs the
 ``AlertEvaluator`` over complete windows (on the worker owning partition 0).
 
 Open windows live in memory. A restart loses the open windows' events that
@@ -25,7 +24,6 @@ from sqlalchemy import Engine
 from alerts.evaluator import AlertEvaluator
 from alerts.notifiers import HttpNotifier, NotifierHub
 from alerts.rules import RulesFile
-from alerts.series import METRICS, metric_value
 from spoor.bad_rows import SCHEMA as BAD_ROW_SCHEMA
 from spoor.events import Event, decode_record
 from spoor.settings import Settings
@@ -76,24 +74,6 @@ def dead_letter_time(raw: bytes) -> tuple[datetime, str | None, str] | None:
         if at.tzinfo is not None:
             return at, row.get("source"), str(row.get("processor"))
     return None
-
-
-def export(rows: list[dict]) -> None:
-    """Prometheus: every metric of the latest closed window, per resolution and dimension (this
-    worker's partitions summed; one worker owns them all in the usual deployment)."""
-    totals: dict[tuple, dict] = {}
-    for row in rows:
-        key = (row["resolution"], row["dimension"], row["window_end"])
-        total = totals.setdefault(key, {})
-        for name, value in row.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) or name == "revenue":
-                total[name] = total.get(name, 0) + value
-    for (resolution, dimension, end), total in totals.items():
-        for metric in METRICS:
-            value, _volume = metric_value(metric, total)
-            if value is not None:
-                metrics.BUSINESS_METRIC.labels(metric, dimension, resolution).set(float(value))
-        metrics.METRIC_WINDOW_END.labels(resolution).set(end.timestamp())
 
 
 class PartitionGuard:
@@ -166,8 +146,8 @@ def register_metric_windows(app: faust.App, settings: Settings, events_topic, de
         await run_blocking(writer.write, rows, marks)
         metrics.METRIC_WINDOWS_WRITTEN.inc(len(rows))
         metrics.METRIC_LATE_EVENTS.set(windows.late_events)
-        if rows:
-            export(rows)
+        for row in rows:
+            metrics.METRIC_WINDOW_END.labels(row["resolution"]).set(row["window_end"].timestamp())
 
     @app.agent(events_topic, name="metric-windows")
     async def fold_event_windows(stream):

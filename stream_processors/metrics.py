@@ -18,11 +18,6 @@ SKIPPED_RECORD_REPAIRS = Counter("spoor_worker_skipped_record_repairs_total",
                                  "Holes in a partition's offsets left by the consumer; each restarts the worker process.")
 
 # Business-metric windows (stream_processors/metric_agent.py).
-BUSINESS_METRIC = Gauge("spoor_business_metric",
-                        "Value of a business metric in the latest closed event-time window, by metric, "
-                        "dimension (global, source:<s>, category:<c>) and resolution (1m, 5m, 60m). "
-                        "Counts are per window; revenue in the shop's currency; rates are 0..1.",
-                        ["metric", "dimension", "resolution"])
 METRIC_WINDOW_END = Gauge("spoor_metric_window_end_timestamp_seconds",
                           "Event-time end of the latest closed metric window, by resolution.", ["resolution"])
 METRIC_WINDOWS_WRITTEN = Counter("spoor_metric_window_rows_total",
