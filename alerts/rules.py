@@ -47,6 +47,8 @@ class SeasonalSpec(_Strict):
     alpha: float = Field(0.1, gt=0, le=1)
     season: Literal["none", "day", "week"] = "day"
     season_min_periods: int = Field(2, ge=1)
+    season_alpha: float = Field(0.3, gt=0, le=1)
+    smooth_slots: int = Field(2, ge=0, le=60)
     warmup_windows: int = Field(60, ge=0)
     min_expected: float = Field(20.0, ge=0)
     max_level_change: float | None = Field(0.35, gt=0)

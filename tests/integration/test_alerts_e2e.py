@@ -14,7 +14,6 @@ from sqlalchemy import text
 
 from alerts import store
 from spoor.collector_client import CollectorClient
-from spoor.topics import create_topics
 from tests.alert_receivers import Receiver
 from tests.conftest import wait_until
 
@@ -66,11 +65,9 @@ def alerting_worker(start_process, test_settings, receivers, tmp_path_factory):
     alertmanager, webhook = receivers
     rules = tmp_path_factory.mktemp("rules") / "rules.yaml"
     rules.write_text(RULES)
-    overrides = {"alerts_topic": test_settings.events_topic.replace(".events", ".alerts"),
-                 "alert_rules_path": str(rules), "alertmanager_url": alertmanager.url,
+    overrides = {"alert_rules_path": str(rules), "alertmanager_url": alertmanager.url,
                  "alert_webhook_url": webhook.url + "/hooks/spoor", "alert_webhook_secret": SECRET,
                  "metric_lateness_s": 60.0, "alert_eval_interval_s": 0.5}
-    create_topics(test_settings.model_copy(update=overrides))
     start_process("worker", **overrides)
     return overrides
 
@@ -123,7 +120,7 @@ def test_drop_fires_notifies_and_resolves(collector, alerting_worker, receivers,
     assert posted["labels"]["severity"] == "critical" and posted["annotations"]["runbook_url"]
 
     # The transitions are on the alerts topic, keyed by fingerprint.
-    consumer = KafkaConsumer(alerting_worker["alerts_topic"], bootstrap_servers=test_settings.kafka_bootstrap.split(","),
+    consumer = KafkaConsumer(test_settings.alerts_topic, bootstrap_servers=test_settings.kafka_bootstrap.split(","),
                              auto_offset_reset="earliest", consumer_timeout_ms=5000)
     published = [orjson.loads(m.value) for m in consumer]
     consumer.close()
