@@ -119,3 +119,36 @@ def test_alertmanager_accepts_spoor_alerts_through_its_v2_api(server, tmp_path):
     [received] = wait_until(lambda: httpx.get(f"{url}/api/v2/alerts").json(), 10, "the alert in Alertmanager")
     assert received["labels"]["alertname"] == "orders-drop" and received["status"]["state"] == "active"
     assert received["annotations"]["runbook_url"] == alert["runbook"]
+
+
+def _panels():
+    import json
+    for path in sorted((REPO / "deploy/grafana/dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                yield path.name, panel["title"], target
+
+
+def test_dashboards_and_rules_only_use_metrics_spoor_exports():
+    import re
+
+    from prometheus_client import REGISTRY
+
+    import alerts.metrics  # noqa: F401 - registers the metrics
+    import ingest.metrics  # noqa: F401
+    import stream_processors.metrics  # noqa: F401
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    exported = {family.name + suffix for family in REGISTRY.collect() for suffix in suffixes.get(family.type, [""])}
+    expressions = [t["expr"] for _, _, t in _panels() if "expr" in t] + re.findall(r"expr: (.+)", RULES.read_text())
+    used = {name for expr in expressions for name in re.findall(r"\bspoor_[a-z_]+", expr)}
+    assert used and not used - exported, f"not exported by any Spoor process: {sorted(used - exported)}"
+
+
+def test_dashboard_sql_runs_against_the_schema(engine):
+    from sqlalchemy import text
+    queries = [(name, title, t["rawSql"]) for name, title, t in _panels() if "rawSql" in t]
+    assert queries
+    with engine.connect() as conn:
+        for name, title, sql in queries:
+            sql = sql.replace("$__timeFilter(window_end)", "window_end > now() - interval '6 hours'")
+            conn.execute(text(sql)).all()  # raises on a wrong table, column or syntax
