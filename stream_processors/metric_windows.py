@@ -37,11 +37,6 @@ KIND_COLUMNS = {"page_view": "page_views", "product_view": "product_views", "cli
 DEAD_LETTER_PARTITION = -1  # rows counting dead letters (their topic is not partitioned by user)
 
 
-def window_start(at: datetime, size_s: int) -> datetime:
-    seconds = int((at - EPOCH).total_seconds()) // size_s * size_s
-    return EPOCH + timedelta(seconds=seconds)
-
-
 @dataclass
 class Accumulator:
     """One window of one dimension on one partition."""
@@ -54,19 +49,19 @@ class Accumulator:
     carters: set = field(default_factory=set)
     buyers: set = field(default_factory=set)
 
-    def add_event(self, event) -> None:
-        kind = str(event.kind)
-        self.counts["events"] += 1
-        self.counts[KIND_COLUMNS[kind]] += 1
-        self.users.add(event.user_key)
-        self.sessions.add(getattr(event, "session_id", None) or event.user_key)
+    def add_event(self, kind: str, user: str, session: str, revenue) -> None:
+        counts = self.counts
+        counts["events"] += 1
+        counts[KIND_COLUMNS[kind]] += 1
+        self.users.add(user)
+        self.sessions.add(session)
         if kind == "product_view":
-            self.viewers.add(event.user_key)
+            self.viewers.add(user)
         elif kind == "cart_add":
-            self.carters.add(event.user_key)
+            self.carters.add(user)
         elif kind == "purchase":
-            self.buyers.add(event.user_key)
-            self.revenue += event.revenue or 0
+            self.buyers.add(user)
+            self.revenue += revenue or 0
 
     def add_dead_letter(self, processor: str) -> None:
         self.counts["dead_letters"] += 1
@@ -87,7 +82,7 @@ class MetricWindows:
     newest: dict = field(default_factory=dict)  # partition -> newest event time
     first: dict = field(default_factory=dict)  # partition -> first event time seen by this process
     closed: dict = field(default_factory=dict)  # partition -> watermark its windows were closed at
-    # (resolution, window start) -> (partition, dimension) -> Accumulator
+    # (resolution, window start in epoch seconds) -> (partition, dimension) -> Accumulator
     open: dict = field(default_factory=dict)
     categories: set = field(default_factory=set)
 
@@ -104,24 +99,34 @@ class MetricWindows:
         return list(dict.fromkeys(dims))
 
     def _accumulators(self, at: datetime, partition: int, dimensions: list[str]):
-        """The open accumulators ``at`` falls into, one per resolution and dimension; none when late."""
+        """The open accumulators ``at`` falls into, one per resolution and dimension; none when late.
+        Windows are keyed by their start in epoch seconds (datetime arithmetic per event is slow)."""
         closed = self.closed.get(partition)
+        closed_s = closed.timestamp() if closed is not None else None
+        seconds = int(at.timestamp() // 1)
         for resolution, size_s in RESOLUTIONS.items():
-            start = window_start(at, size_s)
-            if closed is not None and start + timedelta(seconds=size_s) <= closed:
+            start = seconds - seconds % size_s
+            if closed_s is not None and start + size_s <= closed_s:
                 if resolution == "1m":
                     self.late_events += 1
                 continue
-            window = self.open.setdefault((resolution, start), {})
+            window = self.open.get((resolution, start))
+            if window is None:
+                window = self.open[(resolution, start)] = {}
             for dimension in dimensions:
-                yield window.setdefault((partition, dimension), Accumulator())
+                accumulator = window.get((partition, dimension))
+                if accumulator is None:
+                    accumulator = window[(partition, dimension)] = Accumulator()
+                yield accumulator
 
     def add_event(self, partition: int, event) -> None:
         at = event.event_time
         self.first.setdefault(partition, at)
         categories = [event.category] + [line.category for line in event.products]
+        kind, user = event.kind.value, event.user_key
+        session = event.__dict__.get("session_id") or user  # a field only once events are sessionized
         for accumulator in self._accumulators(at, partition, self.dimensions(event.source, categories)):
-            accumulator.add_event(event)
+            accumulator.add_event(kind, user, session, event.revenue)
         if partition not in self.newest or at > self.newest[partition]:
             self.newest[partition] = at
 
@@ -151,7 +156,8 @@ class MetricWindows:
         self.advance(idle)
         rows = []
         for key in sorted(self.open, key=lambda k: (k[1], RESOLUTIONS[k[0]])):
-            resolution, start = key
+            resolution, start_s = key
+            start = EPOCH + timedelta(seconds=start_s)
             end = start + timedelta(seconds=RESOLUTIONS[resolution])
             accumulators = self.open[key]
             for (partition, dimension) in list(accumulators):
