@@ -57,4 +57,5 @@ class Settings(BaseSettings):
     alert_webhook_url: str = ""
     alert_webhook_secret: str = ""  # HMAC-SHA256 key of the generic webhook's signature
     alert_notify_attempts: int = Field(5, ge=1, le=20)
+    alert_drain_s: float = Field(5.0, ge=0)  # on SIGTERM, wait this long for queued notifications
     worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape /metrics

@@ -11,6 +11,7 @@ were acknowledged before it; those windows are written ``partial`` and the
 detectors skip them rather than see a false drop.
 """
 
+import asyncio
 import logging
 import time
 from datetime import datetime, timedelta
@@ -203,6 +204,17 @@ def register_alert_evaluator(app: faust.App, settings: Settings, engine: Engine)
         await (await alerts_topic.send(key=key, value=value))  # acked by the broker
 
     state: dict = {}
+
+    @app.on_before_shutdown.connect
+    async def drain_notifications(_app, **_kwargs):
+        """SIGTERM: give queued notifications a few seconds to go out."""
+        evaluator = state.get("evaluator")
+        if evaluator is not None:
+            try:
+                await asyncio.wait_for(evaluator.hub.idle(), settings.alert_drain_s)
+            except asyncio.TimeoutError:
+                log.warning("stopping with alert notifications still queued")
+            await evaluator.hub.stop()
 
     def evaluates_alerts() -> bool:
         """One worker evaluates: the owner of the events topic's partition 0. (Faust's own leader
