@@ -29,6 +29,7 @@ demo: up             ## simulated shoppers through the stack, then a summary fro
 test: install sdk-js ## unit tests, then integration and end-to-end tests on the real Kafka and PostgreSQL
 	@deploy/stack.sh infra
 	@deploy/segment_node.sh
+	@deploy/prometheus.sh install  # Prometheus + Alertmanager from Debian, for tests/integration/test_monitoring.py
 	$(VENV)/bin/python -m pytest tests
 
 unit: install

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     from segments.cli import add_commands as add_segments_commands  # segments, campaigns, users
     add_segments_commands(commands)
     _add_dead_letter_commands(commands)
+    from alerts.cli import add_commands as add_alerts_commands
+    add_alerts_commands(commands)
 
     args = parser.parse_args(argv)
     long_running = args.command in ("collector", "worker")
@@ -254,6 +256,11 @@ def _print_dead_letters(rows: list[dict], as_json: bool) -> None:
               f"{row['failure_type'] or '-':<16} {row['field'] or '-'}: {row['reason'][:80]}  [{state}]")
     if not as_json:
         print(f"{len(rows)} dead letters")
+
+
+def _alerts(settings: Settings, args) -> None:
+    from alerts.cli import run
+    run(settings, args)
 
 
 if __name__ == "__main__":

@@ -65,3 +65,17 @@ class Settings(BaseSettings):
     admin_api_port: int = 8090
     segments_web_port: int = 6070  # /healthz and /metrics of `spoor segments run` (0 = none)
     campaigns_web_port: int = 6071  # the same for `spoor campaigns run`
+    # Metric windows and alerts (stream_processors/metric_agent.py, alerts/).
+    metric_lateness_s: float = Field(120.0, ge=0)  # a window closes this long (event time) after its end
+    metric_idle_partition_s: float = Field(10.0, ge=0)  # then a partition with nothing to read stops holding windows
+    alerts_enabled: bool = True
+    alerts_topic: str = "spoor.alerts"
+    alert_rules_path: str = ""  # empty: alerts/rules.yaml in the package
+    alert_eval_interval_s: float = Field(1.0, gt=0)
+    alertmanager_url: str = ""  # e.g. http://127.0.0.1:9093; empty: no such notifier
+    alert_slack_webhook_url: str = ""
+    alert_webhook_url: str = ""
+    alert_webhook_secret: str = ""  # HMAC-SHA256 key of the generic webhook's signature
+    alert_notify_attempts: int = Field(5, ge=1, le=20)
+    alert_drain_s: float = Field(5.0, ge=0)  # on SIGTERM, wait this long for queued notifications
+    worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape /metrics

@@ -1,6 +1,6 @@
 """Every Prometheus metric the worker exports, in one place."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("spoor_worker_events_total",
                  "Events read from the events topic, by outcome: applied, duplicate (same event id "
@@ -16,3 +16,17 @@ FRESHNESS_SECONDS = Histogram("spoor_worker_freshness_seconds",
 DEAD_LETTERS = Counter("spoor_worker_dead_letters_total", "Bad rows stored in PostgreSQL.")
 SKIPPED_RECORD_REPAIRS = Counter("spoor_worker_skipped_record_repairs_total",
                                  "Holes in a partition's offsets left by the consumer; each restarts the worker process.")
+
+# Business-metric windows (stream_processors/metric_agent.py).
+METRIC_WINDOW_END = Gauge("spoor_metric_window_end_timestamp_seconds",
+                          "Event-time end of the latest closed metric window, by resolution.", ["resolution"])
+METRIC_WINDOWS_WRITTEN = Counter("spoor_metric_window_rows_total",
+                                 "Metric window rows written to PostgreSQL (one per window, dimension, partition).")
+METRIC_LATE_EVENTS = Gauge("spoor_metric_late_events",
+                           "Events that arrived after their 1-minute window had closed (not in the metrics), "
+                           "since the worker started.")
+CONSUMER_LAG = Gauge("spoor_worker_consumer_lag_records",
+                     "Records of an assigned partition not yet committed by the worker's consumer group "
+                     "(high watermark minus committed offset).", ["topic", "partition"])
+EVENT_TIME_LAG = Gauge("spoor_metric_event_time_lag_seconds",
+                       "Wall clock minus the newest event time folded into metric windows (stream freshness).")
