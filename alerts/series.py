@@ -14,7 +14,7 @@ RESOLUTIONS = {"1m": 60, "5m": 300, "60m": 3600}
 # Columns of metric_windows holding additive counts, in the order of the table.
 COUNTS = ("events", "page_views", "product_views", "clicks", "cart_adds", "cart_removes", "checkouts",
           "orders", "identifies", "custom_events", "active_users", "sessions", "viewers", "carters",
-          "buyers", "dead_letters", "collector_rejects")
+          "buyers", "dead_letters", "collector_rejects", "refunds")
 AMOUNTS = ("revenue",)
 
 

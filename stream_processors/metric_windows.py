@@ -33,7 +33,7 @@ from alerts.series import COUNTS, RESOLUTIONS
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 KIND_COLUMNS = {"page_view": "page_views", "product_view": "product_views", "click": "clicks",
                 "cart_add": "cart_adds", "cart_remove": "cart_removes", "checkout": "checkouts",
-                "purchase": "orders", "identify": "identifies", "custom": "custom_events"}
+                "purchase": "orders", "refund": "refunds", "identify": "identifies", "custom": "custom_events"}
 DEAD_LETTER_PARTITION = -1  # rows counting dead letters (their topic is not partitioned by user)
 
 

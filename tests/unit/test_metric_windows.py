@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from spoor.events import Event
+from spoor.events import Event, EventKind
 from stream_processors.metric_windows import DEAD_LETTER_PARTITION, MetricWindows
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
@@ -102,3 +102,14 @@ def test_dead_letters_and_category_cap():
         "category:a", "category:b", "category:other"}
     [dead] = [r for r in rows_by(rows, "1m", "global") if r["partition"] == DEAD_LETTER_PARTITION]
     assert (dead["dead_letters"], dead["collector_rejects"], dead["events"]) == (2, 1, 0)
+
+
+def test_every_event_kind_is_counted_refunds_included():
+    windows = MetricWindows(lateness=timedelta(seconds=0))
+    for offset, kind in enumerate(EventKind):
+        windows.add_event(0, event(kind.value, "u1", offset, revenue=Decimal("5") if kind == "refund" else None))
+    windows.add_event(0, event("page_view", "u1", 120))
+    (row,) = rows_by(windows.close_due(), "1m", "global")
+    assert row["events"] == len(EventKind)
+    assert row["refunds"] == 1 and row["orders"] == 1
+    assert row["revenue"] == 0  # revenue counts orders; a refund is its own count, not negative revenue
