@@ -44,3 +44,14 @@ class Settings(BaseSettings):
     worker_session_timeout_s: float = Field(30.0, ge=6)
     # How many recent event ids per user are remembered to count a redelivered event once.
     dedupe_window: int = Field(512, ge=1)
+
+    # Behaviour analytics: sessions, rolling windows, funnels, triggers (README "Behaviour analytics").
+    worker_store: str = "rocksdb://"  # Faust table store; "memory://" keeps state in memory only
+    analytics_enabled: bool = True
+    session_inactivity_s: float = Field(1800.0, gt=0)
+    session_lateness_s: float = Field(6 * 3600.0, ge=0)  # how late an event may be and still be sessionised
+    trigger_lateness_s: float = Field(300.0, ge=0)  # watermark = latest event time of a partition minus this
+    cart_abandonment_delay_s: float = Field(3600.0, gt=0)
+    browse_abandonment_views: int = Field(3, ge=1)
+    browse_abandonment_delay_s: float = Field(3600.0, gt=0)
+    win_back_after_days: float = Field(30.0, gt=0)

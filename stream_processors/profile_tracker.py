@@ -6,7 +6,11 @@ Order of effects for one batch, which is what makes a crash at any point safe:
 3. only then does the agent return, so Faust acks the batch and may commit.
 A redelivered event is recognised by its id in the user's state and changes
 nothing; the user's current snapshot is still re-written (idempotently), in
-case the crash came between 1 and 2.
+case the crash came between 1 and 2, and so is the table value (a local
+RocksDB store can hold a state whose changelog record the crash lost).
+With behaviour analytics on, the same table value also holds the user's
+sessions, windows and triggers (analytics_tracker.py); their trigger messages
+are acked by Kafka between 1 and 2.
 """
 
 import time
@@ -19,17 +23,20 @@ from pydantic import ValidationError
 from spoor.events import Event, decode_record
 from storage.writers import StreamWriter
 from stream_processors import metrics
+from stream_processors.analytics_tracker import AnalyticsTracker
+from stream_processors.behaviour import unpack
 from stream_processors.blocking import run_blocking
 from stream_processors.profile import UserProfile
 
 
 class ProfileTracker:
     def __init__(self, table, writer: StreamWriter, dedupe_window: int,
-                 send_bad_row: Callable[[bytes, str, str], Awaitable]):
-        self.table = table  # Faust table: user key (bytes) -> encoded UserProfile
+                 send_bad_row: Callable[[bytes, str, str], Awaitable], analytics: AnalyticsTracker | None = None):
+        self.table = table  # Faust table: user key (bytes) -> encoded UserProfile (+ behaviour)
         self.writer = writer
         self.dedupe_window = dedupe_window
         self.send_bad_row = send_bad_row
+        self.analytics = analytics
 
     async def process(self, values: Sequence[bytes]) -> None:
         if not values:
@@ -43,18 +50,28 @@ class ProfileTracker:
         for user_key, user_events in by_user.items():
             key = user_key.encode()
             stored = self.table.get(key)
-            profile = UserProfile.decode(stored) if stored else UserProfile(user_key)
-            changed = 0
-            for event in user_events:
-                changed += profile.apply(event, self.dedupe_window)
-            if changed:
+            profile_json, behaviour_json = unpack(stored) if stored else (None, None)
+            profile = UserProfile.decode(profile_json) if profile_json else UserProfile(user_key)
+            new_events = [event for event in user_events if profile.apply(event, self.dedupe_window)]
+            if self.analytics:
+                self.table[key] = self.analytics.fold(user_key, profile.encode(), behaviour_json,
+                                                      new_events, user_events)
+            else:
                 self.table[key] = profile.encode()
-            applied += changed
+            applied += len(new_events)
             rows.append(profile.row())
+        derived = None
+        if self.analytics:
+            self.analytics.advance(self.table, set(by_user))
+            derived = self.analytics.take_output()
 
         await self.table.changelog_durable()
+        if derived:
+            await self.analytics.deliver(derived)
         started = time.perf_counter()
-        await run_blocking(self.writer.write_batch, rows, events)
+        await run_blocking(self.writer.write_batch, rows, events, derived)
+        if derived:
+            self.analytics.delivered_ok(derived)
         metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_EVENTS.observe(len(events))
         metrics.EVENTS.labels("applied").inc(applied)
