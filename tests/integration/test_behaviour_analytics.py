@@ -78,20 +78,21 @@ def scenario() -> tuple[list[dict], list[dict]]:
     return messages, late
 
 
-def clock_messages(partitions: int) -> list[dict]:
-    """An event three days later on every partition: moves each partition's watermark past all deadlines."""
+def clock_messages(partitions: int, when: datetime) -> list[dict]:
+    """An event at ``when`` on every partition: moves each partition's watermark past earlier deadlines."""
     users, i = {}, 0
     while len(users) < partitions:
         user = f"clock-{i}"
         users.setdefault(key_partition(user.encode(), partitions), user)
         i += 1
-    return [Shopper(user).msg(3 * 1440, "page") for user in users.values()]
+    return [{"type": "page", "userId": user, "messageId": f"{user}-{when.timestamp()}", "timestamp": iso(when)}
+            for user in users.values()]
 
 
 def test_sessions_windows_funnels_and_triggers(collector, write_key, engine, start_process, test_settings):
     start_process("worker", **WORKER)
     messages, late = scenario()
-    clock = clock_messages(test_settings.topic_partitions)
+    clock = clock_messages(test_settings.topic_partitions, at(3 * 1440))
     client = CollectorClient(collector, write_key)
     for batch in (messages, late, clock):
         assert client.send_batch(batch)[0] == 200
