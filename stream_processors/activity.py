@@ -25,6 +25,7 @@ WINDOWS = {"1d": 1, "7d": 7, "30d": 30}
 COUNTED = {EventKind.PAGE_VIEW: 0, EventKind.PRODUCT_VIEW: 1, EventKind.CART_ADD: 2,
            EventKind.CHECKOUT: 3, EventKind.PURCHASE: 4}
 COUNT_NAMES = ("page_views", "product_views", "cart_adds", "checkouts", "purchases")
+WINDOW_COLUMNS = {window: [f"{name}_{window}" for name in COUNT_NAMES] for window in WINDOWS}
 NEW_DAYS, AT_RISK_DAYS, DORMANT_DAYS, CHURNED_DAYS = 30, 30, 90, 180
 FAVOURITES = 3
 MAX_CATEGORIES_PER_DAY = 50  # bounds state; categories past it on one day are not counted
@@ -107,20 +108,26 @@ class Activity:
     def row(self, user_key: str) -> dict:
         as_of = self.as_of
         today = _day(as_of)
-        row: dict = {"user_key": user_key, "as_of": _utc(as_of)}
+        sums = {window: [0, 0, 0, 0, 0] for window in WINDOWS}
+        revenue = {window: Decimal(0) for window in WINDOWS}
         categories: dict[str, int] = {}
-        for window, length in WINDOWS.items():
-            counts, revenue = [0] * 5, Decimal(0)
-            for day, bucket in self.days.items():
-                if today - length < day <= today:
-                    counts = [a + b for a, b in zip(counts, bucket[:5])]
-                    revenue += Decimal(bucket[5])
-                    if window == "30d":
-                        for category, n in bucket[6].items():
-                            categories[category] = categories.get(category, 0) + n
-            for name, count in zip(COUNT_NAMES, counts):
-                row[f"{name}_{window}"] = count
-            row[f"revenue_{window}"] = revenue
+        for day, bucket in self.days.items():
+            age = today - day
+            if not 0 <= age < WINDOWS["30d"]:
+                continue
+            for window, length in WINDOWS.items():
+                if age < length:
+                    total = sums[window]
+                    for i in range(5):
+                        total[i] += bucket[i]
+                    if bucket[5] != "0":
+                        revenue[window] += Decimal(bucket[5])
+            for category, n in bucket[6].items():
+                categories[category] = categories.get(category, 0) + n
+        row: dict = {"user_key": user_key, "as_of": _utc(as_of)}
+        for window in WINDOWS:
+            row.update(zip(WINDOW_COLUMNS[window], sums[window]))
+            row[f"revenue_{window}"] = revenue[window]
         favourites = sorted(categories, key=lambda c: (-categories[c], c))[:FAVOURITES]
         row.update({
             "frequency": self.orders, "monetary": Decimal(self.revenue),

@@ -85,19 +85,22 @@ class AnalyticsTracker:
         partition = key_partition(user_key.encode(), self.partitions)
         latest = max(e.event_time.timestamp() for e in all_events)
         self.watermarks[partition] = max(self.watermarks.get(partition, latest), latest)
-        return self._finish(user_key, profile_json, behaviour, partition)
+        # A redelivery: the stored state may be ahead of PostgreSQL, so rewrite all its sessions.
+        return self._finish(user_key, profile_json, behaviour, partition,
+                            rewrite_sessions=len(new_events) < len(all_events))
 
-    def _finish(self, user_key: str, profile_json: bytes, behaviour: UserBehaviour, partition: int) -> bytes:
+    def _finish(self, user_key: str, profile_json: bytes, behaviour: UserBehaviour, partition: int,
+                rewrite_sessions: bool = False) -> bytes:
         due_at = behaviour.due_at(self.rules)
         if due_at is not None and due_at < self.scheduled.get(user_key, float("inf")):
             self.scheduled[user_key] = due_at
             heapq.heappush(self.timers.setdefault(partition, []), (due_at, user_key))
-        self._collect(user_key, behaviour)
+        self._collect(user_key, behaviour, rewrite_sessions)
         return pack(profile_json, behaviour, due_at)
 
-    def _collect(self, user_key: str, behaviour: UserBehaviour) -> None:
+    def _collect(self, user_key: str, behaviour: UserBehaviour, rewrite_sessions: bool) -> None:
         out = self.output
-        out.sessions += [session_row(user_key, s) for s in behaviour.sessions.sessions]
+        out.sessions += [session_row(user_key, s) for s in behaviour.sessions.to_write(rewrite_sessions)]
         out.retired_sessions += [{"user_key": user_key, "session_id": sid} for sid in behaviour.sessions.retired_ids]
         if behaviour.activity.last_seen is not None:
             out.activity.append(behaviour.activity.row(user_key))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from spoor.events import Event
-from stream_processors.activity import Activity
+from stream_processors.activity import DAY, NEW_DAYS, Activity
 from stream_processors.sessions import SessionLog
 from stream_processors.triggers import TriggerRules, Triggers
 
@@ -23,6 +23,12 @@ class AnalyticsRules:
     trigger_lateness_s: float = 300.0
     triggers: TriggerRules = TriggerRules()
 
+    @property
+    def shortest_delay_s(self) -> float:
+        """No deadline (trigger or lifecycle threshold) is closer than this after the event that sets it."""
+        t = self.triggers
+        return min(t.cart_delay_s, t.browse_delay_s, t.win_back_s, NEW_DAYS * DAY)
+
 
 @dataclass(slots=True)
 class UserBehaviour:
@@ -31,15 +37,24 @@ class UserBehaviour:
     triggers: Triggers = field(default_factory=Triggers)
     pending: list = field(default_factory=list)  # trigger records fired, delivery not yet confirmed
     too_late_for_session: int = 0  # events of this fold outside the session lateness bound (not stored)
+    # Not stored: a lower bound of the next deadline, so most events skip fire_due's work.
+    next_deadline_at_least: float | None = None
 
     def apply(self, user_key: str, event: Event, rules: AnalyticsRules) -> None:
         at = event.event_time.timestamp()
-        # Deadlines passed before this event fire first, as the partition's watermark would have.
-        self.fire_due(user_key, at - rules.trigger_lateness_s, rules)
+        now = at - rules.trigger_lateness_s
+        if self.next_deadline_at_least is None:
+            self.next_deadline_at_least = self._next_deadline(rules)
+        if now >= self.next_deadline_at_least:
+            # Deadlines passed before this event fire first, as the partition's watermark would have.
+            self.fire_due(user_key, now, rules)
+            self.next_deadline_at_least = self._next_deadline(rules)
         if not self.sessions.add(event, at, rules.session_inactivity_s, rules.session_lateness_s):
             self.too_late_for_session += 1
         self.activity.add(event, at)
         self.triggers.observe(event, at)
+        # Any deadline this event opened or moved is at least the shortest delay after it.
+        self.next_deadline_at_least = min(self.next_deadline_at_least, at + rules.shortest_delay_s)
 
     def fire_due(self, user_key: str, now: float, rules: AnalyticsRules) -> None:
         """Fire triggers and lifecycle refreshes due at event time ``now``."""
@@ -49,11 +64,15 @@ class UserBehaviour:
             self.activity.refresh(refresh)
             refresh = self.activity.next_refresh()
 
-    def due_at(self, rules: AnalyticsRules) -> float | None:
-        """Watermark at which ``fire_due`` will next have something to do."""
+    def _next_deadline(self, rules: AnalyticsRules) -> float:
         candidates = [t for t in (self.triggers.next_deadline(rules.triggers), self.activity.next_refresh())
                       if t is not None]
-        return min(candidates) + rules.trigger_lateness_s if candidates else None
+        return min(candidates) if candidates else float("inf")
+
+    def due_at(self, rules: AnalyticsRules) -> float | None:
+        """Watermark at which ``fire_due`` will next have something to do."""
+        deadline = self._next_deadline(rules)
+        return None if deadline == float("inf") else deadline + rules.trigger_lateness_s
 
     def encode(self) -> bytes:
         return orjson.dumps([self.sessions.encode(), self.activity.encode(), self.triggers.encode(), self.pending])

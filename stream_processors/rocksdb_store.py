@@ -7,10 +7,13 @@ user keys, partitioned by the default partitioner (murmur2, as the producer and 
 so the store places and looks up every key by that rule.
 """
 
+from functools import lru_cache
+
 from aiokafka.partitioner import murmur2
 from faust.stores import rocksdb
 
 
+@lru_cache(maxsize=100_000)  # murmur2 is pure Python: a few microseconds per call
 def key_partition(key: bytes, partitions: int) -> int:
     """Partition of a key under Kafka's default partitioner."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions

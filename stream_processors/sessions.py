@@ -22,6 +22,7 @@ from spoor.events import Event, EventKind
 
 SEALED_CLIENT_IDS = 64  # client ids of dropped sessions remembered, so they are never re-opened
 RETIRED_IDS = 16  # retired ids remembered, so their deletion is repeated after a crash
+CLOSED_KEPT = 2  # dropped sessions remembered, so their last row is rewritten after a crash
 
 
 @dataclass(slots=True)
@@ -116,6 +117,9 @@ class SessionLog:
     latest: float | None = None  # the user's latest event time
     sealed_client_ids: list = field(default_factory=list)
     retired_ids: list = field(default_factory=list)
+    # The last sessions dropped from ``sessions``: kept so a redelivered batch can write them again.
+    closed: list = field(default_factory=list)
+    changed: set = field(default_factory=set)  # not stored: ids of sessions changed since decoding
 
     def add(self, event: Event, at: float, inactivity_s: float, lateness_s: float) -> bool:
         """Place the event in its session. False if it is later than the lateness bound allows."""
@@ -129,16 +133,18 @@ class SessionLog:
                 session = Session(event.session_id, True, at, at)
                 self.sessions.append(session)
             session.add(event, at)
+            self.changed.add(session.session_id)
         else:
-            self._add_by_inactivity(event, at, inactivity_s)
+            self.changed.add(self._add_by_inactivity(event, at, inactivity_s))
         self.latest = at if self.latest is None else max(self.latest, at)
         self._seal(inactivity_s, lateness_s)
         return True
 
-    def _add_by_inactivity(self, event: Event, at: float, inactivity_s: float) -> None:
-        near = sorted((s for s in self.sessions if not s.client
-                       and s.started_at - inactivity_s <= at <= s.ended_at + inactivity_s),
-                      key=lambda s: s.started_at)
+    def _add_by_inactivity(self, event: Event, at: float, inactivity_s: float) -> str:
+        near = [s for s in self.sessions
+                if not s.client and s.started_at - inactivity_s <= at <= s.ended_at + inactivity_s]
+        if len(near) > 1:
+            near.sort(key=lambda s: s.started_at)
         if not near:
             session = Session(inactivity_id(at), False, at, at)
             self.sessions.append(session)
@@ -155,6 +161,7 @@ class SessionLog:
             session.session_id = new_id
             if new_id in self.retired_ids:
                 self.retired_ids.remove(new_id)
+        return new_id
 
     def _retire(self, session_id: str) -> None:
         self.retired_ids.append(session_id)
@@ -171,16 +178,28 @@ class SessionLog:
                 if session.ended_at + max(inactivity_s, lateness_s) < horizon:
                     self.sealed_client_ids.append(session.session_id)
                     del self.sealed_client_ids[:-SEALED_CLIENT_IDS]
+                    self._close(session)
                     continue
             elif session.ended_at + inactivity_s < horizon:
+                self._close(session)
                 continue
             keep.append(session)
         self.sessions = keep
 
+    def _close(self, session: Session) -> None:
+        self.closed.append(session)
+        del self.closed[:-CLOSED_KEPT]
+
+    def to_write(self, everything: bool) -> list:
+        """Sessions whose rows must be (re)written: changed since decoding, or all that are kept."""
+        return [s for s in self.sessions + self.closed if everything or s.session_id in self.changed]
+
     def encode(self) -> list:
-        return [[s.encode() for s in self.sessions], self.latest, self.sealed_client_ids, self.retired_ids]
+        return [[s.encode() for s in self.sessions], self.latest, self.sealed_client_ids, self.retired_ids,
+                [s.encode() for s in self.closed]]
 
     @classmethod
     def decode(cls, data: list) -> "SessionLog":
-        sessions, latest, sealed, retired = data
-        return cls([Session.decode(s) for s in sessions], latest, sealed, retired)
+        sessions, latest, sealed, retired, closed = data
+        return cls([Session.decode(s) for s in sessions], latest, sealed, retired,
+                   [Session.decode(s) for s in closed])

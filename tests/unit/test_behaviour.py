@@ -250,3 +250,20 @@ def test_table_value_packs_profile_and_behaviour_with_a_readable_header():
     assert profile_json == b'{"user_key":"u1"}'
     assert UserBehaviour.decode(behaviour_json).encode() == behaviour.encode()
     assert unpack(b'{"user_key":"u1"}') == (b'{"user_key":"u1"}', None)
+
+
+def test_a_session_dropped_in_the_same_fold_is_still_written_and_kept_for_redelivery():
+    log = SessionLog()
+    first = ev(EventKind.PAGE_VIEW, 0)
+    log.add(first, at(first), 30 * MIN, 3600)
+    encoded = SessionLog.decode(log.encode())  # a new batch starts from the stored state
+    second = ev(EventKind.PAGE_VIEW, 10)
+    encoded.add(second, at(second), 30 * MIN, 3600)
+    later = ev(EventKind.PAGE_VIEW, 300)  # seals the first session (more than lateness + gap behind)
+    encoded.add(later, at(later), 30 * MIN, 3600)
+    assert [s.started_at for s in encoded.sessions] == [at(later)]
+    written = sorted((s.started_at, s.events) for s in encoded.to_write(everything=False))
+    assert written == [(at(first), 2), (at(later), 1)]  # the first one's last change is not lost
+    fresh = SessionLog.decode(encoded.encode())
+    assert fresh.to_write(everything=False) == []
+    assert sorted((s.started_at, s.events) for s in fresh.to_write(everything=True)) == written
