@@ -7,7 +7,8 @@ consumer group: it does not touch a running `make up` stack):
 the same N simulated events are posted through a collector (batches of 100, 4 connections), and
 end-to-end events/s is measured until the worker's committed-event counter reaches N. Then:
 state size (RocksDB directory, changelog bytes), the worker's resident memory, and recovery time
-after a restart (SIGKILL, then time until the worker's /healthz is 200, i.e. table recovery done),
+after a restart (SIGTERM, so the worker leaves its group at once, then the time from the new
+process's start until its /healthz is 200, i.e. table recovery done),
 with the RocksDB directory kept (a restarted worker) and wiped (a new machine: full changelog replay).
 Ends with `name: value` lines.
 
@@ -73,6 +74,15 @@ def wait_healthy(process: subprocess.Popen, url: str, timeout: float) -> float:
 def start(command: str, env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "spoor.cli", command], cwd=REPO, env=env,
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)  # `spoor worker` passes it on; the worker leaves its group
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def worker_rss_mib(supervisor: subprocess.Popen) -> float:
@@ -147,19 +157,15 @@ def run_config(name: str, overrides: dict, base: Settings, bodies: list, n: int,
                 result["triggers"] = conn.execute(text("SELECT count(*) FROM behaviour_triggers")).scalar()
         result["changelog_mib"] = changelog_mib(settings, settings.worker_app_id)
 
-        # Restart: SIGKILL, then time until the table is recovered (the worker's /healthz is 200).
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
-        time.sleep(0.5)  # the child dies with the supervisor (PR_SET_PDEATHSIG)
+        # Restart: stop, then time until the table is recovered (the worker's /healthz is 200).
+        stop(worker)
         data_dir = Path(settings.worker_data_dir)
         result["state_dir_mib"] = dir_mib(data_dir) if data_dir.exists() else 0.0
         worker = start("worker", env, work / f"{name}-worker.log")
         result["recovery_s"] = wait_healthy(worker, f"{worker_url}/healthz", 1800)
         print(f"[{name}] recovery after a restart: {result['recovery_s']:.1f}s", flush=True)
         if overrides["worker_store"].startswith("rocksdb"):
-            worker.send_signal(signal.SIGKILL)
-            worker.wait()
-            time.sleep(0.5)
+            stop(worker)
             shutil.rmtree(data_dir)
             worker = start("worker", env, work / f"{name}-worker.log")
             result["recovery_empty_dir_s"] = wait_healthy(worker, f"{worker_url}/healthz", 1800)
