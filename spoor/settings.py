@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     session_inactivity_s: float = Field(1800.0, gt=0)
     session_lateness_s: float = Field(6 * 3600.0, ge=0)  # how late an event may be and still be sessionised
     trigger_lateness_s: float = Field(300.0, ge=0)  # watermark = latest event time of a partition minus this
+    # > 0: a partition without events for this long moves its watermark on with the wall clock.
+    trigger_idle_advance_s: float = Field(0.0, ge=0)
     cart_abandonment_delay_s: float = Field(3600.0, gt=0)
     browse_abandonment_views: int = Field(3, ge=1)
     browse_abandonment_delay_s: float = Field(3600.0, gt=0)

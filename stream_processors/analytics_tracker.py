@@ -10,10 +10,13 @@ changelog durable -> trigger messages acked -> one PostgreSQL transaction -> ack
 - ``output`` is what the batch writes: session rows, retired session ids, ``user_activity`` rows
   and the triggers fired but not yet delivered;
 - after the write, ``delivered`` lets the next batch drop those triggers from the users' state.
-Time comes only from event times: nothing here reads a clock.
+Time comes from event times. Optionally (``idle_advance_s``, for quiet hours in production), a
+partition without events for that long has its watermark move on with the wall clock, driven by a
+Faust timer calling ``ProfileTracker.fire_idle``; the clock is injected.
 """
 
 import heapq
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -55,11 +58,15 @@ def session_row(user_key: str, session) -> dict:
 
 class AnalyticsTracker:
     def __init__(self, rules: AnalyticsRules, partitions: int,
-                 send_triggers: Callable[[list[dict]], Awaitable[None]]):
+                 send_triggers: Callable[[list[dict]], Awaitable[None]],
+                 idle_advance_s: float = 0.0, clock: Callable[[], float] = time.time):
         self.rules = rules
         self.partitions = partitions
         self.send_triggers = send_triggers
+        self.idle_advance_s = idle_advance_s  # 0: event time alone moves the watermarks
+        self.clock = clock  # wall clock, read only when idle_advance_s > 0
         self.watermarks: dict[int, float] = {}  # partition -> latest event time seen
+        self.moved_at: dict[int, float] = {}  # partition -> wall time its watermark last moved
         self.timers: dict[int, list] = {}  # partition -> heap of (due at, user key)
         self.scheduled: dict[str, float] = {}  # user key -> earliest due time in the heap
         self.index_stale = True
@@ -71,6 +78,7 @@ class AnalyticsTracker:
         """Partitions were assigned or revoked: rebuild the timer index from the table."""
         self.index_stale = True
         self.watermarks.clear()
+        self.moved_at.clear()
 
     def fold(self, user_key: str, profile_json: bytes, behaviour_json: bytes | None,
              new_events: list[Event], all_events: list[Event]) -> bytes:
@@ -84,7 +92,10 @@ class AnalyticsTracker:
             behaviour.too_late_for_session = 0
         partition = key_partition(user_key.encode(), self.partitions)
         latest = max(e.event_time.timestamp() for e in all_events)
-        self.watermarks[partition] = max(self.watermarks.get(partition, latest), latest)
+        if latest > self.watermarks.get(partition, float("-inf")):
+            self.watermarks[partition] = latest
+            if self.idle_advance_s:
+                self.moved_at[partition] = self.clock()
         # A redelivery: the stored state may be ahead of PostgreSQL, so rewrite all its sessions.
         return self._finish(user_key, profile_json, behaviour, partition,
                             rewrite_sessions=len(new_events) < len(all_events))
@@ -121,14 +132,23 @@ class AnalyticsTracker:
         for user_key in self.redeliver - batch_users:
             self._update(table, user_key, None)
         self.redeliver.clear()
+        now = self.clock() if self.idle_advance_s else None
         for partition, heap in self.timers.items():
-            watermark = self.watermarks.get(partition)
+            watermark = self._watermark(partition, now)
             while heap and watermark is not None and heap[0][0] <= watermark:
                 due_at, user_key = heapq.heappop(heap)
                 if self.scheduled.get(user_key) != due_at:
                     continue  # superseded by an earlier entry
                 del self.scheduled[user_key]
                 self._update(table, user_key, watermark - self.rules.trigger_lateness_s)
+
+    def _watermark(self, partition: int, now: float | None) -> float | None:
+        """The partition's latest event time; with idle advance, plus the wall time it has been idle."""
+        watermark = self.watermarks.get(partition)
+        if watermark is None or now is None:
+            return watermark
+        idle = now - self.moved_at[partition]
+        return watermark + idle if idle >= self.idle_advance_s else watermark
 
     def _update(self, table, user_key: str, now: float | None) -> None:
         key = user_key.encode()

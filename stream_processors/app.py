@@ -4,6 +4,7 @@ Agents are thin shells: ``ProfileTracker`` does the work for events, and the
 dead-letter agent copies bad rows into PostgreSQL so people can query them.
 """
 
+import asyncio
 import logging
 
 import faust
@@ -47,7 +48,8 @@ def create_analytics(settings: Settings, app: faust.App) -> AnalyticsTracker:
                               browse_views=settings.browse_abandonment_views,
                               browse_delay_s=settings.browse_abandonment_delay_s,
                               win_back_s=settings.win_back_after_days * 86400))
-    return AnalyticsTracker(rules, settings.topic_partitions, send_triggers)
+    return AnalyticsTracker(rules, settings.topic_partitions, send_triggers,
+                            idle_advance_s=settings.trigger_idle_advance_s)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -127,11 +129,20 @@ def create_app(settings: Settings) -> faust.App:
             fail_stop(f"the consumer skipped records at {holes}; restarting to read them again")
         return batch
 
+    one_at_a_time = asyncio.Lock()  # the agent's batches and the idle-trigger timer share user state
+
     @app.agent(events_topic, name="track-profiles")
     async def track_profiles(stream):
         async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_s):
-            await fail_stop_on_error(tracker.process([e.value for e in await without_holes(batch)]),
-                                     "tracking profiles")
+            async with one_at_a_time:
+                await fail_stop_on_error(tracker.process([e.value for e in await without_holes(batch)]),
+                                         "tracking profiles")
+
+    if analytics and settings.trigger_idle_advance_s > 0:
+        @app.timer(interval=min(10.0, settings.trigger_idle_advance_s))
+        async def fire_idle_triggers():
+            async with one_at_a_time:
+                await fail_stop_on_error(tracker.fire_idle(), "firing triggers on idle partitions")
 
     @app.agent(dead_letter_topic, name="store-dead-letters")
     async def store_dead_letters(stream):

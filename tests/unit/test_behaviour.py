@@ -267,3 +267,56 @@ def test_a_session_dropped_in_the_same_fold_is_still_written_and_kept_for_redeli
     fresh = SessionLog.decode(encoded.encode())
     assert fresh.to_write(everything=False) == []
     assert sorted((s.started_at, s.events) for s in fresh.to_write(everything=True)) == written
+
+
+# --- the tracker's watermarks and timer index (a dict stands in for the Faust table) -----------
+
+def tracker_with(clock: list, idle_advance_s: float):
+    from stream_processors.analytics_tracker import AnalyticsTracker
+
+    async def send(_triggers):
+        raise AssertionError("not called here")
+
+    return AnalyticsTracker(AnalyticsRules(trigger_lateness_s=300, triggers=RULES), 4, send,
+                            idle_advance_s=idle_advance_s, clock=lambda: clock[0])
+
+
+def fold_one(tracker, table: dict, event: Event) -> None:
+    key = event.user_key.encode()
+    stored = table.get(key)
+    behaviour_json = unpack(stored)[1] if stored else None
+    table[key] = tracker.fold(event.user_key, b'{"user_key":"u1"}', behaviour_json, [event], [event])
+
+
+def test_timer_index_fires_a_user_when_another_users_events_move_the_watermark():
+    from stream_processors.rocksdb_store import key_partition
+    tracker, table = tracker_with([0.0], 0), {}
+    fold_one(tracker, table, ev(EventKind.CART_ADD, 0, product_id="p1"))
+    tracker.advance(table, {"u1"})
+    assert tracker.take_output().triggers == []
+    # Another user on the same partition, 65 minutes later: 60 min delay + 5 min lateness passed.
+    other = next(f"o{i}" for i in range(1000) if key_partition(f"o{i}".encode(), 4) == key_partition(b"u1", 4))
+    later = Event(**{**ev(EventKind.PAGE_VIEW, 65).model_dump(), "user_key": other})
+    fold_one(tracker, table, later)
+    tracker.advance(table, {other})
+    fired = tracker.take_output().triggers
+    assert [(t["kind"], t["user_key"]) for t in fired] == [("cart_abandonment", "u1")]
+    assert read_header(table[b"u1"])[1] == 1  # pending until delivered
+    tracker.delivered_ok(type("Out", (), {"triggers": fired})())
+    tracker.advance(table, set())
+    assert read_header(table[b"u1"])[1] == 0  # the next batch drops it from the state
+
+
+def test_idle_partitions_advance_with_the_injected_clock_only_when_enabled():
+    for idle_advance_s, expected in [(0, []), (60, ["cart_abandonment"])]:
+        clock = [1000.0]
+        tracker, table = tracker_with(clock, idle_advance_s), {}
+        fold_one(tracker, table, ev(EventKind.CART_ADD, 0, product_id="p1"))
+        tracker.advance(table, {"u1"})
+        tracker.take_output()
+        clock[0] += 3600 + 299  # one second short of the deadline plus the lateness
+        tracker.advance(table, set())
+        assert tracker.take_output().triggers == []
+        clock[0] += 1
+        tracker.advance(table, set())
+        assert [t["kind"] for t in tracker.take_output().triggers] == expected
