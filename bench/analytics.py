@@ -76,6 +76,14 @@ def start(command: str, env: dict, log: Path) -> subprocess.Popen:
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
+def committed(worker_url: str) -> int:
+    """The worker's committed-event counter; 0 while it is too busy to answer."""
+    try:
+        return persisted_events(worker_url)
+    except OSError:
+        return 0
+
+
 def stop(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGTERM)  # `spoor worker` passes it on; the worker leaves its group
     try:
@@ -145,8 +153,8 @@ def run_config(name: str, overrides: dict, base: Settings, bodies: list, n: int,
         print(f"[{name}] posting {n} events ...", flush=True)
         started = time.perf_counter()
         post_all(collector_url, key, bodies, threads)
-        while persisted_events(worker_url) < n:
-            time.sleep(0.1)
+        while committed(worker_url) < n:
+            time.sleep(0.2)
         result["end_to_end_events_per_s"] = n / (time.perf_counter() - started)
         print(f"[{name}] end to end: {result['end_to_end_events_per_s']:,.0f} events/s", flush=True)
         result["worker_rss_mib"] = worker_rss_mib(worker)
@@ -198,10 +206,12 @@ def main() -> None:
     print(f"preparing {args.events} simulated events ...", flush=True)
     bodies, n = make_batches(args.events, seed=int(time.time()))
     results = {}
-    with tempfile.TemporaryDirectory(prefix="spoor-bench-") as work:
-        print(f"logs and state under {work} (removed at the end)", flush=True)
-        for name in args.configs.split(","):
-            results[name] = run_config(name, CONFIGS[name], base, bodies, n, args.threads, Path(work))
+    work = Path(tempfile.mkdtemp(prefix="spoor-bench-"))
+    print(f"logs and state under {work}", flush=True)
+    for name in args.configs.split(","):
+        results[name] = run_config(name, CONFIGS[name], base, bodies, n, args.threads, work)
+    for state in work.glob("faust-*"):
+        shutil.rmtree(state)
     print()
     print(f"events: {n}")
     for name, result in results.items():

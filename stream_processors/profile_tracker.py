@@ -13,6 +13,7 @@ sessions, windows and triggers (analytics_tracker.py); their trigger messages
 are acked by Kafka between 1 and 2.
 """
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
@@ -27,6 +28,9 @@ from stream_processors.analytics_tracker import AnalyticsTracker
 from stream_processors.behaviour import unpack
 from stream_processors.blocking import run_blocking
 from stream_processors.profile import UserProfile
+
+
+YIELD_EVERY_USERS = 200
 
 
 class ProfileTracker:
@@ -47,7 +51,11 @@ class ProfileTracker:
             by_user.setdefault(event.user_key, []).append(event)
 
         rows, applied = [], 0
-        for user_key, user_events in by_user.items():
+        for count, (user_key, user_events) in enumerate(by_user.items(), start=1):
+            if count % YIELD_EVERY_USERS == 0:
+                # A batch can hold tens of thousands of events: let heartbeats and /metrics run.
+                # Nothing is acked before this method returns.
+                await asyncio.sleep(0)
             key = user_key.encode()
             stored = self.table.get(key)
             profile_json, behaviour_json = unpack(stored) if stored else (None, None)
