@@ -22,6 +22,7 @@ TRACK_KINDS: dict[str, EventKind] = {
     "product removed": EventKind.CART_REMOVE,
     "checkout started": EventKind.CHECKOUT,
     "order completed": EventKind.PURCHASE,
+    "order refunded": EventKind.REFUND,
 }
 MESSAGE_TYPES = {"track", "page", "screen", "identify", "alias", "group"}
 
@@ -142,7 +143,7 @@ def _commerce_properties(props: dict, kind: EventKind) -> dict[str, Any]:
         out["quantity"] = int(quantity)
     elif kind in (EventKind.CART_ADD, EventKind.CART_REMOVE):
         out["quantity"] = 1
-    if kind == EventKind.PURCHASE:
+    if kind in (EventKind.PURCHASE, EventKind.REFUND):  # a refund's revenue is the amount refunded
         out["products"] = tuple(_product_lines(props.get("products")))
         revenue = _money(props, "revenue")
         if revenue is None:

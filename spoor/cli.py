@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--collector-url", default=None)
     demo.add_argument("--write-key", required=True)
     commands.add_parser("summary", help="print the summary of what is in PostgreSQL")
+    _add_replay_parser(commands)
 
     args = parser.parse_args(argv)
     long_running = args.command in ("collector", "worker")
@@ -104,6 +105,37 @@ def _summary(settings: Settings, _args) -> None:
     from spoor.demo import print_summary
     from storage.queries import summary
     print_summary(summary(create_engine(settings.database_url)))
+
+
+# ---- replay: a public data set file through a running collector -----------------------------------
+
+def _add_replay_parser(commands) -> None:
+    replay = commands.add_parser(
+        "replay", help="send a UCI Online Retail or REES46 CSV file (plain or gzipped) through the collector")
+    replay.add_argument("file", help="the CSV file; its format is known by its header")
+    replay.add_argument("--collector-url", default=None, help="default: the local stack's collector")
+    replay.add_argument("--write-key", default=None, help="default: the demo write key `make up` creates")
+
+
+def _replay(settings: Settings, args) -> None:
+    from pathlib import Path
+
+    from spoor.collector_client import CollectorClient
+    from spoor.replay import ReplayError
+    from spoor.replay_sender import ReplayFailed, replay_file, summary_lines
+    url = args.collector_url or f"http://{settings.collector_host}:{settings.collector_port}"
+    client = CollectorClient(url, args.write_key or settings.demo_write_key)
+    try:
+        result = replay_file(Path(args.file), client)
+    except ConnectionError as err:
+        sys.exit(f"spoor replay: cannot reach the collector at {url}: {err}")
+    except (OSError, ReplayError, ReplayFailed) as err:
+        sys.exit(f"spoor replay: {err}")
+    finally:
+        client.close()
+    print("\n".join(summary_lines(result, url)))
+    if result.rejected:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,11 @@ class CollectorClient:
 
     def post_json(self, path: str, payload: bytes) -> tuple[int, dict]:
         """POST an already serialised JSON body."""
+        status, body, _ = self._post(path, payload)
+        return status, body
+
+    def _post(self, path: str, payload: bytes) -> tuple[int, dict, str | None]:
+        """(status, JSON body, Retry-After header)."""
         for attempt in range(2):  # one reconnect if the kept-alive connection was closed
             if self.connection is None:
                 self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
@@ -29,7 +34,7 @@ class CollectorClient:
                                                                 "Authorization": self.auth})
                 response = self.connection.getresponse()
                 data = response.read()
-                return response.status, (orjson.loads(data) if data else {})
+                return response.status, (orjson.loads(data) if data else {}), response.getheader("Retry-After")
             except (ConnectionError, http.client.HTTPException):
                 self.connection.close()
                 self.connection = None
@@ -42,12 +47,16 @@ class CollectorClient:
         return self.send_batch_json(orjson.dumps({"batch": messages}), retries)
 
     def send_batch_json(self, payload: bytes, retries: int = 10) -> tuple[int, dict]:
-        """``send_batch`` for a body serialised in advance (the benchmark's hot loop)."""
+        """``send_batch`` for a body serialised in advance (the benchmark's hot loop).
+
+        Waits as long as the collector's ``Retry-After`` says, else backs off exponentially.
+        """
         for attempt in range(retries + 1):
-            status, body = self.post_json("/v1/batch", payload)
+            status, body, retry_after = self._post("/v1/batch", payload)
             if status not in (429, 503) or attempt == retries:
                 return status, body
-            time.sleep(min(5.0, 0.2 * 2 ** attempt))
+            backoff = min(5.0, 0.2 * 2 ** attempt)
+            time.sleep(min(60.0, float(retry_after)) if retry_after and retry_after.isdigit() else backoff)
         raise AssertionError("unreachable")
 
     def close(self) -> None:

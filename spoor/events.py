@@ -34,6 +34,7 @@ class EventKind(StrEnum):
     CART_REMOVE = "cart_remove"
     CHECKOUT = "checkout"
     PURCHASE = "purchase"
+    REFUND = "refund"  # amount in ``revenue``, subtracted from the user's revenue
     IDENTIFY = "identify"
     CUSTOM = "custom"
 

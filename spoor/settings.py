@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # How many recent event ids per user are remembered to count a redelivered event once.
     dedupe_window: int = Field(512, ge=1)
 
+    # Replay (`spoor replay`): the write key `make up` creates, used when none is given.
+    demo_write_key: str = "spoor-demo-write-key"
+
     # Behaviour analytics: sessions, rolling windows, funnels, triggers (README "Behaviour analytics").
     worker_store: str = "rocksdb://"  # Faust table store; "memory://" keeps state in memory only
     analytics_enabled: bool = True

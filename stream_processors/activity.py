@@ -5,7 +5,9 @@ that passed since):
 - ``<kind>_1d`` / ``_7d`` / ``_30d``: events of that kind on the UTC calendar day of ``as_of``, on
   that day and the 6 / 29 days before it. ``revenue_<window>`` likewise (sum of order revenue).
   Calendar-day buckets keep the state small (at most 30 per user) and the figures exact.
-- ``frequency``: orders placed (all time); ``monetary``: their revenue (all time);
+- ``revenue_<window>`` is net of refunds made in the window; an order id seen among the user's last
+  ``order_dedupe`` orders (a reloaded thank-you page) counts once, as in ``user_profiles``.
+- ``frequency``: orders placed (all time); ``monetary``: their revenue net of refunds (all time);
   ``recency_days``: whole days from the last order to ``as_of`` (NULL without an order).
 - ``favourite_categories``: up to 3 categories with the most product views + cart adds + ordered
   lines over the 30-day window (ties by name); ``favourite_category`` is the first.
@@ -59,14 +61,29 @@ class Activity:
     revenue: str = "0"
     last_purchase: float | None = None
     refreshed_to: float | None = None  # latest lifecycle threshold the row was refreshed at
+    recent_order_ids: list = field(default_factory=list)
 
-    def add(self, event: Event, at: float) -> None:
+    def is_repeated_order(self, event: Event) -> bool:
+        return event.kind == EventKind.PURCHASE and event.order_id is not None \
+            and event.order_id in self.recent_order_ids
+
+    def add(self, event: Event, at: float, order_dedupe: int = 512) -> None:
         self.first_seen = at if self.first_seen is None else min(self.first_seen, at)
         self.last_seen = at if self.last_seen is None else max(self.last_seen, at)
+        if self.is_repeated_order(event):
+            return
+        signed_revenue = None
         if event.kind == EventKind.PURCHASE:
+            if event.order_id is not None:
+                self.recent_order_ids.append(event.order_id)
+                del self.recent_order_ids[:-order_dedupe]
             self.orders += 1
-            self.revenue = str(Decimal(self.revenue) + (event.revenue or 0))
+            signed_revenue = event.revenue or Decimal(0)
             self.last_purchase = at if self.last_purchase is None else max(self.last_purchase, at)
+        elif event.kind == EventKind.REFUND:
+            signed_revenue = -(event.revenue or Decimal(0))
+        if signed_revenue:
+            self.revenue = str(Decimal(self.revenue) + signed_revenue)
         day = _day(at)
         oldest = _day(self.last_seen) - (WINDOWS["30d"] - 1)
         if day < oldest:
@@ -77,8 +94,9 @@ class Activity:
         slot = COUNTED.get(event.kind)
         if slot is not None:
             bucket[slot] += 1
+        if signed_revenue:
+            bucket[5] = str(Decimal(bucket[5]) + signed_revenue)
         if event.kind == EventKind.PURCHASE:
-            bucket[5] = str(Decimal(bucket[5]) + (event.revenue or 0))
             categories = [line.category for line in event.products] or [event.category]
         elif event.kind in (EventKind.PRODUCT_VIEW, EventKind.CART_ADD):
             categories = [event.category]
@@ -141,9 +159,9 @@ class Activity:
 
     def encode(self) -> list:
         return [[[d, *b] for d, b in self.days.items()], self.first_seen, self.last_seen, self.orders,
-                self.revenue, self.last_purchase, self.refreshed_to]
+                self.revenue, self.last_purchase, self.refreshed_to, self.recent_order_ids]
 
     @classmethod
     def decode(cls, data: list) -> "Activity":
-        days, first, last, orders, revenue, last_purchase, refreshed = data
-        return cls({d[0]: d[1:] for d in days}, first, last, orders, revenue, last_purchase, refreshed)
+        days, first, last, orders, revenue, last_purchase, refreshed, order_ids = data
+        return cls({d[0]: d[1:] for d in days}, first, last, orders, revenue, last_purchase, refreshed, order_ids)

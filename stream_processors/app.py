@@ -43,7 +43,7 @@ def create_analytics(settings: Settings, app: faust.App) -> AnalyticsTracker:
 
     rules = AnalyticsRules(
         session_inactivity_s=settings.session_inactivity_s, session_lateness_s=settings.session_lateness_s,
-        trigger_lateness_s=settings.trigger_lateness_s,
+        trigger_lateness_s=settings.trigger_lateness_s, order_dedupe=settings.dedupe_window,
         triggers=TriggerRules(cart_delay_s=settings.cart_abandonment_delay_s,
                               browse_views=settings.browse_abandonment_views,
                               browse_delay_s=settings.browse_abandonment_delay_s,

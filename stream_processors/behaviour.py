@@ -21,6 +21,7 @@ class AnalyticsRules:
     session_inactivity_s: float = 1800.0
     session_lateness_s: float = 6 * 3600.0
     trigger_lateness_s: float = 300.0
+    order_dedupe: int = 512  # order ids remembered per user (SPOOR_DEDUPE_WINDOW, as the profile)
     triggers: TriggerRules = TriggerRules()
 
     @property
@@ -49,9 +50,10 @@ class UserBehaviour:
             # Deadlines passed before this event fire first, as the partition's watermark would have.
             self.fire_due(user_key, now, rules)
             self.next_deadline_at_least = self._next_deadline(rules)
-        if not self.sessions.add(event, at, rules.session_inactivity_s, rules.session_lateness_s):
+        repeated_order = self.activity.is_repeated_order(event)
+        if not self.sessions.add(event, at, rules.session_inactivity_s, rules.session_lateness_s, repeated_order):
             self.too_late_for_session += 1
-        self.activity.add(event, at)
+        self.activity.add(event, at, rules.order_dedupe)
         self.triggers.observe(event, at)
         # Any deadline this event opened or moved is at least the shortest delay after it.
         self.next_deadline_at_least = min(self.next_deadline_at_least, at + rules.shortest_delay_s)

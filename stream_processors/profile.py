@@ -3,6 +3,11 @@
 ``UserProfile.apply`` is deterministic given the events in arrival order, and
 counts an event id at most once within the last ``dedupe_window`` ids of that
 user, so a redelivered event (client retry, worker restart) changes nothing.
+
+Orders are distinct order ids: an ``Order Completed`` whose ``order_id`` is
+among the user's last ``dedupe_window`` order ids (a reloaded thank-you page)
+adds neither an order nor revenue. ``revenue`` is net: refunds subtract the
+amount refunded, so it can be negative when a refund's order predates the data.
 """
 
 from collections import deque
@@ -23,7 +28,6 @@ KIND_COUNTERS = {
     EventKind.CART_ADD: "cart_adds",
     EventKind.CART_REMOVE: "cart_removes",
     EventKind.CHECKOUT: "checkouts",
-    EventKind.PURCHASE: "orders",
 }
 
 
@@ -47,6 +51,7 @@ class UserProfile:
     products_viewed: set[str] = field(default_factory=set)
     cart: dict[str, list] = field(default_factory=dict)  # product id -> [quantity, unit price]
     recent_event_ids: deque = field(default_factory=deque)
+    recent_order_ids: deque = field(default_factory=deque)
 
     @property
     def cart_value(self) -> Decimal:
@@ -85,13 +90,26 @@ class UserProfile:
             else:
                 del self.cart[event.product_id]
         elif event.kind == EventKind.PURCHASE:
-            self.revenue += event.revenue or ZERO
-            self.cart.clear()
-            if self.first_purchase_at is None or at < self.first_purchase_at:
-                self.first_purchase_at = at
-            if self.last_purchase_at is None or at > self.last_purchase_at:
-                self.last_purchase_at = at
+            self._apply_purchase(event, dedupe_window)
+        elif event.kind == EventKind.REFUND:
+            self.revenue -= event.revenue or ZERO
         return True
+
+    def _apply_purchase(self, event: Event, dedupe_window: int) -> None:
+        if event.order_id is not None:
+            if event.order_id in self.recent_order_ids:
+                return
+            self.recent_order_ids.append(event.order_id)
+            while len(self.recent_order_ids) > dedupe_window:
+                self.recent_order_ids.popleft()
+        self.orders += 1
+        self.revenue += event.revenue or ZERO
+        self.cart.clear()
+        at = event.event_time
+        if self.first_purchase_at is None or at < self.first_purchase_at:
+            self.first_purchase_at = at
+        if self.last_purchase_at is None or at > self.last_purchase_at:
+            self.last_purchase_at = at
 
     def row(self) -> dict:
         """The ``user_profiles`` row for this state."""
@@ -118,6 +136,7 @@ class UserProfile:
             "products_viewed": sorted(self.products_viewed),
             "cart": {pid: [q, str(p)] for pid, (q, p) in self.cart.items()},
             "recent_event_ids": list(self.recent_event_ids),
+            "recent_order_ids": list(self.recent_order_ids),
         })
 
     @classmethod
@@ -135,6 +154,7 @@ class UserProfile:
             products_viewed=set(data["products_viewed"]),
             cart={pid: [q, Decimal(p)] for pid, (q, p) in data["cart"].items()},
             recent_event_ids=deque(data["recent_event_ids"]),
+            recent_order_ids=deque(data.get("recent_order_ids", ())),  # absent in states written before distinct orders
         )
 
 

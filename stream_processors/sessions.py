@@ -8,6 +8,8 @@ Rules (what the ``sessions`` table means):
   bridge two sessions: they merge, and the later one's id is retired.
 - An inactivity session's id is ``t<start as epoch milliseconds>``, so the final ids do not depend
   on the order events arrived in; when a late event moves a start earlier, the old id is retired.
+- A session's ``purchases`` and ``revenue`` are its orders (an order id repeated within the user's
+  recent orders counts once); refunds are not subtracted there (they are in ``user_activity``).
 - Lateness is bounded: an event more than ``lateness_s`` older than the user's latest event is not
   placed in a session (``SessionLog.add`` returns False; the worker counts it in a metric). Sessions
   that can no longer receive an event are dropped from the state; their rows stay in PostgreSQL.
@@ -44,7 +46,7 @@ class Session:
     cart_categories: list = field(default_factory=list)
     purchase_categories: list = field(default_factory=list)
 
-    def add(self, event: Event, at: float) -> None:
+    def add(self, event: Event, at: float, repeated_order: bool = False) -> None:
         self.started_at = min(self.started_at, at)
         self.ended_at = max(self.ended_at, at)
         self.events += 1
@@ -59,7 +61,7 @@ class Session:
             _add_category(self.cart_categories, event.category)
         elif kind == EventKind.CHECKOUT:
             self.checkouts += 1
-        elif kind == EventKind.PURCHASE:
+        elif kind == EventKind.PURCHASE and not repeated_order:
             self.purchases += 1
             self.revenue = str(Decimal(self.revenue) + (event.revenue or 0))
             _add_category(self.purchase_categories, event.category)
@@ -121,7 +123,8 @@ class SessionLog:
     closed: list = field(default_factory=list)
     changed: set = field(default_factory=set)  # not stored: ids of sessions changed since decoding
 
-    def add(self, event: Event, at: float, inactivity_s: float, lateness_s: float) -> bool:
+    def add(self, event: Event, at: float, inactivity_s: float, lateness_s: float,
+            repeated_order: bool = False) -> bool:
         """Place the event in its session. False if it is later than the lateness bound allows."""
         if self.latest is not None and at < self.latest - lateness_s:
             return False
@@ -132,15 +135,15 @@ class SessionLog:
             if session is None:
                 session = Session(event.session_id, True, at, at)
                 self.sessions.append(session)
-            session.add(event, at)
+            session.add(event, at, repeated_order)
             self.changed.add(session.session_id)
         else:
-            self.changed.add(self._add_by_inactivity(event, at, inactivity_s))
+            self.changed.add(self._add_by_inactivity(event, at, inactivity_s, repeated_order))
         self.latest = at if self.latest is None else max(self.latest, at)
         self._seal(inactivity_s, lateness_s)
         return True
 
-    def _add_by_inactivity(self, event: Event, at: float, inactivity_s: float) -> str:
+    def _add_by_inactivity(self, event: Event, at: float, inactivity_s: float, repeated_order: bool) -> str:
         near = [s for s in self.sessions
                 if not s.client and s.started_at - inactivity_s <= at <= s.ended_at + inactivity_s]
         if len(near) > 1:
@@ -154,7 +157,7 @@ class SessionLog:
                 session.absorb(other)
                 self.sessions.remove(other)
                 self._retire(other.session_id)
-        session.add(event, at)
+        session.add(event, at, repeated_order)
         new_id = inactivity_id(session.started_at)
         if new_id != session.session_id:
             self._retire(session.session_id)

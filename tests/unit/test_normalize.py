@@ -26,6 +26,7 @@ def norm(message: dict, **kwargs) -> Event:
     ("product_removed", EventKind.CART_REMOVE),
     ("Checkout Started", EventKind.CHECKOUT),
     ("Order Completed", EventKind.PURCHASE),
+    ("Order Refunded", EventKind.REFUND),
     ("Newsletter Signed Up", EventKind.CUSTOM),
 ])
 def test_ecommerce_spec_names_map_to_kinds(name, kind):
@@ -78,6 +79,12 @@ def test_order_revenue_from_revenue_total_or_products():
     event = norm(track("Order Completed", order_id="o", products=products))
     assert event.revenue == Decimal("6.0")
     assert [line.product_id for line in event.products] == ["a", "b"]
+
+
+def test_refund_amount_is_its_total_kept_positive():
+    event = norm(track("Order Refunded", order_id="o", total=12.5, products=[{"product_id": "a", "price": 12.5}]))
+    assert (event.kind, event.order_id, event.revenue, len(event.products)) == (EventKind.REFUND, "o", Decimal("12.5"), 1)
+    assert norm(track("Order Refunded", order_id="o")).revenue == 0
 
 
 @pytest.mark.parametrize("message, field", [

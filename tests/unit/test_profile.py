@@ -3,6 +3,8 @@
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import orjson
+
 from spoor.events import Event, EventKind
 from stream_processors.profile import UserProfile
 
@@ -75,3 +77,31 @@ def test_encode_decode_round_trip_keeps_everything():
     assert restored.row() == profile.row()
     assert restored.recent_event_ids == profile.recent_event_ids
     assert restored.apply(event("4", EventKind.CART_ADD), 100) is False
+
+
+def test_orders_are_distinct_order_ids_and_revenue_is_net_of_refunds():
+    profile = fold(
+        event("1", EventKind.PURCHASE, 10, order_id="o1", revenue=Decimal("40")),
+        event("2", EventKind.PURCHASE, 20, order_id="o1", revenue=Decimal("40")),  # the same order, re-sent
+        event("3", EventKind.PURCHASE, 5, order_id="o2", revenue=Decimal("2.5")),
+        event("4", EventKind.REFUND, 30, order_id="C9", revenue=Decimal("12.25")),
+        event("5", EventKind.PURCHASE, 40, revenue=Decimal("1")),  # no order id: an order of its own
+    )
+    assert (profile.events, profile.orders, profile.revenue) == (5, 3, Decimal("31.25"))
+    assert profile.first_purchase_at == T0 + timedelta(minutes=5)
+    assert profile.last_purchase_at == T0 + timedelta(minutes=40)  # a refund is not a purchase
+
+
+def test_refund_before_any_order_makes_revenue_negative():
+    profile = fold(event("1", EventKind.REFUND, order_id="C1", revenue=Decimal("3")))
+    assert (profile.orders, profile.revenue, profile.last_purchase_at) == (0, Decimal("-3"), None)
+
+
+def test_order_ids_survive_encode_decode_and_older_states_decode():
+    profile = fold(event("1", EventKind.PURCHASE, order_id="o1", revenue=Decimal("5")))
+    restored = UserProfile.decode(profile.encode())
+    assert restored.apply(event("2", EventKind.PURCHASE, order_id="o1", revenue=Decimal("5")), 100) is True
+    assert (restored.orders, restored.revenue) == (1, Decimal("5"))
+    older = orjson.loads(profile.encode())
+    del older["recent_order_ids"]
+    assert UserProfile.decode(orjson.dumps(older)).orders == 1
