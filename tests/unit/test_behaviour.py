@@ -320,3 +320,17 @@ def test_idle_partitions_advance_with_the_injected_clock_only_when_enabled():
         clock[0] += 1
         tracker.advance(table, set())
         assert [t["kind"] for t in tracker.take_output().triggers] == expected
+
+
+def test_refunds_are_net_in_windows_and_monetary_and_a_repeated_order_id_counts_once():
+    behaviour = UserBehaviour()
+    rules = AnalyticsRules()
+    order = ev(EventKind.PURCHASE, 0, order_id="o1", revenue=Decimal("50"))
+    reloaded = ev(EventKind.PURCHASE, 1, order_id="o1", revenue=Decimal("50"))  # thank-you page reloaded
+    refund = Event(**{**ev(EventKind.PURCHASE, 2).model_dump(), "kind": EventKind.REFUND, "revenue": Decimal("20")})
+    for event in (order, reloaded, refund):
+        behaviour.apply("u1", event, rules)
+    row = behaviour.activity.row("u1")
+    assert (row["frequency"], row["monetary"], row["purchases_1d"], row["revenue_1d"]) == (1, 30, 1, 30)
+    session = behaviour.sessions.sessions[0]
+    assert (session.events, session.purchases, session.revenue) == (3, 1, "50")
