@@ -24,7 +24,6 @@ from spoor.events import Event, EventKind
 
 SEALED_CLIENT_IDS = 64  # client ids of dropped sessions remembered, so they are never re-opened
 RETIRED_IDS = 16  # retired ids remembered, so their deletion is repeated after a crash
-CLOSED_KEPT = 2  # dropped sessions remembered, so their last row is rewritten after a crash
 
 
 @dataclass(slots=True)
@@ -119,9 +118,11 @@ class SessionLog:
     latest: float | None = None  # the user's latest event time
     sealed_client_ids: list = field(default_factory=list)
     retired_ids: list = field(default_factory=list)
-    # The last sessions dropped from ``sessions``: kept so a redelivered batch can write them again.
+    # Sessions dropped from ``sessions`` by the latest fold that dropped any: stored, so a redelivered
+    # batch (state ahead of PostgreSQL) can write them again.
     closed: list = field(default_factory=list)
     changed: set = field(default_factory=set)  # not stored: ids of sessions changed since decoding
+    closed_now: list = field(default_factory=list)  # not stored: sessions dropped since decoding
 
     def add(self, event: Event, at: float, inactivity_s: float, lateness_s: float,
             repeated_order: bool = False) -> bool:
@@ -190,16 +191,18 @@ class SessionLog:
         self.sessions = keep
 
     def _close(self, session: Session) -> None:
-        self.closed.append(session)
-        del self.closed[:-CLOSED_KEPT]
+        self.closed_now.append(session)
 
     def to_write(self, everything: bool) -> list:
-        """Sessions whose rows must be (re)written: changed since decoding, or all that are kept."""
-        return [s for s in self.sessions + self.closed if everything or s.session_id in self.changed]
+        """Sessions whose rows must be (re)written: changed or dropped since decoding; with
+        ``everything``, also the kept ones and those the previous dropping fold dropped."""
+        changed = [s for s in self.sessions if everything or s.session_id in self.changed]
+        return changed + self.closed_now + (self.closed if everything else [])
 
     def encode(self) -> list:
+        closed = self.closed_now or self.closed
         return [[s.encode() for s in self.sessions], self.latest, self.sealed_client_ids, self.retired_ids,
-                [s.encode() for s in self.closed]]
+                [s.encode() for s in closed]]
 
     @classmethod
     def decode(cls, data: list) -> "SessionLog":

@@ -334,3 +334,15 @@ def test_refunds_are_net_in_windows_and_monetary_and_a_repeated_order_id_counts_
     assert (row["frequency"], row["monetary"], row["purchases_1d"], row["revenue_1d"]) == (1, 30, 1, 30)
     session = behaviour.sessions.sessions[0]
     assert (session.events, session.purchases, session.revenue) == (3, 1, "50")
+
+
+def test_every_session_a_fold_creates_and_drops_is_written():
+    """A replay can hold months of one customer in one batch: each session must still get its row."""
+    log = SessionLog()
+    days = [ev(EventKind.PURCHASE, d * 1440, revenue=Decimal(1)) for d in range(10)]
+    for e in days:
+        log.add(e, at(e), 30 * MIN, 6 * 3600)
+    assert len(log.sessions) == 1
+    assert sorted(s.started_at for s in log.to_write(everything=False)) == [at(e) for e in days]
+    again = SessionLog.decode(log.encode())  # after a crash, the redelivered batch rewrites them all
+    assert sorted(s.started_at for s in again.to_write(everything=True)) == [at(e) for e in days]
