@@ -177,6 +177,7 @@ class AnalyticsTracker:
             if pending:
                 self.redeliver.add(user_key)
         self.index_stale = False
+        metrics.TIMER_INDEX_REBUILDS.inc()
 
     def take_output(self) -> AnalyticsOutput:
         out, self.output = self.output, AnalyticsOutput()
