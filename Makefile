@@ -5,18 +5,19 @@ PYTHON ?= python3
 N ?= 200000
 export SPOOR_RUN_DIR ?= /var/tmp/spoor
 
-.PHONY: install up down demo test unit bench logs clean
+.PHONY: install up down demo test unit bench logs clean sdk-js
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml sdk/python/pyproject.toml
 	@echo "==> installing Spoor and its Python packages into $(VENV) (first run only)"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e sdk/python
 	@touch $@
 
 install: $(VENV)/.installed
 
-up: install          ## start Kafka, PostgreSQL, the collector and the worker in the background
+up: install          ## start Kafka, PostgreSQL and Spoor's processes (collector, worker, segments, campaigns, admin API)
 	@deploy/stack.sh up
 
 down:                ## stop everything `make up` started
@@ -25,12 +26,26 @@ down:                ## stop everything `make up` started
 demo: up             ## simulated shoppers through the stack, then a summary from PostgreSQL
 	@deploy/stack.sh demo
 
-test: install        ## unit tests, then integration and end-to-end tests on the real Kafka and PostgreSQL
+test: install sdk-js ## unit tests, then integration and end-to-end tests on the real Kafka and PostgreSQL
 	@deploy/stack.sh infra
+	@deploy/segment_node.sh
+	@deploy/prometheus.sh install  # Prometheus + Alertmanager from Debian, for tests/integration/test_monitoring.py
 	$(VENV)/bin/python -m pytest tests
 
 unit: install
 	$(VENV)/bin/python -m pytest tests/unit
+
+# Browser SDK: npm packages, Chromium for its browser tests, type check + unit tests, gzipped bundle size.
+sdk/js/node_modules/.installed: sdk/js/package-lock.json
+	@echo "==> installing the browser SDK's npm packages into sdk/js/node_modules (first run only)"
+	@# `npm install --no-save` installs the locked versions; `npm ci` refuses a lock without every
+	@# platform's optional rollup binary, which the registry here does not all serve.
+	cd sdk/js && npm install --no-save --no-audit --no-fund
+	@touch $@
+
+sdk-js: sdk/js/node_modules/.installed
+	@deploy/chromium.sh
+	cd sdk/js && npm test && npm run size
 
 bench: up            ## throughput and freshness figures (make bench N=1000000)
 	$(VENV)/bin/python bench/pipeline.py --events $(N)

@@ -2,7 +2,9 @@
 # The local stack: PostgreSQL and Kafka (deploy/postgres.sh, deploy/kafka.sh), then Spoor's processes.
 #   stack.sh infra   start PostgreSQL and Kafka only (what the tests need)
 #   stack.sh up      infra + schema + topics + demo write key + collector + worker
+#                    + segments and campaigns runners + admin HTTP API (token generated in the run dir)
 #   stack.sh demo    simulated traffic through a running stack and a summary
+#   stack.sh stop    stop Spoor's processes, leave PostgreSQL and Kafka running
 #   stack.sh down    stop everything
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -14,15 +16,20 @@ spoor="$venv/bin/spoor"
 demo_key=${SPOOR_DEMO_WRITE_KEY:-spoor-demo-write-key}
 collector_url="http://${SPOOR_COLLECTOR_HOST:-127.0.0.1}:${SPOOR_COLLECTOR_PORT:-8080}"
 worker_url="http://127.0.0.1:${SPOOR_WORKER_WEB_PORT:-6066}"
+segments_url="http://127.0.0.1:${SPOOR_SEGMENTS_WEB_PORT:-6070}"
+campaigns_url="http://127.0.0.1:${SPOOR_CAMPAIGNS_WEB_PORT:-6071}"
+admin_api_url="http://${SPOOR_ADMIN_API_HOST:-127.0.0.1}:${SPOOR_ADMIN_API_PORT:-8090}"
+processes=(admin-api campaigns segments worker collector)  # stop order
 mkdir -p "$logs"
 
 running() { [[ -f "$run_dir/$1.pid" ]] && kill -0 "$(cat "$run_dir/$1.pid")" 2>/dev/null; }
 
-start_process() {  # name, health URL, seconds to wait
+start_process() {  # name, health URL, seconds to wait, spoor arguments (default: the name)
   local name=$1 health=$2 wait_s=$3
+  shift 3
   if running "$name"; then echo "  $name already running"; return; fi
   echo "  starting $name (log: $logs/$name.log)"
-  nohup "$spoor" "$name" >>"$logs/$name.log" 2>&1 &
+  nohup "$spoor" "${@:-$name}" >>"$logs/$name.log" 2>&1 &
   echo $! >"$run_dir/$name.pid"
   for _ in $(seq 1 $((wait_s * 2))); do
     if curl -fsS -o /dev/null "$health" 2>/dev/null; then return; fi
@@ -43,6 +50,21 @@ stop_process() {
   rm -f "$run_dir/$name.pid"
 }
 
+# A random secret kept in the run dir (mode 600) and reused on the next `up`, unless set in the environment.
+local_secret() {  # file name
+  local file=$run_dir/$1
+  if [[ ! -s "$file" ]]; then
+    (umask 077; "$venv/bin/python" -c 'import secrets; print(secrets.token_urlsafe(32))' >"$file.tmp")
+    mv "$file.tmp" "$file"
+  fi
+  chmod 600 "$file"
+  cat "$file"
+}
+
+stop_processes() {
+  for name in "${processes[@]}"; do stop_process "$name"; done
+}
+
 infra() {
   echo "==> PostgreSQL"; "$here/postgres.sh" start
   echo "==> Kafka"; "$here/kafka.sh" start
@@ -60,10 +82,19 @@ case "${1:-}" in
     start_process collector "$collector_url/healthz" 60
     echo "  (the worker restores its table state from Kafka before it is ready: minutes for a large state)"
     start_process worker "$worker_url/healthz" 900
+    # The admin API's bearer token and the webhook signing key: the environment's, else generated.
+    SPOOR_ADMIN_TOKEN=${SPOOR_ADMIN_TOKEN:-$(local_secret admin_token)}
+    SPOOR_CAMPAIGN_WEBHOOK_SECRET=${SPOOR_CAMPAIGN_WEBHOOK_SECRET:-$(local_secret webhook_secret)}
+    export SPOOR_ADMIN_TOKEN SPOOR_CAMPAIGN_WEBHOOK_SECRET
+    start_process segments "$segments_url/healthz" 120 segments run
+    start_process campaigns "$campaigns_url/healthz" 120 campaigns run
+    start_process admin-api "$admin_api_url/healthz" 60 segments api
     echo "collector_url: $collector_url"
     echo "write_key: $demo_key"
     echo "database_url: ${SPOOR_DATABASE_URL:-postgresql://spoor:spoor@127.0.0.1:${SPOOR_PG_PORT:-5433}/spoor}"
     echo "kafka_bootstrap: ${SPOOR_KAFKA_BOOTSTRAP:-127.0.0.1:${SPOOR_KAFKA_PORT:-9092}}"
+    echo "admin_api_url: $admin_api_url"
+    echo "admin_token: $SPOOR_ADMIN_TOKEN"
     ;;
   demo)
     echo "==> demo traffic"
@@ -71,11 +102,11 @@ case "${1:-}" in
     echo
     echo "The stack is still running (psql: make up prints database_url). 'make down' stops it."
     ;;
+  stop) stop_processes ;;
   down)
-    stop_process worker
-    stop_process collector
+    stop_processes
     "$here/kafka.sh" stop
     "$here/postgres.sh" stop
     ;;
-  *) echo "usage: $0 infra|up|demo|down" >&2; exit 2 ;;
+  *) echo "usage: $0 infra|up|demo|stop|down" >&2; exit 2 ;;
 esac

@@ -5,8 +5,10 @@ Contract:
 - 400 when some event is invalid: each one is named (index, field, reason) and
   dead-lettered with its original payload; the valid events of the same batch
   are accepted (the body says how many).
-- 401 missing/unknown write key, 413 body or batch too large, 429 rate limited,
+- 401 missing/unknown write key, 403 browser origin not allowed for the key (ingest/cors.py),
+  413 body or batch too large, 429 rate limited,
   503 Kafka did not acknowledge (retry: redelivered events are deduplicated).
+- Events are enriched at the edge (ingest/enrich.py); the raw client IP goes nowhere.
 """
 
 import logging
@@ -20,16 +22,16 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import create_engine
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ingest import metrics
 from ingest.auth import RateLimiter, WriteKeyCache, write_key_from
-from ingest.normalize import InvalidEvent, normalize
-from ingest.producer import EventProducer, KafkaUnavailable, partition_for
-from spoor.bad_rows import bad_row
-from spoor.events import Event, encode_events
+from ingest.cors import CorsMiddleware, OriginPolicy
+from ingest.intake import Intake, RequestFacts
+from ingest.producer import EventProducer, KafkaUnavailable
 from spoor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,16 @@ class RequestRejected(Exception):
 
 
 class Collector:
-    def __init__(self, settings: Settings, producer: EventProducer, keys: WriteKeyCache):
+    def __init__(self, settings: Settings, producer: EventProducer, keys: WriteKeyCache,
+                 origins: OriginPolicy | None = None):
         self.settings = settings
+        self.origins = origins
         self.producer = producer
         self.keys = keys
         self.limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst_events)
         self.partitions = producer.partitions(settings.events_topic)
+        self.intake = Intake(settings.events_topic, settings.dead_letter_topic, self.partitions,
+                             settings.max_event_bytes)
 
     async def handle(self, request: Request, endpoint: str) -> Response:
         started = time.perf_counter()
@@ -72,6 +78,9 @@ class Collector:
         source = self.keys.source_for(write_key)
         if source is None:
             raise RequestRejected(401, "missing or unknown write key (HTTP basic auth user name or 'writeKey')")
+        denial = self.origins and self.origins.denial(request.headers.get("origin"), write_key)
+        if denial:
+            raise RequestRejected(403, denial)
 
         if endpoint == "batch":
             messages = body.get("batch")
@@ -88,7 +97,11 @@ class Collector:
             raise RequestRejected(429, "rate limit exceeded for this write key",
                                   {"Retry-After": str(max(1, math.ceil(wait)))})
 
-        records, rejected = self._normalize_all(messages, body, endpoint, source, received_at)
+        batch_context = body.get("context") if endpoint == "batch" and isinstance(body.get("context"), dict) else None
+        facts = RequestFacts(received_at=received_at, source=source, endpoint=endpoint, sent_at=body.get("sentAt"),
+                             context=batch_context, user_agent=request.headers.get("user-agent"),
+                             peer_ip=request.client.host if request.client else None)
+        records, rejected, _accepted = self.intake.records(messages, facts)
         try:
             await self.producer.send_all(records)
         except KafkaUnavailable as err:
@@ -102,31 +115,6 @@ class Collector:
             return JSONResponse({"success": False, "accepted": len(messages) - len(rejected),
                                  "rejected": rejected}, status_code=400)
         return JSONResponse({"success": True})
-
-    def _normalize_all(self, messages, body, endpoint, source, received_at):
-        """Kafka records for a request: one per partition holding its valid events, one per bad row."""
-        settings = self.settings
-        default_type = None if endpoint == "batch" else endpoint
-        batch_context = body.get("context") if endpoint == "batch" and isinstance(body.get("context"), dict) else None
-        by_partition: dict[int, list[Event]] = {}
-        records, rejected = [], []
-        for index, message in enumerate(messages):
-            try:
-                if isinstance(message, dict) and batch_context and "context" not in message:
-                    message = {**message, "context": batch_context}
-                if len(orjson.dumps(message)) > settings.max_event_bytes:
-                    raise InvalidEvent("$", f"an event may be at most {settings.max_event_bytes} bytes")
-                event = normalize(message, received_at=received_at, source=source,
-                                  batch_sent_at=body.get("sentAt"), default_type=default_type)
-            except InvalidEvent as err:
-                rejected.append({"index": index, "field": err.field, "reason": err.reason})
-                records.append((settings.dead_letter_topic, None, None,
-                                bad_row("collector", err.field, err.reason, message, source, received_at)))
-                continue
-            by_partition.setdefault(partition_for(event.user_key, self.partitions), []).append(event)
-        for partition, events in by_partition.items():
-            records.append((settings.events_topic, partition, None, encode_events(events)))
-        return records, rejected
 
     async def _read_json(self, request: Request):
         limit = self.settings.max_body_bytes
@@ -167,12 +155,14 @@ def create_app(settings: Settings) -> Starlette:
         engine = create_engine(settings.database_url, pool_size=2, pool_pre_ping=True)
         producer = EventProducer(settings)
         keys = WriteKeyCache(engine, settings.write_key_refresh_s)
-        state["collector"] = Collector(settings, producer, keys)
+        state["origins"] = origins = OriginPolicy.from_database(engine, settings.write_key_refresh_s)
+        state["collector"] = Collector(settings, producer, keys, origins)
         log.info("collector ready: %d write keys, producing to %s", len(keys.sources), settings.events_topic)
         try:
             yield
         finally:
             keys.close()
+            origins.close()
             producer.close()
             engine.dispose()
 
@@ -195,4 +185,5 @@ def create_app(settings: Settings) -> Starlette:
     routes = [Route("/v1/batch", endpoint("batch"), methods=["POST"])]
     routes += [Route(f"/v1/{name}", endpoint(name), methods=["POST"]) for name in SINGLE_MESSAGE_TYPES]
     routes += [Route("/healthz", healthz), Route("/metrics", prometheus)]
-    return Starlette(routes=routes, lifespan=lifespan)
+    cors = Middleware(CorsMiddleware, policy=lambda: state.get("origins"))
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[cors])

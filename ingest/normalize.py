@@ -24,6 +24,9 @@ TRACK_KINDS: dict[str, EventKind] = {
     "order completed": EventKind.PURCHASE,
     "order refunded": EventKind.REFUND,
 }
+# Event times outside this range are client bugs; they would also overflow date arithmetic downstream.
+EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=timezone.utc)
 MESSAGE_TYPES = {"track", "page", "screen", "identify", "alias", "group"}
 
 
@@ -37,11 +40,13 @@ class InvalidEvent(ValueError):
 
 
 def normalize(message: Any, *, received_at: datetime, source: str,
-              batch_sent_at: Any = None, default_type: str | None = None) -> Event:
+              batch_sent_at: Any = None, default_type: str | None = None,
+              enrichment: dict[str, Any] | None = None) -> Event:
+    """``enrichment``: fields computed at the edge (ingest.enrich), added as they are."""
     if not isinstance(message, dict):
         raise InvalidEvent("$", "a message must be a JSON object")
     msg_type = message.get("type") or default_type
-    if msg_type not in MESSAGE_TYPES:
+    if not isinstance(msg_type, str) or msg_type not in MESSAGE_TYPES:
         raise InvalidEvent("type", f"must be one of {sorted(MESSAGE_TYPES)}, got {msg_type!r}")
 
     user_id = _optional_id(message, "userId")
@@ -77,12 +82,14 @@ def normalize(message: Any, *, received_at: datetime, source: str,
     }
     if msg_type == "track":
         fields.update(_commerce_properties(properties, kind))
+    if enrichment:
+        fields.update(enrichment)
     try:
         return Event(**fields)
     except ValidationError as err:
         first = err.errors()[0]
         path = ".".join(str(p) for p in first["loc"])
-        raise InvalidEvent(_message_path(path), first["msg"]) from err
+        raise InvalidEvent(_message_path(path) if path else "$", first["msg"]) from err
 
 
 def event_time(message: dict, received_at: datetime, batch_sent_at: Any = None) -> datetime:
@@ -97,9 +104,13 @@ def event_time(message: dict, received_at: datetime, batch_sent_at: Any = None) 
     sent_at = _parse_time(message, "sentAt")
     if sent_at is None and batch_sent_at is not None:
         sent_at = _parse_time({"sentAt": batch_sent_at}, "sentAt")
-    if sent_at is None:
-        return timestamp
-    return received_at - (sent_at - timestamp)
+    try:
+        corrected = timestamp if sent_at is None else received_at - (sent_at - timestamp)
+    except OverflowError:
+        raise InvalidEvent("timestamp", "out of range once corrected for the client's clock (sentAt)") from None
+    if not EARLIEST_EVENT_TIME <= corrected < LATEST_EVENT_TIME:
+        raise InvalidEvent("timestamp", f"must fall between {EARLIEST_EVENT_TIME:%Y} and {LATEST_EVENT_TIME:%Y}")
+    return corrected
 
 
 def _session_and_campaign(context: dict) -> dict[str, Any]:

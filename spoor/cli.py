@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--name", required=True)
     create.add_argument("--source", required=True, help="web, ios, android, backend...")
     create.add_argument("--key", help="use this value instead of a random one")
+    create.add_argument("--origin", action="append", default=[],
+                        help="browser origin allowed to send with this key, e.g. https://shop.example (repeatable; * for any)")
+    origins = keys.add_parser("origins", help="show or replace the browser origins of a write key (CORS)")
+    origins.add_argument("name")
+    origins.add_argument("--origin", action="append", help="the new list (repeatable); none: show the current list")
     keys.add_parser("list", help="list write keys (names and sources, never values)")
     revoke = keys.add_parser("revoke", help="revoke a write key")
     revoke.add_argument("name")
@@ -30,6 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--write-key", required=True)
     commands.add_parser("summary", help="print the summary of what is in PostgreSQL")
     _add_replay_parser(commands)
+    from segments.cli import add_commands as add_segments_commands  # segments, campaigns, users
+    add_segments_commands(commands)
+    _add_dead_letter_commands(commands)
+    from alerts.cli import add_commands as add_alerts_commands
+    add_alerts_commands(commands)
 
     args = parser.parse_args(argv)
     long_running = args.command in ("collector", "worker")
@@ -37,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python logs every connection at INFO
     settings = Settings()
-    handler = globals()["_" + args.command]
+    handler = globals()["_" + args.command.replace("-", "_")]
     handler(settings, args)
 
 
@@ -82,13 +92,36 @@ def _keys(settings: Settings, args) -> None:
     from storage import write_keys
     engine = create_engine(settings.database_url)
     if args.action == "create":
-        print(write_keys.create_key(engine, args.name, args.source, args.key))
+        from storage.write_key_origins import normalize_origin
+        try:
+            [normalize_origin(origin) for origin in args.origin]  # before the key exists
+        except ValueError as err:
+            sys.exit(f"--origin: {err}")
+        key = write_keys.create_key(engine, args.name, args.source, args.key)
+        if args.origin:
+            _key_origins(engine, args.name, args.origin)
+        print(key)
+    elif args.action == "origins":
+        _key_origins(engine, args.name, args.origin)
     elif args.action == "list":
         for key in write_keys.list_keys(engine):
             state = f"revoked {key['revoked_at']:%Y-%m-%d}" if key["revoked_at"] else "active"
             print(f"{key['name']:<24} {key['source']:<12} {state}")
     elif not write_keys.revoke_key(engine, args.name):
         sys.exit(f"no active write key named {args.name!r}")
+
+
+def _key_origins(engine, name: str, origins: list[str] | None) -> None:
+    from storage.write_key_origins import origins_of, set_origins
+    try:
+        current = set_origins(engine, name, origins) if origins is not None else origins_of(engine, name)
+    except ValueError as err:
+        sys.exit(f"cannot set origins of {name!r}: {err}")
+    except KeyError:
+        current = None
+    if current is None:
+        sys.exit(f"no active write key named {name!r}")
+    print(f"{name}: browser origins {', '.join(current) or '(none: browsers are refused)'}", file=sys.stderr)
 
 
 def _demo(settings: Settings, args) -> None:
@@ -136,6 +169,98 @@ def _replay(settings: Settings, args) -> None:
     print("\n".join(summary_lines(result, url)))
     if result.rejected:
         sys.exit(1)
+
+
+def _segments(settings: Settings, args) -> None:
+    from segments.cli import run
+    run(settings, args)
+
+
+_campaigns = _users = _segments
+
+
+# --- dead letters: list and replay (issue 3) ---
+
+def _add_dead_letter_commands(commands) -> None:
+    dead = commands.add_parser("dead-letters", help="rejected events: list them, replay them after a fix")
+    actions = dead.add_subparsers(dest="action", required=True)
+    for name, help_text in (("list", "list dead letters, oldest first"),
+                            ("replay", "re-submit original payloads through the collector's normalisation")):
+        action = actions.add_parser(name, help=help_text)
+        action.add_argument("--since", help="ISO time, or an age such as 30m, 12h, 7d")
+        action.add_argument("--reason", help="part of the failure reason or field (case-insensitive)")
+        action.add_argument("--type", dest="failure_type", help="schema_violation, size_violation, parse_error...")
+        action.add_argument("--processor", help="collector or worker")
+        action.add_argument("--id", dest="ids", action="append", help="only this dead letter (repeatable)")
+        action.add_argument("--limit", type=int, default=100 if name == "list" else None)
+    actions.choices["list"].add_argument("--pending", action="store_true", help="only those not replayed yet")
+    actions.choices["list"].add_argument("--json", action="store_true", help="one JSON object per line")
+    actions.choices["replay"].add_argument("--dry-run", action="store_true",
+                                           help="judge the payloads, send nothing, mark nothing")
+
+
+def _dead_letters(settings: Settings, args) -> None:
+    from datetime import datetime, timezone
+
+    from sqlalchemy import create_engine
+
+    from storage.dead_letters import find_dead_letters, mark_replayed
+    engine = create_engine(settings.database_url)
+    rows = find_dead_letters(engine, since=_since(args.since), reason=args.reason, failure_type=args.failure_type,
+                             processor=args.processor, ids=args.ids, limit=args.limit,
+                             include_replayed=args.action == "list" and not args.pending)
+    if args.action == "list":
+        _print_dead_letters(rows, args.json)
+        if args.limit and len(rows) == args.limit and not args.json:
+            print(f"(the oldest {args.limit}: narrow with --since / --reason, or raise --limit)")
+        return
+    from ingest.producer import KafkaUnavailable
+    from ingest.dead_letter_replay import replay
+    started = datetime.now(timezone.utc)
+    try:
+        report = replay(settings, rows, dry_run=args.dry_run)
+    except KafkaUnavailable as err:
+        sys.exit(f"Kafka did not acknowledge the replay ({err}); nothing was marked replayed. "
+                 "Run it again: events already sent are counted once.")
+    if not args.dry_run and report.replayed_ids:
+        mark_replayed(engine, report.replayed_ids, started)
+    verb = "would replay" if args.dry_run else "replayed"
+    print(f"{verb} {report.replayed} dead letters: {report.accepted} accepted, "
+          f"{report.invalid_again} still invalid (new dead letters), {report.skipped} skipped (not replayable)")
+    for item in report.still_invalid[:20]:
+        print(f"  still invalid: {item['id']}  {item['field']}: {item['reason']}")
+
+
+def _since(value: str | None):
+    from datetime import datetime, timedelta, timezone
+    if not value:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].isdigit():
+        return datetime.now(timezone.utc) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        sys.exit(f"--since: expected an ISO time or an age such as 30m, 12h, 7d; got {value!r}")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _print_dead_letters(rows: list[dict], as_json: bool) -> None:
+    import orjson
+    for row in rows:
+        if as_json:
+            print(orjson.dumps(row, default=str).decode())
+            continue
+        state = f"replayed {row['replayed_at']:%Y-%m-%d %H:%M}" if row["replayed_at"] else "pending"
+        print(f"{row['received_at']:%Y-%m-%d %H:%M:%S}  {row['id']:<36} {row['processor']:<9} "
+              f"{row['failure_type'] or '-':<16} {row['field'] or '-'}: {row['reason'][:80]}  [{state}]")
+    if not as_json:
+        print(f"{len(rows)} dead letters")
+
+
+def _alerts(settings: Settings, args) -> None:
+    from alerts.cli import run
+    run(settings, args)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import time
 from sqlalchemy import Engine
 
 from spoor.collector_client import CollectorClient
-from spoor.simulate import simulate
+from spoor.demo_alerts import demo_traffic, print_alerts, wait_for_alerts
 from storage.queries import count_dead_letters, count_events, summary
 
 BATCH = 100
@@ -33,11 +33,11 @@ def invalid_messages(seed: int) -> list[dict]:
 
 def run_demo(engine: Engine, collector_url: str, write_key: str, users: int, timeout_s: float = 180) -> dict:
     seed = int(time.time())
-    messages = simulate(users, seed=seed)
+    messages, story = demo_traffic(engine, users, seed)  # includes a checkout outage, time-compressed
     bad = invalid_messages(seed)
     events_before, rejected_before = count_events(engine), count_dead_letters(engine)
     client = CollectorClient(collector_url, write_key)
-    print(f"sending {len(messages)} events of {users} simulated shoppers to {collector_url} "
+    print(f"sending {len(messages)} events of {users} simulated shoppers and steady traffic to {collector_url} "
           f"(plus {len(bad)} invalid events and one re-sent batch)", flush=True)
     started = time.monotonic()
     rejected = 0
@@ -69,7 +69,8 @@ def run_demo(engine: Engine, collector_url: str, write_key: str, users: int, tim
             raise SystemExit(f"the worker persisted only {persisted}/{len(messages)} events in {timeout_s}s: "
                              "see the worker log (make logs)")
         time.sleep(0.5)
-    return summary(engine)
+    print("  waiting for the checkout alert to fire and resolve (event time)", flush=True)
+    return {**summary(engine), "alerts": wait_for_alerts(engine, story), "story": story}
 
 
 def print_summary(result: dict) -> None:
@@ -87,3 +88,5 @@ def print_summary(result: dict) -> None:
     print("  top products        product    views  cart adds")
     for row in result["top_products"]:
         print(f"                      {row['product_id']:<10} {row['views']:>5}  {row['cart_adds']:>9}")
+    if "story" in result:
+        print_alerts(result["alerts"], result["story"])

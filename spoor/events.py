@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Annotated
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -81,6 +81,27 @@ class Event(BaseModel):
     session_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     utm_source: Annotated[str, StringConstraints(max_length=256)] | None = None
     utm_campaign: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+    # Edge enrichment (ingest/enrich.py): parsed user agent, client IP with its last octet
+    # (IPv4) or last 80 bits (IPv6) dropped, known bots flagged. None when nothing was sent.
+    browser: Annotated[str, StringConstraints(max_length=128)] | None = None
+    browser_version: Annotated[str, StringConstraints(max_length=32)] | None = None
+    os: Annotated[str, StringConstraints(max_length=128)] | None = None
+    os_version: Annotated[str, StringConstraints(max_length=32)] | None = None
+    device: Annotated[str, StringConstraints(max_length=128)] | None = None
+    is_bot: bool | None = None
+    anonymized_ip: Annotated[str, StringConstraints(max_length=45)] | None = None
+
+    @model_validator(mode="after")
+    def _no_nul_characters(self) -> "Event":
+        # PostgreSQL text and jsonb cannot hold U+0000: such an event would fail every write.
+        for name, value in self.__dict__.items():
+            if isinstance(value, str) and "\x00" in value:
+                raise ValueError(f"{name} may not contain the NUL character")
+        for line in self.products:
+            if "\x00" in (line.product_id or "") + (line.category or ""):
+                raise ValueError("products may not contain the NUL character")
+        return self
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json", exclude_defaults=True))

@@ -48,6 +48,38 @@ class Settings(BaseSettings):
     # Replay (`spoor replay`): the write key `make up` creates, used when none is given.
     demo_write_key: str = "spoor-demo-write-key"
 
+    # Segments and campaigns (segments/).
+    segments_topic: str = "spoor.segments"  # enter/exit messages, keyed by user key
+    campaigns_dead_letter_topic: str = "spoor.campaigns.dlq"  # deliveries that failed their last try
+    segments_poll_s: float = Field(5.0, gt=0)  # how often the incremental pass looks for changed profiles
+    segments_full_recompute_s: float = Field(900.0, gt=0)  # scheduled full recompute of every active segment
+    # Changed profiles are re-read from this far before the last pass, because a profile's updated_at
+    # is its transaction's start time and that transaction may commit later.
+    segments_change_overlap_s: float = Field(120.0, ge=0)
+    campaigns_poll_s: float = Field(2.0, gt=0)
+    campaign_webhook_secret: str = ""  # HMAC-SHA256 key for webhook signatures; required to send webhooks
+    campaign_webhook_timeout_s: float = Field(5.0, gt=0)
+    campaign_default_time_zone: str = "UTC"  # for quiet hours of users without a time zone in user_consent
+    admin_token: str = ""  # bearer token of the segments/campaigns HTTP API; the API refuses to start without it
+    admin_api_host: str = "127.0.0.1"
+    admin_api_port: int = 8090
+    segments_web_port: int = 6070  # /healthz and /metrics of `spoor segments run` (0 = none)
+    campaigns_web_port: int = 6071  # the same for `spoor campaigns run`
+    # Metric windows and alerts (stream_processors/metric_agent.py, alerts/).
+    metric_lateness_s: float = Field(120.0, ge=0)  # a window closes this long (event time) after its end
+    metric_idle_partition_s: float = Field(10.0, ge=0)  # then a partition with nothing to read stops holding windows
+    alerts_enabled: bool = True
+    alerts_topic: str = "spoor.alerts"
+    alert_rules_path: str = ""  # empty: alerts/rules.yaml in the package
+    alert_eval_interval_s: float = Field(1.0, gt=0)
+    alertmanager_url: str = ""  # e.g. http://127.0.0.1:9093; empty: no such notifier
+    alert_slack_webhook_url: str = ""
+    alert_webhook_url: str = ""
+    alert_webhook_secret: str = ""  # HMAC-SHA256 key of the generic webhook's signature
+    alert_notify_attempts: int = Field(5, ge=1, le=20)
+    alert_drain_s: float = Field(5.0, ge=0)  # on SIGTERM, wait this long for queued notifications
+    worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape /metrics
+
     # Behaviour analytics: sessions, rolling windows, funnels, triggers (README "Behaviour analytics").
     worker_store: str = "rocksdb://"  # Faust table store; "memory://" keeps state in memory only
     analytics_enabled: bool = True

@@ -47,12 +47,12 @@ def shopper_journey(rng: random.Random, user: str, products: list[dict], start: 
     return messages
 
 
-def simulate(users: int, seed: int = 42, start: datetime | None = None) -> list[dict]:
-    """Messages of ``users`` shoppers, interleaved as a collector would receive them."""
+def simulate(users: int, seed: int = 42, start: datetime | None = None, spread_s: int = 3600) -> list[dict]:
+    """Messages of ``users`` shoppers arriving over ``spread_s``, interleaved as a collector would receive them."""
     rng = random.Random(seed)
     products = catalog()
     start = start or datetime.now(timezone.utc) - timedelta(hours=2)
-    journeys = [shopper_journey(rng, f"user-{seed}-{i}", products, start + timedelta(seconds=rng.randint(0, 3600)))
+    journeys = [shopper_journey(rng, f"user-{seed}-{i}", products, start + timedelta(seconds=rng.randint(0, spread_s)))
                 for i in range(users)]
     messages = [m for journey in journeys for m in journey]
     messages.sort(key=lambda m: m["timestamp"])

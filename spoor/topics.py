@@ -1,5 +1,7 @@
 """Creates Spoor's Kafka topics explicitly (the broker never auto-creates them)."""
 
+import time
+
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -15,6 +17,8 @@ def spoor_topics(settings: Settings) -> list[NewTopic]:
                  topic_configs={**retention, "retention.ms": str(4 * settings.topic_retention_ms)}),
         # Behavioural triggers, keyed by user key, for campaigns (README "Behavioural triggers").
         NewTopic(settings.triggers_topic, settings.topic_partitions, 1, topic_configs=retention),
+        # Alert transitions (spoor.alert/1 JSON keyed by fingerprint), for other systems to act on.
+        NewTopic(settings.alerts_topic, 1, 1, topic_configs={**retention, "retention.ms": str(4 * settings.topic_retention_ms)}),
     ]
 
 
@@ -34,7 +38,7 @@ def create_topics(settings: Settings) -> list[str]:
                 admin.create_topics(missing)
             except TopicAlreadyExistsError:  # created by a concurrent caller: fine
                 pass
-        for topic in admin.describe_topics([t.name for t in wanted]):
+        for topic in _described(admin, [t.name for t in wanted]):
             want = next(t for t in wanted if t.name == topic["name"])
             have = len(topic["partitions"])
             if have != want.num_partitions:
@@ -43,6 +47,16 @@ def create_topics(settings: Settings) -> list[str]:
         return [t.name for t in missing]
     finally:
         admin.close()
+
+
+def _described(admin: KafkaAdminClient, names: list[str], timeout_s: float = 10.0) -> list[dict]:
+    """describe_topics, waiting while a just-created topic still shows no partitions (metadata lag)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.describe_topics(names)
+        if all(topic["partitions"] for topic in topics) or time.monotonic() > deadline:
+            return topics
+        time.sleep(0.2)
 
 
 def missing_topics(settings: Settings) -> list[str]:

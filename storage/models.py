@@ -3,7 +3,7 @@
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, Numeric, String, Text, func
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, Numeric, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -103,6 +103,14 @@ class Event(Base):
     order_id: Mapped[str | None] = mapped_column(String(256))
     revenue: Mapped[Decimal | None] = mapped_column(MONEY)
     currency: Mapped[str | None] = mapped_column(String(3))
+    # Edge enrichment (migration 0004): parsed user agent, anonymised IP, bot flag.
+    browser: Mapped[str | None] = mapped_column(String(128))
+    browser_version: Mapped[str | None] = mapped_column(String(32))
+    os: Mapped[str | None] = mapped_column(String(128))
+    os_version: Mapped[str | None] = mapped_column(String(32))
+    device: Mapped[str | None] = mapped_column(String(128))
+    is_bot: Mapped[bool | None] = mapped_column(Boolean)
+    anonymized_ip: Mapped[str | None] = mapped_column(String(45))
     persisted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
@@ -124,6 +132,13 @@ class DeadLetter(Base):
     source: Mapped[str | None] = mapped_column(String(64))
     payload: Mapped[dict] = mapped_column(JSONB)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Bad row version 2 (migration 0004): failure type, every message, request facts, replay lineage.
+    schema_version: Mapped[int | None] = mapped_column(Integer)
+    failure_type: Mapped[str | None] = mapped_column(String(64))
+    messages: Mapped[list | None] = mapped_column(JSONB)
+    request: Mapped[dict | None] = mapped_column(JSONB)
+    replay_of: Mapped[str | None] = mapped_column(String(300))
+    replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class WriteKey(Base):

@@ -17,6 +17,7 @@ from storage.writers import StreamWriter
 from stream_processors import metrics
 from stream_processors.continuity import OffsetContinuity
 from stream_processors.durable_table import DurableTable
+from stream_processors.metric_agent import register_metric_windows
 from stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
 from stream_processors.analytics_tracker import AnalyticsTracker
 from stream_processors.behaviour import AnalyticsRules
@@ -67,7 +68,7 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
-        web_bind="127.0.0.1",
+        web_bind=settings.worker_web_host,
         web_port=settings.worker_web_port,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -151,6 +152,8 @@ def create_app(settings: Settings) -> faust.App:
                     for e in await without_holes(batch)]
             await fail_stop_on_error(run_blocking(writer.write_dead_letters, rows), "storing dead letters")
             metrics.DEAD_LETTERS.inc(len(rows))
+
+    register_metric_windows(app, settings, events_topic, dead_letter_topic, engine)
 
     @app.page("/metrics")
     async def prometheus(web, request):

@@ -1,6 +1,6 @@
 """Every Prometheus metric the worker exports, in one place."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("spoor_worker_events_total",
                  "Events read from the events topic, by outcome: applied, duplicate (same event id "
@@ -23,3 +23,17 @@ SESSION_TOO_LATE = Counter("spoor_worker_session_too_late_events_total",
 TRIGGERS = Counter("spoor_worker_triggers_total", "Behavioural trigger messages delivered (Kafka and PostgreSQL).")
 TIMER_INDEX_REBUILDS = Counter("spoor_worker_timer_index_rebuilds_total",
                                "Rebuilds of the trigger timer index from the table after an assignment.")
+
+# Business-metric windows (stream_processors/metric_agent.py).
+METRIC_WINDOW_END = Gauge("spoor_metric_window_end_timestamp_seconds",
+                          "Event-time end of the latest closed metric window, by resolution.", ["resolution"])
+METRIC_WINDOWS_WRITTEN = Counter("spoor_metric_window_rows_total",
+                                 "Metric window rows written to PostgreSQL (one per window, dimension, partition).")
+METRIC_LATE_EVENTS = Gauge("spoor_metric_late_events",
+                           "Events that arrived after their 1-minute window had closed (not in the metrics), "
+                           "since the worker started.")
+CONSUMER_LAG = Gauge("spoor_worker_consumer_lag_records",
+                     "Records of an assigned partition not yet committed by the worker's consumer group "
+                     "(high watermark minus committed offset).", ["topic", "partition"])
+EVENT_TIME_LAG = Gauge("spoor_metric_event_time_lag_seconds",
+                       "Wall clock minus the newest event time folded into metric windows (stream freshness).")

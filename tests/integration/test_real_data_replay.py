@@ -2,7 +2,7 @@
 
 The expected numbers are computed here from the raw files with pandas, with
 none of Spoor's code: per-customer orders, revenue net of cancellations, first
-and last purchase, recency and RFM quintiles for the UCI Online Retail file
+and last purchase, recency, RFM scores and groups for the UCI Online Retail file
 (all 245,903 rows); per-user counts for the REES46 sample. They must match
 ``user_profiles`` and ``user_rfm`` exactly.
 
@@ -11,6 +11,7 @@ RFM scores are relative to the latest purchase in the database, and the REES46
 purchases are from 2019.
 """
 
+import bisect
 import re
 import subprocess
 import sys
@@ -63,22 +64,27 @@ def expected_online_retail() -> dict:
             "latest_order_at": orders["at"].max(), "total_revenue": total_revenue}
 
 
-def ntile(count: int, buckets: int = 5) -> list[int]:
-    """SQL's NTILE for ``count`` ordered rows: the first count % buckets groups get one more row."""
-    size, extra = divmod(count, buckets)
-    return [b + 1 for b in range(buckets) for _ in range(size + (b < extra))]
+def rfm_group(r: int, f: int) -> str:
+    """The README's named groups: the first rule that matches."""
+    if r >= 4 and f >= 4:
+        return "champions"
+    if r >= 3:
+        return "loyal" if f >= 3 else "potential_loyalists"
+    if f >= 3:
+        return "at_risk"
+    return "hibernating" if r == 2 else "lost"
 
 
 def expected_rfm(users: pd.DataFrame, reference_date) -> pd.DataFrame:
     customers = users[(users["orders"] > 0) & ~users.index.str.startswith("guest-")].copy()
-    customers["user_key"] = customers.index
     customers["recency_days"] = [(reference_date - at.date()).days for at in customers["last_purchase_at"]]
-    for score, column, newest_first in (("r_score", "recency_days", True), ("f_score", "orders", False),
-                                        ("m_score", "revenue", False)):
-        ordered = sorted(customers.index, key=lambda k: (-customers.at[k, column] if newest_first
-                                                        else customers.at[k, column], k))
-        customers.loc[ordered, score] = ntile(len(ordered))
+    # A score is the fifth of customers that a value starts in, counting the customers with a lower
+    # value: the latest purchase, most orders and most money score 5, and tied values share a score.
+    for score, column in (("r_score", "last_purchase_at"), ("f_score", "orders"), ("m_score", "revenue")):
+        ordered = sorted(customers[column])
+        customers[score] = [1 + 5 * bisect.bisect_left(ordered, value) // len(ordered) for value in customers[column]]
     customers["rfm_score"] = 100 * customers["r_score"] + 10 * customers["f_score"] + customers["m_score"]
+    customers["rfm_group"] = [rfm_group(r, f) for r, f in zip(customers["r_score"], customers["f_score"])]
     return customers
 
 
@@ -191,11 +197,16 @@ def test_rfm_scores_match_an_independent_computation(online_retail, retail_truth
     actual = actual.loc[expected.index]
     for column, want in (("recency_days", "recency_days"), ("frequency", "orders"), ("monetary", "revenue"),
                          ("r_score", "r_score"), ("f_score", "f_score"), ("m_score", "m_score"),
-                         ("rfm_score", "rfm_score")):
+                         ("rfm_score", "rfm_score"), ("rfm_group", "rfm_group")):
         mismatched = [(key, actual.at[key, column], value) for key, value in expected[want].items()
                       if actual.at[key, column] != value]
         assert not mismatched, f"{column}: {len(mismatched)} customers differ, e.g. {mismatched[:5]}"
-    assert sorted(actual["r_score"].value_counts()) == sorted(pd.Series(ntile(len(actual))).value_counts())
+    # Equal values, equal scores. Nearly half the customers ordered once: all of them are F = 1.
+    for column, score in (("frequency", "f_score"), ("monetary", "m_score"), ("last_purchase_at", "r_score")):
+        assert actual.groupby(column)[score].nunique().max() == 1
+    assert set(actual.loc[actual["frequency"] == 1, "f_score"]) == {1}
+    assert (actual["frequency"] == 1).sum() > 0.4 * len(actual)
+    assert set(actual["rfm_group"]) == {"champions", "loyal", "potential_loyalists", "at_risk", "hibernating", "lost"}
 
 
 def test_a_pinned_reference_date_moves_recency_only(online_retail, retail_truth, engine):

@@ -1,0 +1,202 @@
+"""HTTP API for segments, campaigns and users (FastAPI; OpenAPI at /openapi.json, docs at /docs).
+
+Every route except /healthz needs ``Authorization: Bearer <SPOOR_ADMIN_TOKEN>``. Definitions are the
+same YAML/JSON documents as the CLI takes (see README); errors in them are answered 400 with the reason.
+"""
+
+import hmac
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine, select
+
+from segments import SegmentsError, campaigns, membership
+from segments.campaign_spec import parse_campaign
+from segments.campaigns import CampaignStore, UnknownCampaign
+from segments.erase import erase_user
+from segments.fields import FIELDS
+from segments.language import parse_segment
+from segments.membership import SegmentStore, UnknownSegment, utcnow
+from spoor.settings import Settings
+from storage.models import UserActivity, UserProfile
+
+MAX_BODY_BYTES = 1_000_000
+Name = Annotated[str, Path(max_length=64)]
+UserKey = Annotated[str, Path(min_length=1, max_length=256)]
+SEGMENT_EXAMPLE = {"name": "shoe_fans", "description": "frequent shoe buyers",
+                   "where": {"all": ["purchases_30d >= 2", 'favourite_category == "shoes"',
+                                     'did "Product Added" in last 24h and not "Order Completed"']}}
+CAMPAIGN_EXAMPLE = {"name": "cart_rescue", "audience": {"trigger": "cart_abandonment"},
+                    "action": {"webhook": "https://crm.example/hooks/spoor"}, "delay": "30m",
+                    "frequency_cap": {"max": 1, "per": "7d"}, "quiet_hours": {"start": "21:00", "end": "08:00"},
+                    "expires_after": "2d", "holdout_percent": 10}
+
+
+def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
+    if not settings.admin_token:
+        raise SegmentsError("SPOOR_ADMIN_TOKEN is not set: the API does not run without authentication")
+    app = FastAPI(title="Spoor segments and campaigns", version="1",
+                  description="Define, preview, launch and pause segments and campaigns; read a user's profile, "
+                              "segments and campaign history; record consent; erase a user.")
+    bearer = HTTPBearer(auto_error=False)
+
+    def authenticated(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(),
+                                                          settings.admin_token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(authenticated)]
+    segment_store, campaign_store = SegmentStore(engine), CampaignStore(engine)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(SegmentsError)
+    async def definition_error(_request, err: SegmentsError):
+        status = 404 if isinstance(err, (UnknownSegment, UnknownCampaign)) else 400
+        return JSONResponse({"detail": str(err)}, status_code=status)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/fields", dependencies=auth, summary="The field catalogue segment conditions may use")
+    def fields() -> list[dict]:
+        return [{"name": f.name, "type": f.type, "source": f.source, "description": f.description}
+                for f in FIELDS.values()]
+
+    # Segments
+    @app.get("/segments", dependencies=auth)
+    def list_segments() -> list[dict]:
+        return segment_store.rows()
+
+    @app.put("/segments/{name}", dependencies=auth, summary="Create or replace a segment (status unchanged)")
+    def put_segment(name: Name, definition: Annotated[dict, Body(examples=[SEGMENT_EXAMPLE])]) -> dict:
+        spec = parse_segment({**definition, "name": definition.get("name", name)})
+        if spec.name != name:
+            raise SegmentsError(f"the definition is named {spec.name!r}, the path says {name!r}")
+        segment_store.save(spec)
+        return {**segment_store.row(name), "definition": spec.model_dump(mode="json", by_alias=True)}
+
+    @app.get("/segments/{name}", dependencies=auth)
+    def get_segment(name: Name) -> dict:
+        return {**segment_store.row(name),
+                "definition": segment_store.get(name).model_dump(mode="json", by_alias=True)}
+
+    @app.post("/segments/preview", dependencies=auth, summary="Size and sample of a definition, without saving")
+    def preview_definition(definition: Annotated[dict, Body(examples=[SEGMENT_EXAMPLE])],
+                           sample: int = Query(10, ge=0, le=100)) -> dict:
+        return membership.preview(engine, parse_segment(definition), segment_store.specs(), clock(), sample)
+
+    @app.get("/segments/{name}/preview", dependencies=auth, summary="Size and sample of a saved segment now")
+    def preview_segment(name: Name, sample: int = Query(10, ge=0, le=100)) -> dict:
+        return membership.preview(engine, segment_store.get(name), segment_store.specs(), clock(), sample)
+
+    @app.post("/segments/{name}/launch", dependencies=auth, summary="Maintain membership (computed at once)")
+    def launch_segment(name: Name) -> dict:
+        segment_store.set_status(name, "active")
+        entered, left = membership.full_recompute(engine, clock(), [name])[name]
+        return {**segment_store.row(name), "entered": entered, "left": left}
+
+    @app.post("/segments/{name}/pause", dependencies=auth, summary="Stop maintaining membership")
+    def pause_segment(name: Name) -> dict:
+        segment_store.set_status(name, "paused")
+        return segment_store.row(name)
+
+    @app.post("/segments/{name}/recompute", dependencies=auth, summary="Full recompute now")
+    def recompute_segment(name: Name) -> dict:
+        entered, left = membership.full_recompute(engine, clock(), [name])[name]
+        return {"segment": name, "entered": entered, "left": left}
+
+    @app.get("/segments/{name}/members", dependencies=auth)
+    def segment_members(name: Name, limit: int = Query(100, ge=1, le=10_000),
+                        after: str | None = Query(None, max_length=256)) -> list[dict]:
+        segment_store.row(name)
+        return membership.members(engine, name, limit, after)
+
+    @app.get("/segments/{name}/history", dependencies=auth, summary="Latest entries and exits")
+    def segment_history(name: Name, limit: int = Query(100, ge=1, le=10_000)) -> list[dict]:
+        segment_store.row(name)
+        return membership.history(engine, name, limit)
+
+    @app.get("/segments/{name}/sizes", dependencies=auth, summary="Segment size at each step from start to end")
+    def segment_sizes(name: Name, start: datetime, end: datetime,
+                      step_s: int = Query(3600, ge=60, le=366 * 86400)) -> list[dict]:
+        segment_store.row(name)
+        return membership.sizes(engine, name, start, end, timedelta(seconds=step_s))
+
+    # Campaigns
+    @app.get("/campaigns", dependencies=auth)
+    def list_campaigns() -> list[dict]:
+        return campaign_store.rows()
+
+    @app.put("/campaigns/{name}", dependencies=auth, summary="Create or replace a campaign (status unchanged)")
+    def put_campaign(name: Name, definition: Annotated[dict, Body(examples=[CAMPAIGN_EXAMPLE])]) -> dict:
+        spec = parse_campaign({**definition, "name": definition.get("name", name)})
+        if spec.name != name:
+            raise SegmentsError(f"the definition is named {spec.name!r}, the path says {name!r}")
+        campaign_store.save(spec)
+        return campaign_store.get(name)[1]
+
+    @app.get("/campaigns/{name}", dependencies=auth)
+    def get_campaign(name: Name) -> dict:
+        return campaign_store.get(name)[1]
+
+    @app.get("/campaigns/{name}/preview", dependencies=auth, summary="Who the campaign would reach")
+    def preview_campaign(name: Name, sample: int = Query(10, ge=0, le=100)) -> dict:
+        return campaigns.preview(engine, campaign_store.get(name)[0], clock(), sample)
+
+    @app.post("/campaigns/{name}/launch", dependencies=auth)
+    def launch_campaign(name: Name) -> dict:
+        spec, _ = campaign_store.get(name)
+        if spec.action.webhook and not settings.campaign_webhook_secret:
+            raise SegmentsError("SPOOR_CAMPAIGN_WEBHOOK_SECRET is not set: webhooks cannot be signed")
+        campaign_store.launch(name, clock())
+        return campaign_store.get(name)[1]
+
+    @app.post("/campaigns/{name}/pause", dependencies=auth)
+    def pause_campaign(name: Name) -> dict:
+        campaign_store.pause(name)
+        return campaign_store.get(name)[1]
+
+    @app.get("/campaigns/{name}/report", dependencies=auth, summary="Conversion of treated vs holdout, with lift")
+    def campaign_report(name: Name, days: int | None = Query(None, ge=1, le=90)) -> dict:
+        return campaigns.report(engine, name, days)
+
+    # Users
+    @app.get("/users/{user_key}", dependencies=auth, summary="Profile, activity, segments and campaign history")
+    def get_user(user_key: UserKey) -> dict[str, Any]:
+        return user_view(engine, user_key)
+
+    @app.put("/users/{user_key}/consent", dependencies=auth, summary="Opt a user out of (or back into) campaigns")
+    def put_consent(user_key: UserKey, opted_out: bool | None = Body(None, embed=True),
+                    time_zone: str | None = Body(None, embed=True, max_length=64)) -> dict:
+        return campaigns.set_consent(engine, user_key, opted_out, time_zone)
+
+    @app.delete("/users/{user_key}", dependencies=auth, summary="Erase a user (PostgreSQL and Faust tables)")
+    def erase(user_key: UserKey) -> dict:
+        return erase_user(settings, engine, user_key, actor="api")
+
+    return app
+
+
+def user_view(engine: Engine, user_key: str) -> dict:
+    from storage.segments_models import UserConsent
+    with engine.connect() as conn:
+        profile = conn.execute(select(UserProfile.__table__).where(UserProfile.user_key == user_key)).first()
+        activity = conn.execute(select(UserActivity.__table__).where(UserActivity.user_key == user_key)).first()
+        consent = conn.execute(select(UserConsent.__table__).where(UserConsent.user_key == user_key)).first()
+    if profile is None and consent is None:
+        raise HTTPException(404, "no such user")
+    return {"user_key": user_key, "profile": dict(profile._mapping) if profile else None,
+            "activity": dict(activity._mapping) if activity else None,
+            "consent": dict(consent._mapping) if consent else None,
+            "segments": membership.user_segments(engine, user_key),
+            "campaigns": campaigns.user_history(engine, user_key)}

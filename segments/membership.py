@@ -1,0 +1,284 @@
+"""Segment definitions in PostgreSQL and their membership, kept current two ways that agree.
+
+``refresh(name, now, user_keys)`` runs the segment's compiled SELECT (for everyone, or only for the
+given users), diffs it against ``segment_members`` and records each entry and exit in
+``segment_transitions`` -- all in one statement, under a per-segment advisory lock:
+
+- full recompute = ``refresh`` without ``user_keys`` (scheduled by the runner, or on demand);
+- incremental = ``refresh`` restricted to the users whose profile or activity row changed since
+  the last pass (``updated_at``). Segments using RFM scores are recomputed in full whenever anyone
+  changed, because one user's purchase moves everyone's quintiles.
+
+Because both run the same SQL, a user's membership after an incremental pass is exactly what a full
+recompute at the same evaluation time gives. Conditions on time ("in the last 24h", "days since")
+can change without any new event; the scheduled full recompute picks those up.
+"""
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import Engine, delete, exists, func, literal, select, text, union_all, update
+from sqlalchemy.dialects.postgresql import insert
+
+from segments.builtin import BUILTIN_SEGMENTS
+from segments.compiler import compile_segment
+from segments.language import SegmentDefinitionError, SegmentSpec, parse_segment
+from storage.models import UserActivity, UserProfile
+from storage.segments_models import SegmentCursor, SegmentDefinition, SegmentMember, SegmentTransition
+
+DEFINITIONS = SegmentDefinition.__table__
+MEMBERS = SegmentMember.__table__
+TRANSITIONS = SegmentTransition.__table__
+CURSORS = SegmentCursor.__table__
+KEY_CHUNK = 1000  # bounds the incremental diff even under a nested-loop plan
+STATUSES = ("draft", "active", "paused")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UnknownSegment(SegmentDefinitionError):
+    pass
+
+
+class SegmentStore:
+    """Definitions: saved only after validation and a compile check (unknown fields, references, cycles)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def specs(self) -> dict[str, SegmentSpec]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(DEFINITIONS.c.definition)).scalars().all()
+        return {spec.name: spec for spec in (parse_segment(row) for row in rows)}
+
+    def get(self, name: str) -> SegmentSpec:
+        spec = self.specs().get(name)
+        if spec is None:
+            raise UnknownSegment(f"no segment named {name[:80]!r}")
+        return spec
+
+    def rows(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            count = (select(func.count()).where(MEMBERS.c.segment == DEFINITIONS.c.name).scalar_subquery())
+            return [dict(r._mapping) for r in conn.execute(
+                select(DEFINITIONS.c.name, DEFINITIONS.c.description, DEFINITIONS.c.status, DEFINITIONS.c.builtin,
+                       DEFINITIONS.c.updated_at, DEFINITIONS.c.last_full_recompute_at, count.label("members"))
+                .order_by(DEFINITIONS.c.name))]
+
+    def row(self, name: str) -> dict:
+        for row in self.rows():
+            if row["name"] == name:
+                return row
+        raise UnknownSegment(f"no segment named {name[:80]!r}")
+
+    def save(self, spec: SegmentSpec, *, builtin: bool = False, status: str | None = None) -> None:
+        known = self.specs()
+        known[spec.name] = spec
+        compile_segment(spec, known.get, utcnow())  # unknown references and cycles fail here
+        values = {"name": spec.name, "description": spec.description,
+                  "definition": spec.model_dump(mode="json", by_alias=True), "builtin": builtin}
+        stmt = insert(DEFINITIONS).values(**values, status=status or "draft")
+        updates = {**values, "updated_at": func.now()}
+        if status:
+            updates["status"] = status
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=updates))
+
+    def set_status(self, name: str, status: str) -> None:
+        if status not in STATUSES:
+            raise SegmentDefinitionError(f"status must be one of {STATUSES}")
+        with self.engine.begin() as conn:
+            if not conn.execute(update(DEFINITIONS).where(DEFINITIONS.c.name == name)
+                                .values(status=status, updated_at=func.now())).rowcount:
+                raise UnknownSegment(f"no segment named {name[:80]!r}")
+
+    def install_builtins(self) -> list[str]:
+        """Add the built-in segments that are missing (as active); existing ones are left as they are."""
+        with self.engine.connect() as conn:
+            present = set(conn.execute(select(DEFINITIONS.c.name)).scalars())
+        added = [name for name in BUILTIN_SEGMENTS if name not in present]
+        for name in added:
+            self.save(BUILTIN_SEGMENTS[name], builtin=True, status="active")
+        return added
+
+    def active(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(DEFINITIONS.c.name).where(DEFINITIONS.c.status == "active")
+                                     .order_by(DEFINITIONS.c.name)).scalars())
+
+
+def compute_members(engine: Engine, spec: SegmentSpec, specs: dict[str, SegmentSpec], now: datetime) -> set[str]:
+    """Who is in the segment at ``now`` (read-only)."""
+    compiled = compile_segment(spec, {**specs, spec.name: spec}.get, now)
+    with engine.connect() as conn:
+        return set(conn.execute(compiled.query).scalars())
+
+
+def preview(engine: Engine, spec: SegmentSpec, specs: dict[str, SegmentSpec], now: datetime,
+            sample: int = 10) -> dict:
+    compiled = compile_segment(spec, {**specs, spec.name: spec}.get, now)
+    members = compiled.query.subquery()
+    with engine.connect() as conn:
+        size = conn.execute(select(func.count()).select_from(members)).scalar_one()
+        keys = conn.execute(select(members.c.user_key).order_by(members.c.user_key).limit(sample)).scalars().all()
+    return {"segment": spec.name, "size": size, "sample": list(keys), "evaluated_at": now.isoformat()}
+
+
+def refresh(engine: Engine, spec: SegmentSpec, specs: dict[str, SegmentSpec], now: datetime,
+            user_keys: Iterable[str] | None = None) -> tuple[int, int]:
+    """Bring the segment's members up to date (for everyone, or for ``user_keys``); (entered, left)."""
+    if user_keys is not None:
+        keys = sorted(set(user_keys))
+        totals = [0, 0]
+        for start in range(0, len(keys), KEY_CHUNK):
+            entered, left = _refresh(engine, spec, specs, now, keys[start:start + KEY_CHUNK])
+            totals[0] += entered
+            totals[1] += left
+        return totals[0], totals[1]
+    return _refresh(engine, spec, specs, now, None)
+
+
+def refresh_statement(spec: SegmentSpec, specs: dict[str, SegmentSpec], now: datetime, keys: list[str] | None):
+    """INSERT new members, DELETE leavers, and record both as transitions: one statement."""
+    compiled = compile_segment(spec, {**specs, spec.name: spec}.get, now, keys)
+    computed = compiled.query.cte("computed")
+    name = literal(spec.name)
+    at = literal(now, TRANSITIONS.c.at.type)
+    entered = (insert(MEMBERS).from_select(["segment", "user_key", "entered_at"],
+                                           select(name, computed.c.user_key, at))
+               .on_conflict_do_nothing().returning(MEMBERS.c.user_key).cte("entered"))
+    leaving = delete(MEMBERS).where(MEMBERS.c.segment == spec.name,
+                                    ~exists().where(computed.c.user_key == MEMBERS.c.user_key))
+    if keys is not None:
+        leaving = leaving.where(MEMBERS.c.user_key.in_(keys))
+    left = leaving.returning(MEMBERS.c.user_key).cte("left")
+    changes = union_all(select(name, entered.c.user_key, literal("enter"), at),
+                        select(name, left.c.user_key, literal("exit"), at))
+    return (insert(TRANSITIONS).from_select(["segment", "user_key", "change", "at"], changes)
+            .returning(TRANSITIONS.c.change))
+
+
+def _refresh(engine, spec, specs, now, keys: list[str] | None) -> tuple[int, int]:
+    record = refresh_statement(spec, specs, now, keys)
+    with engine.begin() as conn:
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext("spoor.segment:" + spec.name))))
+        if keys is None:
+            # A full pass reads everyone, so hash joins are right; and with stale statistics on
+            # segment_members (e.g. a segment that just filled) the planner picks a nested-loop
+            # anti-join against the computed set: quadratic, 16 s instead of 0.3 s for 11k members.
+            conn.execute(text("SET LOCAL enable_nestloop = off"))
+        changed = conn.execute(record).scalars().all()
+        if keys is None:
+            conn.execute(update(DEFINITIONS).where(DEFINITIONS.c.name == spec.name)
+                         .values(last_full_recompute_at=now))
+    return changed.count("enter"), changed.count("exit")
+
+
+def full_recompute(engine: Engine, now: datetime, names: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+    store = SegmentStore(engine)
+    specs = store.specs()
+    wanted = list(names) if names is not None else store.active()
+    for name in wanted:
+        if name not in specs:
+            raise UnknownSegment(f"no segment named {name[:80]!r}")
+    return {name: refresh(engine, specs[name], specs, now) for name in wanted}
+
+
+def changed_users(engine: Engine, since: datetime) -> list[str]:
+    profiles, activity = UserProfile.__table__, UserActivity.__table__
+    query = union_all(select(profiles.c.user_key).where(profiles.c.updated_at >= since),
+                      select(activity.c.user_key).where(activity.c.updated_at >= since))
+    with engine.connect() as conn:
+        return sorted(set(conn.execute(query).scalars()))
+
+
+def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: str = "incremental") -> dict:
+    """Refresh every active segment for the users changed since the last pass; returns what changed."""
+    with engine.connect() as conn:
+        started = conn.execute(select(func.clock_timestamp())).scalar_one()  # the database's clock, like updated_at
+        since = conn.execute(select(CURSORS.c.changed_since).where(CURSORS.c.name == cursor)).scalar()
+    since = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)) - timedelta(seconds=overlap_s)
+    keys = changed_users(engine, since)
+    store = SegmentStore(engine)
+    specs = store.specs()
+    result = {}
+    if keys:
+        for name in store.active():
+            compiled = compile_segment(specs[name], specs.get, now)
+            result[name] = refresh(engine, specs[name], specs, now,
+                                   None if compiled.depends_on_population else keys)
+    with engine.begin() as conn:
+        conn.execute(insert(CURSORS).values(name=cursor, changed_since=started)
+                     .on_conflict_do_update(index_elements=["name"], set_={"changed_since": started}))
+    return {"changed_users": len(keys), "segments": result}
+
+
+def members(engine: Engine, name: str, limit: int = 100, after: str | None = None) -> list[dict]:
+    query = select(MEMBERS.c.user_key, MEMBERS.c.entered_at).where(MEMBERS.c.segment == name)
+    if after is not None:
+        query = query.where(MEMBERS.c.user_key > after)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query.order_by(MEMBERS.c.user_key).limit(limit))]
+
+
+def user_segments(engine: Engine, user_key: str) -> list[dict]:
+    with engine.connect() as conn:
+        current = [dict(r._mapping) for r in conn.execute(
+            select(MEMBERS.c.segment, MEMBERS.c.entered_at).where(MEMBERS.c.user_key == user_key)
+            .order_by(MEMBERS.c.segment))]
+        history = [dict(r._mapping) for r in conn.execute(
+            select(TRANSITIONS.c.segment, TRANSITIONS.c.change, TRANSITIONS.c.at)
+            .where(TRANSITIONS.c.user_key == user_key).order_by(TRANSITIONS.c.id))]
+    return {"current": current, "history": history}
+
+
+def history(engine: Engine, name: str, limit: int = 100) -> list[dict]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(
+            select(TRANSITIONS.c.user_key, TRANSITIONS.c.change, TRANSITIONS.c.at)
+            .where(TRANSITIONS.c.segment == name).order_by(TRANSITIONS.c.id.desc()).limit(limit))]
+
+
+SIZES = text("""
+    SELECT point AS at,
+           (SELECT count(*) FILTER (WHERE change = 'enter') - count(*) FILTER (WHERE change = 'exit')
+              FROM segment_transitions t WHERE t.segment = :segment AND t.at <= point) AS size
+      FROM generate_series(CAST(:start AS timestamptz), CAST(:end AS timestamptz), CAST(:step AS interval)) AS point
+""")
+MAX_POINTS = 1000
+
+
+def sizes(engine: Engine, name: str, start: datetime, end: datetime, step: timedelta) -> list[dict]:
+    """The segment's size at each point from start to end (from the transition history)."""
+    if step.total_seconds() <= 0 or end < start:
+        raise SegmentDefinitionError("sizes need start <= end and a positive step")
+    if (end - start) / step > MAX_POINTS:
+        raise SegmentDefinitionError(f"at most {MAX_POINTS} points per query")
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(SIZES, {"segment": name, "start": start, "end": end,
+                                                              "step": step})]
+
+
+def publish_transitions(engine: Engine, producer, topic: str, limit: int = 1000) -> int:
+    """Send unpublished enter/exit records to Kafka (keyed by user key), then mark them published.
+
+    At least once: a crash after the send and before the commit sends them again with the same
+    ``transition_id``, which consumers use to drop the duplicate."""
+    import orjson
+
+    with engine.begin() as conn:
+        rows = conn.execute(select(TRANSITIONS).where(TRANSITIONS.c.published_at.is_(None))
+                            .order_by(TRANSITIONS.c.id).limit(limit).with_for_update(skip_locked=True)).all()
+        if not rows:
+            return 0
+        futures = [producer.send(topic, key=row.user_key.encode(), value=orjson.dumps({
+            "transition_id": row.id, "segment": row.segment, "user_key": row.user_key, "change": row.change,
+            "at": row.at.isoformat()})) for row in rows]
+        producer.flush(30)
+        for future in futures:
+            future.get(timeout=30)  # raises if Kafka did not acknowledge: nothing is marked published
+        conn.execute(update(TRANSITIONS).where(TRANSITIONS.c.id.in_([r.id for r in rows]))
+                     .values(published_at=func.now()))
+    return len(rows)

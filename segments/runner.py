@@ -1,0 +1,131 @@
+"""The two long-running processes: ``spoor segments run`` and ``spoor campaigns run``.
+
+Each is one loop of bounded turns. A turn that fails on PostgreSQL or Kafka is retried after a pause
+(doubling up to 30 s): every step is idempotent, and trigger offsets are committed only after the
+rows are stored, so a retried turn repeats nothing visible. SIGTERM/SIGINT end the loop after the
+current turn. ``/healthz`` answers 503 when no turn has completed for a while; ``/metrics`` is Prometheus.
+"""
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from kafka.errors import KafkaError
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from segments import membership, metrics
+from segments.campaigns import dispatch_due, enqueue
+from segments.delivery import Sender
+from segments.kafka import create_producer, create_segment_topics
+from segments.membership import SegmentStore, utcnow
+from segments.ops import serve_ops
+from spoor.settings import Settings
+
+log = logging.getLogger(__name__)
+MAX_PAUSE_S = 30.0
+TRANSIENT = (SQLAlchemyError, KafkaError, OSError)
+
+
+def _stop_event() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _loop(process: str, turn: Callable[[], None], poll_s: float, stop: threading.Event, host: str,
+          port: int) -> None:
+    last_ok = [time.monotonic()]
+    stalled_after = max(60.0, 10 * poll_s)
+    server = serve_ops(host, port, lambda: time.monotonic() - last_ok[0] < stalled_after) if port else None
+    pause = poll_s
+    try:
+        while not stop.is_set():
+            try:
+                turn()
+            except TRANSIENT as err:
+                metrics.TURN_FAILURES.labels(process).inc()
+                pause = min(MAX_PAUSE_S, pause * 2)
+                log.warning("%s turn failed (%s: %s); retrying in %.1f s", process, type(err).__name__, err, pause)
+                stop.wait(pause)
+                continue
+            pause = poll_s
+            last_ok[0] = time.monotonic()
+            metrics.LAST_TURN.labels(process).set_to_current_time()
+            stop.wait(poll_s)
+    finally:
+        if server:
+            server.shutdown()
+
+
+def run_segments(settings: Settings, engine: Engine, stop: threading.Event | None = None) -> None:
+    """Incremental pass every ``segments_poll_s``, a full recompute every ``segments_full_recompute_s``,
+    and publication of enter/exit records to ``segments_topic``."""
+    stop = stop or _stop_event()
+    create_segment_topics(settings)
+    producer = create_producer(settings, "spoor-segments")
+    SegmentStore(engine).install_builtins()
+    last_full = [float("-inf")]
+
+    def turn() -> None:
+        if time.monotonic() - last_full[0] >= settings.segments_full_recompute_s:
+            _count(membership.full_recompute(engine, utcnow()))
+            metrics.PASSES.labels("full").inc()
+            last_full[0] = time.monotonic()
+        result = membership.incremental_pass(engine, utcnow(), settings.segments_change_overlap_s)
+        metrics.PASSES.labels("incremental").inc()
+        metrics.CHANGED_USERS.inc(result["changed_users"])
+        _count(result["segments"])
+        published = membership.publish_transitions(engine, producer, settings.segments_topic)
+        metrics.PUBLISHED.inc(published)
+        if result["changed_users"] or published:
+            log.info("incremental pass: %d changed users, %d transitions published", result["changed_users"],
+                     published)
+
+    try:
+        _loop("segments", turn, settings.segments_poll_s, stop, settings.admin_api_host, settings.segments_web_port)
+    finally:
+        producer.close()
+
+
+def _count(changes: dict[str, tuple[int, int]]) -> None:
+    for entered, left in changes.values():
+        metrics.TRANSITIONS.labels("enter").inc(entered)
+        metrics.TRANSITIONS.labels("exit").inc(left)
+
+
+def run_campaigns(settings: Settings, engine: Engine, stop: threading.Event | None = None) -> None:
+    """Ingest triggers from Kafka, enqueue new audience episodes, dispatch due deliveries."""
+    from kafka import KafkaConsumer
+
+    from segments.triggers import TriggerIngest
+
+    stop = stop or _stop_event()
+    create_segment_topics(settings)
+    producer = create_producer(settings, "spoor-campaigns")
+    consumer = KafkaConsumer(settings.triggers_topic, bootstrap_servers=settings.kafka_bootstrap.split(","),
+                             group_id=f"{settings.worker_app_id}-campaign-triggers", enable_auto_commit=False,
+                             auto_offset_reset="earliest", client_id="spoor-campaigns")
+    ingest = TriggerIngest(engine, consumer, producer, settings.campaigns_dead_letter_topic)
+    sender = Sender(settings, producer)
+
+    def turn() -> None:
+        ingest.poll_once(int(settings.campaigns_poll_s * 1000))
+        now = utcnow()
+        metrics.ENQUEUED.inc(enqueue(engine, now))
+        counts = dispatch_due(engine, sender, now, settings.campaign_default_time_zone,
+                              settings.campaigns_dead_letter_topic)
+        for outcome, n in counts.items():
+            metrics.DELIVERIES.labels(outcome).inc(n)
+        if counts:
+            log.info("dispatched: %s", counts)
+
+    try:
+        # The consumer poll already waits up to campaigns_poll_s, so turns follow each other directly.
+        _loop("campaigns", turn, 0.01, stop, settings.admin_api_host, settings.campaigns_web_port)
+    finally:
+        consumer.close()
+        producer.close()

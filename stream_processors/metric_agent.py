@@ -1,0 +1,231 @@
+"""Faust shell of the business-metric windows and of the alert evaluator.
+
+Two agents fold events and dead letters into ``MetricWindows`` (pure); when
+the watermark closes windows, the events agent writes them and the
+partitions' watermarks to PostgreSQL in one transaction before its batch is
+acknowledged (fail-stop otherwise, like the profile agent). A timer on the group leader runs the
+``AlertEvaluator`` over complete windows (on the worker owning partition 0).
+
+Open windows live in memory. A restart loses the open windows' events that
+were acknowledged before it; those windows are written ``partial`` and the
+detectors skip them rather than see a false drop.
+"""
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import faust
+import orjson
+from pydantic import ValidationError
+from sqlalchemy import Engine
+
+from alerts.evaluator import AlertEvaluator
+from alerts.notifiers import HttpNotifier, NotifierHub
+from alerts.rules import RulesFile
+from spoor.bad_rows import SCHEMA as BAD_ROW_SCHEMA
+from spoor.events import Event, decode_record
+from spoor.settings import Settings
+from storage.metric_store import MetricWindowWriter
+from stream_processors import metrics
+from stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
+from stream_processors.continuity import OffsetContinuity
+from stream_processors.metric_windows import MetricWindows
+
+log = logging.getLogger(__name__)
+DEFAULT_RULES = Path(__file__).resolve().parent.parent / "alerts" / "rules.yaml"
+
+
+def decode_events(raw: bytes) -> list[Event]:
+    """The valid events of a record. Invalid ones are the profile agent's to dead-letter (and
+    are counted there and as dead letters here), so they are skipped, not rejected twice."""
+    try:
+        return decode_record(raw)
+    except ValidationError:
+        try:
+            items = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return []
+        events = []
+        for item in items if isinstance(items, list) else [items]:
+            try:
+                events.append(Event.model_validate(item))
+            except ValidationError:
+                pass
+        return events
+
+
+def dead_letter_time(raw: bytes) -> tuple[datetime, str | None, str] | None:
+    """(when, source, processor) of a bad row: the original event's time when it has one, so dead
+    letters fall in the same event-time windows as the events they were sent with."""
+    try:
+        row = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(row, dict) or row.get("schema") != BAD_ROW_SCHEMA:
+        return None
+    payload = row.get("payload") if isinstance(row.get("payload"), dict) else {}
+    for candidate in (payload.get("event_time"), payload.get("timestamp"), row.get("received_at")):
+        try:
+            at = datetime.fromisoformat(str(candidate).replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if at.tzinfo is not None:
+            return at, row.get("source"), str(row.get("processor"))
+    return None
+
+
+class PartitionGuard:
+    """Offset continuity for one agent (see continuity.py), with its own positions."""
+
+    def __init__(self, app: faust.App):
+        self.app = app
+        self.continuity = OffsetContinuity()
+
+    async def check(self, batch) -> None:
+        holes = {}
+        for event in batch:
+            tp = event.message.tp
+            start = self.app.consumer._committed_offset.get(tp)
+            if start is None and tp not in self.continuity.next_offset:
+                start = (await self.app.consumer.earliest_offsets(tp)).get(tp)
+            missing = self.continuity.admit(tp, event.message.offset, start)
+            if missing is not None:
+                holes.setdefault(tp, missing)
+        if holes:
+            metrics.SKIPPED_RECORD_REPAIRS.inc(len(holes))
+            fail_stop(f"the consumer skipped records at {holes}; restarting to read them again")
+
+
+def register_metric_windows(app: faust.App, settings: Settings, events_topic, dead_letter_topic,
+                            engine: Engine) -> MetricWindows:
+    windows = MetricWindows(lateness=timedelta(seconds=settings.metric_lateness_s))
+    writer = MetricWindowWriter(engine)
+    event_guard, dead_letter_guard = PartitionGuard(app), PartitionGuard(app)
+
+    @app.on_partitions_revoked.connect
+    async def forget_metric_positions_on_revoke(_app, revoked, **_kwargs):
+        event_guard.continuity.reset()
+        dead_letter_guard.continuity.reset()
+        last_offsets.clear()
+        caught_up_since.clear()
+
+    @app.on_partitions_assigned.connect
+    async def forget_metric_positions_on_assign(_app, assigned, **_kwargs):
+        event_guard.continuity.reset()
+        dead_letter_guard.continuity.reset()
+        last_offsets.clear()
+        caught_up_since.clear()
+
+    last_offsets: dict = {}  # tp -> last offset folded
+    caught_up_since: dict = {}  # tp -> monotonic time it was first seen with nothing left to read
+
+    def idle_partitions() -> set[int]:
+        """Assigned partitions with nothing left to read for ``metric_idle_partition_s``."""
+        idle, now = set(), time.monotonic()
+        for tp in app.consumer.assignment():
+            if tp.topic != settings.events_topic:
+                continue
+            highwater = app.consumer.highwater(tp)
+            last = last_offsets.get(tp)
+            position = last + 1 if last is not None else app.consumer._committed_offset.get(tp)
+            if highwater is None or position is None or position < highwater:
+                caught_up_since.pop(tp, None)
+                continue
+            if now - caught_up_since.setdefault(tp, now) >= settings.metric_idle_partition_s:
+                idle.add(tp.partition)
+        return idle
+
+    async def close_windows() -> None:
+        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.events_topic}
+        rows = windows.close_due(idle_partitions())
+        marks = {p: at for p, at in windows.closed.items() if p in assigned}
+        if not rows and not marks:
+            return
+        await run_blocking(writer.write, rows, marks)
+        metrics.METRIC_WINDOWS_WRITTEN.inc(len(rows))
+        metrics.METRIC_LATE_EVENTS.set(windows.late_events)
+        for row in rows:
+            metrics.METRIC_WINDOW_END.labels(row["resolution"]).set(row["window_end"].timestamp())
+
+    @app.agent(events_topic, name="metric-windows")
+    async def fold_event_windows(stream):
+        async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_s):
+            await event_guard.check(batch)
+            for event in batch:
+                last_offsets[event.message.tp] = event.message.offset
+                for decoded in decode_events(event.value):
+                    windows.add_event(event.message.partition, decoded)
+            await fail_stop_on_error(close_windows(), "writing metric windows")
+            if windows.newest_event is not None:
+                metrics.EVENT_TIME_LAG.set(time.time() - windows.newest_event.timestamp())
+
+    @app.agent(dead_letter_topic, name="metric-dead-letters")
+    async def fold_dead_letter_windows(stream):
+        async for batch in stream.take_events(500, within=1.0):
+            await dead_letter_guard.check(batch)
+            for event in batch:
+                parsed = dead_letter_time(event.value)
+                if parsed is not None:
+                    windows.add_dead_letter(*parsed)
+
+    @app.timer(interval=5.0)
+    async def export_consumer_lag():
+        for tp in app.consumer.assignment():
+            highwater, committed = app.consumer.highwater(tp), app.consumer._committed_offset.get(tp)
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - (committed or 0)))
+
+    if settings.alerts_enabled:
+        register_alert_evaluator(app, settings, engine)
+    return windows
+
+
+def notifier_hub(settings: Settings) -> NotifierHub:
+    notifiers = []
+    if settings.alertmanager_url:
+        notifiers.append(HttpNotifier("alertmanager", settings.alertmanager_url, "alertmanager"))
+    if settings.alert_slack_webhook_url:
+        notifiers.append(HttpNotifier("slack", settings.alert_slack_webhook_url, "slack"))
+    if settings.alert_webhook_url:
+        notifiers.append(HttpNotifier("webhook", settings.alert_webhook_url, "webhook",
+                                      settings.alert_webhook_secret.encode()))
+    return NotifierHub(notifiers, attempts=settings.alert_notify_attempts)
+
+
+def register_alert_evaluator(app: faust.App, settings: Settings, engine: Engine) -> None:
+    alerts_topic = app.topic(settings.alerts_topic, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw")
+    rules = RulesFile(settings.alert_rules_path or DEFAULT_RULES)  # a broken file stops the start, saying why
+
+    async def publish(key: bytes, value: bytes) -> None:
+        await (await alerts_topic.send(key=key, value=value))  # acked by the broker
+
+    state: dict = {}
+
+    @app.on_before_shutdown.connect
+    async def drain_notifications(_app, **_kwargs):
+        """SIGTERM: give queued notifications a few seconds to go out."""
+        evaluator = state.get("evaluator")
+        if evaluator is not None:
+            try:
+                await asyncio.wait_for(evaluator.hub.idle(), settings.alert_drain_s)
+            except asyncio.TimeoutError:
+                log.warning("stopping with alert notifications still queued")
+            await evaluator.hub.stop()
+
+    def evaluates_alerts() -> bool:
+        """One worker evaluates: the owner of the events topic's partition 0. (Faust's own leader
+        election needs its leader topic, which the app disables.)"""
+        return any(tp.topic == settings.events_topic and tp.partition == 0 for tp in app.consumer.assignment())
+
+    @app.timer(interval=settings.alert_eval_interval_s)
+    async def evaluate_alerts():
+        if not evaluates_alerts():
+            return
+        if "evaluator" not in state:
+            state["evaluator"] = AlertEvaluator(engine, rules, settings.topic_partitions,
+                                                publish, notifier_hub(settings))
+        await state["evaluator"].tick()

@@ -1,0 +1,174 @@
+"""Tumbling business-metric windows on event time. Pure: no Kafka, no database, no clock.
+
+Every event adds to one window per resolution (1, 5 and 60 minutes), for each
+of its dimensions: ``global``, ``source:<source>`` and ``category:<category>``
+(the first ``max_categories`` categories seen; later ones count as
+``category:other`` to bound the cardinality). Windows are kept per partition:
+events are partitioned by user, so distinct users and sessions of different
+partitions are different and the partitions' rows simply add up.
+
+Windows close on event time, per partition: a partition's watermark is its
+newest event time minus ``lateness`` (per partition, because a consumer
+catching up reads partitions at different speeds); a partition that has had
+nothing to read for a while (idle) follows the newest partition instead, so
+a quiet partition does not hold every window open. A window closes once its
+end is at or before the watermark, and an event for a window already closed
+is counted as late (it stays in the ``events`` table, it just misses the
+metric). A window that was
+already open when this process saw its partition's first event is marked
+``partial``:
+after a restart its earlier events were folded by the previous process and
+are not in this one's memory (the detector skips partial windows).
+
+Sessions: an event's ``session_id`` when the event has one, else the user key
+(so ``sessions`` counts distinct users until sessionized events exist).
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from alerts.series import COUNTS, RESOLUTIONS
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+KIND_COLUMNS = {"page_view": "page_views", "product_view": "product_views", "click": "clicks",
+                "cart_add": "cart_adds", "cart_remove": "cart_removes", "checkout": "checkouts",
+                "purchase": "orders", "identify": "identifies", "custom": "custom_events"}
+DEAD_LETTER_PARTITION = -1  # rows counting dead letters (their topic is not partitioned by user)
+
+
+@dataclass
+class Accumulator:
+    """One window of one dimension on one partition."""
+
+    counts: dict = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
+    revenue: Decimal = Decimal(0)
+    users: set = field(default_factory=set)
+    sessions: set = field(default_factory=set)
+    viewers: set = field(default_factory=set)
+    carters: set = field(default_factory=set)
+    buyers: set = field(default_factory=set)
+
+    def add_event(self, kind: str, user: str, session: str, revenue) -> None:
+        counts = self.counts
+        counts["events"] += 1
+        counts[KIND_COLUMNS[kind]] += 1
+        self.users.add(user)
+        self.sessions.add(session)
+        if kind == "product_view":
+            self.viewers.add(user)
+        elif kind == "cart_add":
+            self.carters.add(user)
+        elif kind == "purchase":
+            self.buyers.add(user)
+            self.revenue += revenue or 0
+
+    def add_dead_letter(self, processor: str) -> None:
+        self.counts["dead_letters"] += 1
+        if processor == "collector":
+            self.counts["collector_rejects"] += 1
+
+    def row(self) -> dict:
+        return {**self.counts, "active_users": len(self.users), "sessions": len(self.sessions),
+                "viewers": len(self.viewers), "carters": len(self.carters), "buyers": len(self.buyers),
+                "revenue": self.revenue}
+
+
+@dataclass
+class MetricWindows:
+    lateness: timedelta = timedelta(minutes=2)
+    max_categories: int = 20
+    late_events: int = 0
+    newest: dict = field(default_factory=dict)  # partition -> newest event time
+    first: dict = field(default_factory=dict)  # partition -> first event time seen by this process
+    closed: dict = field(default_factory=dict)  # partition -> watermark its windows were closed at
+    # (resolution, window start in epoch seconds) -> (partition, dimension) -> Accumulator
+    open: dict = field(default_factory=dict)
+    categories: set = field(default_factory=set)
+
+    @property
+    def newest_event(self) -> datetime | None:
+        return max(self.newest.values(), default=None)
+
+    def dimensions(self, source: str, categories) -> list[str]:
+        dims = ["global", f"source:{source[:64]}"]
+        for category in sorted({c[:64] for c in categories if c}):
+            if category not in self.categories and len(self.categories) < self.max_categories:
+                self.categories.add(category)
+            dims.append(f"category:{category}" if category in self.categories else "category:other")
+        return list(dict.fromkeys(dims))
+
+    def _accumulators(self, at: datetime, partition: int, dimensions: list[str]):
+        """The open accumulators ``at`` falls into, one per resolution and dimension; none when late.
+        Windows are keyed by their start in epoch seconds (datetime arithmetic per event is slow)."""
+        closed = self.closed.get(partition)
+        closed_s = closed.timestamp() if closed is not None else None
+        seconds = int(at.timestamp() // 1)
+        for resolution, size_s in RESOLUTIONS.items():
+            start = seconds - seconds % size_s
+            if closed_s is not None and start + size_s <= closed_s:
+                if resolution == "1m":
+                    self.late_events += 1
+                continue
+            window = self.open.get((resolution, start))
+            if window is None:
+                window = self.open[(resolution, start)] = {}
+            for dimension in dimensions:
+                accumulator = window.get((partition, dimension))
+                if accumulator is None:
+                    accumulator = window[(partition, dimension)] = Accumulator()
+                yield accumulator
+
+    def add_event(self, partition: int, event) -> None:
+        at = event.event_time
+        self.first.setdefault(partition, at)
+        categories = [event.category] + [line.category for line in event.products]
+        kind, user = event.kind.value, event.user_key
+        session = event.__dict__.get("session_id") or user  # a field only once events are sessionized
+        for accumulator in self._accumulators(at, partition, self.dimensions(event.source, categories)):
+            accumulator.add_event(kind, user, session, event.revenue)
+        if partition not in self.newest or at > self.newest[partition]:
+            self.newest[partition] = at
+
+    def add_dead_letter(self, at: datetime, source: str | None, processor: str) -> None:
+        dims = ["global"] + ([f"source:{source[:64]}"] if source else [])
+        for accumulator in self._accumulators(at, DEAD_LETTER_PARTITION, dims):
+            accumulator.add_dead_letter(processor)
+
+    def advance(self, idle: set | frozenset = frozenset()) -> dict[int, datetime]:
+        """Move each partition's watermark: its newest event time minus ``lateness``. An ``idle``
+        partition (nothing left to read for a while) follows the newest event of any partition, so
+        it does not hold the others' windows back; so do dead letters. Returns the watermarks."""
+        newest = self.newest_event
+        if newest is None:
+            return {}
+        marks = {p: at - self.lateness for p, at in self.newest.items()}
+        for partition in set(idle) | {DEAD_LETTER_PARTITION}:
+            marks[partition] = newest - self.lateness
+        for partition, mark in marks.items():
+            if partition not in self.closed or mark > self.closed[partition]:
+                self.closed[partition] = mark
+        return {p: self.closed[p] for p in marks}
+
+    def close_due(self, idle: set | frozenset = frozenset()) -> list[dict]:
+        """Advance the watermarks; return the rows of every (window, partition) they passed, removed
+        from memory, oldest first."""
+        self.advance(idle)
+        rows = []
+        for key in sorted(self.open, key=lambda k: (k[1], RESOLUTIONS[k[0]])):
+            resolution, start_s = key
+            start = EPOCH + timedelta(seconds=start_s)
+            end = start + timedelta(seconds=RESOLUTIONS[resolution])
+            accumulators = self.open[key]
+            for (partition, dimension) in list(accumulators):
+                closed = self.closed.get(partition)
+                if closed is None or end > closed:
+                    continue
+                first = self.first.get(partition)
+                rows.append({"resolution": resolution, "window_start": start, "window_end": end,
+                             "dimension": dimension, "partition": partition,
+                             "partial": first is not None and start < first,
+                             **accumulators.pop((partition, dimension)).row()})
+            if not accumulators:
+                del self.open[key]
+        return rows

@@ -1,0 +1,131 @@
+"""Detectors, lifecycle hysteresis and the rule engine: pure logic, no broker."""
+
+import math
+import random
+from datetime import datetime, timedelta, timezone
+
+from alerts.detectors import SeasonalConfig, SeasonalDetector, ThresholdConfig, ThresholdDetector, Verdict
+from alerts.engine import RuleEngine
+from alerts.lifecycle import AlertLifecycle, AlertStatus
+from alerts.rules import parse_rules
+
+T0 = datetime(2024, 3, 4, tzinfo=timezone.utc)
+
+
+def minute(i: int) -> datetime:
+    return T0 + timedelta(minutes=i + 1)
+
+
+def noisy(rng: random.Random, mean: float) -> int:
+    return max(0, round(rng.gauss(mean, math.sqrt(mean))))
+
+
+def test_flat_series_then_drop_is_anomalous_only_after_warmup():
+    detector = SeasonalDetector(SeasonalConfig(season="none", warmup_windows=30, sensitivity=4), 60)
+    rng = random.Random(3)
+    verdicts = [detector.observe(minute(i), noisy(rng, 100)) for i in range(200)]
+    assert not any(v.anomalous for v in verdicts)
+    assert all(v.reason == "warmup" for v in verdicts[:30])
+    drop = detector.observe(minute(200), 40)
+    assert drop.anomalous and drop.reason == "drop" and drop.score < -4
+    assert 90 < drop.expected < 110
+
+
+def test_direction_and_minimum_volume_guard():
+    drops_only = SeasonalDetector(SeasonalConfig(season="none", warmup_windows=5), 60)
+    quiet = SeasonalDetector(SeasonalConfig(season="none", warmup_windows=5, min_expected=20), 60)
+    for i in range(50):
+        drops_only.observe(minute(i), 100)
+        quiet.observe(minute(i), 5)
+    assert not drops_only.observe(minute(50), 400).anomalous  # a spike, but the rule watches drops
+    verdict = quiet.observe(minute(50), 0)
+    assert not verdict.anomalous and verdict.reason == "low_volume"
+
+
+def test_an_outage_does_not_become_the_baseline():
+    detector = SeasonalDetector(SeasonalConfig(season="none", warmup_windows=10), 60)
+    for i in range(100):
+        detector.observe(minute(i), 100)
+    outage = [detector.observe(minute(100 + i), 0) for i in range(60)]
+    assert all(v.anomalous for v in outage)
+    assert detector.observe(minute(160), 100).reason == "ok"  # recovery is not a "spike"
+
+
+def test_daily_profile_follows_the_cycle_and_catches_a_zero_at_the_usual_peak():
+    detector = SeasonalDetector(SeasonalConfig(season="day", direction="both", sensitivity=4,
+                                               warmup_windows=60), 300)
+    rng = random.Random(5)
+    day = 288  # 5-minute windows
+
+    def usual(i: int) -> float:
+        return 200 + 150 * math.sin(2 * math.pi * (i % day) / day)
+
+    verdicts = [detector.observe(T0 + timedelta(minutes=5 * (i + 1)), noisy(rng, usual(i))) for i in range(4 * day)]
+    assert sum(v.anomalous for v in verdicts[2 * day:]) <= 2  # once the profile exists, the cycle is normal
+    peak = 4 * day + day // 4
+    for i in range(4 * day, peak):
+        detector.observe(T0 + timedelta(minutes=5 * (i + 1)), noisy(rng, usual(i)))
+    zero = detector.observe(T0 + timedelta(minutes=5 * (peak + 1)), 0)
+    assert zero.anomalous and zero.expected > 250
+
+
+def test_threshold_with_volume_guard():
+    detector = ThresholdDetector(ThresholdConfig(above=0.01, min_volume=100))
+    assert detector.observe(T0, 0.5, volume=10).reason == "low_volume"
+    assert detector.observe(T0, 0.02, volume=500).anomalous
+    assert not detector.observe(T0, 0.005, volume=500).anomalous
+
+
+def verdict(i: int, anomalous: bool) -> Verdict:
+    return Verdict(minute(i), 0.0 if anomalous else 100.0, 100.0, -9.0 if anomalous else 0.0, anomalous,
+                   "drop" if anomalous else "ok")
+
+
+def test_lifecycle_hysteresis():
+    life = AlertLifecycle("fp", fire_after=3, resolve_after=2)
+    steps = [True, False, True, True, True, True, False, True, False, False, False]
+    transitions = [(i, t.status) for i, a in enumerate(steps) if (t := life.step(verdict(i, a)))]
+    assert transitions == [(0, AlertStatus.PENDING), (1, AlertStatus.CANCELLED), (2, AlertStatus.PENDING),
+                           (4, AlertStatus.FIRING), (9, AlertStatus.RESOLVED)]
+    # The episode keeps where it started and its worst evidence.
+    life2 = AlertLifecycle("fp", fire_after=2, resolve_after=1)
+    life2.step(verdict(0, True))
+    fired = life2.step(verdict(1, True))
+    assert fired.started_at == minute(0) and fired.evidence["worst"]["score"] == -9.0
+
+
+RULES = """
+version: 1
+rules:
+  - id: by-source
+    metric: events
+    dimension: "source:*"
+    detector: {kind: seasonal, season: none, warmup_windows: 5, min_expected: 5}
+    fire_after: 2
+    resolve_after: 2
+  - id: dlq
+    metric: dead_letter_rate
+    detector: {kind: threshold, above: 0.1, min_volume: 10}
+    fire_after: 1
+"""
+
+
+def test_engine_tracks_each_series_and_sees_a_missing_one_as_zero():
+    engine = RuleEngine(parse_rules(RULES))
+    fired = []
+    for i in range(40):
+        dims = {"global": {"events": 200, "dead_letters": 0}, "source:web": {"events": 100}}
+        if i < 30:
+            dims["source:ios"] = {"events": 100}  # then the iOS tracking breaks: no rows at all
+        for evaluation in engine.evaluate("1m", minute(i), dims):
+            if evaluation.transition and evaluation.transition.status == AlertStatus.FIRING:
+                fired.append((i, evaluation.rule.id, evaluation.dimension))
+    assert fired == [(31, "by-source", "source:ios")]
+
+
+def test_engine_threshold_rule_on_a_rate_and_partial_windows_are_skipped():
+    engine = RuleEngine(parse_rules(RULES))
+    result = engine.evaluate("1m", minute(0), {"global": {"events": 80, "dead_letters": 20}})
+    assert [(e.rule.id, e.transition.status) for e in result if e.transition] == [("dlq", AlertStatus.FIRING)]
+    skipped = engine.evaluate("1m", minute(1), {"global": {"events": 0, "dead_letters": 20, "partial": True}})
+    assert [e.verdict.reason for e in skipped if e.rule.id == "dlq"] == ["no_data"]
