@@ -78,6 +78,7 @@ def normalize(message: Any, *, received_at: datetime, source: str,
         "source": source,
         "page_url": _text(page.get("url")),
         "referrer": _text(page.get("referrer")),
+        **_session_and_campaign(context),
     }
     if msg_type == "track":
         fields.update(_commerce_properties(properties, kind))
@@ -110,6 +111,18 @@ def event_time(message: dict, received_at: datetime, batch_sent_at: Any = None) 
     if not EARLIEST_EVENT_TIME <= corrected < LATEST_EVENT_TIME:
         raise InvalidEvent("timestamp", f"must fall between {EARLIEST_EVENT_TIME:%Y} and {LATEST_EVENT_TIME:%Y}")
     return corrected
+
+
+def _session_and_campaign(context: dict) -> dict[str, Any]:
+    """The client's session id (``context.sessionId``) and UTM source / campaign (``context.campaign``)."""
+    campaign = context.get("campaign") if isinstance(context.get("campaign"), dict) else {}
+    session_id = context.get("sessionId")
+    if isinstance(session_id, int) and not isinstance(session_id, bool):
+        session_id = str(session_id)  # Segment's mobile libraries send a number
+    elif session_id is not None and not isinstance(session_id, str):
+        raise InvalidEvent("context.sessionId", "must be a string or an integer")
+    return {"session_id": session_id or None, "utm_source": _text(campaign.get("source")),
+            "utm_campaign": _text(campaign.get("name"))}
 
 
 def _name_and_kind(message: dict, msg_type: str) -> tuple[str, EventKind]:
@@ -236,7 +249,9 @@ def _message_path(model_field: str) -> str:
     """Map a canonical field back to where it came from in the Segment message."""
     top_level = {"event_id": "messageId", "user_key": "userId", "user_id": "userId",
                  "anonymous_id": "anonymousId", "name": "event", "event_time": "timestamp",
-                 "page_url": "context.page.url", "referrer": "context.page.referrer"}
+                 "page_url": "context.page.url", "referrer": "context.page.referrer",
+                 "session_id": "context.sessionId", "utm_source": "context.campaign.source",
+                 "utm_campaign": "context.campaign.name"}
     head, _, rest = model_field.partition(".")
     if head in top_level:
         return top_level[head]

@@ -77,6 +77,10 @@ class Event(BaseModel):
     # Where it happened; the raw IP and user agent are not kept.
     page_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
     referrer: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    # Sessions and traffic source (behaviour analytics): context.sessionId, context.campaign.
+    session_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    utm_source: Annotated[str, StringConstraints(max_length=256)] | None = None
+    utm_campaign: Annotated[str, StringConstraints(max_length=256)] | None = None
 
     # Edge enrichment (ingest/enrich.py): parsed user agent, client IP with its last octet
     # (IPv4) or last 80 bits (IPv6) dropped, known bots flagged. None when nothing was sent.

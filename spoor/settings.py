@@ -79,3 +79,16 @@ class Settings(BaseSettings):
     alert_notify_attempts: int = Field(5, ge=1, le=20)
     alert_drain_s: float = Field(5.0, ge=0)  # on SIGTERM, wait this long for queued notifications
     worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape /metrics
+
+    # Behaviour analytics: sessions, rolling windows, funnels, triggers (README "Behaviour analytics").
+    worker_store: str = "rocksdb://"  # Faust table store; "memory://" keeps state in memory only
+    analytics_enabled: bool = True
+    session_inactivity_s: float = Field(1800.0, gt=0)
+    session_lateness_s: float = Field(6 * 3600.0, ge=0)  # how late an event may be and still be sessionised
+    trigger_lateness_s: float = Field(300.0, ge=0)  # watermark = latest event time of a partition minus this
+    # > 0: a partition without events for this long moves its watermark on with the wall clock.
+    trigger_idle_advance_s: float = Field(0.0, ge=0)
+    cart_abandonment_delay_s: float = Field(3600.0, gt=0)
+    browse_abandonment_views: int = Field(3, ge=1)
+    browse_abandonment_delay_s: float = Field(3600.0, gt=0)
+    win_back_after_days: float = Field(30.0, gt=0)

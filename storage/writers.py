@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
 
 from spoor.events import Event, encode_events
+from storage.analytics_writer import write_analytics
 from storage.models import DeadLetter, UserProfile
 from storage.models import Event as EventRow
 
@@ -51,13 +52,16 @@ class StreamWriter:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def write_batch(self, profiles: Sequence[dict], events: list[Event]) -> None:
+    def write_batch(self, profiles: Sequence[dict], events: list[Event], analytics=None) -> None:
+        """``analytics``: a batch's sessions, activity rows and triggers (storage/analytics_writer.py)."""
         events_json = encode_events(events).decode()
         profiles_json = orjson.dumps(profiles, default=_decimal_as_text).decode()
         with self.engine.begin() as conn:
             cursor = conn.connection.dbapi_connection.cursor()
             cursor.execute(MERGE_EVENTS, (events_json,))
             cursor.execute(MERGE_PROFILES, (profiles_json,))
+            if analytics is not None:
+                write_analytics(cursor, analytics, _decimal_as_text)
             cursor.close()
 
     def write_dead_letters(self, rows: Sequence[dict]) -> None:

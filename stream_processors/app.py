@@ -4,6 +4,7 @@ Agents are thin shells: ``ProfileTracker`` does the work for events, and the
 dead-letter agent copies bad rows into PostgreSQL so people can query them.
 """
 
+import asyncio
 import logging
 
 import faust
@@ -18,16 +19,45 @@ from stream_processors.continuity import OffsetContinuity
 from stream_processors.durable_table import DurableTable
 from stream_processors.metric_agent import register_metric_windows
 from stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
+from stream_processors.analytics_tracker import AnalyticsTracker
+from stream_processors.behaviour import AnalyticsRules
 from stream_processors.profile_tracker import ProfileTracker
+from stream_processors.triggers import TriggerRules, trigger_message
 
 log = logging.getLogger(__name__)
+
+# RocksDB through rocksdict, sized for a small shared machine (Faust's defaults: 3 x 64 MiB write
+# buffers per partition and a 2 GiB block cache).
+ROCKSDB_OPTIONS = {"driver": "rocksdict", "write_buffer_size": 16 * 2**20, "max_write_buffer_number": 2,
+                   "block_cache_size": 64 * 2**20}
+
+
+def create_analytics(settings: Settings, app: faust.App) -> AnalyticsTracker:
+    """Sessions, windows and triggers; trigger messages go to ``settings.triggers_topic``."""
+    triggers_topic = app.topic(settings.triggers_topic, key_type=bytes, value_type=bytes,
+                               key_serializer="raw", value_serializer="raw")
+
+    async def send_triggers(triggers: list[dict]) -> None:
+        sent = [await triggers_topic.send(key=t["user_key"].encode(), value=trigger_message(t)) for t in triggers]
+        for delivered in sent:
+            await delivered  # acked before the database write, hence before the batch's ack
+
+    rules = AnalyticsRules(
+        session_inactivity_s=settings.session_inactivity_s, session_lateness_s=settings.session_lateness_s,
+        trigger_lateness_s=settings.trigger_lateness_s, order_dedupe=settings.dedupe_window,
+        triggers=TriggerRules(cart_delay_s=settings.cart_abandonment_delay_s,
+                              browse_views=settings.browse_abandonment_views,
+                              browse_delay_s=settings.browse_abandonment_delay_s,
+                              win_back_s=settings.win_back_after_days * 86400))
+    return AnalyticsTracker(rules, settings.topic_partitions, send_triggers,
+                            idle_advance_s=settings.trigger_idle_advance_s)
 
 
 def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.worker_app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
-        store="memory://",
+        store=settings.worker_store,
         datadir=settings.worker_data_dir,
         topic_partitions=settings.topic_partitions,
         key_serializer="raw",
@@ -48,7 +78,8 @@ def create_app(settings: Settings) -> faust.App:
     # changelog records land on the same partition number as the user's events.
     profiles = app.tables.add(DurableTable(
         app, name="user-profiles", default=None, beacon=app.tables.beacon, partitions=settings.topic_partitions,
-        use_partitioner=True, key_type=bytes, value_type=bytes))  # bytes -> "raw" codec
+        use_partitioner=True, key_type=bytes, value_type=bytes,  # bytes -> "raw" codec
+        options=ROCKSDB_OPTIONS if settings.worker_store.startswith("rocksdb") else None))
 
     engine = create_engine(settings.database_url, pool_size=2, pool_pre_ping=True)
     writer = StreamWriter(engine)
@@ -57,7 +88,8 @@ def create_app(settings: Settings) -> faust.App:
         delivered = await dead_letter_topic.send(value=bad_row("worker", field, reason, raw_value))
         await delivered  # acked by the broker before the batch that dropped the event is acked
 
-    tracker = ProfileTracker(profiles, writer, settings.dedupe_window, send_bad_row)
+    analytics = create_analytics(settings, app) if settings.analytics_enabled else None
+    tracker = ProfileTracker(profiles, writer, settings.dedupe_window, send_bad_row, analytics)
 
     # Faust acks a take() batch even when the agent body raises, and acked offsets
     # get committed. So a batch that cannot be persisted must stop the process
@@ -67,10 +99,14 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_partitions_revoked.connect
     async def forget_positions_on_revoke(_app, revoked, **_kwargs):
         continuity.reset()
+        if analytics:
+            analytics.reset()
 
     @app.on_partitions_assigned.connect
     async def forget_positions_on_assign(_app, assigned, **_kwargs):
         continuity.reset()
+        if analytics:
+            analytics.reset()
 
     async def expected_start(tp) -> int | None:
         """Where a partition's records should begin: the committed offset, else the log start."""
@@ -94,11 +130,20 @@ def create_app(settings: Settings) -> faust.App:
             fail_stop(f"the consumer skipped records at {holes}; restarting to read them again")
         return batch
 
+    one_at_a_time = asyncio.Lock()  # the agent's batches and the idle-trigger timer share user state
+
     @app.agent(events_topic, name="track-profiles")
     async def track_profiles(stream):
         async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_s):
-            await fail_stop_on_error(tracker.process([e.value for e in await without_holes(batch)]),
-                                     "tracking profiles")
+            async with one_at_a_time:
+                await fail_stop_on_error(tracker.process([e.value for e in await without_holes(batch)]),
+                                         "tracking profiles")
+
+    if analytics and settings.trigger_idle_advance_s > 0:
+        @app.timer(interval=min(10.0, settings.trigger_idle_advance_s))
+        async def fire_idle_triggers():
+            async with one_at_a_time:
+                await fail_stop_on_error(tracker.fire_idle(), "firing triggers on idle partitions")
 
     @app.agent(dead_letter_topic, name="store-dead-letters")
     async def store_dead_letters(stream):

@@ -5,9 +5,13 @@ after 0.1 s without progress (ProducerBuffer.flush_atmost), so under load an
 offset can be committed while the changelog record of the state it produced is
 still queued: a restart then restores stale state. The agent awaits
 ``changelog_durable()`` instead, before the database write that precedes the ack.
+With a ``rocksdb://`` store it keeps each key in its own partition's database (rocksdb_store.py).
 """
 
 import faust
+from yarl import URL
+
+from stream_processors.rocksdb_store import KeyPartitionedStore
 
 
 class DurableTable(faust.Table):
@@ -25,3 +29,10 @@ class DurableTable(faust.Table):
         pending, self.unconfirmed_changelog = self.unconfirmed_changelog, []
         for future in pending:
             await future
+
+    def _new_store_by_url(self, url):
+        if URL(str(url)).scheme != "rocksdb":
+            return super()._new_store_by_url(url)
+        return KeyPartitionedStore(url, self.app, self, table_name=self.name, key_type=self.key_type,
+                                   key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+                                   value_type=self.value_type, loop=self.loop, options=self.options)

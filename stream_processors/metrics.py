@@ -16,6 +16,13 @@ FRESHNESS_SECONDS = Histogram("spoor_worker_freshness_seconds",
 DEAD_LETTERS = Counter("spoor_worker_dead_letters_total", "Bad rows stored in PostgreSQL.")
 SKIPPED_RECORD_REPAIRS = Counter("spoor_worker_skipped_record_repairs_total",
                                  "Holes in a partition's offsets left by the consumer; each restarts the worker process.")
+# Behaviour analytics.
+SESSION_TOO_LATE = Counter("spoor_worker_session_too_late_events_total",
+                           "Events later than SPOOR_SESSION_LATENESS_S behind their user's latest event: "
+                           "counted in profiles and windows, not placed in a session.")
+TRIGGERS = Counter("spoor_worker_triggers_total", "Behavioural trigger messages delivered (Kafka and PostgreSQL).")
+TIMER_INDEX_REBUILDS = Counter("spoor_worker_timer_index_rebuilds_total",
+                               "Rebuilds of the trigger timer index from the table after an assignment.")
 
 # Business-metric windows (stream_processors/metric_agent.py).
 METRIC_WINDOW_END = Gauge("spoor_metric_window_end_timestamp_seconds",

@@ -6,9 +6,14 @@ Order of effects for one batch, which is what makes a crash at any point safe:
 3. only then does the agent return, so Faust acks the batch and may commit.
 A redelivered event is recognised by its id in the user's state and changes
 nothing; the user's current snapshot is still re-written (idempotently), in
-case the crash came between 1 and 2.
+case the crash came between 1 and 2, and so is the table value (a local
+RocksDB store can hold a state whose changelog record the crash lost).
+With behaviour analytics on, the same table value also holds the user's
+sessions, windows and triggers (analytics_tracker.py); their trigger messages
+are acked by Kafka between 1 and 2.
 """
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
@@ -19,17 +24,23 @@ from pydantic import ValidationError
 from spoor.events import Event, decode_record
 from storage.writers import StreamWriter
 from stream_processors import metrics
+from stream_processors.analytics_tracker import AnalyticsTracker
+from stream_processors.behaviour import unpack
 from stream_processors.blocking import run_blocking
 from stream_processors.profile import UserProfile
 
 
+YIELD_EVERY_USERS = 200
+
+
 class ProfileTracker:
     def __init__(self, table, writer: StreamWriter, dedupe_window: int,
-                 send_bad_row: Callable[[bytes, str, str], Awaitable]):
-        self.table = table  # Faust table: user key (bytes) -> encoded UserProfile
+                 send_bad_row: Callable[[bytes, str, str], Awaitable], analytics: AnalyticsTracker | None = None):
+        self.table = table  # Faust table: user key (bytes) -> encoded UserProfile (+ behaviour)
         self.writer = writer
         self.dedupe_window = dedupe_window
         self.send_bad_row = send_bad_row
+        self.analytics = analytics
 
     async def process(self, values: Sequence[bytes]) -> None:
         if not values:
@@ -40,21 +51,35 @@ class ProfileTracker:
             by_user.setdefault(event.user_key, []).append(event)
 
         rows, applied = [], 0
-        for user_key, user_events in by_user.items():
+        for count, (user_key, user_events) in enumerate(by_user.items(), start=1):
+            if count % YIELD_EVERY_USERS == 0:
+                # A batch can hold tens of thousands of events: let heartbeats and /metrics run.
+                # Nothing is acked before this method returns.
+                await asyncio.sleep(0)
             key = user_key.encode()
             stored = self.table.get(key)
-            profile = UserProfile.decode(stored) if stored else UserProfile(user_key)
-            changed = 0
-            for event in user_events:
-                changed += profile.apply(event, self.dedupe_window)
-            if changed:
+            profile_json, behaviour_json = unpack(stored) if stored else (None, None)
+            profile = UserProfile.decode(profile_json) if profile_json else UserProfile(user_key)
+            new_events = [event for event in user_events if profile.apply(event, self.dedupe_window)]
+            if self.analytics:
+                self.table[key] = self.analytics.fold(user_key, profile.encode(), behaviour_json,
+                                                      new_events, user_events)
+            else:
                 self.table[key] = profile.encode()
-            applied += changed
+            applied += len(new_events)
             rows.append(profile.row())
+        derived = None
+        if self.analytics:
+            self.analytics.advance(self.table, set(by_user))
+            derived = self.analytics.take_output()
 
         await self.table.changelog_durable()
+        if derived:
+            await self.analytics.deliver(derived)
         started = time.perf_counter()
-        await run_blocking(self.writer.write_batch, rows, events)
+        await run_blocking(self.writer.write_batch, rows, events, derived)
+        if derived:
+            self.analytics.delivered_ok(derived)
         metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_EVENTS.observe(len(events))
         metrics.EVENTS.labels("applied").inc(applied)
@@ -62,6 +87,18 @@ class ProfileTracker:
         now = datetime.now(timezone.utc)
         for event in events:
             metrics.FRESHNESS_SECONDS.observe((now - event.received_at).total_seconds())
+
+    async def fire_idle(self) -> None:
+        """Fire what fell due on partitions idle for ``idle_advance_s`` (called by a Faust timer)."""
+        if not self.analytics.watermarks:
+            return  # no event since the last assignment: nothing to measure idleness from
+        self.analytics.advance(self.table, set())
+        derived = self.analytics.take_output()
+        if derived.activity or derived.triggers or derived.sessions:
+            await self.table.changelog_durable()
+            await self.analytics.deliver(derived)
+            await run_blocking(self.writer.write_batch, [], [], derived)
+            self.analytics.delivered_ok(derived)
 
     async def _decode(self, values: Sequence[bytes]) -> list[Event]:
         """Events of the batch's records; an invalid one is dead-lettered, never dropped."""

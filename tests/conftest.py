@@ -79,6 +79,7 @@ def test_settings(base_settings, tmp_path_factory) -> Settings:
         "database_url": admin_url.set(database=database).render_as_string(hide_password=False),
         "events_topic": f"spoor.test-{run}.events",
         "dead_letter_topic": f"spoor.test-{run}.events.dlq",
+        "triggers_topic": f"spoor.test-{run}.triggers",
         "alerts_topic": f"spoor.test-{run}.alerts",
         "worker_app_id": f"spoor-test-{run}",
         "collector_port": free_port(),

@@ -260,3 +260,103 @@ def _same(actual, expected) -> bool:
     if isinstance(expected, pd.Timestamp):
         return pd.Timestamp(actual) == expected
     return actual == expected
+
+
+# ---- sessions and funnels (behaviour analytics) -----------------------------------------------------
+# Independent of Spoor's code: pandas over the raw files. REES46 rows carry the shop's own session id
+# (user_session, sent as context.sessionId); Online Retail invoices have none, so their sessions are
+# split at gaps of more than 30 minutes between a customer's invoices (SPOOR_SESSION_INACTIVITY_S).
+
+INACTIVITY = pd.Timedelta(minutes=30)
+
+
+def expected_retail_sessions() -> pd.DataFrame:
+    df = pd.read_csv(ONLINE_RETAIL, dtype=str, keep_default_na=False)
+    df = df[df["InvoiceNo"].str.startswith("C") | (df["Quantity"].astype(int) > 0)].copy()
+    df["amount"] = [Decimal(q) * Decimal(p) for q, p in zip(df["Quantity"], df["UnitPrice"])]
+    df["user_key"] = [f"{int(float(c))}" if c else f"guest-{inv}" for c, inv in zip(df["CustomerID"], df["InvoiceNo"])]
+    df["at"] = pd.to_datetime(df["InvoiceDate"]).dt.tz_localize("UTC")
+    invoices = df.groupby("InvoiceNo").agg(user_key=("user_key", "first"), at=("at", "min"),
+                                           amount=("amount", "sum")).reset_index()
+    invoices["order"] = ~invoices["InvoiceNo"].str.startswith("C")
+    invoices = invoices.sort_values(["user_key", "at"], kind="stable")
+    gap = invoices.groupby("user_key")["at"].diff()
+    invoices["session"] = (gap.isna() | (gap > INACTIVITY)).cumsum()
+    invoices["order_amount"] = [a if o else Decimal(0) for a, o in zip(invoices["amount"], invoices["order"])]
+    return invoices.groupby("session").agg(
+        user_key=("user_key", "first"), started_at=("at", "min"), ended_at=("at", "max"), events=("at", "size"),
+        purchases=("order", "sum"), revenue=("order_amount", "sum"))
+
+
+def expected_rees46_sessions() -> pd.DataFrame:
+    df = pd.read_csv(REES46, dtype=str, keep_default_na=False)
+    df["at"] = pd.to_datetime(df["event_time"].str.removesuffix(" UTC")).dt.tz_localize("UTC")
+    df["price"] = df["price"].map(Decimal)
+    for kind in ("view", "cart", "purchase"):
+        df[kind] = df["event_type"] == kind
+    df["purchase_amount"] = [p if b else Decimal(0) for p, b in zip(df["price"], df["purchase"])]
+    return df.groupby(["user_id", "user_session"]).agg(
+        started_at=("at", "min"), ended_at=("at", "max"), events=("at", "size"), product_views=("view", "sum"),
+        cart_adds=("cart", "sum"), purchases=("purchase", "sum"), revenue=("purchase_amount", "sum"))
+
+
+def daily_funnel(sessions: pd.DataFrame) -> pd.DataFrame:
+    """Sessions per UTC day of their start that reached each step (views, carts, orders)."""
+    steps = pd.DataFrame({"day": sessions["started_at"].dt.date, "sessions": 1,
+                          "viewed": sessions.get("product_views", 0) > 0,
+                          "carted": sessions.get("cart_adds", 0) > 0, "purchased": sessions["purchases"] > 0})
+    return steps.groupby("day")[["sessions", "viewed", "carted", "purchased"]].sum().astype(int)
+
+
+def stored_sessions(engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM sessions")).mappings().all()
+    sessions = pd.DataFrame([dict(r) for r in rows])
+    for column in ("started_at", "ended_at"):
+        sessions[column] = pd.to_datetime(sessions[column], utc=True)
+    return sessions
+
+
+def test_rees46_sessions_match_the_raw_file(rees46, engine):
+    expected = expected_rees46_sessions()
+    stored = stored_sessions(engine)
+    actual = stored[stored["client_session"]].set_index(["user_key", "session_id"]).sort_index()
+    assert len(actual) == len(expected) == 372
+    # Sessions per user.
+    assert actual.groupby(level=0).size().to_dict() == expected.groupby(level=0).size().to_dict()
+    assert list(actual.index) == list(expected.index)
+    for column in ("started_at", "ended_at", "events", "product_views", "cart_adds", "purchases", "revenue"):
+        mismatched = [(key, actual.at[key, column], want) for key, want in expected[column].items()
+                      if not _same(actual.at[key, column], want)]
+        assert not mismatched, f"{column}: {len(mismatched)} sessions differ, e.g. {mismatched[:5]}"
+
+
+def test_online_retail_sessions_match_the_raw_file(online_retail, engine):
+    expected = expected_retail_sessions().set_index(["user_key", "started_at"]).sort_index()
+    stored = stored_sessions(engine)
+    actual = stored[~stored["client_session"] & ~stored["user_key"].isin(expected_rees46().index)]
+    actual = actual.set_index(["user_key", "started_at"]).sort_index()
+    assert len(actual) == len(expected)
+    assert actual.groupby(level=0).size().to_dict() == expected.groupby(level=0).size().to_dict()
+    for column in ("ended_at", "events", "purchases", "revenue"):
+        mismatched = [(key, actual.at[key, column], want) for key, want in expected[column].items()
+                      if not _same(actual.at[key, column], want)]
+        assert not mismatched, f"{column}: {len(mismatched)} sessions differ, e.g. {mismatched[:5]}"
+
+
+def test_daily_funnel_matches_the_raw_files(online_retail, rees46, engine):
+    retail = expected_retail_sessions()
+    expected = pd.concat([daily_funnel(retail), daily_funnel(expected_rees46_sessions())]).sort_index()
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM funnel_daily ORDER BY day")).mappings().all()
+    actual = pd.DataFrame([dict(r) for r in rows]).set_index("day")
+    assert list(actual.index) == list(expected.index)
+    assert (actual[["sessions", "viewed", "carted", "purchased"]] == expected).all().all()
+    rees_day = expected.loc[pd.Timestamp("2019-10-01").date()]
+    row = actual.loc[pd.Timestamp("2019-10-01").date()]
+    # The ratios, from the independent counts.
+    assert float(row["view_to_cart"]) == round(rees_day["carted"] / rees_day["viewed"], 4)
+    assert float(row["view_to_purchase"]) == round(rees_day["purchased"] / rees_day["viewed"], 4)
+    rees = expected_rees46_sessions()
+    abandoned = ((rees["cart_adds"] > 0) & (rees["purchases"] == 0)).sum() / (rees["cart_adds"] > 0).sum()
+    assert float(row["cart_abandonment_rate"]) == round(abandoned, 4)

@@ -122,3 +122,15 @@ def test_missing_message_id_gets_a_generated_one():
     first = norm({"type": "page", "userId": "u"})
     second = norm({"type": "page", "userId": "u"})
     assert first.event_id and first.event_id != second.event_id
+
+
+def test_session_id_and_campaign_come_from_the_context():
+    message = {**track("Product Viewed"), "context": {
+        "sessionId": 1712345678, "campaign": {"source": "newsletter", "name": "spring-sale", "medium": "email"},
+        "page": {"url": "https://shop.example/p/1", "referrer": "https://mail.example/"}}}
+    event = norm(message)
+    assert (event.session_id, event.utm_source, event.utm_campaign) == ("1712345678", "newsletter", "spring-sale")
+    assert (event.page_url, event.referrer) == ("https://shop.example/p/1", "https://mail.example/")
+    with pytest.raises(InvalidEvent) as err:
+        norm({**track("Product Viewed"), "context": {"sessionId": {"nested": 1}}})
+    assert err.value.field == "context.sessionId"

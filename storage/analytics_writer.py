@@ -1,0 +1,49 @@
+"""Writes a batch's behaviour analytics inside the stream writer's transaction. Idempotent.
+
+Same pattern as ``writers.py``: one JSON document per table, expanded by PostgreSQL. A session row
+never replaces one with more events, an activity row never replaces a later ``as_of``, and a
+trigger is inserted once (its id is its episode).
+"""
+
+import orjson
+
+from storage.analytics_models import Session
+from storage.models import BehaviourTrigger, UserActivity
+
+SESSION_COLUMNS = [c.name for c in Session.__table__.columns if c.name not in ("updated_at", "traffic_source")]
+ACTIVITY_COLUMNS = [c.name for c in UserActivity.__table__.columns if c.name != "updated_at"]
+TRIGGER_COLUMNS = [c.name for c in BehaviourTrigger.__table__.columns if c.name != "recorded_at"]
+
+
+def _merge(table: str, columns: list[str], keys: tuple[str, ...], version_rule: str) -> str:
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"SELECT {', '.join(columns)} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) "
+            f"ORDER BY {', '.join(keys)} "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}, updated_at = now() WHERE {version_rule}")
+
+
+MERGE_SESSIONS = _merge("sessions", SESSION_COLUMNS, ("user_key", "session_id"), "sessions.events <= excluded.events")
+MERGE_ACTIVITY = _merge("user_activity", ACTIVITY_COLUMNS, ("user_key",), "user_activity.as_of <= excluded.as_of")
+DELETE_RETIRED_SESSIONS = (
+    "DELETE FROM sessions s USING jsonb_to_recordset(%s::jsonb) AS r(user_key text, session_id text) "
+    "WHERE s.user_key = r.user_key AND s.session_id = r.session_id")
+INSERT_TRIGGERS = (
+    f"INSERT INTO behaviour_triggers ({', '.join(TRIGGER_COLUMNS)}) "
+    f"SELECT {', '.join(TRIGGER_COLUMNS)} FROM jsonb_populate_recordset(NULL::behaviour_triggers, %s::jsonb) "
+    "ON CONFLICT (trigger_id) DO NOTHING")
+
+
+def write_analytics(cursor, out, default) -> None:
+    """Run the batch's statements on an open cursor (inside the caller's transaction)."""
+    def dump(rows) -> str:
+        return orjson.dumps(rows, default=default).decode()
+
+    if out.retired_sessions:
+        cursor.execute(DELETE_RETIRED_SESSIONS, (dump(out.retired_sessions),))
+    if out.sessions:
+        cursor.execute(MERGE_SESSIONS, (dump(out.sessions),))
+    if out.activity:
+        cursor.execute(MERGE_ACTIVITY, (dump(out.activity),))
+    if out.triggers:
+        cursor.execute(INSERT_TRIGGERS, (dump(out.triggers),))

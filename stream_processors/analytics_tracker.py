@@ -1,0 +1,202 @@
+"""Behaviour analytics in the worker's batch: the shell around ``behaviour.py``.
+
+Per batch, inside ``ProfileTracker.process`` (so the order of effects stays: table update ->
+changelog durable -> trigger messages acked -> one PostgreSQL transaction -> ack):
+- ``fold`` adds a user's new events to their behaviour state and advances the watermark of the
+  user's partition (its latest event time);
+- ``advance`` fires what is due at each partition's watermark minus the trigger lateness, for users
+  who had no event in the batch, found through an in-memory timer index (rebuilt from the table's
+  value headers after partitions are assigned);
+- ``output`` is what the batch writes: session rows, retired session ids, ``user_activity`` rows
+  and the triggers fired but not yet delivered;
+- after the write, ``delivered`` lets the next batch drop those triggers from the users' state.
+Time comes from event times. Optionally (``idle_advance_s``, for quiet hours in production), a
+partition without events for that long has its watermark move on with the wall clock, driven by a
+Faust timer calling ``ProfileTracker.fire_idle``; the clock is injected.
+"""
+
+import heapq
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from spoor.events import Event
+from stream_processors import metrics
+from stream_processors.behaviour import AnalyticsRules, UserBehaviour, pack, read_header, unpack
+from stream_processors.rocksdb_store import key_partition
+
+
+@dataclass
+class AnalyticsOutput:
+    sessions: list = field(default_factory=list)
+    retired_sessions: list = field(default_factory=list)
+    activity: list = field(default_factory=list)
+    triggers: list = field(default_factory=list)
+
+
+def _utc(at: float) -> datetime:
+    return datetime.fromtimestamp(at, timezone.utc)
+
+
+def session_row(user_key: str, session) -> dict:
+    entry = session.entry or [None, None, None]
+    campaign = session.campaign or [None, None, None]
+    return {
+        "user_key": user_key, "session_id": session.session_id, "client_session": session.client,
+        "started_at": _utc(session.started_at), "ended_at": _utc(session.ended_at),
+        "duration_s": round(session.ended_at - session.started_at, 3),
+        "events": session.events, "page_views": session.page_views, "product_views": session.product_views,
+        "cart_adds": session.cart_adds, "checkouts": session.checkouts, "purchases": session.purchases,
+        "revenue": session.revenue, "reached_cart": session.cart_adds > 0,
+        "reached_checkout": session.checkouts > 0, "reached_purchase": session.purchases > 0,
+        "entry_page": entry[1], "referrer": entry[2], "utm_source": campaign[1], "utm_campaign": campaign[2],
+        "view_categories": session.view_categories, "cart_categories": session.cart_categories,
+        "purchase_categories": session.purchase_categories,
+    }
+
+
+class AnalyticsTracker:
+    def __init__(self, rules: AnalyticsRules, partitions: int,
+                 send_triggers: Callable[[list[dict]], Awaitable[None]],
+                 idle_advance_s: float = 0.0, clock: Callable[[], float] = time.time):
+        self.rules = rules
+        self.partitions = partitions
+        self.send_triggers = send_triggers
+        self.idle_advance_s = idle_advance_s  # 0: event time alone moves the watermarks
+        self.clock = clock  # wall clock, read only when idle_advance_s > 0
+        self.watermarks: dict[int, float] = {}  # partition -> latest event time seen
+        self.moved_at: dict[int, float] = {}  # partition -> wall time its watermark last moved
+        self.timers: dict[int, list] = {}  # partition -> heap of (due at, user key)
+        self.scheduled: dict[str, float] = {}  # user key -> earliest due time in the heap
+        self.index_stale = True
+        self.redeliver: set[str] = set()  # users whose undelivered triggers a restart found
+        self.delivered: dict[str, set] = {}  # user key -> trigger ids the last batch delivered
+        self.output = AnalyticsOutput()
+
+    def reset(self) -> None:
+        """Partitions were assigned or revoked: rebuild the timer index from the table."""
+        self.index_stale = True
+        self.watermarks.clear()
+        self.moved_at.clear()
+
+    def fold(self, user_key: str, profile_json: bytes, behaviour_json: bytes | None,
+             new_events: list[Event], all_events: list[Event]) -> bytes:
+        """The user's next table value, after their new events; collects the rows to write."""
+        behaviour = UserBehaviour.decode(behaviour_json) if behaviour_json else UserBehaviour()
+        self._forget_delivered(user_key, behaviour)
+        for event in new_events:
+            behaviour.apply(user_key, event, self.rules)
+        if behaviour.too_late_for_session:
+            metrics.SESSION_TOO_LATE.inc(behaviour.too_late_for_session)
+            behaviour.too_late_for_session = 0
+        partition = key_partition(user_key.encode(), self.partitions)
+        latest = max(e.event_time.timestamp() for e in all_events)
+        if latest > self.watermarks.get(partition, float("-inf")):
+            self.watermarks[partition] = latest
+            if self.idle_advance_s:
+                self.moved_at[partition] = self.clock()
+        # A redelivery: the stored state may be ahead of PostgreSQL, so rewrite all its sessions.
+        return self._finish(user_key, profile_json, behaviour, partition,
+                            rewrite_sessions=len(new_events) < len(all_events))
+
+    def _finish(self, user_key: str, profile_json: bytes, behaviour: UserBehaviour, partition: int,
+                rewrite_sessions: bool = False) -> bytes:
+        due_at = behaviour.due_at(self.rules)
+        if due_at is not None and due_at < self.scheduled.get(user_key, float("inf")):
+            self.scheduled[user_key] = due_at
+            heapq.heappush(self.timers.setdefault(partition, []), (due_at, user_key))
+        self._collect(user_key, behaviour, rewrite_sessions)
+        return pack(profile_json, behaviour, due_at)
+
+    def _collect(self, user_key: str, behaviour: UserBehaviour, rewrite_sessions: bool) -> None:
+        out = self.output
+        out.sessions += [session_row(user_key, s) for s in behaviour.sessions.to_write(rewrite_sessions)]
+        out.retired_sessions += [{"user_key": user_key, "session_id": sid} for sid in behaviour.sessions.retired_ids]
+        if behaviour.activity.last_seen is not None:
+            out.activity.append(behaviour.activity.row(user_key))
+        out.triggers += behaviour.pending
+
+    def _forget_delivered(self, user_key: str, behaviour: UserBehaviour) -> None:
+        done = self.delivered.pop(user_key, None)
+        if done:
+            behaviour.pending = [t for t in behaviour.pending if t["trigger_id"] not in done]
+
+    def advance(self, table, batch_users: set[str]) -> None:
+        """Fire what is due at the watermarks, for users without an event in this batch."""
+        if self.index_stale:
+            self._rebuild_index(table)
+        for user_key in list(self.delivered):  # delivered last batch, no event in this one
+            if user_key not in batch_users:
+                self._update(table, user_key, None)
+        for user_key in self.redeliver - batch_users:
+            self._update(table, user_key, None)
+        self.redeliver.clear()
+        now = self.clock() if self.idle_advance_s else None
+        for partition, heap in self.timers.items():
+            watermark = self._watermark(partition, now)
+            while heap and watermark is not None and heap[0][0] <= watermark:
+                due_at, user_key = heapq.heappop(heap)
+                if self.scheduled.get(user_key) != due_at:
+                    continue  # superseded by an earlier entry
+                del self.scheduled[user_key]
+                self._update(table, user_key, watermark - self.rules.trigger_lateness_s)
+
+    def _watermark(self, partition: int, now: float | None) -> float | None:
+        """The partition's latest event time; with idle advance, plus the wall time it has been idle."""
+        watermark = self.watermarks.get(partition)
+        if watermark is None or now is None:
+            return watermark
+        idle = now - self.moved_at[partition]
+        return watermark + idle if idle >= self.idle_advance_s else watermark
+
+    def _update(self, table, user_key: str, now: float | None) -> None:
+        key = user_key.encode()
+        stored = table.get(key)
+        if stored is None:
+            return
+        profile_json, behaviour_json = unpack(stored)
+        if behaviour_json is None:
+            return
+        behaviour = UserBehaviour.decode(behaviour_json)
+        self._forget_delivered(user_key, behaviour)
+        if now is not None:
+            behaviour.fire_due(user_key, now, self.rules)
+        self.scheduled.pop(user_key, None)
+        table[key] = self._finish(user_key, profile_json, behaviour, key_partition(key, self.partitions))
+
+    def _rebuild_index(self, table) -> None:
+        self.timers.clear()
+        self.scheduled.clear()
+        for key, value in table.items():
+            due_at, pending = read_header(value)
+            user_key = key.decode()
+            if due_at is not None:
+                self.scheduled[user_key] = due_at
+                heapq.heappush(self.timers.setdefault(key_partition(key, self.partitions), []), (due_at, user_key))
+            if pending:
+                self.redeliver.add(user_key)
+        self.index_stale = False
+        metrics.TIMER_INDEX_REBUILDS.inc()
+
+    def take_output(self) -> AnalyticsOutput:
+        out, self.output = self.output, AnalyticsOutput()
+        # A user touched twice in a batch (event, then a timer) appears twice: keep the last rows.
+        out.sessions = list({(r["user_key"], r["session_id"]): r for r in out.sessions}.values())
+        out.activity = list({r["user_key"]: r for r in out.activity}.values())
+        out.triggers = list({t["trigger_id"]: t for t in out.triggers}.values())
+        live = {(r["user_key"], r["session_id"]) for r in out.sessions}
+        out.retired_sessions = [r for r in {(r["user_key"], r["session_id"]): r for r in out.retired_sessions}.values()
+                                if (r["user_key"], r["session_id"]) not in live]
+        return out
+
+    async def deliver(self, out: AnalyticsOutput) -> None:
+        """Send the batch's triggers to Kafka and wait for the acks (before the database write)."""
+        if out.triggers:
+            await self.send_triggers(out.triggers)
+
+    def delivered_ok(self, out: AnalyticsOutput) -> None:
+        """The batch is written: its triggers can leave the users' state (in the next batch)."""
+        for trigger in out.triggers:
+            self.delivered.setdefault(trigger["user_key"], set()).add(trigger["trigger_id"])
+        metrics.TRIGGERS.inc(len(out.triggers))

@@ -1,0 +1,113 @@
+"""A user's behaviour state (sessions, activity windows, triggers) and the fold over it. Pure.
+
+``UserBehaviour.apply`` takes the user's events that the profile fold accepted (so a redelivered
+event is never seen twice), and ``fire_due`` advances the user to an event time without an event.
+Fired triggers stay in ``pending`` until the worker has delivered them (Kafka + PostgreSQL), so a
+crash between the state's changelog and the delivery re-delivers them on restart.
+"""
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from spoor.events import Event
+from stream_processors.activity import DAY, NEW_DAYS, Activity
+from stream_processors.sessions import SessionLog
+from stream_processors.triggers import TriggerRules, Triggers
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsRules:
+    session_inactivity_s: float = 1800.0
+    session_lateness_s: float = 6 * 3600.0
+    trigger_lateness_s: float = 300.0
+    order_dedupe: int = 512  # order ids remembered per user (SPOOR_DEDUPE_WINDOW, as the profile)
+    triggers: TriggerRules = TriggerRules()
+
+    @property
+    def shortest_delay_s(self) -> float:
+        """No deadline (trigger or lifecycle threshold) is closer than this after the event that sets it."""
+        t = self.triggers
+        return min(t.cart_delay_s, t.browse_delay_s, t.win_back_s, NEW_DAYS * DAY)
+
+
+@dataclass(slots=True)
+class UserBehaviour:
+    sessions: SessionLog = field(default_factory=SessionLog)
+    activity: Activity = field(default_factory=Activity)
+    triggers: Triggers = field(default_factory=Triggers)
+    pending: list = field(default_factory=list)  # trigger records fired, delivery not yet confirmed
+    too_late_for_session: int = 0  # events of this fold outside the session lateness bound (not stored)
+    # Not stored: a lower bound of the next deadline, so most events skip fire_due's work.
+    next_deadline_at_least: float | None = None
+
+    def apply(self, user_key: str, event: Event, rules: AnalyticsRules) -> None:
+        at = event.event_time.timestamp()
+        now = at - rules.trigger_lateness_s
+        if self.next_deadline_at_least is None:
+            self.next_deadline_at_least = self._next_deadline(rules)
+        if now >= self.next_deadline_at_least:
+            # Deadlines passed before this event fire first, as the partition's watermark would have.
+            self.fire_due(user_key, now, rules)
+            self.next_deadline_at_least = self._next_deadline(rules)
+        repeated_order = self.activity.is_repeated_order(event)
+        if not self.sessions.add(event, at, rules.session_inactivity_s, rules.session_lateness_s, repeated_order):
+            self.too_late_for_session += 1
+        self.activity.add(event, at, rules.order_dedupe)
+        self.triggers.observe(event, at)
+        # Any deadline this event opened or moved is at least the shortest delay after it.
+        self.next_deadline_at_least = min(self.next_deadline_at_least, at + rules.shortest_delay_s)
+
+    def fire_due(self, user_key: str, now: float, rules: AnalyticsRules) -> None:
+        """Fire triggers and lifecycle refreshes due at event time ``now``."""
+        self.pending += self.triggers.fire_due(user_key, now, rules.triggers)
+        refresh = self.activity.next_refresh()
+        while refresh is not None and refresh <= now:
+            self.activity.refresh(refresh)
+            refresh = self.activity.next_refresh()
+
+    def _next_deadline(self, rules: AnalyticsRules) -> float:
+        candidates = [t for t in (self.triggers.next_deadline(rules.triggers), self.activity.next_refresh())
+                      if t is not None]
+        return min(candidates) if candidates else float("inf")
+
+    def due_at(self, rules: AnalyticsRules) -> float | None:
+        """Watermark at which ``fire_due`` will next have something to do."""
+        deadline = self._next_deadline(rules)
+        return None if deadline == float("inf") else deadline + rules.trigger_lateness_s
+
+    def encode(self) -> bytes:
+        return orjson.dumps([self.sessions.encode(), self.activity.encode(), self.triggers.encode(), self.pending])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "UserBehaviour":
+        sessions, activity, triggers, pending = orjson.loads(raw)
+        return cls(SessionLog.decode(sessions), Activity.decode(activity), Triggers.decode(triggers), pending)
+
+
+# One table value holds a user's profile and behaviour, so one changelog record makes both durable
+# together (two records could be split by a crash, and the shared dedupe would then skip an event
+# for the one that was lost). Layout: b"<due at>|<pending>\n<profile json>\n<behaviour json>"; the
+# header lets the worker rebuild its timer index after a restart without decoding the JSON.
+# orjson never writes a raw newline, so b"\n" separates safely. A bare profile (analytics off) is
+# the profile JSON alone, as before.
+
+def pack(profile_json: bytes, behaviour: UserBehaviour, due_at: float | None) -> bytes:
+    header = f"{'' if due_at is None else repr(due_at)}|{len(behaviour.pending)}".encode()
+    return b"\n".join((header, profile_json, behaviour.encode()))
+
+
+def unpack(raw: bytes) -> tuple[bytes, bytes | None]:
+    """(profile json, behaviour json or None) of a table value."""
+    if raw[:1] == b"{":
+        return raw, None
+    _header, profile_json, behaviour_json = raw.split(b"\n", 2)
+    return profile_json, behaviour_json
+
+
+def read_header(raw: bytes) -> tuple[float | None, int]:
+    """(due at, pending triggers) of a table value, without decoding it."""
+    if raw[:1] == b"{":
+        return None, 0
+    due, _, pending = raw[:raw.index(b"\n")].partition(b"|")
+    return (float(due) if due else None), int(pending)

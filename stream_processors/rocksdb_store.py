@@ -1,0 +1,41 @@
+"""Faust's RocksDB store (through ``rocksdict``), with each key kept in its own partition's database.
+
+Faust's store puts a written key into the database of the *current event's* partition. In a
+``take()`` batch that is whichever record came last, not the key's: the key would land in another
+partition's database, and after a restart a stale copy there could be read back. Spoor's keys are
+user keys, partitioned by the default partitioner (murmur2, as the producer and the changelog do),
+so the store places and looks up every key by that rule.
+"""
+
+from functools import lru_cache
+
+from aiokafka.partitioner import murmur2
+from faust.stores import rocksdb
+
+
+@lru_cache(maxsize=100_000)  # murmur2 is pure Python: a few microseconds per call
+def key_partition(key: bytes, partitions: int) -> int:
+    """Partition of a key under Kafka's default partitioner."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class KeyPartitionedStore(rocksdb.Store):
+    def _partition(self, key: bytes) -> int:
+        return key_partition(key, self.table.partitions)
+
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        partition = self._partition(key)
+        self._key_index[key] = partition
+        self._db_for_partition(partition).put(key, value)
+
+    def _get(self, key: bytes) -> bytes | None:
+        db = self._dbs.get(self._partition(key))
+        return None if db is None else db.get(key)
+
+    def _del(self, key: bytes) -> None:
+        db = self._dbs.get(self._partition(key))
+        if db is not None:
+            db.delete(key)
+
+    def _contains(self, key: bytes) -> bool:
+        return self._get(key) is not None
