@@ -30,12 +30,12 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.pipeline import make_batches, persisted_events, post_all  # noqa: E402
 from spoor.settings import Settings  # noqa: E402
 from spoor.topics import create_topics  # noqa: E402
+from storage.scratch import ScratchDatabase
 from storage.migrate import upgrade  # noqa: E402
 from storage.write_keys import create_key  # noqa: E402
 
@@ -124,13 +124,9 @@ def changelog_mib(settings: Settings, app_id: str) -> float:
 
 def run_config(name: str, overrides: dict, base: Settings, bodies: list, n: int, threads: int, work: Path) -> dict:
     run = uuid.uuid4().hex[:8]
-    admin_url = make_url(base.database_url)
-    database = f"spoor_bench_{run}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{database}"'))
+    database = ScratchDatabase(base.database_url, f"spoor_bench_{run}")
     settings = base.model_copy(update={
-        "database_url": admin_url.set(database=database).render_as_string(hide_password=False),
+        "database_url": database.url,
         "events_topic": f"spoor.bench-{run}.events", "dead_letter_topic": f"spoor.bench-{run}.events.dlq",
         "triggers_topic": f"spoor.bench-{run}.triggers", "worker_app_id": f"spoor-bench-{run}",
         "collector_port": free_port(), "worker_web_port": free_port(),
@@ -186,8 +182,7 @@ def run_config(name: str, overrides: dict, base: Settings, bodies: list, n: int,
                     process.wait(30)
                 except subprocess.TimeoutExpired:
                     process.kill()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        database.drop()
         from kafka.admin import KafkaAdminClient
         kafka_admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         topics = [t for t in kafka_admin.list_topics() if run in t]

@@ -26,14 +26,14 @@ import uuid
 from pathlib import Path
 
 import orjson
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from spoor.settings import Settings  # noqa: E402
 from spoor.topics import create_topics  # noqa: E402
+from storage.scratch import ScratchDatabase
 from storage.migrate import upgrade  # noqa: E402
 from storage.write_keys import create_key  # noqa: E402
 
@@ -197,13 +197,9 @@ def main() -> None:
 
     run = uuid.uuid4().hex[:8]
     base = Settings()
-    admin_url = make_url(base.database_url)
-    database = f"spoor_bench_{run}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{database}"'))
+    database = ScratchDatabase(base.database_url, f"spoor_bench_{run}")
     settings = base.model_copy(update={
-        "database_url": admin_url.set(database=database).render_as_string(hide_password=False),
+        "database_url": database.url,
         "events_topic": f"spoor.bench-{run}.events", "dead_letter_topic": f"spoor.bench-{run}.events.dlq",
         "collector_port": args.port, "rate_limit_events_per_s": 1e9, "rate_limit_burst_events": 10**9})
     process = None
@@ -245,8 +241,7 @@ def main() -> None:
         kafka_admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","))
         kafka_admin.delete_topics([settings.events_topic, settings.dead_letter_topic])
         kafka_admin.close()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        database.drop()
 
     print()
     print(f"median over {args.rounds} rounds: {rate:,.0f} events/s; at {half:,.0f} events/s "

@@ -13,12 +13,12 @@ import uuid
 from datetime import datetime, timezone
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from segments import membership
 from segments.language import parse_segment
 from segments.membership import SegmentStore
 from spoor.settings import Settings
+from storage.scratch import ScratchDatabase
 from storage.migrate import upgrade
 
 FILL = """
@@ -53,12 +53,8 @@ def main() -> None:
     parser.add_argument("--explain", help="print the plan of this segment's full refresh and stop")
     args = parser.parse_args()
     settings = Settings()
-    admin_url = make_url(settings.database_url)
-    database = f"spoor_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{database}"'))
-    url = admin_url.set(database=database).render_as_string(hide_password=False)
+    database = ScratchDatabase(settings.database_url, f"spoor_bench_{uuid.uuid4().hex[:8]}")
+    url = database.url
     try:
         upgrade(url)
         engine = create_engine(url)
@@ -97,9 +93,7 @@ def main() -> None:
                   f"ratio {f / i:6.1f}")
         engine.dispose()
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        admin.dispose()
+        database.drop()
 
 
 if __name__ == "__main__":

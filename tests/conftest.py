@@ -16,12 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from spoor.settings import Settings
 from spoor.topics import create_topics
 from storage.migrate import upgrade
+from storage.scratch import ScratchDatabase
 from storage.write_keys import create_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,13 +71,9 @@ def base_settings() -> Settings:
 def test_settings(base_settings, tmp_path_factory) -> Settings:
     """A fresh database (migrated), fresh topics and a fresh consumer group for one test module."""
     run = uuid.uuid4().hex[:10]
-    admin_url = make_url(base_settings.database_url)
-    database = f"spoor_test_{run}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{database}"'))
+    database = ScratchDatabase(base_settings.database_url, f"spoor_test_{run}")
     settings = base_settings.model_copy(update={
-        "database_url": admin_url.set(database=database).render_as_string(hide_password=False),
+        "database_url": database.url,
         "events_topic": f"spoor.test-{run}.events",
         "dead_letter_topic": f"spoor.test-{run}.events.dlq",
         "triggers_topic": f"spoor.test-{run}.triggers",
@@ -91,9 +88,7 @@ def test_settings(base_settings, tmp_path_factory) -> Settings:
     upgrade(settings.database_url)
     create_topics(settings)
     yield settings
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-    admin.dispose()
+    database.drop()
 
 
 @pytest.fixture(scope="module")
