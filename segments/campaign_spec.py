@@ -23,7 +23,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_seria
                       model_validator)
 
 from segments import SegmentsError
-from segments.language import NAME_PATTERN, parse_duration
+from segments.language import NAME_PATTERN, load_definition, parse_duration
 
 TRIGGER_KINDS = ("cart_abandonment", "browse_abandonment", "win_back")
 MAX_MESSAGE_BYTES = 10_000
@@ -124,14 +124,7 @@ class CampaignSpec(BaseModel):
 
 
 def parse_campaign(data: Any) -> CampaignSpec:
-    import yaml
-    if isinstance(data, (str, bytes)):
-        if len(data) > 1_000_000:
-            raise CampaignDefinitionError("definition is larger than 1 MB")
-        try:
-            data = yaml.safe_load(data)
-        except yaml.YAMLError as err:
-            raise CampaignDefinitionError(f"not valid YAML/JSON: {err}") from None
+    data = load_definition(data, CampaignDefinitionError)
     try:
         return CampaignSpec.model_validate(data)
     except ValidationError as err:

@@ -223,15 +223,21 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def parse_segment(data: Any) -> SegmentSpec:
-    """A dict (or YAML/JSON text) -> SegmentSpec, or SegmentDefinitionError saying what is wrong."""
+def load_definition(data: Any, error: type[Exception]) -> Any:
+    """YAML/JSON text (at most 1 MB) parsed, or an already parsed value as it is; ``error`` says why not."""
     if isinstance(data, (str, bytes)):
         if len(data) > 1_000_000:
-            raise SegmentDefinitionError("definition is larger than 1 MB")
+            raise error("definition is larger than 1 MB")
         try:
-            data = yaml.safe_load(data)
+            return yaml.safe_load(data)
         except yaml.YAMLError as err:
-            raise SegmentDefinitionError(f"not valid YAML/JSON: {err}") from None
+            raise error(f"not valid YAML/JSON: {err}") from None
+    return data
+
+
+def parse_segment(data: Any) -> SegmentSpec:
+    """A dict (or YAML/JSON text) -> SegmentSpec, or SegmentDefinitionError saying what is wrong."""
+    data = load_definition(data, SegmentDefinitionError)
     try:
         return SegmentSpec.model_validate(data)
     except ValueError as err:

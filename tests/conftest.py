@@ -174,3 +174,12 @@ def start_process(test_settings, tmp_path_factory):
 def collector(start_process, test_settings, engine, write_key):
     start_process("collector")
     return f"http://127.0.0.1:{test_settings.collector_port}"
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    """A real local HTTP server recording webhook calls (tests/webhook_receiver.py)."""
+    from tests.webhook_receiver import WebhookReceiver
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()

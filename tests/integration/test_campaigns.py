@@ -21,7 +21,6 @@ from segments.rules import idempotency_key, in_holdout
 from segments.triggers import TriggerIngest, trigger_message
 from storage.segments_models import CampaignAttempt, CampaignDelivery
 from tests.segments_data import profile, put_events, put_profiles, put_trigger
-from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 6, 1, 10, 0, tzinfo=timezone.utc)  # 10:00 UTC, outside quiet hours 21:00-08:00 UTC
@@ -36,13 +35,6 @@ def settings(test_settings):
         "segments_topic": f"spoor.test-{run}.segments", "campaigns_dead_letter_topic": f"spoor.test-{run}.cdlq"})
     create_segment_topics(settings)
     return settings
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    receiver = WebhookReceiver()
-    yield receiver
-    receiver.close()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from segments.rules import idempotency_key, in_holdout
 from segments.triggers import trigger_message
 from spoor.collector_client import CollectorClient
 from tests.conftest import REPO, SpoorProcess, free_port, wait_until
-from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 SECRET = "e2e-webhook-secret"
@@ -39,13 +38,6 @@ def settings(test_settings):
         "segments_web_port": free_port(), "campaigns_web_port": free_port()})
     create_segment_topics(settings)
     return settings
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    receiver = WebhookReceiver()
-    yield receiver
-    receiver.close()
 
 
 @pytest.fixture(scope="module")
