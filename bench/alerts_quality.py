@@ -119,6 +119,7 @@ def main() -> None:
                         help="window size: 5 judges 5-minute sums (warm-up and volume guard scaled to match)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a detector field to tune it, e.g. --set sensitivity=4.5")
+    parser.add_argument("--fire-after", type=int, help="override the rule's fire_after to tune it")
     args = parser.parse_args()
 
     rules = load_rules(RULES)
@@ -127,6 +128,8 @@ def main() -> None:
     if overrides:
         detector = type(rule.detector).model_validate({**rule.detector.model_dump(), **overrides})
         rule = rule.model_copy(update={"detector": detector})
+    if args.fire_after:
+        rule = rule.model_copy(update={"fire_after": args.fire_after})
     if args.minutes == 5:
         detector = type(rule.detector).model_validate({
             **rule.detector.model_dump(), "warmup_windows": rule.detector.warmup_windows // 5,

@@ -51,6 +51,36 @@ def test_an_outage_does_not_become_the_baseline():
     assert detector.observe(minute(160), 100).reason == "ok"  # recovery is not a "spike"
 
 
+def test_multi_scale_evidence_catches_a_drop_lost_in_one_windows_noise():
+    # 30 events/min dropping by 40%: each window is ~2 sigmas low (under sensitivity 3), but the sum
+    # of 5 windows is 150 expected vs 90 observed, ~5 sigmas (Poisson variances add up).
+    def run(evidence_windows: int) -> list[Verdict]:
+        detector = SeasonalDetector(SeasonalConfig(season="none", warmup_windows=10, sensitivity=3,
+                                                   evidence_windows=evidence_windows,
+                                                   evidence_sensitivity=3.5), 60)
+        for i in range(100):
+            detector.observe(minute(i), 30)
+        return [detector.observe(minute(100 + i), 18) for i in range(5)]
+
+    single = run(1)
+    assert not any(v.anomalous for v in single)
+    summed = run(5)
+    assert not summed[0].anomalous  # one window: not enough evidence yet
+    assert all(v.anomalous and v.reason == "drop" for v in summed[2:])  # 3 windows: ~ -3.8 sigmas
+    assert summed[-1].score < -4
+
+
+def test_multi_scale_evidence_ignores_one_outlier_once_the_series_is_back():
+    detector = SeasonalDetector(SeasonalConfig(season="none", warmup_windows=10, sensitivity=6,
+                                               evidence_windows=5, evidence_sensitivity=3.5), 60)
+    for i in range(100):
+        detector.observe(minute(i), 30)
+    outlier = detector.observe(minute(100), 3)  # -4.9 sigmas: under sensitivity 6, but summed scores see it
+    assert not outlier.anomalous  # a lone window only counts through the 1-window score
+    back = [detector.observe(minute(101 + i), 30) for i in range(5)]
+    assert not any(v.anomalous for v in back)  # sums still hold the outlier, but this window is not low
+
+
 def test_daily_profile_follows_the_cycle_and_catches_a_zero_at_the_usual_peak():
     detector = SeasonalDetector(SeasonalConfig(season="day", direction="both", sensitivity=4,
                                                warmup_windows=60), 300)
