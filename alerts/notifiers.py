@@ -12,7 +12,6 @@ alert it has not heard of for ``resolve_timeout``), so firing alerts carry an
 """
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import time
@@ -23,6 +22,7 @@ import aiohttp
 import orjson
 
 from alerts.metrics import NOTIFICATIONS
+from spoor.signing import webhook_mac
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Spoor-Signature"
@@ -72,7 +72,7 @@ def slack_payload(alert: dict) -> dict:
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     """``sha256=<hex HMAC of "<timestamp>.<body>">``; the timestamp lets receivers refuse replays."""
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return "sha256=" + webhook_mac(secret, timestamp, body)
 
 
 def verify(secret: bytes, timestamp: str, body: bytes, signature: str, max_age_s: float = 300) -> bool:

@@ -7,7 +7,6 @@ Webhook headers:
   with the shared secret (``SPOOR_CAMPAIGN_WEBHOOK_SECRET``) and reject old timestamps.
 """
 
-import hashlib
 import hmac
 import time
 import urllib.error
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from segments import SegmentsError
 from segments.campaign_spec import CampaignSpec
 from spoor.settings import Settings
+from spoor.signing import webhook_mac
 
 MAX_RESPONSE_CHARS = 2000
 RETRYABLE_STATUS = {408, 425, 429}
@@ -36,8 +36,7 @@ class Outcome:
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return "v1=" + mac.hexdigest()
+    return "v1=" + webhook_mac(secret.encode(), str(timestamp), body)
 
 
 def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:

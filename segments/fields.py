@@ -9,6 +9,8 @@ scores relative to all customers, from the view ``user_rfm`` (see ``segments.rfm
 from dataclasses import dataclass
 from enum import StrEnum
 
+from storage.models import WINDOWED_COUNTS, WINDOWS
+
 
 class FieldType(StrEnum):
     NUMBER = "number"
@@ -28,8 +30,6 @@ class FieldSpec:
         return self.source == "rfm"
 
 
-WINDOWS = ("1d", "7d", "30d")
-WINDOWED_COUNTS = ("page_views", "product_views", "cart_adds", "checkouts", "purchases")
 
 _specs: list[FieldSpec] = [
     *[FieldSpec(n, FieldType.NUMBER, "profile", f"lifetime {n.replace('_', ' ')}") for n in (
