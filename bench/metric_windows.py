@@ -15,7 +15,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from spoor.events import Event, decode_record, encode_events  # noqa: E402
-from stream_processors.metric_agent import decode_events  # noqa: E402
 from stream_processors.metric_windows import MetricWindows  # noqa: E402
 
 KINDS = ["page_view", "product_view", "click", "cart_add", "purchase"]
@@ -37,7 +36,7 @@ def main() -> None:
         windows = MetricWindows()
         began = time.perf_counter()
         for record in records:
-            for event in decode_events(record):
+            for event in decode_record(record):
                 windows.add_event(0, event)
             windows.close_due()
         fold.append((time.perf_counter() - began) / len(events) * 1e6)

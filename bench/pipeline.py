@@ -108,7 +108,7 @@ def post_all(url: str, key: str, bodies: list[bytes], threads: int, rate_per_s: 
 
 
 def persisted_events(worker_url: str) -> int:
-    """Events the worker has committed to PostgreSQL (its counter moves after each commit)."""
+    """Events a worker has committed to PostgreSQL (its counter moves after each commit)."""
     import urllib.request
     with urllib.request.urlopen(f"{worker_url}/metrics", timeout=10) as response:
         text_ = response.read().decode()
@@ -117,12 +117,16 @@ def persisted_events(worker_url: str) -> int:
                    and ('outcome="applied"' in line or 'outcome="duplicate"' in line)))
 
 
-def wait_persisted(worker_url: str, expected: int, timeout: float) -> float:
-    """Wait until the worker's committed-event counter reaches ``expected``."""
+def all_persisted(worker_urls: list[str]) -> int:
+    return sum(persisted_events(url) for url in worker_urls)
+
+
+def wait_persisted(worker_urls: list[str], expected: int, timeout: float) -> float:
+    """Wait until the workers' committed-event counters add up to ``expected``."""
     deadline = time.monotonic() + timeout
     last_report = 0.0
     while True:
-        done = persisted_events(worker_url)
+        done = all_persisted(worker_urls)
         if done >= expected:
             return time.perf_counter()
         if time.monotonic() > deadline:
@@ -130,7 +134,7 @@ def wait_persisted(worker_url: str, expected: int, timeout: float) -> float:
         if time.monotonic() - last_report > 5:
             print(f"  ... {done} of {expected} events committed by the worker so far", flush=True)
             last_report = time.monotonic()
-        time.sleep(0.2)
+        time.sleep(0.25)
 
 
 def main() -> None:
@@ -139,12 +143,14 @@ def main() -> None:
     parser.add_argument("--paced-rate", type=float, default=2000)
     parser.add_argument("--paced-seconds", type=float, default=30)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("SPOOR_WORKERS", "2")),
+                        help="worker processes `make up` started (web ports 6066, 6067, ...)")
     parser.add_argument("--write-key", default=os.environ.get("SPOOR_DEMO_WRITE_KEY", "spoor-demo-write-key"))
     args = parser.parse_args()
     settings = Settings()
     url = f"http://{settings.collector_host}:{settings.collector_port}"
     engine = create_engine(settings.database_url)
-    worker_url = f"http://127.0.0.1:{settings.worker_web_port}"
+    worker_urls = [f"http://127.0.0.1:{settings.worker_web_port + i}" for i in range(args.workers)]
 
     print("waiting for the worker to be ready (a probe event through the whole pipeline) ...", flush=True)
     probe = simulate(1, seed=int(time.time()))[:1]
@@ -168,21 +174,21 @@ def main() -> None:
           f"records/s ({n} records of {mean_size:.0f} bytes)", flush=True)
 
     print(f"phase 2: flood, {n} events in batches of {BATCH} from {args.threads} connections", flush=True)
-    before = persisted_events(worker_url)
+    before = all_persisted(worker_urls)
     started = time.perf_counter()
     post_seconds = post_all(url, args.write_key, bodies, args.threads)
     collector_rate = n / post_seconds
     print(f"  collector accepted {n} events in {post_seconds:.1f}s", flush=True)
-    finished = wait_persisted(worker_url, before + n, timeout=max(300, n / 500))
+    finished = wait_persisted(worker_urls, before + n, timeout=max(300, n / 500))
     end_to_end_rate = n / (finished - started)
 
     paced_n = int(args.paced_rate * args.paced_seconds)
     print(f"phase 3: paced, {paced_n} events at {args.paced_rate:.0f} events/s", flush=True)
     paced_bodies, paced_n = make_batches(paced_n, seed=int(time.time()) + 7)
     since = datetime.now(timezone.utc)
-    before = persisted_events(worker_url)
+    before = all_persisted(worker_urls)
     post_all(url, args.write_key, paced_bodies, args.threads, rate_per_s=args.paced_rate)
-    wait_persisted(worker_url, before + paced_n, timeout=300)
+    wait_persisted(worker_urls, before + paced_n, timeout=300)
     with engine.connect() as conn:
         p50, p99 = conn.execute(text(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM persisted_at - received_at)),"

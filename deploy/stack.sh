@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The local stack: PostgreSQL and Kafka (deploy/postgres.sh, deploy/kafka.sh), then Spoor's processes.
 #   stack.sh infra   start PostgreSQL and Kafka only (what the tests need)
-#   stack.sh up      infra + schema + topics + demo write key + collector + worker
+#   stack.sh up      infra + schema + topics + demo write key + collector + $SPOOR_WORKERS workers (2)
 #                    + segments and campaigns runners + admin HTTP API (token generated in the run dir)
 #   stack.sh demo    simulated traffic through a running stack and a summary
 #   stack.sh stop    stop Spoor's processes, leave PostgreSQL and Kafka running
@@ -15,11 +15,13 @@ logs=$run_dir/logs
 spoor="$venv/bin/spoor"
 demo_key=${SPOOR_DEMO_WRITE_KEY:-spoor-demo-write-key}
 collector_url="http://${SPOOR_COLLECTOR_HOST:-127.0.0.1}:${SPOOR_COLLECTOR_PORT:-8080}"
-worker_url="http://127.0.0.1:${SPOOR_WORKER_WEB_PORT:-6066}"
+worker_port=${SPOOR_WORKER_WEB_PORT:-6066}
+workers=${SPOOR_WORKERS:-2}  # Faust worker processes sharing the partitions; the i-th serves port 6066+i-1
 segments_url="http://127.0.0.1:${SPOOR_SEGMENTS_WEB_PORT:-6070}"
 campaigns_url="http://127.0.0.1:${SPOOR_CAMPAIGNS_WEB_PORT:-6071}"
 admin_api_url="http://${SPOOR_ADMIN_API_HOST:-127.0.0.1}:${SPOOR_ADMIN_API_PORT:-8090}"
-processes=(admin-api campaigns segments worker collector)  # stop order
+worker_names=(worker); for i in $(seq 2 "$workers"); do worker_names+=("worker-$i"); done
+processes=(admin-api campaigns segments "${worker_names[@]}" collector)  # stop order
 mkdir -p "$logs"
 
 running() { [[ -f "$run_dir/$1.pid" ]] && kill -0 "$(cat "$run_dir/$1.pid")" 2>/dev/null; }
@@ -62,7 +64,13 @@ local_secret() {  # file name
 }
 
 stop_processes() {
-  for name in "${processes[@]}"; do stop_process "$name"; done
+  local extra=()  # workers a previous `up` started with a larger SPOOR_WORKERS
+  for pidfile in "$run_dir"/worker-*.pid; do
+    [[ -e $pidfile ]] || continue
+    name=$(basename "$pidfile" .pid)
+    [[ " ${processes[*]} " == *" $name "* ]] || extra+=("$name")
+  done
+  for name in "${extra[@]}" "${processes[@]}"; do stop_process "$name"; done
 }
 
 infra() {
@@ -81,7 +89,11 @@ case "${1:-}" in
     echo "==> Spoor processes"
     start_process collector "$collector_url/healthz" 60
     echo "  (the worker restores its table state from Kafka before it is ready: minutes for a large state)"
-    start_process worker "$worker_url/healthz" 900
+    for i in $(seq 1 "$workers"); do  # each its own web port and table state directory
+      port=$((worker_port + i - 1))
+      SPOOR_WORKER_WEB_PORT=$port SPOOR_WORKER_DATA_DIR=${SPOOR_WORKER_DATA_DIR:-$run_dir/faust}$([[ $i == 1 ]] || echo "-$i") \
+        start_process "${worker_names[$((i - 1))]}" "http://127.0.0.1:$port/healthz" 900 worker
+    done
     # The admin API's bearer token and the webhook signing key: the environment's, else generated.
     SPOOR_ADMIN_TOKEN=${SPOOR_ADMIN_TOKEN:-$(local_secret admin_token)}
     SPOOR_CAMPAIGN_WEBHOOK_SECRET=${SPOOR_CAMPAIGN_WEBHOOK_SECRET:-$(local_secret webhook_secret)}

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     worker_batch_within_s: float = Field(0.1, gt=0)
     # A worker that died is noticed by the group after this long; its partitions then move.
     worker_session_timeout_s: float = Field(30.0, ge=6)
+    # A worker whose assigned partitions have records but whose commits stand still this long
+    # restarts itself (stream_processors/stall.py); 0 turns the watchdog off.
+    worker_stall_restart_s: float = Field(60.0, ge=0)
     # How many recent event ids per user are remembered to count a redelivered event once.
     dedupe_window: int = Field(512, ge=1)
 

@@ -6,6 +6,7 @@ dead-letter agent copies bad rows into PostgreSQL so people can query them.
 
 import asyncio
 import logging
+import time
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,6 +23,7 @@ from stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocki
 from stream_processors.analytics_tracker import AnalyticsTracker
 from stream_processors.behaviour import AnalyticsRules
 from stream_processors.profile_tracker import ProfileTracker
+from stream_processors.stall import StallWatch
 from stream_processors.triggers import TriggerRules, trigger_message
 
 log = logging.getLogger(__name__)
@@ -96,15 +98,19 @@ def create_app(settings: Settings) -> faust.App:
     # before that happens (fail_stop); the restarted worker gets it again.
     continuity = OffsetContinuity()
 
+    stall_watch = StallWatch(after_s=settings.worker_stall_restart_s)
+
     @app.on_partitions_revoked.connect
     async def forget_positions_on_revoke(_app, revoked, **_kwargs):
         continuity.reset()
+        stall_watch.reset()
         if analytics:
             analytics.reset()
 
     @app.on_partitions_assigned.connect
     async def forget_positions_on_assign(_app, assigned, **_kwargs):
         continuity.reset()
+        stall_watch.reset()
         if analytics:
             analytics.reset()
 
@@ -130,14 +136,17 @@ def create_app(settings: Settings) -> faust.App:
             fail_stop(f"the consumer skipped records at {holes}; restarting to read them again")
         return batch
 
+    fold_metric_windows = register_metric_windows(app, settings, dead_letter_topic, engine)
     one_at_a_time = asyncio.Lock()  # the agent's batches and the idle-trigger timer share user state
 
     @app.agent(events_topic, name="track-profiles")
     async def track_profiles(stream):
         async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_s):
             async with one_at_a_time:
-                await fail_stop_on_error(tracker.process([e.value for e in await without_holes(batch)]),
-                                         "tracking profiles")
+                batch = await without_holes(batch)
+                decoded = await fail_stop_on_error(
+                    tracker.process([(e.message.partition, e.value) for e in batch]), "tracking profiles")
+                await fold_metric_windows(batch, decoded)
 
     if analytics and settings.trigger_idle_advance_s > 0:
         @app.timer(interval=min(10.0, settings.trigger_idle_advance_s))
@@ -153,7 +162,24 @@ def create_app(settings: Settings) -> faust.App:
             await fail_stop_on_error(run_blocking(writer.write_dead_letters, rows), "storing dead letters")
             metrics.DEAD_LETTERS.inc(len(rows))
 
-    register_metric_windows(app, settings, events_topic, dead_letter_topic, engine)
+
+    if settings.worker_stall_restart_s > 0:
+        @app.timer(interval=min(10.0, settings.worker_stall_restart_s / 3))
+        async def restart_when_stalled():
+            """See stall.py: a partition with records to read whose commit does not move for too long."""
+            if not app.tables.recovery.completed.is_set():
+                stall_watch.reset()  # restoring tables: the streams wait on purpose
+                return
+            tps = [tp for tp in app.consumer.assignment()
+                   if tp.topic in (settings.events_topic, settings.dead_letter_topic)]
+            if not tps:
+                return
+            ends = await app.consumer.highwaters(*tps)
+            stalled = stall_watch.check(time.monotonic(), {
+                tp: (app.consumer._committed_offset.get(tp), ends.get(tp)) for tp in tps})
+            if stalled:
+                fail_stop(f"no progress for {settings.worker_stall_restart_s:.0f}s on {stalled} with records "
+                          "waiting (faust-streaming issue 629); restarting to read them with a new consumer")
 
     @app.page("/metrics")
     async def prometheus(web, request):

@@ -47,9 +47,10 @@ async def run_blocking(write: Callable, *args) -> None:
         raise
 
 
-async def fail_stop_on_error(step: Awaitable, what: str) -> None:
+async def fail_stop_on_error(step: Awaitable, what: str):
+    """The step's result; the process stops if it raises."""
     try:
-        await step
+        return await step
     except Exception:
         log.critical("%s failed", what, exc_info=True)
         fail_stop("stopping the worker before this batch is acknowledged (it is redelivered on restart)")

@@ -1,9 +1,10 @@
 """Faust shell of the business-metric windows and of the alert evaluator.
 
-Two agents fold events and dead letters into ``MetricWindows`` (pure); when
-the watermark closes windows, the events agent writes them and the
-partitions' watermarks to PostgreSQL in one transaction before its batch is
-acknowledged (fail-stop otherwise, like the profile agent). A timer on the group leader runs the
+The profile agent hands each batch's decoded events to ``fold_batch`` (one
+decode per record) and a dead-letter agent folds bad rows, into
+``MetricWindows`` (pure); when the watermark closes windows, they and the
+partitions' watermarks are written to PostgreSQL in one transaction before
+the profile agent's batch is acknowledged (fail-stop otherwise). A timer on the group leader runs the
 ``AlertEvaluator`` over complete windows (on the worker owning partition 0).
 
 Open windows live in memory. A restart loses the open windows' events that
@@ -14,19 +15,19 @@ detectors skip them rather than see a false drop.
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import faust
 import orjson
-from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from alerts.evaluator import AlertEvaluator
 from alerts.notifiers import HttpNotifier, NotifierHub
 from alerts.rules import RulesFile
 from spoor.bad_rows import SCHEMA as BAD_ROW_SCHEMA
-from spoor.events import Event, decode_record
+from spoor.events import Event
 from spoor.settings import Settings
 from storage.metric_store import MetricWindowWriter
 from stream_processors import metrics
@@ -36,25 +37,6 @@ from stream_processors.metric_windows import MetricWindows
 
 log = logging.getLogger(__name__)
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "alerts" / "rules.yaml"
-
-
-def decode_events(raw: bytes) -> list[Event]:
-    """The valid events of a record. Invalid ones are the profile agent's to dead-letter (and
-    are counted there and as dead letters here), so they are skipped, not rejected twice."""
-    try:
-        return decode_record(raw)
-    except ValidationError:
-        try:
-            items = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return []
-        events = []
-        for item in items if isinstance(items, list) else [items]:
-            try:
-                events.append(Event.model_validate(item))
-            except ValidationError:
-                pass
-        return events
 
 
 def dead_letter_time(raw: bytes) -> tuple[datetime, str | None, str] | None:
@@ -99,27 +81,29 @@ class PartitionGuard:
             fail_stop(f"the consumer skipped records at {holes}; restarting to read them again")
 
 
-def register_metric_windows(app: faust.App, settings: Settings, events_topic, dead_letter_topic,
-                            engine: Engine) -> MetricWindows:
+def register_metric_windows(app: faust.App, settings: Settings, dead_letter_topic,
+                            engine: Engine) -> Callable[[list, list[tuple[int, Event]]], Awaitable[None]]:
+    """The dead-letter agent, lag and alert timers; returns the events' fold for the profile agent."""
     windows = MetricWindows(lateness=timedelta(seconds=settings.metric_lateness_s))
     writer = MetricWindowWriter(engine)
-    event_guard, dead_letter_guard = PartitionGuard(app), PartitionGuard(app)
+    dead_letter_guard = PartitionGuard(app)
 
     @app.on_partitions_revoked.connect
     async def forget_metric_positions_on_revoke(_app, revoked, **_kwargs):
-        event_guard.continuity.reset()
         dead_letter_guard.continuity.reset()
         last_offsets.clear()
+        written_marks.clear()
         caught_up_since.clear()
 
     @app.on_partitions_assigned.connect
     async def forget_metric_positions_on_assign(_app, assigned, **_kwargs):
-        event_guard.continuity.reset()
         dead_letter_guard.continuity.reset()
         last_offsets.clear()
+        written_marks.clear()
         caught_up_since.clear()
 
     last_offsets: dict = {}  # tp -> last offset folded
+    written_marks: dict = {}  # partition -> watermark last written (unchanged ones are not rewritten)
     caught_up_since: dict = {}  # tp -> monotonic time it was first seen with nothing left to read
 
     def idle_partitions() -> set[int]:
@@ -141,26 +125,26 @@ def register_metric_windows(app: faust.App, settings: Settings, events_topic, de
     async def close_windows() -> None:
         assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.events_topic}
         rows = windows.close_due(idle_partitions())
-        marks = {p: at for p, at in windows.closed.items() if p in assigned}
+        marks = {p: at for p, at in windows.closed.items() if p in assigned and written_marks.get(p) != at}
         if not rows and not marks:
             return
         await run_blocking(writer.write, rows, marks)
+        written_marks.update(marks)
         metrics.METRIC_WINDOWS_WRITTEN.inc(len(rows))
         metrics.METRIC_LATE_EVENTS.set(windows.late_events)
         for row in rows:
             metrics.METRIC_WINDOW_END.labels(row["resolution"]).set(row["window_end"].timestamp())
 
-    @app.agent(events_topic, name="metric-windows")
-    async def fold_event_windows(stream):
-        async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_s):
-            await event_guard.check(batch)
-            for event in batch:
-                last_offsets[event.message.tp] = event.message.offset
-                for decoded in decode_events(event.value):
-                    windows.add_event(event.message.partition, decoded)
-            await fail_stop_on_error(close_windows(), "writing metric windows")
-            if windows.newest_event is not None:
-                metrics.EVENT_TIME_LAG.set(time.time() - windows.newest_event.timestamp())
+    async def fold_batch(batch, decoded: list[tuple[int, Event]]) -> None:
+        """Called by the profile agent with its batch (already checked for holes) and its decoded
+        events, so each record is decoded once; closed windows are written before the batch's ack."""
+        for event in batch:
+            last_offsets[event.message.tp] = event.message.offset
+        for partition, decoded_event in decoded:
+            windows.add_event(partition, decoded_event)
+        await fail_stop_on_error(close_windows(), "writing metric windows")
+        if windows.newest_event is not None:
+            metrics.EVENT_TIME_LAG.set(time.time() - windows.newest_event.timestamp())
 
     @app.agent(dead_letter_topic, name="metric-dead-letters")
     async def fold_dead_letter_windows(stream):
@@ -180,7 +164,7 @@ def register_metric_windows(app: faust.App, settings: Settings, events_topic, de
 
     if settings.alerts_enabled:
         register_alert_evaluator(app, settings, engine)
-    return windows
+    return fold_batch
 
 
 def notifier_hub(settings: Settings) -> NotifierHub:

@@ -42,10 +42,12 @@ class ProfileTracker:
         self.send_bad_row = send_bad_row
         self.analytics = analytics
 
-    async def process(self, values: Sequence[bytes]) -> None:
-        if not values:
-            return
-        events = await self._decode(values)
+    async def process(self, records: Sequence[tuple[int, bytes]]) -> list[tuple[int, Event]]:
+        """Fold (partition, record value) pairs; returns the valid events with their partition."""
+        if not records:
+            return []
+        decoded = await self._decode(records)
+        events = [event for _partition, event in decoded]
         by_user: dict[str, list[Event]] = {}
         for event in events:
             by_user.setdefault(event.user_key, []).append(event)
@@ -87,6 +89,7 @@ class ProfileTracker:
         now = datetime.now(timezone.utc)
         for event in events:
             metrics.FRESHNESS_SECONDS.observe((now - event.received_at).total_seconds())
+        return decoded
 
     async def fire_idle(self) -> None:
         """Fire what fell due on partitions idle for ``idle_advance_s`` (called by a Faust timer)."""
@@ -100,14 +103,15 @@ class ProfileTracker:
             await run_blocking(self.writer.write_batch, [], [], derived)
             self.analytics.delivered_ok(derived)
 
-    async def _decode(self, values: Sequence[bytes]) -> list[Event]:
-        """Events of the batch's records; an invalid one is dead-lettered, never dropped."""
+    async def _decode(self, records: Sequence[tuple[int, bytes]]) -> list[tuple[int, Event]]:
+        """(partition, event) of the batch's records; an invalid event is dead-lettered, never dropped."""
         events = []
-        for raw in values:
+        for partition, raw in records:
             try:
-                events.extend(decode_record(raw))
+                valid = decode_record(raw)
             except ValidationError:
-                events.extend(await self._salvage(raw))
+                valid = await self._salvage(raw)
+            events.extend((partition, event) for event in valid)
         return events
 
     async def _salvage(self, raw: bytes) -> list[Event]:

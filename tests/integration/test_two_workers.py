@@ -18,7 +18,7 @@ from tests.integration.test_behaviour_analytics import clock_messages
 pytestmark = pytest.mark.integration
 
 START = datetime(2026, 2, 2, 8, 0, tzinfo=timezone.utc)
-WORKER = {"win_back_after_days": 1, "cart_abandonment_delay_s": 1800, "browse_abandonment_views": 2,
+WORKER = {"win_back_after_days": 1, "worker_stall_restart_s": 20, "cart_abandonment_delay_s": 1800, "browse_abandonment_views": 2,
           "worker_batch_max": 50}
 TABLES = {  # table -> (key columns, columns left out: when the row was written)
     "user_profiles": ("user_key", "updated_at"),

@@ -6,7 +6,9 @@ from decimal import Decimal
 import pytest
 
 from ingest.normalize import InvalidEvent, normalize
-from spoor.events import Event, EventKind
+from pydantic import ValidationError
+
+from spoor.events import Event, EventKind, decode_record, encode_events
 
 RECEIVED = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -134,3 +136,16 @@ def test_session_id_and_campaign_come_from_the_context():
     with pytest.raises(InvalidEvent) as err:
         norm({**track("Product Viewed"), "context": {"sessionId": {"nested": 1}}})
     assert err.value.field == "context.sessionId"
+
+
+def test_decoding_still_rejects_nul_characters_escaped_or_not():
+    event = Event(event_id="e1", kind=EventKind("page_view"), name="Home", user_key="u1",
+                  event_time=datetime(2024, 1, 1, tzinfo=timezone.utc),
+                  received_at=datetime(2024, 1, 1, tzinfo=timezone.utc), source="web")
+    clean = encode_events([event, event.model_copy(update={"event_id": "e2"})])
+    assert [e.event_id for e in decode_record(clean)] == ["e1", "e2"]
+    poisoned = clean.replace(b'"Home"', b'"Ho\\u0000me"', 1)  # what a backend writing directly could send
+    with pytest.raises(ValidationError, match="NUL"):
+        decode_record(poisoned)
+    with pytest.raises(ValidationError, match="NUL"):
+        decode_record(event.model_copy(update={"name": "a\x00b"}).to_json())

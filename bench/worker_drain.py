@@ -1,0 +1,119 @@
+"""Worker drain benchmark: figures, not a test. Needs Kafka and PostgreSQL (`deploy/stack.sh infra`).
+
+Isolates the Faust worker, the pipeline's bottleneck: N simulated events are first posted through a
+collector into fresh topics (no worker running), then a worker with a fresh consumer group and a fresh
+database starts and the time from its first committed batch to the last is measured, with the CPU
+seconds it used. Own ports, topics and database: it does not touch a running `make up` stack.
+Repeats ``--runs`` times and prints the median.
+
+    .venv/bin/python bench/worker_drain.py --events 200000 [--runs 3] [--analytics true] [--workers 1]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.analytics import committed, free_port, start, stop, wait_healthy  # noqa: E402
+from bench.pipeline import make_batches, post_all  # noqa: E402
+from spoor.settings import Settings  # noqa: E402
+from spoor.topics import create_topics  # noqa: E402
+from storage.migrate import upgrade  # noqa: E402
+from storage.scratch import ScratchDatabase  # noqa: E402
+from storage.write_keys import create_key  # noqa: E402
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children that were waited for (the supervisor's worker)."""
+    total = 0.0
+    pids = [pid] + Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for one in pids:
+        fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def drain_once(base: Settings, bodies: list, n: int, analytics: str, workers: int, work: Path) -> tuple[float, float]:
+    run = uuid.uuid4().hex[:8]
+    database = ScratchDatabase(base.database_url, f"spoor_drain_{run}")
+    settings = base.model_copy(update={
+        "database_url": database.url,
+        "events_topic": f"spoor.drain-{run}.events", "dead_letter_topic": f"spoor.drain-{run}.events.dlq",
+        "triggers_topic": f"spoor.drain-{run}.triggers", "worker_app_id": f"spoor-drain-{run}",
+        "collector_port": free_port(), "worker_web_port": free_port(),
+        "worker_data_dir": str(work / f"faust-{run}"),
+    })
+    upgrade(settings.database_url)
+    create_topics(settings)
+    key = create_key(create_engine(settings.database_url), "bench", "web")
+    env = dict(os.environ)
+    env.update({f"SPOOR_{k.upper()}": str(v) for k, v in settings.model_dump().items()})
+    env["SPOOR_ANALYTICS_ENABLED"] = analytics
+    collector = start("collector", env, work / "collector.log")
+    running, urls = [], []
+    try:
+        wait_healthy(collector, f"http://127.0.0.1:{settings.collector_port}/healthz", 60)
+        post_all(f"http://127.0.0.1:{settings.collector_port}", key, bodies, 4)
+        stop(collector)
+        for index in range(workers):  # each worker: its own web port and state directory
+            port = settings.worker_web_port if index == 0 else free_port()
+            running.append(start("worker", {**env, "SPOOR_WORKER_WEB_PORT": str(port),
+                                            "SPOOR_WORKER_DATA_DIR": f"{settings.worker_data_dir}-{index}"},
+                                 work / f"worker-{index}.log"))
+            urls.append(f"http://127.0.0.1:{port}")
+        for worker, url in zip(running, urls):
+            wait_healthy(worker, f"{url}/healthz", 120)
+
+        def total() -> int:
+            return sum(committed(url) for url in urls)
+
+        while total() == 0:
+            time.sleep(0.05)
+        started, cpu_before = time.perf_counter(), sum(process_cpu_seconds(w.pid) for w in running)
+        first = total()
+        while (done := total()) < n:
+            time.sleep(0.5)
+        elapsed = time.perf_counter() - started
+        cpu = sum(process_cpu_seconds(w.pid) for w in running) - cpu_before
+        return (done - first) / elapsed, cpu / (done - first) * 1e6
+    finally:
+        for worker in running:
+            stop(worker)
+        if collector.poll() is None:
+            stop(collector)
+        database.drop()
+        from kafka.admin import KafkaAdminClient
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin.delete_topics([t for t in admin.list_topics() if run in t])
+        admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--analytics", default="true")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    base = Settings()
+    bodies, n = make_batches(args.events, seed=7)
+    rates, costs = [], []
+    with tempfile.TemporaryDirectory(prefix="spoor-drain-") as tmp:
+        for index in range(args.runs):
+            rate, us_per_event = drain_once(base, bodies, n, args.analytics, args.workers, Path(tmp))
+            rates.append(rate)
+            costs.append(us_per_event)
+            print(f"run {index + 1}: {rate:,.0f} events/s, {us_per_event:.0f} worker CPU us/event", flush=True)
+    print(f"worker_drain_events_per_s: {statistics.median(rates):.0f}")
+    print(f"worker_cpu_us_per_event: {statistics.median(costs):.0f}")
+
+
+if __name__ == "__main__":
+    main()
