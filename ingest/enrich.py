@@ -22,6 +22,11 @@ def anonymize_ip(value: Any) -> str | None:
     """IPv4 keeps its first 3 octets (a.b.c.0), IPv6 its first 48 bits (last 80 dropped); else None."""
     if not isinstance(value, str):
         return None
+    return _anonymize_ip_text(value)
+
+
+@lru_cache(maxsize=4096)  # a request's events share the peer's address
+def _anonymize_ip_text(value: str) -> str | None:
     value = value.strip()
     octets = value.split(".")
     if len(octets) == 4 and all(o.isascii() and o.isdigit() and len(o) <= 3 and int(o) <= 255 for o in octets):

@@ -7,6 +7,7 @@ futures to asyncio so a request can await "all my records are durable".
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
@@ -110,6 +111,7 @@ class EventProducer:
         self.producer.close()
 
 
+@lru_cache(maxsize=65536)  # kafka-python's murmur2 is pure Python; a batch repeats its users
 def partition_for(user_key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner (Java, kafka-python, aiokafka) picks for key=user_key."""
     return (murmur2(user_key.encode()) & 0x7FFFFFFF) % partitions

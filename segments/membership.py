@@ -194,8 +194,11 @@ def changed_users(engine: Engine, since: datetime) -> list[str]:
         return sorted(set(conn.execute(query).scalars()))
 
 
-def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: str = "incremental") -> dict:
-    """Refresh every active segment for the users changed since the last pass; returns what changed."""
+def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: str = "incremental",
+                     refresh_population: bool = True) -> dict:
+    """Refresh every active segment for the users changed since the last pass; returns what changed.
+    Segments that depend on the whole population (RFM scores) can only be refreshed for everyone:
+    with ``refresh_population`` False they wait for a later pass (the caller paces them)."""
     with engine.connect() as conn:
         started = conn.execute(select(func.clock_timestamp())).scalar_one()  # the database's clock, like updated_at
         since = conn.execute(select(CURSORS.c.changed_since).where(CURSORS.c.name == cursor)).scalar()
@@ -207,6 +210,8 @@ def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: st
     if keys:
         for name in store.active():
             compiled = compile_segment(specs[name], specs.get, now)
+            if compiled.depends_on_population and not refresh_population:
+                continue
             result[name] = refresh(engine, specs[name], specs, now,
                                    None if compiled.depends_on_population else keys)
     with engine.begin() as conn:

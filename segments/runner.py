@@ -69,13 +69,19 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
     producer = create_producer(settings, "spoor-segments")
     SegmentStore(engine).install_builtins()
     last_full = [float("-inf")]
+    last_population = [float("-inf")]
 
     def turn() -> None:
         if time.monotonic() - last_full[0] >= settings.segments_full_recompute_s:
             _count(membership.full_recompute(engine, utcnow()))
             metrics.PASSES.labels("full").inc()
             last_full[0] = time.monotonic()
-        result = membership.incremental_pass(engine, utcnow(), settings.segments_change_overlap_s)
+        # RFM segments are recomputed for everyone, so at most every segments_population_refresh_s.
+        population_due = time.monotonic() - last_population[0] >= settings.segments_population_refresh_s
+        result = membership.incremental_pass(engine, utcnow(), settings.segments_change_overlap_s,
+                                             refresh_population=population_due)
+        if population_due and result["changed_users"]:
+            last_population[0] = time.monotonic()
         metrics.PASSES.labels("incremental").inc()
         metrics.CHANGED_USERS.inc(result["changed_users"])
         _count(result["segments"])

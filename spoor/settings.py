@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # A worker whose assigned partitions have records but whose commits stand still this long
     # restarts itself (stream_processors/stall.py); 0 turns the watchdog off.
     worker_stall_restart_s: float = Field(60.0, ge=0)
+    # Faust standby replicas: each worker also follows the others' changelogs, so a failover needs
+    # no replay, at the price of applying every table change twice. Off: `make up`'s workers share
+    # one machine (measured: README, Benchmark); 1 for workers on several machines.
+    worker_standby_replicas: int = Field(0, ge=0)
     # How many recent event ids per user are remembered to count a redelivered event once.
     dedupe_window: int = Field(512, ge=1)
 
@@ -59,6 +63,9 @@ class Settings(BaseSettings):
     # Changed profiles are re-read from this far before the last pass, because a profile's updated_at
     # is its transaction's start time and that transaction may commit later.
     segments_change_overlap_s: float = Field(120.0, ge=0)
+    # Segments on RFM scores depend on every user, so an incremental pass recomputes them for
+    # everyone: at most this often (a full population query every poll took ~0.7 core of PostgreSQL).
+    segments_population_refresh_s: float = Field(60.0, ge=0)
     campaigns_poll_s: float = Field(2.0, gt=0)
     campaign_webhook_secret: str = ""  # HMAC-SHA256 key for webhook signatures; required to send webhooks
     campaign_webhook_timeout_s: float = Field(5.0, gt=0)

@@ -65,6 +65,7 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         topic_disable_leader=True,
+        table_standby_replicas=settings.worker_standby_replicas,
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=settings.worker_batch_max * 4,
         producer_acks=-1,

@@ -141,6 +141,10 @@ def test_incremental_and_full_recompute_agree_and_history_is_kept(engine, store)
          "event_time": NOW + timedelta(minutes=5)}])
     for name in names:
         store.set_status(name, "active")
+    # A pass that defers population-wide segments (the runner paces them) leaves RFM ones alone.
+    deferred = membership.incremental_pass(engine, second, overlap_s=0, cursor="deferred", refresh_population=False)
+    assert "t_abandoners" in deferred["segments"] and "rfm_champions" not in deferred["segments"]
+    assert "whale" not in {m["user_key"] for m in membership.members(engine, "rfm_champions", 1000)}
     result = membership.incremental_pass(engine, second, overlap_s=0)
     assert result["changed_users"] >= 3
     incremental = {n: {m["user_key"] for m in membership.members(engine, n, 1000)} for n in names}
