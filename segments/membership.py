@@ -186,6 +186,11 @@ def full_recompute(engine: Engine, now: datetime, names: Iterable[str] | None = 
     return {name: refresh(engine, specs[name], specs, now) for name in wanted}
 
 
+OLDEST_OPEN_TRANSACTION = text(
+    "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
+
+
 def changed_users(engine: Engine, since: datetime) -> list[str]:
     profiles, activity = UserProfile.__table__, UserActivity.__table__
     query = union_all(select(profiles.c.user_key).where(profiles.c.updated_at >= since),
@@ -201,7 +206,11 @@ def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: st
     with ``refresh_population`` False they wait for a later pass (the caller paces them)."""
     with engine.connect() as conn:
         started = conn.execute(select(func.clock_timestamp())).scalar_one()  # the database's clock, like updated_at
+        # updated_at is its transaction's start: a transaction still open now may commit rows stamped
+        # before ``started``, so the next pass starts from the oldest open transaction, if older.
+        oldest_open = conn.execute(OLDEST_OPEN_TRANSACTION).scalar()
         since = conn.execute(select(CURSORS.c.changed_since).where(CURSORS.c.name == cursor)).scalar()
+    next_since = min(started, oldest_open) if oldest_open is not None else started
     since = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)) - timedelta(seconds=overlap_s)
     keys = changed_users(engine, since)
     store = SegmentStore(engine)
@@ -215,8 +224,8 @@ def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: st
             result[name] = refresh(engine, specs[name], specs, now,
                                    None if compiled.depends_on_population else keys)
     with engine.begin() as conn:
-        conn.execute(insert(CURSORS).values(name=cursor, changed_since=started)
-                     .on_conflict_do_update(index_elements=["name"], set_={"changed_since": started}))
+        conn.execute(insert(CURSORS).values(name=cursor, changed_since=next_since)
+                     .on_conflict_do_update(index_elements=["name"], set_={"changed_since": next_since}))
     return {"changed_users": len(keys), "segments": result}
 
 

@@ -60,9 +60,9 @@ class Settings(BaseSettings):
     campaigns_dead_letter_topic: str = "spoor.campaigns.dlq"  # deliveries that failed their last try
     segments_poll_s: float = Field(5.0, gt=0)  # how often the incremental pass looks for changed profiles
     segments_full_recompute_s: float = Field(900.0, gt=0)  # scheduled full recompute of every active segment
-    # Changed profiles are re-read from this far before the last pass, because a profile's updated_at
-    # is its transaction's start time and that transaction may commit later.
-    segments_change_overlap_s: float = Field(120.0, ge=0)
+    # A pass reads changes from the previous pass's start or the oldest transaction open then,
+    # whichever is older (segments/membership.py), minus this margin.
+    segments_change_overlap_s: float = Field(10.0, ge=0)
     # Segments on RFM scores depend on every user, so an incremental pass recomputes them for
     # everyone: at most this often (a full population query every poll took ~0.7 core of PostgreSQL).
     segments_population_refresh_s: float = Field(60.0, ge=0)

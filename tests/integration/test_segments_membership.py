@@ -185,3 +185,20 @@ def test_transitions_are_published_once_to_the_segments_topic(engine, test_setti
     consumer.close()
     assert sorted(m["transition_id"] for m in messages) == sorted(r.id for r in expected)
     assert {m["change"] for m in messages} == {"enter", "exit"}
+
+
+def test_a_change_committed_after_a_pass_that_started_later_is_still_picked_up(engine):
+    """updated_at is its transaction's start: a writer still open during a pass commits rows stamped
+    before that pass; the next pass must look back to them, even with no overlap configured."""
+    put_profiles(engine, [profile("late-writer", NOW)])
+    membership.incremental_pass(engine, NOW, overlap_s=0, cursor="late")  # the cursor is now "just now"
+    writer = engine.connect()
+    transaction = writer.begin()
+    writer.execute(text("UPDATE user_profiles SET orders = orders + 1, updated_at = now() "
+                        "WHERE user_key = 'late-writer'"))
+    during = membership.incremental_pass(engine, NOW, overlap_s=0, cursor="late")
+    assert during["changed_users"] == 0  # not committed yet: invisible to this pass
+    transaction.commit()
+    writer.close()
+    after = membership.incremental_pass(engine, NOW, overlap_s=0, cursor="late")
+    assert after["changed_users"] == 1
