@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     segments_change_overlap_s: float = Field(10.0, ge=0)
     # Segments on RFM scores depend on every user, so an incremental pass recomputes them for
     # everyone: at most this often (a full population query every poll took ~0.7 core of PostgreSQL).
-    segments_population_refresh_s: float = Field(60.0, ge=0)
+    segments_population_refresh_s: float = Field(300.0, ge=0)
     campaigns_poll_s: float = Field(2.0, gt=0)
     campaign_webhook_secret: str = ""  # HMAC-SHA256 key for webhook signatures; required to send webhooks
     campaign_webhook_timeout_s: float = Field(5.0, gt=0)
