@@ -122,22 +122,39 @@ def changelog_mib(settings: Settings, app_id: str) -> float:
     return size / 2**20
 
 
+class ScratchRun:
+    """Fresh database, topics, ports, consumer group and write key for one benchmark run (a running
+    `make up` stack is never touched); ``env`` starts Spoor processes on them; ``drop`` removes them."""
+
+    def __init__(self, base: Settings, work: Path, prefix: str, overrides: dict):
+        self.run = uuid.uuid4().hex[:8]
+        self.database = ScratchDatabase(base.database_url, f"spoor_{prefix}_{self.run}")
+        self.settings = base.model_copy(update={
+            "database_url": self.database.url,
+            "events_topic": f"spoor.{prefix}-{self.run}.events",
+            "dead_letter_topic": f"spoor.{prefix}-{self.run}.events.dlq",
+            "triggers_topic": f"spoor.{prefix}-{self.run}.triggers", "worker_app_id": f"spoor-{prefix}-{self.run}",
+            "collector_port": free_port(), "worker_web_port": free_port(),
+            "worker_data_dir": str(work / f"faust-{self.run}"),
+        })
+        upgrade(self.settings.database_url)
+        create_topics(self.settings)
+        self.key = create_key(create_engine(self.settings.database_url), "bench", "web")
+        self.env = dict(os.environ)
+        self.env.update({f"SPOOR_{k.upper()}": str(v) for k, v in self.settings.model_dump().items()})
+        self.env.update({f"SPOOR_{k.upper()}": v for k, v in overrides.items()})
+
+    def drop(self) -> None:
+        from kafka.admin import KafkaAdminClient
+        self.database.drop()
+        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        admin.delete_topics([t for t in admin.list_topics() if self.run in t])
+        admin.close()
+
+
 def run_config(name: str, overrides: dict, base: Settings, bodies: list, n: int, threads: int, work: Path) -> dict:
-    run = uuid.uuid4().hex[:8]
-    database = ScratchDatabase(base.database_url, f"spoor_bench_{run}")
-    settings = base.model_copy(update={
-        "database_url": database.url,
-        "events_topic": f"spoor.bench-{run}.events", "dead_letter_topic": f"spoor.bench-{run}.events.dlq",
-        "triggers_topic": f"spoor.bench-{run}.triggers", "worker_app_id": f"spoor-bench-{run}",
-        "collector_port": free_port(), "worker_web_port": free_port(),
-        "worker_data_dir": str(work / f"faust-{run}"),
-    })
-    upgrade(settings.database_url)
-    create_topics(settings)
-    key = create_key(create_engine(settings.database_url), "bench", "web")
-    env = dict(os.environ)
-    env.update({f"SPOOR_{k.upper()}": str(v) for k, v in settings.model_dump().items()})
-    env.update({f"SPOOR_{k.upper()}": v for k, v in overrides.items()})
+    scratch = ScratchRun(base, work, "bench", overrides)
+    settings, key, env = scratch.settings, scratch.key, scratch.env
     worker_url = f"http://127.0.0.1:{settings.worker_web_port}"
     collector_url = f"http://127.0.0.1:{settings.collector_port}"
     collector = start("collector", env, work / f"{name}-collector.log")
@@ -182,12 +199,7 @@ def run_config(name: str, overrides: dict, base: Settings, bodies: list, n: int,
                     process.wait(30)
                 except subprocess.TimeoutExpired:
                     process.kill()
-        database.drop()
-        from kafka.admin import KafkaAdminClient
-        kafka_admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        topics = [t for t in kafka_admin.list_topics() if run in t]
-        kafka_admin.delete_topics(topics)
-        kafka_admin.close()
+        scratch.drop()
     return result
 
 

@@ -15,19 +15,12 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.analytics import committed, free_port, start, stop, wait_healthy  # noqa: E402
+from bench.analytics import ScratchRun, committed, free_port, start, stop, wait_healthy  # noqa: E402
 from bench.pipeline import make_batches, post_all  # noqa: E402
 from spoor.settings import Settings  # noqa: E402
-from spoor.topics import create_topics  # noqa: E402
-from storage.migrate import upgrade  # noqa: E402
-from storage.scratch import ScratchDatabase  # noqa: E402
-from storage.write_keys import create_key  # noqa: E402
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -41,21 +34,8 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def drain_once(base: Settings, bodies: list, n: int, analytics: str, workers: int, work: Path) -> tuple[float, float]:
-    run = uuid.uuid4().hex[:8]
-    database = ScratchDatabase(base.database_url, f"spoor_drain_{run}")
-    settings = base.model_copy(update={
-        "database_url": database.url,
-        "events_topic": f"spoor.drain-{run}.events", "dead_letter_topic": f"spoor.drain-{run}.events.dlq",
-        "triggers_topic": f"spoor.drain-{run}.triggers", "worker_app_id": f"spoor-drain-{run}",
-        "collector_port": free_port(), "worker_web_port": free_port(),
-        "worker_data_dir": str(work / f"faust-{run}"),
-    })
-    upgrade(settings.database_url)
-    create_topics(settings)
-    key = create_key(create_engine(settings.database_url), "bench", "web")
-    env = dict(os.environ)
-    env.update({f"SPOOR_{k.upper()}": str(v) for k, v in settings.model_dump().items()})
-    env["SPOOR_ANALYTICS_ENABLED"] = analytics
+    scratch = ScratchRun(base, work, "drain", {"analytics_enabled": analytics})
+    settings, key, env = scratch.settings, scratch.key, scratch.env
     collector = start("collector", env, work / "collector.log")
     running, urls = [], []
     try:
@@ -80,6 +60,8 @@ def drain_once(base: Settings, bodies: list, n: int, analytics: str, workers: in
         first = total()
         while (done := total()) < n:
             time.sleep(0.5)
+        if done == first:
+            sys.exit(f"all {n} events came in the first batch: nothing to time (use --events 50000 or more)")
         elapsed = time.perf_counter() - started
         cpu = sum(process_cpu_seconds(w.pid) for w in running) - cpu_before
         return (done - first) / elapsed, cpu / (done - first) * 1e6
@@ -88,11 +70,7 @@ def drain_once(base: Settings, bodies: list, n: int, analytics: str, workers: in
             stop(worker)
         if collector.poll() is None:
             stop(collector)
-        database.drop()
-        from kafka.admin import KafkaAdminClient
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        admin.delete_topics([t for t in admin.list_topics() if run in t])
-        admin.close()
+        scratch.drop()
 
 
 def main() -> None:
