@@ -81,6 +81,7 @@ class SeasonalDetector:
     drift_usual: float = 0.0
     anomalous_run: int = 0
     recent: list = field(default_factory=list)  # (residual, scale) of the last evidence_windows windows
+    sum_variance: dict = field(default_factory=dict)  # k -> EWMA of the squared sum of k residuals
 
     @property
     def season_s(self) -> int:
@@ -149,6 +150,8 @@ class SeasonalDetector:
         # lasts adapt_after windows: then it is the new normal), others are learned clipped to
         # +- learn_band scales. During warm-up values are learned as they are.
         self.anomalous_run = self.anomalous_run + 1 if anomalous else 0
+        if not anomalous:
+            self._learn_sum_variance()
         if self.seen < cfg.warmup_windows:
             self._learn(at, slot, value, expected, seasonal)
         elif not anomalous or self.anomalous_run > cfg.adapt_after:
@@ -156,12 +159,23 @@ class SeasonalDetector:
             self._learn(at, slot, min(max(value, expected - band), expected + band), expected, seasonal)
         return Verdict(at, value, expected, score, anomalous, reason)
 
+    def _learn_sum_variance(self) -> None:
+        """Learn how far sums of k windows stray on normal data: the profile's errors are correlated
+        from one window to the next, so a sum strays more than independent windows would."""
+        alpha = self.config.scale_alpha
+        for k in range(2, len(self.recent) + 1):
+            squared = sum(r for r, _ in self.recent[-k:]) ** 2
+            known = self.sum_variance.get(k)
+            self.sum_variance[k] = squared if known is None else (1 - alpha) * known + alpha * squared
+
     def _worst_summed_score(self) -> float:
-        """The score farthest from 0 among the sums of the last k windows, k = 2..len(recent)."""
+        """The score farthest from 0 among the sums of the last k windows, k = 2..len(recent), each
+        against the larger of the independent-windows spread and the learned spread of such sums."""
         worst = 0.0
         for k in range(2, len(self.recent) + 1):
             window = self.recent[-k:]
-            summed_score = sum(r for r, _ in window) / math.sqrt(sum(s * s for _, s in window))
+            independent = sum(s * s for _, s in window)
+            summed_score = sum(r for r, _ in window) / math.sqrt(max(independent, self.sum_variance.get(k, 0.0)))
             if abs(summed_score) > abs(worst):
                 worst = summed_score
         return worst

@@ -159,3 +159,23 @@ def test_engine_threshold_rule_on_a_rate_and_partial_windows_are_skipped():
     assert [(e.rule.id, e.transition.status) for e in result if e.transition] == [("dlq", AlertStatus.FIRING)]
     skipped = engine.evaluate("1m", minute(1), {"global": {"events": 0, "dead_letters": 20, "partial": True}})
     assert [e.verdict.reason for e in skipped if e.rule.id == "dlq"] == ["no_data"]
+
+
+def test_summed_evidence_learns_that_correlated_errors_stray_together():
+    # Level wanders slowly around 100 (AR(1) with phi 0.95, like a daily profile that is a few
+    # percent off for an hour at a time) on top of Poisson noise: sums of neighbouring windows stray
+    # far more than independent windows would, and must not read as a drop.
+    def detector() -> SeasonalDetector:
+        return SeasonalDetector(SeasonalConfig(season="none", warmup_windows=60, sensitivity=4, alpha=0.02,
+                                               evidence_windows=5, evidence_sensitivity=4), 60)
+
+    rng = random.Random(5)
+    wandering, offset = detector(), 0.0
+    alarms = 0
+    for i in range(3000):
+        offset = 0.95 * offset + rng.gauss(0, 3)
+        alarms += wandering.observe(minute(i), noisy(rng, 100 + offset)).anomalous
+    assert wandering.sum_variance[5] > 2 * 5 * 100  # learned: 5-window sums stray > 2x independent
+    assert alarms <= 3
+    drop = [wandering.observe(minute(3000 + i), noisy(rng, 50)) for i in range(5)]
+    assert all(v.anomalous and v.reason == "drop" for v in drop[1:])  # a real 50% drop still is one
