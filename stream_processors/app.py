@@ -163,7 +163,6 @@ def create_app(settings: Settings) -> faust.App:
             await fail_stop_on_error(run_blocking(writer.write_dead_letters, rows), "storing dead letters")
             metrics.DEAD_LETTERS.inc(len(rows))
 
-
     if settings.worker_stall_restart_s > 0:
         @app.timer(interval=min(10.0, settings.worker_stall_restart_s / 3))
         async def restart_when_stalled():
