@@ -19,6 +19,9 @@ No verdict is anomalous during warm-up or when the expected volume is under
 ``min_expected`` (minimum-volume guard: a drop from 3 to 1 is noise).
 A drift check compares the level with the seasonal profile: a slow decline
 that a short EWMA follows is still caught once it exceeds ``max_level_change``.
+Multi-scale evidence also judges sums of the last 2..k windows; a verdict on
+such a sum says how many windows it spans, and while a sum looks suspicious
+the level is held so a shallow drop is judged before it is learned away.
 """
 
 import math
@@ -37,10 +40,11 @@ class Verdict:
     score: float  # signed: negative below expectation; for thresholds, observed / threshold
     anomalous: bool
     reason: str  # "ok", "drop", "spike", "drift", "above", "below", "warmup", "low_volume", "no_data"
+    span: int = 1  # windows the evidence covers: k when the sum of the last k windows is what is off
 
     def evidence(self) -> dict:
         return {"observed": self.observed, "expected": self.expected, "score": round(self.score, 3),
-                "reason": self.reason, "window_end": self.at.isoformat()}
+                "reason": self.reason, "windows": self.span, "window_end": self.at.isoformat()}
 
 
 @dataclass
@@ -66,6 +70,11 @@ class SeasonalConfig:
     evidence_windows: int = 1
     evidence_sensitivity: float | None = None  # threshold of the summed scores (default: sensitivity)
     learn_band: float = 2.0  # values are learned clipped to expected +- this many scales
+    # While the summed evidence is beyond hold_evidence (and this window is off the same way), an
+    # anomaly may be building up: the level only creeps (it learns values clipped to +- hold_band
+    # scales), so a shallow drop is judged before it is learned away. Off: None.
+    hold_evidence: float | None = None
+    hold_band: float = 0.5
 
 
 @dataclass
@@ -144,28 +153,37 @@ class SeasonalDetector:
             if (change <= -cfg.max_level_change and cfg.direction in ("drop", "both")) or (
                     change >= cfg.max_level_change and cfg.direction in ("spike", "both")):
                 reason, anomalous = "drift", True
-        if anomalous and abs(combined) > abs(score) and reason != "drift":
-            score = combined
+        span = 1
+        if anomalous and reason != "drift":
+            span = self._evidence_span(-1 if reason == "drop" else 1, combined_limit)
+            score = combined if abs(combined) > abs(score) else score
         # An anomaly does not become the baseline: anomalous windows are not learned (until one
         # lasts adapt_after windows: then it is the new normal), others are learned clipped to
         # +- learn_band scales. During warm-up values are learned as they are.
         self.anomalous_run = self.anomalous_run + 1 if anomalous else 0
+        holding = (not anomalous and cfg.hold_evidence is not None and self.seen >= cfg.warmup_windows
+                   and abs(combined) >= cfg.hold_evidence and combined * score > 0)
         if not anomalous:
             self._learn_sum_variance()
         if self.seen < cfg.warmup_windows:
             self._learn(at, slot, value, expected, seasonal)
         elif not anomalous or self.anomalous_run > cfg.adapt_after:
             band = cfg.learn_band * scale
-            self._learn(at, slot, min(max(value, expected - band), expected + band), expected, seasonal)
-        return Verdict(at, value, expected, score, anomalous, reason)
+            level_band = cfg.hold_band * scale if holding else band
+            self._learn(at, slot, min(max(value, expected - band), expected + band), expected, seasonal,
+                        level_value=min(max(value, expected - level_band), expected + level_band))
+        return Verdict(at, value, expected, score, anomalous, reason, span)
 
     def _learn_sum_variance(self) -> None:
         """Learn how far sums of k windows stray on normal data: the profile's errors are correlated
         from one window to the next, so a sum strays more than independent windows would."""
-        alpha = self.config.scale_alpha
+        alpha, band = self.config.scale_alpha, self.config.learn_band
         for k in range(2, len(self.recent) + 1):
-            squared = sum(r for r, _ in self.recent[-k:]) ** 2
+            window = self.recent[-k:]
             known = self.sum_variance.get(k)
+            # Clipped like single values are, so one odd stretch does not widen what sums may do.
+            limit = band * band * max(sum(s * s for _, s in window), known or 0.0)
+            squared = min(sum(r for r, _ in window) ** 2, limit)
             self.sum_variance[k] = squared if known is None else (1 - alpha) * known + alpha * squared
 
     def _worst_summed_score(self) -> float:
@@ -180,6 +198,19 @@ class SeasonalDetector:
                 worst = summed_score
         return worst
 
+    def _evidence_span(self, sign: int, limit: float) -> int:
+        """The most windows k whose sum is off by ``limit`` in the direction ``sign``, each of them off
+        that way by at least one scale: they are one anomaly seen together, not one window's blip."""
+        span = 1
+        for k in range(2, len(self.recent) + 1):
+            window = self.recent[-k:]
+            if any(sign * r < s for r, s in window):
+                break
+            spread = math.sqrt(max(sum(s * s for _, s in window), self.sum_variance.get(k, 0.0)))
+            if sign * sum(r for r, _ in window) / spread >= limit:
+                span = k
+        return span
+
     def _scale(self, expected: float) -> float:
         cfg = self.config
         spread = math.sqrt(self.variance) if self.variance is not None else 0.0
@@ -187,15 +218,17 @@ class SeasonalDetector:
             spread = max(spread, math.sqrt(max(expected, 1.0)))
         return max(spread, cfg.min_scale, 1e-9)
 
-    def _learn(self, at: datetime, slot: int, value: float, expected: float, seasonal: float | None) -> None:
+    def _learn(self, at: datetime, slot: int, value: float, expected: float, seasonal: float | None,
+               level_value: float | None = None) -> None:
         cfg = self.config
+        level_value = value if level_value is None else level_value
         self.seen += 1
         residual = value - expected
         self.variance = residual ** 2 if self.variance is None else (
             (1 - cfg.scale_alpha) * self.variance + cfg.scale_alpha * residual ** 2)
-        self.level = value if self.level is None else (1 - cfg.alpha) * self.level + cfg.alpha * value
+        self.level = level_value if self.level is None else (1 - cfg.alpha) * self.level + cfg.alpha * level_value
         if seasonal is not None and seasonal > 0:
-            self.ratio = (1 - cfg.alpha) * self.ratio + cfg.alpha * (value / seasonal)
+            self.ratio = (1 - cfg.alpha) * self.ratio + cfg.alpha * (level_value / seasonal)
             # Drift: a ratio of slow sums (not a mean of ratios), steady on quiet series.
             self.drift_observed = (1 - cfg.drift_alpha) * self.drift_observed + cfg.drift_alpha * value
             self.drift_usual = (1 - cfg.drift_alpha) * self.drift_usual + cfg.drift_alpha * seasonal

@@ -1,8 +1,8 @@
 """The alert lifecycle of one series: inactive -> pending -> firing -> resolved. Pure.
 
 Hysteresis: ``fire_after`` consecutive anomalous windows fire the alert (the
-first one makes it pending), and ``resolve_after`` consecutive windows that are
-not anomalous resolve it. A pending alert that sees a normal window is
+first one makes it pending; a verdict whose evidence spans k windows counts as
+k), and ``resolve_after`` consecutive windows that are not anomalous resolve it. A pending alert that sees a normal window is
 cancelled (recorded, never notified) and the series is inactive again. Each episode is one alert: it keeps the
 window where it started and its worst evidence.
 """
@@ -54,12 +54,13 @@ class AlertLifecycle:
         if verdict.reason == "no_data":
             return None  # a missing window neither fires nor resolves
         if verdict.anomalous:
-            self.anomalous_run += 1
+            # Evidence summed over several windows counts for each of them.
+            self.anomalous_run = max(self.anomalous_run + 1, verdict.span)
             self.normal_run = 0
             if self.status in (None, AlertStatus.RESOLVED, AlertStatus.CANCELLED):
                 self.status, self.started_at, self.worst = AlertStatus.PENDING, verdict.at, {}
                 self._keep_worst(verdict)
-                if self.fire_after > 1:
+                if self.anomalous_run < self.fire_after:
                     return self._transition(verdict)
             self._keep_worst(verdict)
             if self.status == AlertStatus.PENDING and self.anomalous_run >= self.fire_after:

@@ -57,6 +57,8 @@ class SeasonalSpec(_Strict):
     evidence_windows: int = Field(1, ge=1, le=60)
     evidence_sensitivity: float | None = Field(None, gt=0, le=50)
     learn_band: float = Field(2.0, gt=0)
+    hold_evidence: float | None = Field(None, gt=0, le=50)
+    hold_band: float = Field(0.5, ge=0)
     poisson_floor: bool = True
     min_scale: float = Field(0.0, ge=0)
 

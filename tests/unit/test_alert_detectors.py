@@ -179,3 +179,52 @@ def test_summed_evidence_learns_that_correlated_errors_stray_together():
     assert alarms <= 3
     drop = [wandering.observe(minute(3000 + i), noisy(rng, 50)) for i in range(5)]
     assert all(v.anomalous and v.reason == "drop" for v in drop[1:])  # a real 50% drop still is one
+
+
+def test_lifecycle_counts_evidence_that_spans_several_windows_for_each_of_them():
+    life = AlertLifecycle("fp", fire_after=3, resolve_after=2)
+    spans_three = Verdict(minute(0), 18.0, 30.0, -3.8, True, "drop", span=3)
+    fired = life.step(spans_three)  # three windows that are one anomaly together: no need to wait for two more
+    assert fired.status == AlertStatus.FIRING and fired.evidence["windows"] == 3
+    life2 = AlertLifecycle("fp", fire_after=3, resolve_after=2)
+    assert life2.step(Verdict(minute(0), 18.0, 30.0, -3.6, True, "drop", span=2)).status == AlertStatus.PENDING
+    assert life2.step(verdict(1, True)).status == AlertStatus.FIRING  # 2 + 1 windows
+
+
+def shallow_drop(hold_evidence: float | None, drop_to: float, windows: int) -> list[Verdict]:
+    """40 events/min, then ``windows`` windows at ``drop_to``: each alone within the noise (sensitivity 3)."""
+    detector = SeasonalDetector(SeasonalConfig(season="none", warmup_windows=10, sensitivity=3,
+                                               evidence_windows=5, evidence_sensitivity=4,
+                                               hold_evidence=hold_evidence), 60)
+    for i in range(100):
+        detector.observe(minute(i), 40)
+    return [detector.observe(minute(100 + i), drop_to) for i in range(windows)]
+
+
+def test_a_shallow_drop_fires_as_soon_as_the_summed_windows_show_it():
+    # 40 -> 24: -2.5 sigmas a window; the sum of 3 windows is -4.4 sigmas, so the third window's
+    # verdict speaks for all three and the alert fires then, not two windows later.
+    life = AlertLifecycle("fp", fire_after=3, resolve_after=5)
+    transitions = [(i, t.status) for i, v in enumerate(shallow_drop(None, 24, 5)) if (t := life.step(v))]
+    assert transitions[0][1] == AlertStatus.FIRING and transitions[0][0] <= 2
+
+
+def test_an_outlier_then_normal_windows_gives_no_multi_window_span():
+    detector = SeasonalDetector(SeasonalConfig(season="none", warmup_windows=10, sensitivity=3,
+                                               evidence_windows=5, evidence_sensitivity=3.5), 60)
+    for i in range(100):
+        detector.observe(minute(i), 40)
+    detector.observe(minute(100), 5)  # a lone outlier (anomalous by itself)
+    later = [detector.observe(minute(101 + i), v) for i, v in enumerate([39, 38, 33])]
+    assert all(v.span == 1 for v in later)  # the sums hold the outlier, but the windows since are not all low
+
+
+def test_a_drop_building_up_is_not_learned_away_while_its_evidence_holds():
+    # 40 -> 27 (-2 sigmas a window): without the hold the baseline follows the values down and the
+    # summed evidence never reaches 4; with it the baseline only creeps and the sum of 5 windows fires.
+    followed = shallow_drop(None, 27, 8)
+    held = shallow_drop(2.0, 27, 8)
+    assert not any(v.anomalous for v in followed)
+    assert followed[-1].expected < 34
+    assert held[-1].expected > 37
+    assert held[4].anomalous and held[4].reason == "drop" and held[4].span == 5
