@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     # no replay, at the price of applying every table change twice. Off: `make up`'s workers share
     # one machine (measured: README, Benchmark); 1 for workers on several machines.
     worker_standby_replicas: int = Field(0, ge=0)
+    # The worker's producer (table changelogs, dead letters): a batch of table updates sends one ~1 KB
+    # changelog record per user, awaited before the database write. Without a linger each produce
+    # request carried ~2.8 records (measured), so the wait was hundreds of sequential round trips.
+    worker_producer_linger_ms: float = Field(5.0, ge=0, le=1000)
+    worker_producer_batch_bytes: int = Field(262144, ge=16384, le=1_000_000)
     # How many recent event ids per user are remembered to count a redelivered event once.
     dedupe_window: int = Field(512, ge=1)
 

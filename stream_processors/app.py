@@ -69,6 +69,8 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=settings.worker_batch_max * 4,
         producer_acks=-1,
+        producer_linger=settings.worker_producer_linger_ms / 1000,
+        producer_max_batch_size=settings.worker_producer_batch_bytes,
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
         web_bind=settings.worker_web_host,
