@@ -36,14 +36,21 @@ def _stop_event() -> threading.Event:
     return stop
 
 
+def idle_after(turn_s: float, poll_s: float, busy_share: float) -> float:
+    """How long to wait after a turn of ``turn_s`` seconds so that turns take at most ``busy_share``
+    of the time, and never less than ``poll_s``."""
+    return max(poll_s, turn_s * (1 - busy_share) / busy_share)
+
+
 def _loop(process: str, turn: Callable[[], None], poll_s: float, stop: threading.Event, host: str,
-          port: int) -> None:
+          port: int, busy_share: float = 1.0) -> None:
     last_ok = [time.monotonic()]
     stalled_after = max(60.0, 10 * poll_s)
     server = serve_ops(host, port, lambda: time.monotonic() - last_ok[0] < stalled_after) if port else None
     pause = poll_s
     try:
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 turn()
             except TRANSIENT as err:
@@ -55,7 +62,8 @@ def _loop(process: str, turn: Callable[[], None], poll_s: float, stop: threading
             pause = poll_s
             last_ok[0] = time.monotonic()
             metrics.LAST_TURN.labels(process).set_to_current_time()
-            stop.wait(poll_s)
+            # Capped well under stalled_after, so a long pass never reads as a stalled runner.
+            stop.wait(min(idle_after(time.monotonic() - started, poll_s, busy_share), stalled_after / 2))
     finally:
         if server:
             server.shutdown()
@@ -92,7 +100,8 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
                      published)
 
     try:
-        _loop("segments", turn, settings.segments_poll_s, stop, settings.admin_api_host, settings.segments_web_port)
+        _loop("segments", turn, settings.segments_poll_s, stop, settings.admin_api_host, settings.segments_web_port,
+              settings.segments_max_busy_share)
     finally:
         producer.close()
 

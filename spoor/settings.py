@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # Segments on RFM scores depend on every user, so an incremental pass recomputes them for
     # everyone: at most this often (a full population query every poll took ~0.7 core of PostgreSQL).
     segments_population_refresh_s: float = Field(300.0, ge=0)
+    # At most this share of wall time in incremental passes: after a pass that took t seconds the
+    # runner waits at least t * (1 - share) / share. Under heavy traffic a pass is long and its SQL
+    # competes with the worker for the same cores (measured: README, Benchmark); 1 turns this off.
+    segments_max_busy_share: float = Field(0.25, gt=0, le=1)
     campaigns_poll_s: float = Field(2.0, gt=0)
     campaign_webhook_secret: str = ""  # HMAC-SHA256 key for webhook signatures; required to send webhooks
     campaign_webhook_timeout_s: float = Field(5.0, gt=0)
