@@ -32,6 +32,10 @@ from typing import Literal
 Direction = Literal["drop", "spike", "both"]
 
 
+def clip(value: float, expected: float, band: float) -> float:
+    return min(max(value, expected - band), expected + band)
+
+
 @dataclass(frozen=True)
 class Verdict:
     at: datetime
@@ -168,10 +172,9 @@ class SeasonalDetector:
         if self.seen < cfg.warmup_windows:
             self._learn(at, slot, value, expected, seasonal)
         elif not anomalous or self.anomalous_run > cfg.adapt_after:
-            band = cfg.learn_band * scale
-            level_band = cfg.hold_band * scale if holding else band
-            self._learn(at, slot, min(max(value, expected - band), expected + band), expected, seasonal,
-                        level_value=min(max(value, expected - level_band), expected + level_band))
+            level_band = cfg.hold_band if holding else cfg.learn_band
+            self._learn(at, slot, clip(value, expected, cfg.learn_band * scale), expected, seasonal,
+                        level_value=clip(value, expected, level_band * scale))
         return Verdict(at, value, expected, score, anomalous, reason, span)
 
     def _learn_sum_variance(self) -> None:
@@ -182,8 +185,7 @@ class SeasonalDetector:
             window = self.recent[-k:]
             known = self.sum_variance.get(k)
             # Clipped like single values are, so one odd stretch does not widen what sums may do.
-            limit = band * band * max(sum(s * s for _, s in window), known or 0.0)
-            squared = min(sum(r for r, _ in window) ** 2, limit)
+            squared = min(sum(r for r, _ in window) ** 2, (band * self._sum_spread(window)) ** 2)
             self.sum_variance[k] = squared if known is None else (1 - alpha) * known + alpha * squared
 
     def _worst_summed_score(self) -> float:
@@ -192,8 +194,7 @@ class SeasonalDetector:
         worst = 0.0
         for k in range(2, len(self.recent) + 1):
             window = self.recent[-k:]
-            independent = sum(s * s for _, s in window)
-            summed_score = sum(r for r, _ in window) / math.sqrt(max(independent, self.sum_variance.get(k, 0.0)))
+            summed_score = sum(r for r, _ in window) / self._sum_spread(window)
             if abs(summed_score) > abs(worst):
                 worst = summed_score
         return worst
@@ -206,10 +207,14 @@ class SeasonalDetector:
             window = self.recent[-k:]
             if any(sign * r < s for r, s in window):
                 break
-            spread = math.sqrt(max(sum(s * s for _, s in window), self.sum_variance.get(k, 0.0)))
-            if sign * sum(r for r, _ in window) / spread >= limit:
+            if sign * sum(r for r, _ in window) / self._sum_spread(window) >= limit:
                 span = k
         return span
+
+    def _sum_spread(self, window: list) -> float:
+        """The spread of the sum of ``window``'s residuals: the larger of the windows' spreads added as
+        if independent and the spread learned for sums of that many windows."""
+        return math.sqrt(max(sum(s * s for _, s in window), self.sum_variance.get(len(window), 0.0)))
 
     def _scale(self, expected: float) -> float:
         cfg = self.config

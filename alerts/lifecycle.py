@@ -2,9 +2,10 @@
 
 Hysteresis: ``fire_after`` consecutive anomalous windows fire the alert (the
 first one makes it pending; a verdict whose evidence spans k windows counts as
-k), and ``resolve_after`` consecutive windows that are not anomalous resolve it. A pending alert that sees a normal window is
-cancelled (recorded, never notified) and the series is inactive again. Each episode is one alert: it keeps the
-window where it started and its worst evidence.
+k), and ``resolve_after`` consecutive windows that are not anomalous resolve
+it. A pending alert that sees a normal window is cancelled (recorded, never
+notified) and the series is inactive again. Each episode is one alert: it keeps
+the window where it started and its worst evidence.
 """
 
 import hashlib
