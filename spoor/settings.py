@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # request carried ~2.8 records (measured), so the wait was hundreds of sequential round trips.
     worker_producer_linger_ms: float = Field(5.0, ge=0, le=1000)
     worker_producer_batch_bytes: int = Field(262144, ge=16384, le=1_000_000)
+    # Longest a consumer fetch waits at the broker for data (Faust's own is 1500 ms; see
+    # stream_processors/kafka_transport.py for why that delayed every batch by up to 1.5 s).
+    worker_fetch_max_wait_ms: int = Field(100, ge=1, le=1500)
     # How many recent event ids per user are remembered to count a redelivered event once.
     dedupe_window: int = Field(512, ge=1)
 

@@ -18,6 +18,7 @@ from storage.writers import StreamWriter
 from stream_processors import metrics
 from stream_processors.continuity import OffsetContinuity
 from stream_processors.durable_table import DurableTable
+from stream_processors.kafka_transport import FetchWaitApp
 from stream_processors.metric_agent import register_metric_windows
 from stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
 from stream_processors.analytics_tracker import AnalyticsTracker
@@ -56,7 +57,7 @@ def create_analytics(settings: Settings, app: faust.App) -> AnalyticsTracker:
 
 
 def create_app(settings: Settings) -> faust.App:
-    app = faust.App(
+    app = FetchWaitApp(
         settings.worker_app_id,
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
         store=settings.worker_store,
@@ -75,6 +76,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
         web_bind=settings.worker_web_host,
         web_port=settings.worker_web_port,
+        fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.events_topic, **raw)

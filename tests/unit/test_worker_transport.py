@@ -1,0 +1,27 @@
+"""The worker's Kafka consumer takes its fetch wait from settings, not Faust's fixed 1500 ms."""
+
+import asyncio
+
+import faust
+
+from spoor.settings import Settings
+from stream_processors.app import create_app
+
+
+def fetch_wait_of(app: faust.App) -> int:
+    async def build() -> int:
+        kafka_consumer = app.consumer._thread._create_worker_consumer(app.transport)  # built, never started
+        try:
+            return kafka_consumer._fetch_max_wait_ms
+        finally:
+            await kafka_consumer.stop()
+    return asyncio.run(build())
+
+
+def test_faust_alone_fixes_the_fetch_wait_at_1500_ms():
+    assert fetch_wait_of(faust.App("plain-faust", broker="kafka://127.0.0.1:9092")) == 1500
+
+
+def test_worker_consumer_uses_the_configured_fetch_wait():
+    assert fetch_wait_of(create_app(Settings())) == Settings().worker_fetch_max_wait_ms == 100
+    assert fetch_wait_of(create_app(Settings(worker_fetch_max_wait_ms=37))) == 37
