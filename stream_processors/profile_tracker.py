@@ -1,16 +1,20 @@
 """Folds a batch of events into per-user state in a Faust table, then persists it.
 
-Order of effects for one batch, which is what makes a crash at any point safe:
-1. table updates, awaited until the broker acknowledged their changelog records;
-2. events and profile snapshots written to PostgreSQL in one transaction;
-3. only then does the agent return, so Faust acks the batch and may commit.
-A redelivered event is recognised by its id in the user's state and changes
-nothing; the user's current snapshot is still re-written (idempotently), in
-case the crash came between 1 and 2, and so is the table value (a local
-RocksDB store can hold a state whose changelog record the crash lost).
-With behaviour analytics on, the same table value also holds the user's
-sessions, windows and triggers (analytics_tracker.py); their trigger messages
-are acked by Kafka between 1 and 2.
+Effects of one batch, which is what makes a crash at any point safe:
+1. the table updates, awaited until the broker acknowledged their changelog
+   records (then the batch's trigger messages, also acked by Kafka);
+2. at the same time, events and profile snapshots written to PostgreSQL in one
+   transaction;
+3. only when both are done does the agent return, so Faust acks the batch and
+   may commit.
+A crash before 3 redelivers the batch, whichever of 1 and 2 finished. The fold
+is deterministic, so a table restored without the batch's changelog derives
+the same snapshots again. A redelivered event already in the user's state (a
+local RocksDB store keeps writes whose changelog record the crash lost) is
+recognised by its id and changes nothing; the user's current snapshot and
+table value are still re-written (idempotently), and still-pending triggers
+are sent again (analytics_tracker.py). Snapshots never go backwards in
+PostgreSQL (writers.py), and trigger ids are deterministic.
 """
 
 import asyncio
@@ -24,7 +28,7 @@ from pydantic import ValidationError
 from spoor.events import Event, decode_record
 from storage.writers import StreamWriter
 from stream_processors import metrics
-from stream_processors.analytics_tracker import AnalyticsTracker
+from stream_processors.analytics_tracker import AnalyticsOutput, AnalyticsTracker
 from stream_processors.behaviour import unpack
 from stream_processors.blocking import run_blocking
 from stream_processors.profile import UserProfile
@@ -75,13 +79,8 @@ class ProfileTracker:
             self.analytics.advance(self.table, set(by_user))
             derived = self.analytics.take_output()
 
-        await self.table.changelog_durable()
-        if derived:
-            await self.analytics.deliver(derived)
         started = time.perf_counter()
-        await run_blocking(self.writer.write_batch, rows, events, derived)
-        if derived:
-            self.analytics.delivered_ok(derived)
+        await self._persist(rows, events, derived)
         metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_EVENTS.observe(len(events))
         metrics.EVENTS.labels("applied").inc(applied)
@@ -98,9 +97,18 @@ class ProfileTracker:
         self.analytics.advance(self.table, set())
         derived = self.analytics.take_output()
         if derived.activity or derived.triggers or derived.sessions:
+            await self._persist([], [], derived)
+
+    async def _persist(self, rows: list[dict], events: list[Event], derived: AnalyticsOutput | None) -> None:
+        """Steps 1 and 2 of the module docstring, side by side: the changelog and trigger acks
+        take as long as a PostgreSQL write, and neither needs the other's result."""
+        async def changelog_then_triggers() -> None:
             await self.table.changelog_durable()
-            await self.analytics.deliver(derived)
-            await run_blocking(self.writer.write_batch, [], [], derived)
+            if derived:
+                await self.analytics.deliver(derived)
+
+        await asyncio.gather(changelog_then_triggers(), run_blocking(self.writer.write_batch, rows, events, derived))
+        if derived:
             self.analytics.delivered_ok(derived)
 
     async def _decode(self, records: Sequence[tuple[int, bytes]]) -> list[tuple[int, Event]]:
