@@ -14,6 +14,7 @@ recompute at the same evaluation time gives. Conditions on time ("in the last 24
 can change without any new event; the scheduled full recompute picks those up.
 """
 
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 
@@ -273,6 +274,19 @@ def sizes(engine: Engine, name: str, start: datetime, end: datetime, step: timed
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(SIZES, {"segment": name, "start": start, "end": end,
                                                               "step": step})]
+
+
+def publish_backlog(engine: Engine, producer, topic: str, budget_s: float, chunk: int = 1000) -> int:
+    """Publish chunks of unpublished transitions until none are left or ``budget_s`` has passed.
+
+    One chunk per pass drained at most 200 transitions a second at the default 5-s poll: less than
+    a busy shop's traffic or a full recompute makes, so the outbox (and segment campaigns) fell behind."""
+    published, deadline = 0, time.monotonic() + budget_s
+    while True:
+        sent = publish_transitions(engine, producer, topic, limit=chunk)
+        published += sent
+        if sent < chunk or time.monotonic() >= deadline:
+            return published
 
 
 def publish_transitions(engine: Engine, producer, topic: str, limit: int = 1000) -> int:

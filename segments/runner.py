@@ -93,7 +93,8 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
         metrics.PASSES.labels("incremental").inc()
         metrics.CHANGED_USERS.inc(result["changed_users"])
         _count(result["segments"])
-        published = membership.publish_transitions(engine, producer, settings.segments_topic)
+        published = membership.publish_backlog(engine, producer, settings.segments_topic,
+                                               budget_s=settings.segments_poll_s)
         metrics.PUBLISHED.inc(published)
         if result["changed_users"] or published:
             log.info("incremental pass: %d changed users, %d transitions published", result["changed_users"],
