@@ -79,9 +79,7 @@ class ProfileTracker:
             self.analytics.advance(self.table, set(by_user))
             derived = self.analytics.take_output()
 
-        started = time.perf_counter()
         await self._persist(rows, events, derived)
-        metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_EVENTS.observe(len(events))
         metrics.EVENTS.labels("applied").inc(applied)
         metrics.EVENTS.labels("duplicate").inc(len(events) - applied)
@@ -107,7 +105,12 @@ class ProfileTracker:
             if derived:
                 await self.analytics.deliver(derived)
 
-        await asyncio.gather(changelog_then_triggers(), run_blocking(self.writer.write_batch, rows, events, derived))
+        async def write() -> None:
+            started = time.perf_counter()
+            await run_blocking(self.writer.write_batch, rows, events, derived)
+            metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
+
+        await asyncio.gather(changelog_then_triggers(), write())
         if derived:
             self.analytics.delivered_ok(derived)
 
