@@ -1,7 +1,7 @@
 """Behaviour analytics in the worker's batch: the shell around ``behaviour.py``.
 
-Per batch, inside ``ProfileTracker.process`` (so the order of effects stays: table update ->
-changelog durable -> trigger messages acked -> one PostgreSQL transaction -> ack):
+Per batch, inside ``ProfileTracker.process`` (so the effects stay: table update, then changelog
+durable -> trigger messages acked beside one PostgreSQL transaction, then the ack):
 - ``fold`` adds a user's new events to their behaviour state and advances the watermark of the
   user's partition (its latest event time);
 - ``advance`` fires what is due at each partition's watermark minus the trigger lateness, for users
@@ -191,7 +191,7 @@ class AnalyticsTracker:
         return out
 
     async def deliver(self, out: AnalyticsOutput) -> None:
-        """Send the batch's triggers to Kafka and wait for the acks (before the database write)."""
+        """Send the batch's triggers to Kafka and wait for the acks (before the batch is acked)."""
         if out.triggers:
             await self.send_triggers(out.triggers)
 

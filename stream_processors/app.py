@@ -43,7 +43,7 @@ def create_analytics(settings: Settings, app: faust.App) -> AnalyticsTracker:
     async def send_triggers(triggers: list[dict]) -> None:
         sent = [await triggers_topic.send(key=t["user_key"].encode(), value=trigger_message(t)) for t in triggers]
         for delivered in sent:
-            await delivered  # acked before the database write, hence before the batch's ack
+            await delivered  # acked by Kafka before the batch is acked
 
     rules = AnalyticsRules(
         session_inactivity_s=settings.session_inactivity_s, session_lateness_s=settings.session_lateness_s,

@@ -4,7 +4,7 @@ Faust flushes its producer before committing offsets, but that flush gives up
 after 0.1 s without progress (ProducerBuffer.flush_atmost), so under load an
 offset can be committed while the changelog record of the state it produced is
 still queued: a restart then restores stale state. The agent awaits
-``changelog_durable()`` instead, before the database write that precedes the ack.
+``changelog_durable()`` instead, before the batch's ack (beside its database write).
 With a ``rocksdb://`` store it keeps each key in its own partition's database (rocksdb_store.py).
 """
 
