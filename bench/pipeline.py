@@ -17,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -109,7 +111,6 @@ def post_all(url: str, key: str, bodies: list[bytes], threads: int, rate_per_s: 
 
 def persisted_events(worker_url: str) -> int:
     """Events a worker has committed to PostgreSQL (its counter moves after each commit)."""
-    import urllib.request
     with urllib.request.urlopen(f"{worker_url}/metrics", timeout=10) as response:
         text_ = response.read().decode()
     return int(sum(float(line.rsplit(" ", 1)[1]) for line in text_.splitlines()
@@ -126,7 +127,12 @@ def wait_persisted(worker_urls: list[str], expected: int, timeout: float) -> flo
     deadline = time.monotonic() + timeout
     last_report = 0.0
     while True:
-        done = all_persisted(worker_urls)
+        try:
+            done = all_persisted(worker_urls)
+        except (TimeoutError, urllib.error.URLError) as err:
+            # A worker busy in one long step (e.g. many triggers falling due at once) answers late.
+            print(f"  ... a worker's /metrics did not answer ({err}); asking again", flush=True)
+            continue
         if done >= expected:
             return time.perf_counter()
         if time.monotonic() > deadline:
