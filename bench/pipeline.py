@@ -125,14 +125,14 @@ def all_persisted(worker_urls: list[str]) -> int:
 def wait_persisted(worker_urls: list[str], expected: int, timeout: float) -> float:
     """Wait until the workers' committed-event counters add up to ``expected``."""
     deadline = time.monotonic() + timeout
-    last_report = 0.0
+    last_report, done = 0.0, 0
     while True:
         try:
             done = all_persisted(worker_urls)
         except (TimeoutError, urllib.error.URLError) as err:
-            # A worker busy in one long step (e.g. many triggers falling due at once) answers late.
+            # A worker busy in one long step (e.g. many triggers falling due at once) answers late;
+            # the last count stands, and the deadline and pause below still apply.
             print(f"  ... a worker's /metrics did not answer ({err}); asking again", flush=True)
-            continue
         if done >= expected:
             return time.perf_counter()
         if time.monotonic() > deadline:

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # one machine (measured: README, Benchmark); 1 for workers on several machines.
     worker_standby_replicas: int = Field(0, ge=0)
     # The worker's producer (table changelogs, dead letters): a batch of table updates sends one ~1 KB
-    # changelog record per user, awaited before the database write. Without a linger each produce
+    # changelog record per user, awaited before the batch's ack. Without a linger each produce
     # request carried ~2.8 records (measured), so the wait was hundreds of sequential round trips.
     worker_producer_linger_ms: float = Field(5.0, ge=0, le=1000)
     worker_producer_batch_bytes: int = Field(262144, ge=16384, le=1_000_000)
