@@ -15,6 +15,7 @@ partition without events for that long has its watermark move on with the wall c
 Faust timer calling ``ProfileTracker.fire_idle``; the clock is injected.
 """
 
+import asyncio
 import heapq
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,9 @@ from spoor.events import Event
 from stream_processors import metrics
 from stream_processors.behaviour import AnalyticsRules, UserBehaviour, pack, read_header, unpack
 from stream_processors.rocksdb_store import key_partition
+
+YIELD_EVERY_USERS = 200  # users re-written between yields to the event loop
+YIELD_EVERY_KEYS = 5000  # table values read between yields while rebuilding the timer index
 
 
 @dataclass
@@ -70,6 +74,8 @@ class AnalyticsTracker:
         self.timers: dict[int, list] = {}  # partition -> heap of (due at, user key)
         self.scheduled: dict[str, float] = {}  # user key -> earliest due time in the heap
         self.index_stale = True
+        self.generation = 0  # counts resets, so a rebuild that yielded can tell one happened
+        self.updates_since_yield = 0
         self.redeliver: set[str] = set()  # users whose undelivered triggers a restart found
         self.delivered: dict[str, set] = {}  # user key -> trigger ids the last batch delivered
         self.output = AnalyticsOutput()
@@ -77,6 +83,7 @@ class AnalyticsTracker:
     def reset(self) -> None:
         """Partitions were assigned or revoked: rebuild the timer index from the table."""
         self.index_stale = True
+        self.generation += 1
         self.watermarks.clear()
         self.moved_at.clear()
 
@@ -122,15 +129,18 @@ class AnalyticsTracker:
         if done:
             behaviour.pending = [t for t in behaviour.pending if t["trigger_id"] not in done]
 
-    def advance(self, table, batch_users: set[str]) -> None:
-        """Fire what is due at the watermarks, for users without an event in this batch."""
+    async def advance(self, table, batch_users: set[str]) -> None:
+        """Fire what is due at the watermarks, for users without an event in this batch.
+
+        A catch-up (downtime, a burst of event time) can fire for tens of thousands of users: it
+        yields to the event loop every ``YIELD_EVERY_USERS`` so heartbeats and /metrics still run."""
+        started = time.perf_counter()
         if self.index_stale:
-            self._rebuild_index(table)
-        for user_key in list(self.delivered):  # delivered last batch, no event in this one
-            if user_key not in batch_users:
-                self._update(table, user_key, None)
+            await self._rebuild_index(table)
+        for user_key in [u for u in self.delivered if u not in batch_users]:  # delivered last batch
+            await self._update(table, user_key, None)
         for user_key in self.redeliver - batch_users:
-            self._update(table, user_key, None)
+            await self._update(table, user_key, None)
         self.redeliver.clear()
         now = self.clock() if self.idle_advance_s else None
         for partition, heap in self.timers.items():
@@ -140,7 +150,8 @@ class AnalyticsTracker:
                 if self.scheduled.get(user_key) != due_at:
                     continue  # superseded by an earlier entry
                 del self.scheduled[user_key]
-                self._update(table, user_key, watermark - self.rules.trigger_lateness_s)
+                await self._update(table, user_key, watermark - self.rules.trigger_lateness_s)
+        metrics.ADVANCE_SECONDS.observe(time.perf_counter() - started)
 
     def _watermark(self, partition: int, now: float | None) -> float | None:
         """The partition's latest event time; with idle advance, plus the wall time it has been idle."""
@@ -150,7 +161,12 @@ class AnalyticsTracker:
         idle = now - self.moved_at[partition]
         return watermark + idle if idle >= self.idle_advance_s else watermark
 
-    def _update(self, table, user_key: str, now: float | None) -> None:
+    async def _update(self, table, user_key: str, now: float | None) -> None:
+        """Re-write one user's value, firing what is due at ``now`` (None: nothing new)."""
+        self.updates_since_yield += 1
+        if self.updates_since_yield >= YIELD_EVERY_USERS:
+            self.updates_since_yield = 0
+            await asyncio.sleep(0)
         key = user_key.encode()
         stored = table.get(key)
         if stored is None:
@@ -165,10 +181,20 @@ class AnalyticsTracker:
         self.scheduled.pop(user_key, None)
         table[key] = self._finish(user_key, profile_json, behaviour, key_partition(key, self.partitions))
 
-    def _rebuild_index(self, table) -> None:
+    async def _rebuild_index(self, table) -> None:
+        """The timer index from the value headers of every user the worker holds.
+
+        It yields while reading. A rebalance in the meantime (``reset``) makes the table's set of
+        partitions change under the iterator: stop, and leave the index stale for the next batch."""
+        generation = self.generation
         self.timers.clear()
         self.scheduled.clear()
-        for key, value in table.items():
+        self.index_stale = False
+        for count, (key, value) in enumerate(table.items(), start=1):
+            if count % YIELD_EVERY_KEYS == 0:
+                await asyncio.sleep(0)
+                if self.generation != generation:
+                    return
             due_at, pending = read_header(value)
             user_key = key.decode()
             if due_at is not None:
@@ -176,7 +202,6 @@ class AnalyticsTracker:
                 heapq.heappush(self.timers.setdefault(key_partition(key, self.partitions), []), (due_at, user_key))
             if pending:
                 self.redeliver.add(user_key)
-        self.index_stale = False
         metrics.TIMER_INDEX_REBUILDS.inc()
 
     def take_output(self) -> AnalyticsOutput:

@@ -21,6 +21,9 @@ SESSION_TOO_LATE = Counter("spoor_worker_session_too_late_events_total",
                            "Events later than SPOOR_SESSION_LATENESS_S behind their user's latest event: "
                            "counted in profiles and windows, not placed in a session.")
 TRIGGERS = Counter("spoor_worker_triggers_total", "Behavioural trigger messages delivered (Kafka and PostgreSQL).")
+ADVANCE_SECONDS = Histogram("spoor_worker_trigger_advance_seconds",
+                            "Time per batch to fire the triggers due at the watermarks (and to rebuild the "
+                            "timer index after an assignment).", buckets=(.001, .005, .01, .05, .1, .5, 1, 5, 30))
 TIMER_INDEX_REBUILDS = Counter("spoor_worker_timer_index_rebuilds_total",
                                "Rebuilds of the trigger timer index from the table after an assignment.")
 

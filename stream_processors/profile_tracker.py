@@ -76,7 +76,7 @@ class ProfileTracker:
             rows.append(profile.row())
         derived = None
         if self.analytics:
-            self.analytics.advance(self.table, set(by_user))
+            await self.analytics.advance(self.table, set(by_user))
             derived = self.analytics.take_output()
 
         await self._persist(rows, events, derived)
@@ -92,7 +92,7 @@ class ProfileTracker:
         """Fire what fell due on partitions idle for ``idle_advance_s`` (called by a Faust timer)."""
         if not self.analytics.watermarks:
             return  # no event since the last assignment: nothing to measure idleness from
-        self.analytics.advance(self.table, set())
+        await self.analytics.advance(self.table, set())
         derived = self.analytics.take_output()
         if derived.activity or derived.triggers or derived.sessions:
             await self._persist([], [], derived)

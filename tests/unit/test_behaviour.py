@@ -1,5 +1,6 @@
 """Sessions, rolling windows, lifecycle and triggers: pure logic, event times injected."""
 
+import asyncio
 import random
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -292,18 +293,18 @@ def test_timer_index_fires_a_user_when_another_users_events_move_the_watermark()
     from stream_processors.rocksdb_store import key_partition
     tracker, table = tracker_with([0.0], 0), {}
     fold_one(tracker, table, ev(EventKind.CART_ADD, 0, product_id="p1"))
-    tracker.advance(table, {"u1"})
+    asyncio.run(tracker.advance(table, {"u1"}))
     assert tracker.take_output().triggers == []
     # Another user on the same partition, 65 minutes later: 60 min delay + 5 min lateness passed.
     other = next(f"o{i}" for i in range(1000) if key_partition(f"o{i}".encode(), 4) == key_partition(b"u1", 4))
     later = Event(**{**ev(EventKind.PAGE_VIEW, 65).model_dump(), "user_key": other})
     fold_one(tracker, table, later)
-    tracker.advance(table, {other})
+    asyncio.run(tracker.advance(table, {other}))
     fired = tracker.take_output().triggers
     assert [(t["kind"], t["user_key"]) for t in fired] == [("cart_abandonment", "u1")]
     assert read_header(table[b"u1"])[1] == 1  # pending until delivered
     tracker.delivered_ok(type("Out", (), {"triggers": fired})())
-    tracker.advance(table, set())
+    asyncio.run(tracker.advance(table, set()))
     assert read_header(table[b"u1"])[1] == 0  # the next batch drops it from the state
 
 
@@ -312,14 +313,81 @@ def test_idle_partitions_advance_with_the_injected_clock_only_when_enabled():
         clock = [1000.0]
         tracker, table = tracker_with(clock, idle_advance_s), {}
         fold_one(tracker, table, ev(EventKind.CART_ADD, 0, product_id="p1"))
-        tracker.advance(table, {"u1"})
+        asyncio.run(tracker.advance(table, {"u1"}))
         tracker.take_output()
         clock[0] += 3600 + 299  # one second short of the deadline plus the lateness
-        tracker.advance(table, set())
+        asyncio.run(tracker.advance(table, set()))
         assert tracker.take_output().triggers == []
         clock[0] += 1
-        tracker.advance(table, set())
+        asyncio.run(tracker.advance(table, set()))
         assert [t["kind"] for t in tracker.take_output().triggers] == expected
+
+
+def due_carts(tracker, table: dict, users: int) -> None:
+    """``users`` users on every partition, each with a cart 60 minutes from abandonment."""
+    for i in range(users):
+        cart = Event(**{**ev(EventKind.CART_ADD, 0, product_id="p1").model_dump(), "user_key": f"c{i}"})
+        fold_one(tracker, table, cart)
+    tracker.take_output()
+
+
+def test_a_large_trigger_catch_up_lets_other_tasks_run_and_fires_every_user():
+    from stream_processors.rocksdb_store import key_partition
+    tracker, table = tracker_with([0.0], 0), {}
+    due_carts(tracker, table, 2000)
+    for partition in range(4):  # one user per partition, two hours later: every cart is due
+        late = next(f"l{i}" for i in range(1000) if key_partition(f"l{i}".encode(), 4) == partition)
+        fold_one(tracker, table, Event(**{**ev(EventKind.PAGE_VIEW, 120).model_dump(), "user_key": late}))
+
+    async def catch_up_beside_a_ticker() -> int:
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        beside = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        ticks = 0
+        await tracker.advance(table, set())
+        beside.cancel()
+        return ticks
+
+    ticks = asyncio.run(catch_up_beside_a_ticker())
+    fired = tracker.take_output().triggers
+    assert sorted(t["user_key"] for t in fired) == sorted(f"c{i}" for i in range(2000))
+    assert ticks >= 2000 // 200 - 1  # the loop ran other tasks all along the catch-up
+
+
+def test_a_rebalance_during_the_index_rebuild_stops_reading_and_leaves_the_index_stale():
+    from stream_processors import analytics_tracker
+    tracker = tracker_with([0.0], 0)
+
+    class RebalancingTable(dict):
+        """Like Faust's store: reading on after a rebalance changed its databases raises."""
+        def items(self):
+            generation = tracker.generation
+            for item in super().items():
+                if tracker.generation != generation:
+                    raise RuntimeError("dictionary changed size during iteration")
+                yield item
+
+    table = RebalancingTable()
+    due_carts(tracker, table, analytics_tracker.YIELD_EVERY_KEYS + 10)
+
+    async def rebuild(rebalance_meanwhile: bool) -> None:
+        tracker.index_stale = True
+        if rebalance_meanwhile:
+            asyncio.get_running_loop().call_soon(tracker.reset)  # runs at the rebuild's first yield
+        await tracker.advance(table, set())
+
+    asyncio.run(rebuild(rebalance_meanwhile=True))
+    assert tracker.index_stale  # the next batch reads the table again
+    asyncio.run(rebuild(rebalance_meanwhile=False))
+    assert not tracker.index_stale
+    assert len(tracker.scheduled) == analytics_tracker.YIELD_EVERY_KEYS + 10
 
 
 def test_refunds_are_net_in_windows_and_monetary_and_a_repeated_order_id_counts_once():
