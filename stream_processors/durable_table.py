@@ -1,10 +1,15 @@
-"""A Faust table whose changelog writes can be awaited.
+"""A Faust table whose changelog writes are sent per batch and can be awaited.
 
 Faust flushes its producer before committing offsets, but that flush gives up
 after 0.1 s without progress (ProducerBuffer.flush_atmost), so under load an
 offset can be committed while the changelog record of the state it produced is
 still queued: a restart then restores stale state. The agent awaits
 ``changelog_durable()`` instead, before the batch's ack (beside its database write).
+
+Writes are kept until then and sent straight to the producer, a key's last value
+once: Faust's own path queues every write in its producer buffer (a future, a
+callback and a RocksDB offset write per record), and its conductor stops
+feeding the streams while that buffer holds more than 100 records.
 With a ``rocksdb://`` store it keeps each key in its own partition's database (rocksdb_store.py).
 """
 
@@ -17,18 +22,35 @@ from stream_processors.rocksdb_store import KeyPartitionedStore
 class DurableTable(faust.Table):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.unconfirmed_changelog: list = []
+        self.unsent_changelog: dict[bytes, bytes | None] = {}  # key -> latest value (None: deleted)
+
+    def get(self, key, default=None):
+        """One store read: ``Mapping.get`` asks the store whether the key exists, then reads it."""
+        try:
+            return self.data[key]
+        except KeyError:
+            return default
 
     def on_key_set(self, key, value) -> None:
-        future = self.send_changelog(self.partition_for_key(key), key, value)
-        self.unconfirmed_changelog.append(future)
-        self._maybe_set_key_ttl(key, future.message.partition)
+        self.unsent_changelog[key] = value
+
+    def on_key_del(self, key) -> None:
+        self.unsent_changelog[key] = None
 
     async def changelog_durable(self) -> None:
-        """Return once the broker acknowledged every changelog record written so far (or raise)."""
-        pending, self.unconfirmed_changelog = self.unconfirmed_changelog, []
-        for future in pending:
-            await future
+        """Send the writes kept so far; return once the broker acknowledged every one (or raise)."""
+        unsent, self.unsent_changelog = self.unsent_changelog, {}
+        topic = self.changelog_topic.get_topic_name()
+        send = self.app.producer.send
+        acks = [await send(topic, key, value, partition=None, timestamp=None, headers=None)
+                for key, value in unsent.items()]
+        latest = {}
+        for ack in acks:
+            metadata = await ack
+            latest[metadata.topic_partition] = max(metadata.offset, latest.get(metadata.topic_partition, -1))
+        for tp, offset in latest.items():
+            # What Faust's per-record callback keeps: where a restart's recovery may start reading.
+            self.data.set_persisted_offset(tp, offset)
 
     def _new_store_by_url(self, url):
         if URL(str(url)).scheme != "rocksdb":
