@@ -34,7 +34,10 @@ from stream_processors.blocking import run_blocking
 from stream_processors.profile import UserProfile
 
 
-YIELD_EVERY_USERS = 200
+# A batch can hold tens of thousands of events (a record holds a request's events): decoding and
+# folding yield to the event loop after about this many, so heartbeats and /metrics still run.
+# Nothing is acked before process() returns.
+YIELD_EVERY_EVENTS = 500
 
 
 class ProfileTracker:
@@ -56,11 +59,11 @@ class ProfileTracker:
         for event in events:
             by_user.setdefault(event.user_key, []).append(event)
 
-        rows, applied = [], 0
-        for count, (user_key, user_events) in enumerate(by_user.items(), start=1):
-            if count % YIELD_EVERY_USERS == 0:
-                # A batch can hold tens of thousands of events: let heartbeats and /metrics run.
-                # Nothing is acked before this method returns.
+        rows, applied, since_yield = [], 0, 0
+        for user_key, user_events in by_user.items():
+            since_yield += len(user_events)
+            if since_yield >= YIELD_EVERY_EVENTS:
+                since_yield = 0
                 await asyncio.sleep(0)
             key = user_key.encode()
             stored = self.table.get(key)
@@ -116,13 +119,17 @@ class ProfileTracker:
 
     async def _decode(self, records: Sequence[tuple[int, bytes]]) -> list[tuple[int, Event]]:
         """(partition, event) of the batch's records; an invalid event is dead-lettered, never dropped."""
-        events = []
+        events, since_yield = [], 0
         for partition, raw in records:
             try:
                 valid = decode_record(raw)
             except ValidationError:
                 valid = await self._salvage(raw)
             events.extend((partition, event) for event in valid)
+            since_yield += len(valid)
+            if since_yield >= YIELD_EVERY_EVENTS:
+                since_yield = 0
+                await asyncio.sleep(0)
         return events
 
     async def _salvage(self, raw: bytes) -> list[Event]:
