@@ -15,7 +15,7 @@ can change without any new event; the scheduled full recompute picks those up.
 """
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, delete, exists, func, literal, select, text, union_all, update
@@ -32,6 +32,9 @@ MEMBERS = SegmentMember.__table__
 TRANSITIONS = SegmentTransition.__table__
 CURSORS = SegmentCursor.__table__
 KEY_CHUNK = 1000  # bounds the incremental diff even under a nested-loop plan
+# Told how long each statement of a pass took; the runner idles in proportion, so a pass loads
+# PostgreSQL evenly instead of taking a whole core in bursts (segments/runner.py).
+Pace = Callable[[float], None]
 STATUSES = ("draft", "active", "paused")
 
 
@@ -128,17 +131,26 @@ def preview(engine: Engine, spec: SegmentSpec, specs: dict[str, SegmentSpec], no
 
 
 def refresh(engine: Engine, spec: SegmentSpec, specs: dict[str, SegmentSpec], now: datetime,
-            user_keys: Iterable[str] | None = None) -> tuple[int, int]:
-    """Bring the segment's members up to date (for everyone, or for ``user_keys``); (entered, left)."""
-    if user_keys is not None:
-        keys = sorted(set(user_keys))
-        totals = [0, 0]
-        for start in range(0, len(keys), KEY_CHUNK):
-            entered, left = _refresh(engine, spec, specs, now, keys[start:start + KEY_CHUNK])
-            totals[0] += entered
-            totals[1] += left
-        return totals[0], totals[1]
-    return _refresh(engine, spec, specs, now, None)
+            user_keys: Iterable[str] | None = None, pace: Pace | None = None) -> tuple[int, int]:
+    """Bring the segment's members up to date (for everyone, or for ``user_keys``); (entered, left).
+    ``pace`` is told how long each statement took (see ``Pace``)."""
+    if user_keys is None:
+        return _paced(pace, _refresh, engine, spec, specs, now, None)
+    keys = sorted(set(user_keys))
+    totals = [0, 0]
+    for start in range(0, len(keys), KEY_CHUNK):
+        entered, left = _paced(pace, _refresh, engine, spec, specs, now, keys[start:start + KEY_CHUNK])
+        totals[0] += entered
+        totals[1] += left
+    return totals[0], totals[1]
+
+
+def _paced(pace: Pace | None, step: Callable, *args):
+    started = time.monotonic()
+    result = step(*args)
+    if pace is not None:
+        pace(time.monotonic() - started)
+    return result
 
 
 def refresh_statement(spec: SegmentSpec, specs: dict[str, SegmentSpec], now: datetime, keys: list[str] | None):
@@ -177,14 +189,15 @@ def _refresh(engine, spec, specs, now, keys: list[str] | None) -> tuple[int, int
     return changed.count("enter"), changed.count("exit")
 
 
-def full_recompute(engine: Engine, now: datetime, names: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+def full_recompute(engine: Engine, now: datetime, names: Iterable[str] | None = None,
+                   pace: Pace | None = None) -> dict[str, tuple[int, int]]:
     store = SegmentStore(engine)
     specs = store.specs()
     wanted = list(names) if names is not None else store.active()
     for name in wanted:
         if name not in specs:
             raise UnknownSegment(f"no segment named {name[:80]!r}")
-    return {name: refresh(engine, specs[name], specs, now) for name in wanted}
+    return {name: refresh(engine, specs[name], specs, now, pace=pace) for name in wanted}
 
 
 OLDEST_OPEN_TRANSACTION = text(
@@ -201,7 +214,7 @@ def changed_users(engine: Engine, since: datetime) -> list[str]:
 
 
 def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: str = "incremental",
-                     refresh_population: bool = True) -> dict:
+                     refresh_population: bool = True, pace: Pace | None = None) -> dict:
     """Refresh every active segment for the users changed since the last pass; returns what changed.
     Segments that depend on the whole population (RFM scores) can only be refreshed for everyone:
     with ``refresh_population`` False they wait for a later pass (the caller paces them)."""
@@ -223,7 +236,7 @@ def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: st
             if compiled.depends_on_population and not refresh_population:
                 continue
             result[name] = refresh(engine, specs[name], specs, now,
-                                   None if compiled.depends_on_population else keys)
+                                   None if compiled.depends_on_population else keys, pace)
     with engine.begin() as conn:
         conn.execute(insert(CURSORS).values(name=cursor, changed_since=next_since)
                      .on_conflict_do_update(index_elements=["name"], set_={"changed_since": next_since}))
@@ -276,14 +289,15 @@ def sizes(engine: Engine, name: str, start: datetime, end: datetime, step: timed
                                                               "step": step})]
 
 
-def publish_backlog(engine: Engine, producer, topic: str, budget_s: float, chunk: int = 1000) -> int:
+def publish_backlog(engine: Engine, producer, topic: str, budget_s: float, chunk: int = 1000,
+                    pace: Pace | None = None) -> int:
     """Publish chunks of unpublished transitions until none are left or ``budget_s`` has passed.
 
     One chunk per pass drained at most 200 transitions a second at the default 5-s poll: less than
     a busy shop's traffic or a full recompute makes, so the outbox (and segment campaigns) fell behind."""
     published, deadline = 0, time.monotonic() + budget_s
     while True:
-        sent = publish_transitions(engine, producer, topic, limit=chunk)
+        sent = _paced(pace, publish_transitions, engine, producer, topic, chunk)
         published += sent
         if sent < chunk or time.monotonic() >= deadline:
             return published

@@ -36,21 +36,32 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def idle_after(turn_s: float, poll_s: float, busy_share: float) -> float:
-    """How long to wait after a turn of ``turn_s`` seconds so that turns take at most ``busy_share``
-    of the time, and never less than ``poll_s``."""
-    return max(poll_s, turn_s * (1 - busy_share) / busy_share)
+class Heartbeat:
+    """When the runner last finished a step: a turn, or a paced statement within a long one (/healthz)."""
+
+    def __init__(self):
+        self.at = time.monotonic()
+
+    def beat(self) -> None:
+        self.at = time.monotonic()
+
+
+def paced_by(busy_share: float, stop: threading.Event, heartbeat: Heartbeat) -> Callable[[float], None]:
+    """After a step of ``step_s`` seconds, idle so that steps take at most ``busy_share`` of the time."""
+    def pace(step_s: float) -> None:
+        heartbeat.beat()
+        stop.wait(step_s * (1 - busy_share) / busy_share)
+    return pace
 
 
 def _loop(process: str, turn: Callable[[], None], poll_s: float, stop: threading.Event, host: str,
-          port: int, busy_share: float = 1.0) -> None:
-    last_ok = [time.monotonic()]
+          port: int, heartbeat: Heartbeat | None = None) -> None:
+    heartbeat = heartbeat or Heartbeat()
     stalled_after = max(60.0, 10 * poll_s)
-    server = serve_ops(host, port, lambda: time.monotonic() - last_ok[0] < stalled_after) if port else None
+    server = serve_ops(host, port, lambda: time.monotonic() - heartbeat.at < stalled_after) if port else None
     pause = poll_s
     try:
         while not stop.is_set():
-            started = time.monotonic()
             try:
                 turn()
             except TRANSIENT as err:
@@ -60,10 +71,9 @@ def _loop(process: str, turn: Callable[[], None], poll_s: float, stop: threading
                 stop.wait(pause)
                 continue
             pause = poll_s
-            last_ok[0] = time.monotonic()
+            heartbeat.beat()
             metrics.LAST_TURN.labels(process).set_to_current_time()
-            # Capped well under stalled_after, so a long pass never reads as a stalled runner.
-            stop.wait(min(idle_after(time.monotonic() - started, poll_s, busy_share), stalled_after / 2))
+            stop.wait(poll_s)
     finally:
         if server:
             server.shutdown()
@@ -78,31 +88,42 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
     SegmentStore(engine).install_builtins()
     last_full = [float("-inf")]
     last_population = [float("-inf")]
+    # Each statement of a turn is followed by its share of idle time: PostgreSQL is loaded evenly
+    # instead of a whole core in bursts while the worker needs it.
+    heartbeat = Heartbeat()
+    pace = paced_by(settings.segments_max_busy_share, stop, heartbeat)
 
     def turn() -> None:
         if time.monotonic() - last_full[0] >= settings.segments_full_recompute_s:
-            _count(membership.full_recompute(engine, utcnow()))
+            started = time.monotonic()
+            _count(membership.full_recompute(engine, utcnow(), pace=pace))
             metrics.PASSES.labels("full").inc()
+            log.info("full recompute in %.1f s", time.monotonic() - started)
             last_full[0] = time.monotonic()
         # RFM segments are recomputed for everyone, so at most every segments_population_refresh_s.
         population_due = time.monotonic() - last_population[0] >= settings.segments_population_refresh_s
+        started = time.monotonic()
         result = membership.incremental_pass(engine, utcnow(), settings.segments_change_overlap_s,
-                                             refresh_population=population_due)
+                                             refresh_population=population_due, pace=pace)
+        pass_s = time.monotonic() - started
         if population_due and result["changed_users"]:
             last_population[0] = time.monotonic()
         metrics.PASSES.labels("incremental").inc()
         metrics.CHANGED_USERS.inc(result["changed_users"])
         _count(result["segments"])
+        started = time.monotonic()
         published = membership.publish_backlog(engine, producer, settings.segments_topic,
-                                               budget_s=settings.segments_poll_s)
+                                               budget_s=settings.segments_poll_s, pace=pace)
+        publish_s = time.monotonic() - started
         metrics.PUBLISHED.inc(published)
         if result["changed_users"] or published:
-            log.info("incremental pass: %d changed users, %d transitions published", result["changed_users"],
-                     published)
+            log.info("incremental pass: %d changed users in %.1f s%s, %d transitions published in %.1f s",
+                     result["changed_users"], pass_s, " (with RFM refresh)" if population_due else "",
+                     published, publish_s)
 
     try:
         _loop("segments", turn, settings.segments_poll_s, stop, settings.admin_api_host, settings.segments_web_port,
-              settings.segments_max_busy_share)
+              heartbeat)
     finally:
         producer.close()
 

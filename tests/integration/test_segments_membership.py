@@ -145,8 +145,10 @@ def test_incremental_and_full_recompute_agree_and_history_is_kept(engine, store)
     deferred = membership.incremental_pass(engine, second, overlap_s=0, cursor="deferred", refresh_population=False)
     assert "t_abandoners" in deferred["segments"] and "rfm_champions" not in deferred["segments"]
     assert "whale" not in {m["user_key"] for m in membership.members(engine, "rfm_champions", 1000)}
-    result = membership.incremental_pass(engine, second, overlap_s=0)
+    statements: list[float] = []  # the runner idles after each, in proportion (segments/runner.py)
+    result = membership.incremental_pass(engine, second, overlap_s=0, pace=statements.append)
     assert result["changed_users"] >= 3
+    assert len(statements) == len(result["segments"]) and all(s >= 0 for s in statements)  # under 1,000 users each
     incremental = {n: {m["user_key"] for m in membership.members(engine, n, 1000)} for n in names}
     full = {n: membership.compute_members(engine, specs[n], specs, second) for n in names}
     assert incremental == full
@@ -177,7 +179,10 @@ def test_transitions_are_published_once_to_the_segments_topic(engine, test_setti
     # Out of time after the first chunk: one chunk; with time left: chunk after chunk to the end.
     sent = membership.publish_backlog(engine, producer, settings.segments_topic, budget_s=0, chunk=7)
     assert sent == 7
-    sent += membership.publish_backlog(engine, producer, settings.segments_topic, budget_s=60, chunk=7)
+    chunks: list[float] = []
+    sent += membership.publish_backlog(engine, producer, settings.segments_topic, budget_s=60, chunk=7,
+                                       pace=chunks.append)
+    assert len(chunks) == (len(expected) - 7) // 7 + 1  # every chunk, and the last one that came up short
     producer.close()
     assert sent == len(expected)
     assert membership.publish_transitions(engine, create_producer(settings, "t2"), settings.segments_topic) == 0
