@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, Numeric, Text, and_, bindparam, exists, false, func, literal, not_, or_, select
+from sqlalchemy import DateTime, Numeric, Text, and_, bindparam, false, func, literal, not_, or_, select, true
 from sqlalchemy.sql import ColumnElement, Select
 
 from ingest.normalize import TRACK_KINDS
@@ -40,12 +40,17 @@ class CompiledSegment:
 
 
 class _Compiler:
+    """Two walks of the definition: the first collects its event conditions, the second builds the
+    WHERE clause, reading each event condition's count from one scan of the user's events."""
+
     def __init__(self, resolve: Resolver, now: datetime):
         self.resolve = resolve
         self.now = bindparam("now", now, type_=DateTime(timezone=True))
         self.rfm = None
         self.uses_time = False
         self.references: set[str] = set()
+        self.event_conditions: list[EventCondition] = []
+        self.event_counts = None  # the LATERAL subquery, once built
 
     def condition(self, node, stack: tuple[str, ...]) -> ColumnElement:
         if isinstance(node, FieldCondition):
@@ -110,12 +115,25 @@ class _Compiler:
 
     def event_condition(self, node: EventCondition) -> ColumnElement:
         self.uses_time = True
-        since = self.now - timedelta(seconds=node.within)
-        matching = [EVENTS.c.user_key == PROFILES.c.user_key, event_name_matches(node.did),
-                    EVENTS.c.event_time > since, EVENTS.c.event_time <= self.now]
-        if node.at_least == 1:
-            return exists().where(*matching)
-        return select(func.count()).select_from(EVENTS).where(*matching).scalar_subquery() >= node.at_least
+        if self.event_counts is None:  # first walk
+            self.event_conditions.append(node)
+            return true()
+        index = self.event_index
+        self.event_index += 1
+        return self.event_counts.c[f"did_{index}"] >= node.at_least
+
+    def build_event_counts(self) -> None:
+        """One LATERAL scan of the user's events over the longest window, with a filtered count per
+        event condition, instead of a correlated scan of the same rows per condition."""
+        window = max(c.within for c in self.event_conditions)
+        counts = [func.count().filter(and_(event_name_matches(c.did),
+                                           EVENTS.c.event_time > self.now - timedelta(seconds=c.within)))
+                  .label(f"did_{i}") for i, c in enumerate(self.event_conditions)]
+        self.event_counts = (select(*counts).where(EVENTS.c.user_key == PROFILES.c.user_key,
+                                                   EVENTS.c.event_time > self.now - timedelta(seconds=window),
+                                                   EVENTS.c.event_time <= self.now)
+                             .lateral("event_counts"))
+        self.event_index = 0
 
 
 def event_name_matches(name: str) -> ColumnElement:
@@ -138,6 +156,10 @@ def compile_segment(spec: SegmentSpec, resolve: Resolver, now: datetime,
     compiler = _Compiler(resolve, now)
     condition = func.coalesce(compiler.condition(spec.where, (spec.name,)), false())
     source = PROFILES.outerjoin(ACTIVITY, ACTIVITY.c.user_key == PROFILES.c.user_key)
+    if compiler.event_conditions:
+        compiler.build_event_counts()
+        condition = func.coalesce(compiler.condition(spec.where, (spec.name,)), false())
+        source = source.join(compiler.event_counts, true())
     if compiler.rfm is not None:
         source = source.outerjoin(compiler.rfm, compiler.rfm.c.user_key == PROFILES.c.user_key)
     query = select(PROFILES.c.user_key).select_from(source).where(condition)

@@ -48,6 +48,10 @@ def test_field_event_and_reference_conditions(engine, store):
          "event_time": NOW - timedelta(hours=1)},
         {"event_id": "e4", "user_key": "seg-a", "kind": "cart_add", "name": "Product Added",
          "event_time": NOW - timedelta(hours=30)},
+        {"event_id": "e-again-c", "user_key": "seg-c", "kind": "cart_add", "name": "Product Added",
+         "event_time": NOW - timedelta(hours=40)},
+        {"event_id": "e-again-a", "user_key": "seg-a", "kind": "cart_add", "name": "Product Added",
+         "event_time": NOW - timedelta(hours=35)},
     ])
     shoes = define(store, {"name": "shoe_fans_lapsed", "where": {"all": [
         "purchases_30d >= 2", 'favourite_category == "shoes"', "days_since_last_purchase > 60"]}})
@@ -56,11 +60,19 @@ def test_field_event_and_reference_conditions(engine, store):
     either = define(store, {"name": "t_either", "where": {"any": [{"segment": "shoe_fans_lapsed"},
                                                                    {"segment": "t_abandoners"}]}})
     nobody_else = define(store, {"name": "t_not_either", "where": {"not": {"segment": "t_either"}}})
+    # Event conditions with their own windows, one of them inside a referenced segment: each keeps
+    # its window in the single scan of the user's events.
+    repeat_adders = define(store, {"name": "t_repeat_adders", "where": {"all": [
+        {"did": "Product Added", "within": "48h", "at_least": 2}, {"segment": "t_abandoners"}]}})
     specs = store.specs()
     assert membership.compute_members(engine, shoes, specs, NOW) == {"seg-a"}
     assert membership.compute_members(engine, abandoners, specs, NOW) == {"seg-c"}
     assert membership.compute_members(engine, either, specs, NOW) == {"seg-a", "seg-c"}
     assert membership.compute_members(engine, nobody_else, specs, NOW) == {"seg-b"}
+    # seg-c added 2 h and 40 h ago; seg-a 30 h and 35 h ago: two in 48 h, but none in the last 24 h.
+    assert membership.compute_members(engine, repeat_adders, specs, NOW) == {"seg-c"}
+    assert membership.compute_members(engine, repeat_adders, specs, NOW + timedelta(hours=7)) == {"seg-c"}
+    assert membership.compute_members(engine, repeat_adders, specs, NOW + timedelta(hours=9)) == set()  # 40 h -> 49 h
     # Evaluated a day later, the cart add is out of the 24 h window.
     assert membership.compute_members(engine, abandoners, specs, NOW + timedelta(days=1)) == set()
     preview = membership.preview(engine, either, specs, NOW, sample=1)
