@@ -51,6 +51,7 @@ class _Compiler:
         self.references: set[str] = set()
         self.event_conditions: list[EventCondition] = []
         self.event_counts = None  # the LATERAL subquery, once built
+        self.event_index = 0  # the next event condition's count, in the second walk
 
     def condition(self, node, stack: tuple[str, ...]) -> ColumnElement:
         if isinstance(node, FieldCondition):
@@ -133,7 +134,6 @@ class _Compiler:
                                                    EVENTS.c.event_time > self.now - timedelta(seconds=window),
                                                    EVENTS.c.event_time <= self.now)
                              .lateral("event_counts"))
-        self.event_index = 0
 
 
 def event_name_matches(name: str) -> ColumnElement:
