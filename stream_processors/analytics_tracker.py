@@ -15,7 +15,6 @@ partition without events for that long has its watermark move on with the wall c
 Faust timer calling ``ProfileTracker.fire_idle``; the clock is injected.
 """
 
-import asyncio
 import heapq
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from datetime import datetime, timezone
 from spoor.events import Event
 from stream_processors import metrics
 from stream_processors.behaviour import AnalyticsRules, UserBehaviour, pack, read_header, unpack
+from stream_processors.blocking import YieldEvery
 from stream_processors.rocksdb_store import key_partition
 
 YIELD_EVERY_USERS = 200  # users re-written between yields to the event loop
@@ -75,7 +75,7 @@ class AnalyticsTracker:
         self.scheduled: dict[str, float] = {}  # user key -> earliest due time in the heap
         self.index_stale = True
         self.generation = 0  # counts resets, so a rebuild that yielded can tell one happened
-        self.updates_since_yield = 0
+        self.pause = YieldEvery(YIELD_EVERY_USERS)
         self.redeliver: set[str] = set()  # users whose undelivered triggers a restart found
         self.delivered: dict[str, set] = {}  # user key -> trigger ids the last batch delivered
         self.output = AnalyticsOutput()
@@ -163,10 +163,7 @@ class AnalyticsTracker:
 
     async def _update(self, table, user_key: str, now: float | None) -> None:
         """Re-write one user's value, firing what is due at ``now`` (None: nothing new)."""
-        self.updates_since_yield += 1
-        if self.updates_since_yield >= YIELD_EVERY_USERS:
-            self.updates_since_yield = 0
-            await asyncio.sleep(0)
+        await self.pause.after()
         key = user_key.encode()
         stored = table.get(key)
         if stored is None:
@@ -190,11 +187,10 @@ class AnalyticsTracker:
         self.timers.clear()
         self.scheduled.clear()
         self.index_stale = False
-        for count, (key, value) in enumerate(table.items(), start=1):
-            if count % YIELD_EVERY_KEYS == 0:
-                await asyncio.sleep(0)
-                if self.generation != generation:
-                    return
+        reading = YieldEvery(YIELD_EVERY_KEYS)
+        for key, value in table.items():
+            if await reading.after() and self.generation != generation:
+                return
             due_at, pending = read_header(value)
             user_key = key.decode()
             if due_at is not None:

@@ -1,7 +1,8 @@
 """Blocking work (database writes) off the event loop, with retries and a safe way to fail.
 
 A write either completes or the worker process stops before the batch that
-depends on it is acknowledged: never "log and carry on".
+depends on it is acknowledged: never "log and carry on". Long CPU work that
+stays on the loop yields now and then (``YieldEvery``).
 """
 
 import asyncio
@@ -35,6 +36,23 @@ def retry_transient(write: Callable, *args, attempts: int = 8, first_delay_s: fl
             log.warning("database write failed (%s), retry %d/%d in %.1fs", err.__class__.__name__,
                         attempt + 1, attempts - 1, delay)
             time.sleep(delay)
+
+
+class YieldEvery:
+    """Lets other tasks (heartbeats, /metrics) run after every ``units`` of work done on the event loop."""
+
+    def __init__(self, units: int):
+        self.units = units
+        self.done = 0
+
+    async def after(self, units: int = 1) -> bool:
+        """Count ``units`` of work; True when this call yielded."""
+        self.done += units
+        if self.done < self.units:
+            return False
+        self.done = 0
+        await asyncio.sleep(0)
+        return True
 
 
 async def run_blocking(write: Callable, *args) -> None:

@@ -30,7 +30,7 @@ from storage.writers import StreamWriter
 from stream_processors import metrics
 from stream_processors.analytics_tracker import AnalyticsOutput, AnalyticsTracker
 from stream_processors.behaviour import unpack
-from stream_processors.blocking import run_blocking
+from stream_processors.blocking import YieldEvery, run_blocking
 from stream_processors.profile import UserProfile
 
 
@@ -48,6 +48,7 @@ class ProfileTracker:
         self.dedupe_window = dedupe_window
         self.send_bad_row = send_bad_row
         self.analytics = analytics
+        self.pause = YieldEvery(YIELD_EVERY_EVENTS)
 
     async def process(self, records: Sequence[tuple[int, bytes]]) -> list[tuple[int, Event]]:
         """Fold (partition, record value) pairs; returns the valid events with their partition."""
@@ -59,12 +60,9 @@ class ProfileTracker:
         for event in events:
             by_user.setdefault(event.user_key, []).append(event)
 
-        rows, applied, since_yield = [], 0, 0
+        rows, applied = [], 0
         for user_key, user_events in by_user.items():
-            since_yield += len(user_events)
-            if since_yield >= YIELD_EVERY_EVENTS:
-                since_yield = 0
-                await asyncio.sleep(0)
+            await self.pause.after(len(user_events))
             key = user_key.encode()
             stored = self.table.get(key)
             profile_json, behaviour_json = unpack(stored) if stored else (None, None)
@@ -119,17 +117,14 @@ class ProfileTracker:
 
     async def _decode(self, records: Sequence[tuple[int, bytes]]) -> list[tuple[int, Event]]:
         """(partition, event) of the batch's records; an invalid event is dead-lettered, never dropped."""
-        events, since_yield = [], 0
+        events = []
         for partition, raw in records:
             try:
                 valid = decode_record(raw)
             except ValidationError:
                 valid = await self._salvage(raw)
             events.extend((partition, event) for event in valid)
-            since_yield += len(valid)
-            if since_yield >= YIELD_EVERY_EVENTS:
-                since_yield = 0
-                await asyncio.sleep(0)
+            await self.pause.after(len(valid))
         return events
 
     async def _salvage(self, raw: bytes) -> list[Event]:

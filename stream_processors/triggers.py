@@ -81,14 +81,7 @@ class Triggers:
             self.browsed.clear()
 
     def deadlines(self, rules: TriggerRules) -> list[tuple[float, str, str | None]]:
-        """(deadline, kind, product id for browse) of every open episode, earliest first."""
-        return sorted(self._open_episodes(rules), key=lambda d: (d[0], d[1], d[2] or ""))
-
-    def next_deadline(self, rules: TriggerRules) -> float | None:
-        # Once per event: the minimum, without sorting every episode.
-        return min((at for at, _kind, _product in self._open_episodes(rules)), default=None)
-
-    def _open_episodes(self, rules: TriggerRules) -> list[tuple[float, str, str | None]]:
+        """(deadline, kind, product id for browse) of every open episode."""
         due = []
         if self.cart:
             due.append((self.cart[1] + rules.cart_delay_s, CART, None))
@@ -97,7 +90,11 @@ class Triggers:
                 due.append((last + rules.browse_delay_s, BROWSE, product))
         if self.last_activity is not None and self.win_back_fired_for != self.last_activity:
             due.append((self.last_activity + rules.win_back_s, WIN_BACK, None))
-        return due
+        return sorted(due, key=lambda d: (d[0], d[1], d[2] or ""))
+
+    def next_deadline(self, rules: TriggerRules) -> float | None:
+        due = self.deadlines(rules)
+        return due[0][0] if due else None
 
     def fire_due(self, user_key: str, now: float, rules: TriggerRules) -> list[dict]:
         """Fire every episode whose deadline is at or before ``now``; returns the trigger records."""
