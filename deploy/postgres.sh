@@ -17,6 +17,8 @@ PG_PORT="${SPOOR_PG_PORT:-5433}"
 PG_USER="${SPOOR_PG_USER:-spoor}"
 PG_PASSWORD="${SPOOR_PG_PASSWORD:-spoor}"
 PG_DB="${SPOOR_PG_DB:-spoor}"
+PG_SHARED_BUFFERS="${SPOOR_PG_SHARED_BUFFERS:-1GB}"
+PG_MAX_WAL_SIZE="${SPOOR_PG_MAX_WAL_SIZE:-4GB}"
 
 PGDATA_DIR="$SPOOR_RUN_DIR/pgdata"
 PG_STATE="$SPOOR_RUN_DIR/pg"          # socket dir + log, writable by the server
@@ -111,7 +113,13 @@ port = $PG_PORT
 # Our own socket dir: /var/run/postgresql may not exist outside the Debian cluster.
 unix_socket_directories = '$PG_STATE'
 max_connections = 100
-shared_buffers = 256MB
+shared_buffers = $PG_SHARED_BUFFERS
+# The worker updates rows of random users: after each checkpoint, the first change to a page
+# writes the whole page to the WAL. Checkpoints far apart and compressed page images halve the
+# WAL written under a flood (README, Benchmark).
+max_wal_size = $PG_MAX_WAL_SIZE
+checkpoint_timeout = 15min
+wal_compression = lz4
 # Dev box, but keep crash safety: tests must see what production sees.
 fsync = on
 synchronous_commit = on
