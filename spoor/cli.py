@@ -71,6 +71,8 @@ def _worker(settings: Settings, args) -> None:
     import faust
 
     from stream_processors.app import create_app
+    from stream_processors.gc_control import watch_gc_pauses
+    watch_gc_pauses()
     faust.Worker(create_app(settings), loglevel="INFO").execute_from_commandline()
 
 

@@ -18,6 +18,7 @@ from storage.writers import StreamWriter
 from stream_processors import metrics
 from stream_processors.continuity import OffsetContinuity
 from stream_processors.durable_table import DurableTable
+from stream_processors.gc_control import collection_deferred
 from stream_processors.kafka_transport import FetchWaitApp
 from stream_processors.metric_agent import register_metric_windows
 from stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
@@ -148,10 +149,11 @@ def create_app(settings: Settings) -> faust.App:
     async def track_profiles(stream):
         async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_s):
             async with one_at_a_time:
-                batch = await without_holes(batch)
-                decoded = await fail_stop_on_error(
-                    tracker.process([(e.message.partition, e.value) for e in batch]), "tracking profiles")
-                await fold_metric_windows(batch, decoded)
+                with collection_deferred():  # gc_control.py: no full collection over a live batch
+                    batch = await without_holes(batch)
+                    decoded = await fail_stop_on_error(
+                        tracker.process([(e.message.partition, e.value) for e in batch]), "tracking profiles")
+                    await fold_metric_windows(batch, decoded)
 
     if analytics and settings.trigger_idle_advance_s > 0:
         @app.timer(interval=min(10.0, settings.trigger_idle_advance_s))

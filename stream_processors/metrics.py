@@ -40,3 +40,8 @@ CONSUMER_LAG = Gauge("spoor_worker_consumer_lag_records",
                      "(high watermark minus committed offset).", ["topic", "partition"])
 EVENT_TIME_LAG = Gauge("spoor_metric_event_time_lag_seconds",
                        "Wall clock minus the newest event time folded into metric windows (stream freshness).")
+
+# Python's garbage collector stops the event loop; a full collection walks every live object.
+GC_PAUSE_SECONDS = Histogram("spoor_worker_gc_pause_seconds", "Pauses of Python's garbage collector, by generation.",
+                             ["generation"], buckets=(.001, .005, .01, .05, .1, .25, .5, 1, 2.5))
+
