@@ -44,4 +44,3 @@ EVENT_TIME_LAG = Gauge("spoor_metric_event_time_lag_seconds",
 # Python's garbage collector stops the event loop; a full collection walks every live object.
 GC_PAUSE_SECONDS = Histogram("spoor_worker_gc_pause_seconds", "Pauses of Python's garbage collector, by generation.",
                              ["generation"], buckets=(.001, .005, .01, .05, .1, .25, .5, 1, 2.5))
-
