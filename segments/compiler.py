@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, Numeric, Text, and_, bindparam, false, func, literal, not_, or_, select, true
+from sqlalchemy import (DateTime, Integer, Numeric, Text, and_, bindparam, false, func, literal, literal_column, not_,
+                        or_, select, true)
 from sqlalchemy.sql import ColumnElement, Select
 
 from ingest.normalize import TRACK_KINDS
@@ -26,6 +27,7 @@ ACTIVITY = UserActivity.__table__
 EVENTS = Event.__table__
 SECONDS_PER_DAY = 86400.0
 MAX_DEPTH = 32
+EVENT_COUNTS = "event_counts"  # the LATERAL subquery of a definition's event condition counts
 
 Resolver = Callable[[str], SegmentSpec | None]
 
@@ -40,8 +42,8 @@ class CompiledSegment:
 
 
 class _Compiler:
-    """Two walks of the definition: the first collects its event conditions, the second builds the
-    WHERE clause, reading each event condition's count from one scan of the user's events."""
+    """One walk of the definition. Each event condition reads its count from one scan of the user's
+    events (``event_counts``), built after the walk from the conditions it collected."""
 
     def __init__(self, resolve: Resolver, now: datetime):
         self.resolve = resolve
@@ -50,8 +52,6 @@ class _Compiler:
         self.uses_time = False
         self.references: set[str] = set()
         self.event_conditions: list[EventCondition] = []
-        self.event_counts = None  # the LATERAL subquery, once built
-        self.event_index = 0  # the next event condition's count, in the second walk
 
     def condition(self, node, stack: tuple[str, ...]) -> ColumnElement:
         if isinstance(node, FieldCondition):
@@ -116,24 +116,20 @@ class _Compiler:
 
     def event_condition(self, node: EventCondition) -> ColumnElement:
         self.uses_time = True
-        if self.event_counts is None:  # first walk
-            self.event_conditions.append(node)
-            return true()
-        index = self.event_index
-        self.event_index += 1
-        return self.event_counts.c[f"did_{index}"] >= node.at_least
+        self.event_conditions.append(node)
+        return literal_column(f"{EVENT_COUNTS}.did_{len(self.event_conditions) - 1}", Integer) >= node.at_least
 
-    def build_event_counts(self) -> None:
+    def event_counts(self):
         """One LATERAL scan of the user's events over the longest window, with a filtered count per
         event condition, instead of a correlated scan of the same rows per condition."""
         window = max(c.within for c in self.event_conditions)
         counts = [func.count().filter(and_(event_name_matches(c.did),
                                            EVENTS.c.event_time > self.now - timedelta(seconds=c.within)))
                   .label(f"did_{i}") for i, c in enumerate(self.event_conditions)]
-        self.event_counts = (select(*counts).where(EVENTS.c.user_key == PROFILES.c.user_key,
-                                                   EVENTS.c.event_time > self.now - timedelta(seconds=window),
-                                                   EVENTS.c.event_time <= self.now)
-                             .lateral("event_counts"))
+        return (select(*counts).where(EVENTS.c.user_key == PROFILES.c.user_key,
+                                      EVENTS.c.event_time > self.now - timedelta(seconds=window),
+                                      EVENTS.c.event_time <= self.now)
+                .lateral(EVENT_COUNTS))
 
 
 def event_name_matches(name: str) -> ColumnElement:
@@ -157,9 +153,7 @@ def compile_segment(spec: SegmentSpec, resolve: Resolver, now: datetime,
     condition = func.coalesce(compiler.condition(spec.where, (spec.name,)), false())
     source = PROFILES.outerjoin(ACTIVITY, ACTIVITY.c.user_key == PROFILES.c.user_key)
     if compiler.event_conditions:
-        compiler.build_event_counts()
-        condition = func.coalesce(compiler.condition(spec.where, (spec.name,)), false())
-        source = source.join(compiler.event_counts, true())
+        source = source.join(compiler.event_counts(), true())
     if compiler.rfm is not None:
         source = source.outerjoin(compiler.rfm, compiler.rfm.c.user_key == PROFILES.c.user_key)
     query = select(PROFILES.c.user_key).select_from(source).where(condition)
