@@ -66,12 +66,15 @@ def kafka_ceiling(settings: Settings, records: int, record_size: int) -> tuple[f
     return producer_rate, consumer_rate
 
 
-def make_batches(events: int, seed: int) -> tuple[list[bytes], int]:
+def make_batches(events: int, seed: int, run_id: str | None = None) -> tuple[list[bytes], int]:
+    """Batches of simulated events; with ``run_id`` their ids are it + a counter (``persisted_in_database``)."""
     messages: list[dict] = []
     users = max(1, events // 8)
     while len(messages) < events:
         messages += simulate(users, seed=seed + len(messages))
     messages = messages[:events]
+    for number, message in enumerate(messages if run_id else []):
+        message["messageId"] = f"{run_id}{number:09d}"
     return [orjson.dumps({"batch": messages[i:i + BATCH]}) for i in range(0, len(messages), BATCH)], len(messages)
 
 
@@ -118,28 +121,46 @@ def persisted_events(worker_url: str) -> int:
                    and ('outcome="applied"' in line or 'outcome="duplicate"' in line)))
 
 
-def all_persisted(worker_urls: list[str]) -> int:
-    return sum(persisted_events(url) for url in worker_urls)
+def all_persisted(worker_urls: list[str]) -> int | None:
+    """The workers' counters added up; None when a worker does not answer (busy, or restarting)."""
+    try:
+        return sum(persisted_events(url) for url in worker_urls)
+    except OSError:
+        return None
 
 
-def wait_persisted(worker_urls: list[str], expected: int, timeout: float) -> float:
-    """Wait until the workers' committed-event counters add up to ``expected``."""
+def persisted_in_database(engine, run_id: str) -> int:
+    """This run's events in PostgreSQL: an index range over their ids (letters and digits only, so
+    the range holds exactly them in any collation)."""
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM events WHERE event_id BETWEEN :low AND :high"),
+                            {"low": f"{run_id}000000000", "high": f"{run_id}999999999"}).scalar()
+
+
+def wait_persisted(engine, worker_urls: list[str], run_id: str, counters_before: int | None, expected: int,
+                   timeout: float) -> float:
+    """Wait until all ``expected`` events of the run are in PostgreSQL; returns the time they were.
+
+    The workers' counters are cheap to read, so they are watched closely, and PostgreSQL is asked
+    when they add up (or every 5 s: a worker that restarted starts its counter again at zero)."""
     deadline = time.monotonic() + timeout
-    last_report, done = 0.0, 0
+    last_count = 0.0
     while True:
-        try:
-            done = all_persisted(worker_urls)
-        except (TimeoutError, urllib.error.URLError) as err:
-            # A worker busy in one long step (e.g. many triggers falling due at once) answers late;
-            # the last count stands, and the deadline and pause below still apply.
-            print(f"  ... a worker's /metrics did not answer ({err}); asking again", flush=True)
-        if done >= expected:
-            return time.perf_counter()
+        counted = all_persisted(worker_urls)
+        if counted is not None and counters_before is not None and counted < counters_before:
+            print("  ... a worker restarted (its counter went back): counting in PostgreSQL every 5 s", flush=True)
+            counters_before = None
+        counters_done = None not in (counted, counters_before) and counted - counters_before >= expected
+        if counters_done or time.monotonic() - last_count > 5:
+            stored = persisted_in_database(engine, run_id)
+            if stored >= expected:
+                return time.perf_counter()
+            if time.monotonic() - last_count > 5:
+                print(f"  ... {stored} of {expected} events in PostgreSQL so far", flush=True)
+            last_count = time.monotonic()
         if time.monotonic() > deadline:
-            sys.exit(f"only {done}/{expected} events reached PostgreSQL in {timeout}s")
-        if time.monotonic() - last_report > 5:
-            print(f"  ... {done} of {expected} events committed by the worker so far", flush=True)
-            last_report = time.monotonic()
+            sys.exit(f"only {persisted_in_database(engine, run_id)}/{expected} events reached PostgreSQL "
+                     f"in {timeout}s")
         time.sleep(0.25)
 
 
@@ -171,7 +192,8 @@ def main() -> None:
             conn.rollback()
 
     print(f"preparing {args.events} simulated events ...", flush=True)
-    bodies, n = make_batches(args.events, seed=int(time.time()))
+    run_id = f"bench{uuid.uuid4().hex[:12]}"
+    bodies, n = make_batches(args.events, seed=int(time.time()), run_id=f"{run_id}f")
     mean_size = statistics.mean(len(b) for b in bodies) / BATCH
 
     print("phase 1: Kafka's own producer/consumer performance tools (the ceiling)", flush=True)
@@ -185,16 +207,16 @@ def main() -> None:
     post_seconds = post_all(url, args.write_key, bodies, args.threads)
     collector_rate = n / post_seconds
     print(f"  collector accepted {n} events in {post_seconds:.1f}s", flush=True)
-    finished = wait_persisted(worker_urls, before + n, timeout=max(300, n / 500))
+    finished = wait_persisted(engine, worker_urls, f"{run_id}f", before, n, timeout=max(300, n / 500))
     end_to_end_rate = n / (finished - started)
 
     paced_n = int(args.paced_rate * args.paced_seconds)
     print(f"phase 3: paced, {paced_n} events at {args.paced_rate:.0f} events/s", flush=True)
-    paced_bodies, paced_n = make_batches(paced_n, seed=int(time.time()) + 7)
+    paced_bodies, paced_n = make_batches(paced_n, seed=int(time.time()) + 7, run_id=f"{run_id}p")
     since = datetime.now(timezone.utc)
     before = all_persisted(worker_urls)
     post_all(url, args.write_key, paced_bodies, args.threads, rate_per_s=args.paced_rate)
-    wait_persisted(worker_urls, before + paced_n, timeout=300)
+    wait_persisted(engine, worker_urls, f"{run_id}p", before, paced_n, timeout=300)
     with engine.connect() as conn:
         p50, p99 = conn.execute(text(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM persisted_at - received_at)),"

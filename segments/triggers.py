@@ -50,8 +50,10 @@ def parse_triggers(values: list[bytes]) -> tuple[list[dict], list[tuple[bytes, s
 
 
 def store_triggers(engine: Engine, rows: list[dict]) -> int:
+    """Insert in trigger_id order, the worker's order for the same rows: one lock order, no deadlock."""
     if not rows:
         return 0
+    rows = sorted(rows, key=lambda row: row["trigger_id"])
     with engine.begin() as conn:
         return len(conn.execute(insert(BehaviourTrigger.__table__).values(rows)
                                 .on_conflict_do_nothing().returning(BehaviourTrigger.trigger_id)).all())

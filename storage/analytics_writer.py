@@ -2,7 +2,9 @@
 
 Same pattern as ``writers.py``: one JSON document per table, expanded by PostgreSQL. A session row
 never replaces one with more events, an activity row never replaces a later ``as_of``, and a
-trigger is inserted once (its id is its episode).
+trigger is inserted once (its id is its episode). Rows are merged in key order: the campaigns runner
+inserts the same triggers at the same time (segments/triggers.py), in code-point order (COLLATE "C"
+here): one lock order, so no deadlock.
 """
 
 import orjson
@@ -31,7 +33,7 @@ DELETE_RETIRED_SESSIONS = (
 INSERT_TRIGGERS = (
     f"INSERT INTO behaviour_triggers ({', '.join(TRIGGER_COLUMNS)}) "
     f"SELECT {', '.join(TRIGGER_COLUMNS)} FROM jsonb_populate_recordset(NULL::behaviour_triggers, %s::jsonb) "
-    "ON CONFLICT (trigger_id) DO NOTHING")
+    "ORDER BY trigger_id COLLATE \"C\" ON CONFLICT (trigger_id) DO NOTHING")
 
 
 def write_analytics(cursor, out, default) -> None:
