@@ -20,7 +20,7 @@ TRIGGER_COLUMNS = [c.name for c in BehaviourTrigger.__table__.columns if c.name 
 def _merge(table: str, columns: list[str], keys: tuple[str, ...], version_rule: str) -> str:
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
     return (f"INSERT INTO {table} ({', '.join(columns)}) "
-            f"SELECT {', '.join(columns)} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) "
+            f"SELECT {', '.join(columns)} FROM json_populate_recordset(NULL::{table}, %s::json) "
             f"ORDER BY {', '.join(keys)} "
             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}, updated_at = now() WHERE {version_rule}")
 
@@ -28,11 +28,11 @@ def _merge(table: str, columns: list[str], keys: tuple[str, ...], version_rule: 
 MERGE_SESSIONS = _merge("sessions", SESSION_COLUMNS, ("user_key", "session_id"), "sessions.events <= excluded.events")
 MERGE_ACTIVITY = _merge("user_activity", ACTIVITY_COLUMNS, ("user_key",), "user_activity.as_of <= excluded.as_of")
 DELETE_RETIRED_SESSIONS = (
-    "DELETE FROM sessions s USING jsonb_to_recordset(%s::jsonb) AS r(user_key text, session_id text) "
+    "DELETE FROM sessions s USING json_to_recordset(%s::json) AS r(user_key text, session_id text) "
     "WHERE s.user_key = r.user_key AND s.session_id = r.session_id")
 INSERT_TRIGGERS = (
     f"INSERT INTO behaviour_triggers ({', '.join(TRIGGER_COLUMNS)}) "
-    f"SELECT {', '.join(TRIGGER_COLUMNS)} FROM jsonb_populate_recordset(NULL::behaviour_triggers, %s::jsonb) "
+    f"SELECT {', '.join(TRIGGER_COLUMNS)} FROM json_populate_recordset(NULL::behaviour_triggers, %s::json) "
     "ORDER BY trigger_id COLLATE \"C\" ON CONFLICT (trigger_id) DO NOTHING")
 
 

@@ -21,7 +21,7 @@ WINDOW_COLUMNS = [c.name for c in MetricWindow.__table__.columns if c.server_def
 # row's ~25 parameters in Python cost more than folding the windows.
 INSERT_WINDOWS = (
     f"INSERT INTO metric_windows ({', '.join(WINDOW_COLUMNS)}) "
-    f"SELECT {', '.join(WINDOW_COLUMNS)} FROM jsonb_populate_recordset(NULL::metric_windows, %s::jsonb) "
+    f"SELECT {', '.join(WINDOW_COLUMNS)} FROM json_populate_recordset(NULL::metric_windows, %s::json) "
     "ON CONFLICT (resolution, window_start, dimension, partition) DO NOTHING")
 _watermark = insert(MetricWatermark.__table__)
 UPSERT_WATERMARK = _watermark.on_conflict_do_update(

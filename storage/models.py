@@ -115,7 +115,6 @@ class Event(Base):
 
     __table_args__ = (
         Index("events_user_time", "user_key", "event_time"),
-        Index("events_product_kind", "product_id", "kind"),
     )
 
 
