@@ -151,9 +151,9 @@ def create_app(settings: Settings) -> faust.App:
             async with one_at_a_time:
                 with collection_deferred():  # gc_control.py: no full collection over a live batch
                     batch = await without_holes(batch)
-                    decoded = await fail_stop_on_error(
+                    first_seen = await fail_stop_on_error(
                         tracker.process([(e.message.partition, e.value) for e in batch]), "tracking profiles")
-                    await fold_metric_windows(batch, decoded)
+                    await fold_metric_windows(batch, first_seen)
 
     if analytics and settings.trigger_idle_advance_s > 0:
         @app.timer(interval=min(10.0, settings.trigger_idle_advance_s))

@@ -135,12 +135,13 @@ def register_metric_windows(app: faust.App, settings: Settings, dead_letter_topi
         for row in rows:
             metrics.METRIC_WINDOW_END.labels(row["resolution"]).set(row["window_end"].timestamp())
 
-    async def fold_batch(batch, decoded: list[tuple[int, Event]]) -> None:
-        """Called by the profile agent with its batch (already checked for holes) and its decoded
-        events, so each record is decoded once; closed windows are written before the batch's ack."""
+    async def fold_batch(batch, first_seen: list[tuple[int, Event]]) -> None:
+        """Called by the profile agent with its batch (already checked for holes) and the events it
+        decoded and saw for the first time (a retried event is counted once); closed windows are
+        written before the batch's ack."""
         for event in batch:
             last_offsets[event.message.tp] = event.message.offset
-        for partition, decoded_event in decoded:
+        for partition, decoded_event in first_seen:
             windows.add_event(partition, decoded_event)
         await fail_stop_on_error(close_windows(), "writing metric windows")
         if windows.newest_event is not None:

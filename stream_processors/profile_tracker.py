@@ -51,7 +51,9 @@ class ProfileTracker:
         self.pause = YieldEvery(YIELD_EVERY_EVENTS)
 
     async def process(self, records: Sequence[tuple[int, bytes]]) -> list[tuple[int, Event]]:
-        """Fold (partition, record value) pairs; returns the valid events with their partition."""
+        """Fold (partition, record value) pairs; returns the events seen for the first time (by id,
+        within the user's dedupe window) with their partition, so a client's retry is counted once
+        downstream (metric windows) as it is in the profiles."""
         if not records:
             return []
         decoded = await self._decode(records)
@@ -60,7 +62,7 @@ class ProfileTracker:
         for event in events:
             by_user.setdefault(event.user_key, []).append(event)
 
-        rows, applied = [], 0
+        rows, first_seen = [], set()  # ids (object identity) of the events applied now
         for user_key, user_events in by_user.items():
             await self.pause.after(len(user_events))
             key = user_key.encode()
@@ -73,7 +75,7 @@ class ProfileTracker:
                                                       new_events, user_events)
             else:
                 self.table[key] = profile.encode()
-            applied += len(new_events)
+            first_seen.update(map(id, new_events))
             rows.append(profile.row())
         derived = None
         if self.analytics:
@@ -82,12 +84,12 @@ class ProfileTracker:
 
         await self._persist(rows, events, derived)
         metrics.BATCH_EVENTS.observe(len(events))
-        metrics.EVENTS.labels("applied").inc(applied)
-        metrics.EVENTS.labels("duplicate").inc(len(events) - applied)
+        metrics.EVENTS.labels("applied").inc(len(first_seen))
+        metrics.EVENTS.labels("duplicate").inc(len(events) - len(first_seen))
         now = datetime.now(timezone.utc)
         for event in events:
             metrics.FRESHNESS_SECONDS.observe((now - event.received_at).total_seconds())
-        return decoded
+        return [(partition, event) for partition, event in decoded if id(event) in first_seen]
 
     async def fire_idle(self) -> None:
         """Fire what fell due on partitions idle for ``idle_advance_s`` (called by a Faust timer)."""
