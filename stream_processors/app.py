@@ -36,6 +36,16 @@ ROCKSDB_OPTIONS = {"driver": "rocksdict", "write_buffer_size": 16 * 2**20, "max_
                    "block_cache_size": 64 * 2**20}
 
 
+def analytics_rules(settings: Settings) -> AnalyticsRules:
+    return AnalyticsRules(
+        session_inactivity_s=settings.session_inactivity_s, session_lateness_s=settings.session_lateness_s,
+        trigger_lateness_s=settings.trigger_lateness_s, order_dedupe=settings.dedupe_window,
+        triggers=TriggerRules(cart_delay_s=settings.cart_abandonment_delay_s,
+                              browse_views=settings.browse_abandonment_views,
+                              browse_delay_s=settings.browse_abandonment_delay_s,
+                              win_back_s=settings.win_back_after_days * 86400))
+
+
 def create_analytics(settings: Settings, app: faust.App) -> AnalyticsTracker:
     """Sessions, windows and triggers; trigger messages go to ``settings.triggers_topic``."""
     triggers_topic = app.topic(settings.triggers_topic, key_type=bytes, value_type=bytes,
@@ -46,14 +56,7 @@ def create_analytics(settings: Settings, app: faust.App) -> AnalyticsTracker:
         for delivered in sent:
             await delivered  # acked by Kafka before the batch is acked
 
-    rules = AnalyticsRules(
-        session_inactivity_s=settings.session_inactivity_s, session_lateness_s=settings.session_lateness_s,
-        trigger_lateness_s=settings.trigger_lateness_s, order_dedupe=settings.dedupe_window,
-        triggers=TriggerRules(cart_delay_s=settings.cart_abandonment_delay_s,
-                              browse_views=settings.browse_abandonment_views,
-                              browse_delay_s=settings.browse_abandonment_delay_s,
-                              win_back_s=settings.win_back_after_days * 86400))
-    return AnalyticsTracker(rules, settings.topic_partitions, send_triggers,
+    return AnalyticsTracker(analytics_rules(settings), settings.topic_partitions, send_triggers,
                             idle_advance_s=settings.trigger_idle_advance_s)
 
 
