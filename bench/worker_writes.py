@@ -52,7 +52,7 @@ def captured_batches(settings: Settings, users: int, batch_events: int) -> tuple
     tracker = ProfileTracker(DictTable(), None, settings.dedupe_window, None, analytics)
     captured = []
 
-    async def capture(rows, batch_events_, derived) -> None:
+    async def capture(rows, batch_events_, derived, _erased) -> None:
         captured.append((rows, batch_events_, derived))
         analytics.delivered_ok(derived)
 

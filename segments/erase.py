@@ -1,24 +1,31 @@
-"""Erasing a user: PostgreSQL rows, Faust table state, and an audit record.
+"""Erasing a user: the running worker's state, PostgreSQL rows, changelog state, and an audit record.
 
-- Every base table with a ``user_key`` column loses the user's rows (found from the catalogue, so tables
-  added by other areas are covered too), and dead letters whose payload names the user go as well.
-- A tombstone (the user key, raw bytes as the worker's tables use, with a null value) is written to
-  every changelog topic of the worker's Faust app (``<SPOOR_WORKER_APP_ID>-*-changelog``), on the
-  partition the default partitioner picks for the key, as the worker's own writes. Compaction then
-  drops the state, and a worker restoring its tables no longer sees the user.
-- ``privacy_audit_log`` records the erasure with the SHA-256 of the key (not the key), the actor, and
-  what was removed.
+In this order, so nothing of the user's past survives anywhere once it returns:
+1. An erasure record goes to the events topic on the user's partition (spoor/events.py), behind the
+   user's events. The worker drops the user's table state when it reads it, deletes the user's rows
+   in the transaction of that batch, and starts a fresh profile from any later event. The command
+   waits (``erase_worker_wait_s``) until the worker group's committed offset passes the record.
+2. Every base table with a ``user_key`` column loses the user's rows (found from the catalogue, so
+   tables added by other areas are covered too), and dead letters whose payload names the user go
+   as well; ``privacy_audit_log`` records it with the SHA-256 of the key (not the key), the actor,
+   and what was removed.
+3. A tombstone (the user key, raw bytes as the worker's tables use, with a null value) is written to
+   every changelog topic of the worker's Faust app (``<SPOOR_WORKER_APP_ID>-*-changelog``), on the
+   partition the default partitioner picks for the key. Compaction then drops the state.
 
-Limit: a running worker keeps the user's state in memory until it restarts; an event arriving
-for the user before then recreates the profile from that state.
+When the worker is not running, step 1 does not wait for ever: the worker applies the record when
+it next reads the partition, and the result says the worker had not confirmed it yet.
 """
 
 import hashlib
+import time
 
 from kafka.admin import KafkaAdminClient
 from sqlalchemy import Engine, MetaData, Table, delete, or_, text
 
+from ingest.producer import partition_for
 from segments.kafka import create_producer
+from spoor.events import erasure_record
 from spoor.settings import Settings
 from storage.segments_models import AuditLog
 
@@ -39,8 +46,42 @@ def changelog_topics(settings: Settings) -> list[str]:
         admin.close()
 
 
+def erase_in_worker(settings: Settings, user_key: str) -> bool:
+    """Step 1 of the module docstring; True once the worker group committed past the erasure record."""
+    producer = create_producer(settings, "spoor-erase")
+    try:
+        partitions = len(producer.partitions_for(settings.events_topic) or ())
+        if not partitions:
+            raise RuntimeError(f"topic {settings.events_topic} does not exist")
+        written = producer.send(settings.events_topic, value=erasure_record(user_key),
+                                partition=partition_for(user_key, partitions)).get(timeout=30)
+    finally:
+        producer.close()
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-admin")
+    try:
+        deadline = time.monotonic() + settings.erase_worker_wait_s
+        while True:
+            committed = _committed_offsets(admin, settings.worker_app_id)
+            position = next((o.offset for tp, o in committed.items()
+                             if (tp.topic, tp.partition) == (written.topic, written.partition)), -1)
+            if position > written.offset:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+    finally:
+        admin.close()
+
+
+def _committed_offsets(admin: KafkaAdminClient, group: str) -> dict:
+    if hasattr(admin, "list_group_offsets"):  # kafka-python 3
+        return admin.list_group_offsets({group: None}).get(group, {})
+    return admin.list_consumer_group_offsets(group)  # kafka-python 2
+
+
 def erase_user(settings: Settings, engine: Engine, user_key: str, actor: str) -> dict:
     """Remove the user everywhere; idempotent, so a failed erasure is simply run again."""
+    worker_confirmed = erase_in_worker(settings, user_key)
     key_hash = hashlib.sha256(user_key.encode()).hexdigest()
     audit = AuditLog.__table__
     removed: dict[str, int] = {}
@@ -66,4 +107,4 @@ def erase_user(settings: Settings, engine: Engine, user_key: str, actor: str) ->
     with engine.begin() as conn:
         conn.execute(audit.insert().values(action="erase_state", user_key_sha256=key_hash, actor=actor[:128],
                                            details={"tombstones": topics}))
-    return {"rows_removed": rows_removed, "tombstones": topics}
+    return {"worker_state_erased": worker_confirmed, "rows_removed": rows_removed, "tombstones": topics}

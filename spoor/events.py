@@ -121,6 +121,26 @@ def encode_events(events: list[Event]) -> bytes:
     return EVENT_LIST.dump_json(events, exclude_defaults=True)
 
 
+ERASURE_FIELD = "erase_user_key"
+
+
+def erasure_record(user_key: str) -> bytes:
+    """The events-topic record ``spoor users erase`` sends on the user's partition: the worker drops
+    the user's state and rows when it reads it, in order with the user's events."""
+    return orjson.dumps({ERASURE_FIELD: user_key})
+
+
+def erased_user(raw: bytes) -> str | None:
+    """The user key of an erasure record, else None (called only for records that are not events)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(value, dict) and list(value) == [ERASURE_FIELD] and isinstance(value[ERASURE_FIELD], str):
+        return value[ERASURE_FIELD]
+    return None
+
+
 def decode_record(raw: bytes) -> list[Event]:
     """Events of one events-topic record (object or array); raises pydantic's ValidationError."""
     # JSON can only carry U+0000 escaped: a record without that escape skips the per-field check.

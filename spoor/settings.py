@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     campaign_webhook_secret: str = ""  # HMAC-SHA256 key for webhook signatures; required to send webhooks
     campaign_webhook_timeout_s: float = Field(5.0, gt=0)
     campaign_default_time_zone: str = "UTC"  # for quiet hours of users without a time zone in user_consent
+    # `spoor users erase` waits this long for the worker to read the user's erasure record (it still
+    # erases PostgreSQL and the changelogs after that; the worker reads the record when it runs).
+    erase_worker_wait_s: float = Field(60.0, ge=0)
     admin_token: str = ""  # bearer token of the segments/campaigns HTTP API; the API refuses to start without it
     admin_api_host: str = "127.0.0.1"
     admin_api_port: int = 8090

@@ -39,6 +39,9 @@ MERGE_PROFILES = (
     "WHERE user_profiles.events <= excluded.events"
 )
 INSERT_DEAD_LETTERS = insert(DeadLetter.__table__).on_conflict_do_nothing(index_elements=["id"])
+# What the worker writes about a user; an erased user's rows go before the batch's rows are merged.
+WORKER_TABLES = ("events", "user_profiles", "sessions", "user_activity", "behaviour_triggers")
+ERASE_USERS = [f"DELETE FROM {table} WHERE user_key = ANY(%s)" for table in WORKER_TABLES]
 
 
 def _decimal_as_text(value):
@@ -53,12 +56,16 @@ class StreamWriter:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def write_batch(self, profiles: Sequence[dict], events: list[Event], analytics=None) -> None:
-        """``analytics``: a batch's sessions, activity rows and triggers (storage/analytics_writer.py)."""
+    def write_batch(self, profiles: Sequence[dict], events: list[Event], analytics=None,
+                    erased_users: Sequence[str] = ()) -> None:
+        """``analytics``: a batch's sessions, activity rows and triggers (storage/analytics_writer.py).
+        ``erased_users``: users whose erasure record the batch held; their earlier rows are deleted."""
         events_json = encode_events(events).decode()
         profiles_json = orjson.dumps(profiles, default=_decimal_as_text).decode()
         with self.engine.begin() as conn:
             cursor = conn.connection.dbapi_connection.cursor()
+            for statement in ERASE_USERS if erased_users else ():
+                cursor.execute(statement, (list(erased_users),))
             cursor.execute(MERGE_EVENTS, (events_json,))
             cursor.execute(MERGE_PROFILES, (profiles_json,))
             if analytics is not None:

@@ -124,6 +124,12 @@ class AnalyticsTracker:
             out.activity.append(behaviour.activity.row(user_key))
         out.triggers += behaviour.pending
 
+    def forget(self, user_key: str) -> None:
+        """The user was erased: nothing of theirs is due or waiting for delivery any more."""
+        self.scheduled.pop(user_key, None)  # a heap entry without its schedule is skipped
+        self.delivered.pop(user_key, None)
+        self.redeliver.discard(user_key)
+
     def _forget_delivered(self, user_key: str, behaviour: UserBehaviour) -> None:
         done = self.delivered.pop(user_key, None)
         if done:

@@ -4,7 +4,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("spoor_worker_events_total",
                  "Events read from the events topic, by outcome: applied, duplicate (same event id "
-                 "seen before for that user) or invalid (dead-lettered).", ["outcome"])
+                 "seen before for that user), invalid (dead-lettered) or erased (read in the same batch "
+                 "as, and before, the user's erasure record).", ["outcome"])
 BATCH_EVENTS = Histogram("spoor_worker_batch_events", "Events per processed batch.",
                          buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 WRITE_SECONDS = Histogram("spoor_worker_write_seconds", "Time to write one batch to PostgreSQL.",
@@ -14,6 +15,7 @@ FRESHNESS_SECONDS = Histogram("spoor_worker_freshness_seconds",
                               "Collector receipt to the aggregate being committed in PostgreSQL.",
                               buckets=(.05, .1, .25, .5, 1, 2, 5, 10, 30, 60, 300))
 DEAD_LETTERS = Counter("spoor_worker_dead_letters_total", "Bad rows stored in PostgreSQL.")
+ERASURES = Counter("spoor_worker_erasures_total", "Erasure records applied (a user's state and rows removed).")
 SKIPPED_RECORD_REPAIRS = Counter("spoor_worker_skipped_record_repairs_total",
                                  "Holes in a partition's offsets left by the consumer; each restarts the worker process.")
 # Behaviour analytics.

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 import orjson
 from pydantic import ValidationError
 
-from spoor.events import Event, decode_record
+from spoor.events import Event, decode_record, erased_user
 from storage.writers import StreamWriter
 from stream_processors import metrics
 from stream_processors.analytics_tracker import AnalyticsOutput, AnalyticsTracker
@@ -56,13 +56,19 @@ class ProfileTracker:
         downstream (metric windows) as it is in the profiles."""
         if not records:
             return []
-        decoded = await self._decode(records)
+        decoded, erasures = await self._decode(records)
+        erased_events = 0
+        if erasures:  # a user's events before their erasure record go with the rest of their data
+            kept = [(p, e) for i, (p, e) in enumerate(decoded) if i >= erasures.get(e.user_key, 0)]
+            erased_events, decoded = len(decoded) - len(kept), kept
         events = [event for _partition, event in decoded]
         by_user: dict[str, list[Event]] = {}
         for event in events:
             by_user.setdefault(event.user_key, []).append(event)
 
         rows, first_seen = [], set()  # ids (object identity) of the events applied now
+        for user_key in erasures:
+            self._forget(user_key)
         for user_key, user_events in by_user.items():
             await self.pause.after(len(user_events))
             key = user_key.encode()
@@ -82,10 +88,11 @@ class ProfileTracker:
             await self.analytics.advance(self.table, set(by_user))
             derived = self.analytics.take_output()
 
-        await self._persist(rows, events, derived)
+        await self._persist(rows, events, derived, sorted(erasures))
         metrics.BATCH_EVENTS.observe(len(events))
         metrics.EVENTS.labels("applied").inc(len(first_seen))
         metrics.EVENTS.labels("duplicate").inc(len(events) - len(first_seen))
+        metrics.EVENTS.labels("erased").inc(erased_events)
         now = datetime.now(timezone.utc)
         for event in events:
             metrics.FRESHNESS_SECONDS.observe((now - event.received_at).total_seconds())
@@ -100,7 +107,8 @@ class ProfileTracker:
         if derived.activity or derived.triggers or derived.sessions:
             await self._persist([], [], derived)
 
-    async def _persist(self, rows: list[dict], events: list[Event], derived: AnalyticsOutput | None) -> None:
+    async def _persist(self, rows: list[dict], events: list[Event], derived: AnalyticsOutput | None,
+                       erased: Sequence[str] = ()) -> None:
         """Steps 1 and 2 of the module docstring, side by side: the changelog and trigger acks
         take as long as a PostgreSQL write, and neither needs the other's result."""
         async def changelog_then_triggers() -> None:
@@ -110,24 +118,38 @@ class ProfileTracker:
 
         async def write() -> None:
             started = time.perf_counter()
-            await run_blocking(self.writer.write_batch, rows, events, derived)
+            await run_blocking(self.writer.write_batch, rows, events, derived, erased)
             metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
 
         await asyncio.gather(changelog_then_triggers(), write())
         if derived:
             self.analytics.delivered_ok(derived)
 
-    async def _decode(self, records: Sequence[tuple[int, bytes]]) -> list[tuple[int, Event]]:
-        """(partition, event) of the batch's records; an invalid event is dead-lettered, never dropped."""
-        events = []
+    async def _decode(self, records: Sequence[tuple[int, bytes]]) -> tuple[list[tuple[int, Event]], dict[str, int]]:
+        """(partition, event) of the batch's records, and where each erased user's last erasure record
+        came (its index in that list); an invalid event is dead-lettered, never dropped."""
+        events, erasures = [], {}
         for partition, raw in records:
             try:
                 valid = decode_record(raw)
             except ValidationError:
+                erased = erased_user(raw)
+                if erased is not None:
+                    erasures[erased] = len(events)
+                    continue
                 valid = await self._salvage(raw)
             events.extend((partition, event) for event in valid)
             await self.pause.after(len(valid))
-        return events
+        return events, erasures
+
+    def _forget(self, user_key: str) -> None:
+        """An erasure record: the user's state goes (a changelog tombstone), as do their pending triggers."""
+        key = user_key.encode()
+        if self.table.get(key) is not None:
+            del self.table[key]
+        if self.analytics:
+            self.analytics.forget(user_key)
+        metrics.ERASURES.inc()
 
     async def _salvage(self, raw: bytes) -> list[Event]:
         """Keep the valid events of a record that failed validation; dead-letter the rest one by one."""

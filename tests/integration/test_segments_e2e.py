@@ -189,8 +189,10 @@ retry_backoff: 1s
     _, exposed = http_get(f"http://127.0.0.1:{settings.segments_web_port}/metrics")
     assert 'spoor_segments_published_total' in exposed
 
-    # Erasure: PostgreSQL rows, a tombstone on the worker's table changelog, an audit record.
+    # Erasure: the running worker's state, PostgreSQL rows, a tombstone on the worker's table changelog,
+    # an audit record.
     report = orjson.loads(spoor(settings, "users", "erase", plain_1))
+    assert report["worker_state_erased"] is True
     changelog = f"{settings.worker_app_id}-user-profiles-changelog"
     assert changelog in report["tombstones"]
     for table in ("user_profiles", "events", "segment_members", "segment_transitions", "campaign_deliveries",
@@ -205,3 +207,13 @@ retry_backoff: 1s
     consumer.close()
     assert records and records[-1].value is None  # the latest record of the key is its tombstone
     assert len(records) >= 2  # the worker's state record(s), then the tombstone
+
+    # The user comes back: the running worker starts a new profile, with nothing of the erased past.
+    status, body = client.post("/v1/batch", {"batch": [{"type": "track", "event": "Product Viewed", "userId": plain_1,
+                                                        "messageId": f"{plain_1}-after-erasure"}]})
+    assert status == 200, body
+    wait_until(lambda: rows(engine, "SELECT 1 FROM user_profiles WHERE user_key = :u", u=plain_1), 60,
+               "the returning user's new profile")
+    assert rows(engine, "SELECT events, product_views, cart_adds FROM user_profiles WHERE user_key = :u",
+                u=plain_1) == [(1, 1, 0)]
+    assert rows(engine, "SELECT event_id FROM events WHERE user_key = :u", u=plain_1) == [(f"{plain_1}-after-erasure",)]

@@ -17,7 +17,7 @@ class Table(dict):
 
 
 class NoWrites:
-    def write_batch(self, rows, events, derived) -> None:
+    def write_batch(self, rows, events, derived, erased_users=()) -> None:
         pass
 
 

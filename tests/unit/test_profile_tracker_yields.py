@@ -24,7 +24,7 @@ class RecordedWrites:
         self.batches = []
         self.ticks_before_write = None
 
-    def write_batch(self, rows, events, derived) -> None:
+    def write_batch(self, rows, events, derived, erased_users=()) -> None:
         self.ticks_before_write = len(self.ticks)
         self.batches.append((rows, events))
 
