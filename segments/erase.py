@@ -106,5 +106,5 @@ def erase_user(settings: Settings, engine: Engine, user_key: str, actor: str) ->
         producer.close()
     with engine.begin() as conn:
         conn.execute(audit.insert().values(action="erase_state", user_key_sha256=key_hash, actor=actor[:128],
-                                           details={"tombstones": topics}))
+                                           details={"tombstones": topics, "worker_state_erased": worker_confirmed}))
     return {"worker_state_erased": worker_confirmed, "rows_removed": rows_removed, "tombstones": topics}

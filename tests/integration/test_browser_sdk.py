@@ -263,6 +263,35 @@ def test_events_queued_when_the_tab_closes_arrive_once(browser, shop, pipeline, 
     assert len(rows_of(engine, anonymous_id)) == len(queued) + 1
 
 
+def test_a_browser_without_keepalive_sends_the_closing_tabs_queue_by_beacon(browser, shop, pipeline, engine):
+    context = browser.call("context")
+    page = open_shop(browser, context, shop, pipeline, flushAt=1000, flushIntervalMs=600_000)
+    # As in a browser without keepalive fetch; each beacon is counted where the next visit can read it.
+    assert browser.eval(page, """(() => {
+        delete Request.prototype.keepalive;
+        const send = navigator.sendBeacon.bind(navigator);
+        navigator.sendBeacon = (url, data) => {
+            localStorage.setItem('test:beacons', String(Number(localStorage.getItem('test:beacons') || 0) + 1));
+            return send(url, data);
+        };
+        return !('keepalive' in Request.prototype);
+    })()""") is True
+    queued = [f"Beacon {i}" for i in range(8)]
+    track_all(browser, page, queued)
+    anonymous_id = browser.eval(page, "localStorage.getItem('spoor:aid')")
+    browser.call("close", page=page)
+    assert_once_in_order(engine, anonymous_id, queued, timeout=30)
+
+    # A beacon's answer is never known, so the queue stayed stored: the next visit sends it again,
+    # and the pipeline counts each event once.
+    page = open_shop(browser, context, shop, pipeline)
+    assert browser.eval(page, "localStorage.getItem('test:beacons')") == "1"
+    browser.eval(page, "spoor.track('Next visit')")
+    assert_once_in_order(engine, anonymous_id, [*queued, "Next visit"])
+    wait_until(lambda: profile_event_count(engine, anonymous_id) == len(queued) + 1, 20,
+               "the profile to count 9 events")
+
+
 def test_opt_out_stops_collection_and_clears_the_queue(browser, shop, pipeline, engine):
     context = browser.call("context")
     page = open_shop(browser, context, shop, pipeline, flushAt=1000, flushIntervalMs=600_000)

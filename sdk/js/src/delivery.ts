@@ -21,6 +21,8 @@ export interface Answer {
   status: number;
   retryAfter: string | null;
   body?: unknown;
+  /** Sent by navigator.sendBeacon: it went out, but no answer will ever come. */
+  beacon?: boolean;
 }
 
 export type SendMode = 'normal' | 'unload';
@@ -103,7 +105,9 @@ export class Delivery {
     this.unloadInFlight = signature;
     this.send(batch, 'unload').then((answer) => {
       if (outcomeFor(answer.status) === 'ok') this.queue.ack(batch.map((m) => m.messageId));
-    }, () => undefined).finally(() => {
+      // A beacon stays "in flight" for the page's life: the other close event must not send it again.
+      if (!answer.beacon && this.unloadInFlight === signature) this.unloadInFlight = null;
+    }, () => {
       if (this.unloadInFlight === signature) this.unloadInFlight = null;
     });
   }

@@ -20,8 +20,8 @@ export function httpSender(host: string, writeKey: string): Sender {
                                      headers: { 'Content-Type': 'text/plain' } }));
       }
       // A beacon's answer is never known: the events stay queued and are sent again next visit.
-      navigator.sendBeacon?.(url, new Blob([body], { type: 'text/plain' }));
-      return { status: 0, retryAfter: null };
+      const sent = navigator.sendBeacon?.(url, new Blob([body], { type: 'text/plain' })) ?? false;
+      return { status: 0, retryAfter: null, beacon: sent };
     }
     const json = JSON.stringify({ batch, sentAt });
     const headers: Record<string, string> = { 'Content-Type': 'application/json', Authorization: authorization };

@@ -200,6 +200,18 @@ describe('Delivery', () => {
     await vi.advanceTimersByTimeAsync(20);
   });
 
+  it('sends a beacon once for the two close events, since its answer never comes', async () => {
+    const { collector, delivery, queue, track } = setup({ flushAt: 100 });
+    track('a', 'b');
+    collector.answers = [{ status: 0, retryAfter: null, beacon: true }];
+    delivery.flushOnUnload(); // visibilitychange: hidden
+    await vi.advanceTimersByTimeAsync(20);
+    delivery.flushOnUnload(); // pagehide, after the beacon "answered"
+    await vi.advanceTimersByTimeAsync(20);
+    expect(collector.sent).toEqual([{ mode: 'unload', events: ['a', 'b'] }]);
+    expect(queue.length).toBe(2); // kept for the next visit, which sends it again
+  });
+
   it('stop sends nothing more; start resumes', async () => {
     const { collector, delivery, queue, track } = setup();
     delivery.stop();
