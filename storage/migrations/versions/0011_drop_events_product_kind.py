@@ -1,7 +1,8 @@
 """Drop the events (product_id, kind) index.
 
 No query of Spoor's filters events by product (the demo's top products read them all), and the
-index cost every event insert ~7 µs of PostgreSQL (7-11 µs per row measured on the worker's merge).
+index cost every event insert ~7 µs of PostgreSQL (the merge on a scratch table: 46.1 -> 38.8 µs
+per row without it, one run each).
 
 Revision ID: 0011
 """
