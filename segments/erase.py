@@ -37,40 +37,26 @@ TABLES_WITH_USER_KEY = text("""
 """)
 
 
-def changelog_topics(settings: Settings) -> list[str]:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-admin")
-    try:
-        prefix = f"{settings.worker_app_id}-"
-        return sorted(t for t in admin.list_topics() if t.startswith(prefix) and t.endswith("-changelog"))
-    finally:
-        admin.close()
+def changelog_topics(admin: KafkaAdminClient, worker_app_id: str) -> list[str]:
+    prefix = f"{worker_app_id}-"
+    return sorted(t for t in admin.list_topics() if t.startswith(prefix) and t.endswith("-changelog"))
 
 
-def erase_in_worker(settings: Settings, user_key: str) -> bool:
+def erase_in_worker(settings: Settings, producer, admin: KafkaAdminClient, user_key: str) -> bool:
     """Step 1 of the module docstring; True once the worker group committed past the erasure record."""
-    producer = create_producer(settings, "spoor-erase")
-    try:
-        partitions = len(producer.partitions_for(settings.events_topic) or ())
-        if not partitions:
-            raise RuntimeError(f"topic {settings.events_topic} does not exist")
-        written = producer.send(settings.events_topic, value=erasure_record(user_key),
-                                partition=partition_for(user_key, partitions)).get(timeout=30)
-    finally:
-        producer.close()
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-admin")
-    try:
-        deadline = time.monotonic() + settings.erase_worker_wait_s
-        while True:
-            committed = _committed_offsets(admin, settings.worker_app_id)
-            position = next((o.offset for tp, o in committed.items()
-                             if (tp.topic, tp.partition) == (written.topic, written.partition)), -1)
-            if position > written.offset:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.5)
-    finally:
-        admin.close()
+    partitions = len(producer.partitions_for(settings.events_topic) or ())
+    if not partitions:
+        raise RuntimeError(f"topic {settings.events_topic} does not exist")
+    written = producer.send(settings.events_topic, value=erasure_record(user_key),
+                            partition=partition_for(user_key, partitions)).get(timeout=30)
+    deadline = time.monotonic() + settings.erase_worker_wait_s
+    while True:
+        committed = _committed_offsets(admin, settings.worker_app_id).get(written.topic_partition)
+        if committed is not None and committed.offset > written.offset:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 def _committed_offsets(admin: KafkaAdminClient, group: str) -> dict:
@@ -81,7 +67,17 @@ def _committed_offsets(admin: KafkaAdminClient, group: str) -> dict:
 
 def erase_user(settings: Settings, engine: Engine, user_key: str, actor: str) -> dict:
     """Remove the user everywhere; idempotent, so a failed erasure is simply run again."""
-    worker_confirmed = erase_in_worker(settings, user_key)
+    producer = create_producer(settings, "spoor-erase")
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-admin")
+    try:
+        return _erase(settings, engine, producer, admin, user_key, actor)
+    finally:
+        producer.close()
+        admin.close()
+
+
+def _erase(settings: Settings, engine: Engine, producer, admin: KafkaAdminClient, user_key: str, actor: str) -> dict:
+    worker_confirmed = erase_in_worker(settings, producer, admin, user_key)
     key_hash = hashlib.sha256(user_key.encode()).hexdigest()
     audit = AuditLog.__table__
     removed: dict[str, int] = {}
@@ -97,13 +93,9 @@ def erase_user(settings: Settings, engine: Engine, user_key: str, actor: str) ->
         rows_removed = {k: v for k, v in removed.items() if v}
         conn.execute(audit.insert().values(action="erase_rows", user_key_sha256=key_hash, actor=actor[:128],
                                            details={"rows_removed": rows_removed}))
-    topics = changelog_topics(settings)
-    producer = create_producer(settings, "spoor-erase")
-    try:
-        for future in [producer.send(topic, key=user_key.encode(), value=None) for topic in topics]:
-            future.get(timeout=30)
-    finally:
-        producer.close()
+    topics = changelog_topics(admin, settings.worker_app_id)
+    for future in [producer.send(topic, key=user_key.encode(), value=None) for topic in topics]:
+        future.get(timeout=30)
     with engine.begin() as conn:
         conn.execute(audit.insert().values(action="erase_state", user_key_sha256=key_hash, actor=actor[:128],
                                            details={"tombstones": topics, "worker_state_erased": worker_confirmed}))

@@ -7,13 +7,9 @@ from datetime import datetime, timedelta, timezone
 from spoor.events import Event, EventKind, encode_events, erasure_record
 from stream_processors.profile import UserProfile
 from stream_processors.profile_tracker import ProfileTracker
+from tests.unit.tracker_doubles import DictTable
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
-
-
-class Table(dict):
-    async def changelog_durable(self) -> None:
-        pass
 
 
 class RecordedWrites:
@@ -32,7 +28,7 @@ def view(user: str, number: int) -> bytes:
 
 def test_events_before_the_erasure_record_go_and_events_after_it_start_a_new_profile():
     writes = RecordedWrites()
-    tracker = ProfileTracker(Table(), writes, dedupe_window=512, send_bad_row=None)
+    tracker = ProfileTracker(DictTable(), writes, dedupe_window=512, send_bad_row=None)
     asyncio.run(tracker.process([(0, view("u1", 1)), (0, view("u1", 2)), (0, view("u2", 1))]))
 
     erased = asyncio.run(tracker.process(
@@ -49,7 +45,7 @@ def test_events_before_the_erasure_record_go_and_events_after_it_start_a_new_pro
 
 def test_an_erasure_record_alone_deletes_the_users_state():
     writes = RecordedWrites()
-    tracker = ProfileTracker(Table(), writes, dedupe_window=512, send_bad_row=None)
+    tracker = ProfileTracker(DictTable(), writes, dedupe_window=512, send_bad_row=None)
     asyncio.run(tracker.process([(0, view("u1", 1))]))
 
     asyncio.run(tracker.process([(0, erasure_record("u1"))]))

@@ -7,13 +7,9 @@ from datetime import datetime, timedelta, timezone
 from spoor.events import Event, EventKind, encode_events
 from stream_processors.profile import UserProfile
 from stream_processors.profile_tracker import ProfileTracker
+from tests.unit.tracker_doubles import DictTable
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
-
-
-class Table(dict):
-    async def changelog_durable(self) -> None:
-        pass
 
 
 class NoWrites:
@@ -28,7 +24,7 @@ def order(user: str, number: int) -> Event:
 
 
 def test_a_retried_request_is_handed_on_once():
-    tracker = ProfileTracker(Table(), NoWrites(), dedupe_window=512, send_bad_row=None)
+    tracker = ProfileTracker(DictTable(), NoWrites(), dedupe_window=512, send_bad_row=None)
     first_request = encode_events([order("u1", 1), order("u1", 2)])
     retry_with_one_more = encode_events([order("u1", 1), order("u1", 2), order("u1", 3)])
 

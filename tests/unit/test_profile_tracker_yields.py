@@ -9,13 +9,9 @@ import orjson
 from spoor.events import Event, EventKind, encode_events
 from stream_processors.profile import UserProfile
 from stream_processors.profile_tracker import ProfileTracker
+from tests.unit.tracker_doubles import DictTable
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
-
-
-class Table(dict):
-    async def changelog_durable(self) -> None:
-        pass
 
 
 class RecordedWrites:
@@ -41,7 +37,7 @@ def test_a_batch_of_few_users_with_many_events_yields_while_decoding_and_folding
     records = [(0, request_record(f"u{n}", 1000)) for n in range(4)]  # 4 users: yields by users would not come
     ticks: list = []
     writes = RecordedWrites(ticks)
-    tracker = ProfileTracker(Table(), writes, dedupe_window=512, send_bad_row=None)
+    tracker = ProfileTracker(DictTable(), writes, dedupe_window=512, send_bad_row=None)
 
     async def process_beside_a_ticker() -> None:
         async def ticker():
