@@ -1,4 +1,4 @@
-"""``spoor alerts list|ack|silence|replay``: operator commands over the alerts tables."""
+"""``spoor alerts list|ack|silence|notifications|replay``: operator commands over the alerts tables."""
 
 import argparse
 import getpass
@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import create_engine
 
-from alerts import store
+from alerts import outbox, store
 from alerts.engine import RuleEngine
 from alerts.evaluator import window_ends
 from alerts.rules import RulesError, load_rules
@@ -31,6 +31,8 @@ def add_commands(commands) -> None:
     silence.add_argument("matcher", help="a rule id or an alert fingerprint")
     silence.add_argument("--for", dest="duration", default="2h", help="30m, 2h, 1d ...")
     silence.add_argument("--comment")
+    unsent = alerts.add_parser("notifications", help="notifications not sent yet, or given up, newest first")
+    unsent.add_argument("--limit", type=int, default=30)
     replay = alerts.add_parser("replay", help="run a stored metric series through a rule (to tune it)")
     replay.add_argument("rule_id")
     replay.add_argument("--rules", help="rules file (default: the worker's)")
@@ -68,6 +70,14 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
         until = datetime.now(timezone.utc) + parse_duration(args.duration)
         number = store.silence(engine, args.matcher, until, args.comment)
         print(f"silence {number}: no notifications for {args.matcher} until {until:%Y-%m-%d %H:%M} UTC")
+    elif args.action == "notifications":
+        print(f"{'id':>5} {'notifier':<13} {'status':<9} {'alert':>6} {'rule':<28} {'series':<24} {'state':<8} "
+              f"{'attempts':>8} {'since (UTC)':<17} last error")
+        for n in outbox.unsent(engine, args.limit):
+            state, since = ("failed", n["failed_at"]) if n["failed_at"] else ("pending", n["created_at"])
+            print(f"{n['id']:>5} {n['notifier']:<13} {n['status']:<9} {n['alert_id']:>6} {n['rule_id']:<28} "
+                  f"{n['dimension']:<24} {state:<8} {n['attempts']:>8} {since.astimezone(timezone.utc):%Y-%m-%d %H:%M} "
+                  f" {n['last_error'] or ''}")
     else:
         replay(settings, engine, args)
 

@@ -8,13 +8,15 @@ judged once every partition's watermark has passed its end
 Order of effects per round, for each resolution:
 1. judge the new windows in memory (``RuleEngine``);
 2. publish the transitions to the alerts topic, awaiting the broker's ack;
-3. store them and advance the evaluation cursor in one transaction;
-4. queue notifications (never blocking; see ``notifiers``).
+3. store them, their notifications (the outbox, unless silenced) and the
+   evaluation cursor in one transaction;
+4. wake the notifiers, which send from the outbox (never blocking; see ``notifiers``).
 A failure before 3 rebuilds the detectors from history up to the stored
 cursor and evaluates again: the topic may then carry a transition twice
 (consumers deduplicate on fingerprint, started_at and status); the table
-never does. Detector state is not stored: it is rebuilt at start (and when
-the rules file changes) by replaying ``history`` of windows silently.
+never does. A crash after 3 loses no notification: the next hub sends it.
+Detector state is not stored: it is rebuilt at start (and when the rules
+file changes) by replaying ``history`` of windows silently.
 """
 
 import asyncio
@@ -35,7 +37,6 @@ from storage.metric_store import complete_until, window_totals
 from storage.metrics_models import MetricWindow
 
 log = logging.getLogger(__name__)
-NOTIFIED = ("firing", "resolved")
 
 
 def window_ends(after: datetime, until: datetime, size_s: int, limit: int) -> list[datetime]:
@@ -141,7 +142,7 @@ class AlertEvaluator:
                 value, _volume = metric_value(metric, totals)
                 if value is not None:
                     metrics.BUSINESS_METRIC.labels(metric, dimension, resolution).set(float(value))
-        stored = await asyncio.to_thread(store.record, self.db, rows, {resolution: last})
+        stored = await asyncio.to_thread(store.record, self.db, rows, {resolution: last}, self.hub.names)
         self.cursors[resolution] = last
         metrics.WINDOWS_EVALUATED.labels(resolution).inc(len(windows))
         metrics.EVALUATED_UNTIL.labels(resolution).set(last.timestamp())
@@ -149,9 +150,8 @@ class AlertEvaluator:
             metrics.TRANSITIONS.labels(alert["rule_id"], alert["status"]).inc()
             log.info("alert %s %s on %s (%s)", alert["rule_id"], alert["status"], alert["dimension"],
                      alert["evidence"].get("reason"))
-            if alert["status"] in NOTIFIED and not await asyncio.to_thread(
-                    store.silenced, self.db, alert["rule_id"], alert["fingerprint"]):
-                self.hub.notify(alert)
+        if any(alert["status"] in store.NOTIFIED for alert in stored):
+            self.hub.wake()
         firing = await asyncio.to_thread(store.firing, self.db)
         for severity in ("info", "warning", "critical"):
             metrics.FIRING.labels(severity).set(sum(a["severity"] == severity for a in firing))

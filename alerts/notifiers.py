@@ -1,14 +1,18 @@
 """Notifiers: Prometheus Alertmanager (v2 API), Slack-compatible webhook, HMAC-signed JSON webhook.
 
-Each notifier has its own bounded queue and its own task, with retries and
+Transitions reach the notifiers through the outbox (``alert_notifications``,
+see ``outbox``), written with the transition, so a notification survives the
+process that stored it. Each notifier has its own task, with retries and
 exponential backoff, so a receiver that is down delays only itself: never the
-other notifiers, never the detector. A notification that cannot be delivered
-after the retries, or that finds its queue full, is counted
-(``spoor_alert_notifications_total{outcome="failed"|"overflow"}``) and logged.
+other notifiers, never the detector. A notification given up after the
+retries is counted (``spoor_alert_notifications_total{outcome="failed"}``),
+logged and kept with its last error.
 
 Alertmanager expects its clients to re-send active alerts (it resolves an
 alert it has not heard of for ``resolve_timeout``), so firing alerts carry an
-``endsAt`` a few minutes ahead and the evaluator re-sends them regularly.
+``endsAt`` a few minutes ahead and the evaluator re-sends them regularly,
+through a bounded in-memory queue (not stored: the next evaluator re-sends
+them anyway; a full queue counts ``outcome="overflow"``).
 """
 
 import asyncio
@@ -20,7 +24,10 @@ from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import orjson
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
+from alerts import outbox
 from alerts.metrics import NOTIFICATIONS
 from spoor.signing import webhook_mac
 
@@ -106,35 +113,86 @@ class HttpNotifier:
         return self.url, body, headers
 
 
-class NotifierHub:
-    """Queues per notifier; ``notify`` never blocks and never raises."""
+def classify(status: int) -> str:
+    """An HTTP answer: 'sent', 'refused' (a 4xx other than 429: retrying will not help) or 'retry'."""
+    if status < 300:
+        return "sent"
+    if 400 <= status < 500 and status != 429:
+        return "refused"
+    return "retry"
 
-    def __init__(self, notifiers: list[HttpNotifier], attempts: int = 5, first_backoff_s: float = 0.5,
-                 max_backoff_s: float = 30.0, queue_size: int = 1000, timeout_s: float = 10.0):
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    first_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+
+    def verdict(self, result: str, attempt: int) -> str:
+        """After attempt number ``attempt`` (from 1) ended in ``result`` (``classify``): 'sent',
+        'retried' or 'failed' (given up), the outcomes counted in ``NOTIFICATIONS``."""
+        if result == "sent":
+            return "sent"
+        return "retried" if result == "retry" and attempt < self.attempts else "failed"
+
+    def backoff_s(self, attempt: int) -> float:
+        """Wait after failed attempt number ``attempt``: exponential from ``first_backoff_s``, capped."""
+        return min(self.max_backoff_s, self.first_backoff_s * 2 ** (attempt - 1))
+
+
+BATCH = 50  # stored notifications sent per round before the in-memory re-sends get their turn again
+
+
+class NotifierHub:
+    """One task per notifier sends its pending rows of the outbox in ``db`` (oldest first) and the
+    re-sends queued in memory by ``notify``. ``wake`` and ``notify`` never block and never raise.
+
+    A stored row is marked sent once the receiver accepted it; it stays pending across retries (the
+    backoff is kept in the row) and is given up, with its last error, after ``retry.attempts`` or a
+    refusal. The task looks for due rows when woken and at least every ``poll_s``, so rows left by a
+    process that died are sent once a hub runs again. Without ``db`` only ``notify`` sends.
+    """
+
+    def __init__(self, notifiers: list[HttpNotifier], db: Engine | None = None, retry: RetryPolicy = RetryPolicy(),
+                 timeout_s: float = 10.0, poll_s: float = 5.0, queue_size: int = 1000):
         self.notifiers = notifiers
-        self.attempts = attempts
-        self.first_backoff_s = first_backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.db = db
+        self.retry = retry
+        self.poll_s = poll_s
+        self.lease_s = 2 * timeout_s + 5  # another process may take a claimed row after this: longer than a POST
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.queues = {n.name: asyncio.Queue(queue_size) for n in notifiers}
+        self.wakes = {n.name: asyncio.Event() for n in notifiers}
         self.tasks: list[asyncio.Task] = []
         self.session: aiohttp.ClientSession | None = None
 
+    @property
+    def names(self) -> list[str]:
+        return [n.name for n in self.notifiers]
+
     def start(self) -> None:
-        if not self.tasks:
+        if self.session is None:
             self.session = aiohttp.ClientSession(timeout=self.timeout)
             self.tasks = [asyncio.ensure_future(self._deliver(n)) for n in self.notifiers]
 
     async def stop(self) -> None:
+        """Stop sending. A row being sent stays pending and is claimed again when its lease ends."""
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks = []
         if self.session:
             await self.session.close()
+            self.session = None
+
+    def wake(self) -> None:
+        """New rows are in the outbox: look now rather than at the next poll."""
+        self.start()
+        for event in self.wakes.values():
+            event.set()
 
     def notify(self, alert: dict, only: str | None = None) -> None:
-        """Queue ``alert`` for every notifier (or the kind ``only``)."""
+        """Queue ``alert`` in memory, not stored, for every notifier (or the kind ``only``)."""
         self.start()
         for notifier in self.notifiers:
             if only and notifier.kind != only:
@@ -145,36 +203,83 @@ class NotifierHub:
                 NOTIFICATIONS.labels(notifier.name, "overflow").inc()
                 log.error("notifier %s: queue full, alert %s (%s) not sent", notifier.name,
                           alert["rule_id"], alert["status"])
+            self.wakes[notifier.name].set()
 
     async def idle(self) -> None:
-        """Wait until every queue is drained (tests, shutdown)."""
-        for queue in self.queues.values():
-            await queue.join()
+        """Wait until the queues are drained and no stored notification of these notifiers is pending
+        (tests, shutdown)."""
+        self.start()
+        while True:
+            for queue in self.queues.values():
+                await queue.join()
+            if self.db is None or not await asyncio.to_thread(outbox.pending, self.db, self.names):
+                return
+            await asyncio.sleep(0.1)
 
     async def _deliver(self, notifier: HttpNotifier) -> None:
-        queue = self.queues[notifier.name]
+        wake = self.wakes[notifier.name]
         while True:
-            alert = await queue.get()
+            wake.clear()
+            await self._send_queued(notifier)
+            wait_s = self.poll_s
+            if self.db is not None:
+                try:
+                    wait_s = min(wait_s, await self._send_stored(notifier))
+                except SQLAlchemyError as err:  # the rows stay pending; the next round tries again
+                    log.warning("notifier %s: outbox not readable (%s), next try in %.0f s", notifier.name,
+                                err.__class__.__name__, self.poll_s)
+            try:
+                await asyncio.wait_for(wake.wait(), wait_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _send_queued(self, notifier: HttpNotifier) -> None:
+        queue = self.queues[notifier.name]
+        while not queue.empty():
+            alert = queue.get_nowait()
             try:
                 await self._send_with_retries(notifier, alert)
             finally:
                 queue.task_done()
 
     async def _send_with_retries(self, notifier: HttpNotifier, alert: dict) -> None:
-        for attempt in range(self.attempts):
-            url, body, headers = notifier.request(alert, datetime.now(timezone.utc))
-            try:
-                async with self.session.post(url, data=body, headers=headers) as response:
-                    if response.status < 300:
-                        NOTIFICATIONS.labels(notifier.name, "sent").inc()
-                        return
-                    problem = f"HTTP {response.status}"
-                    if 400 <= response.status < 500 and response.status != 429:
-                        break  # the receiver refuses this request: retrying will not help
-            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                problem = f"{type(err).__name__}: {err}"
-            if attempt < self.attempts - 1:
-                NOTIFICATIONS.labels(notifier.name, "retried").inc()
-                await asyncio.sleep(min(self.max_backoff_s, self.first_backoff_s * 2 ** attempt))
-        NOTIFICATIONS.labels(notifier.name, "failed").inc()
-        log.error("notifier %s gave up on alert %s (%s): %s", notifier.name, alert["rule_id"], alert["status"], problem)
+        for attempt in range(1, self.retry.attempts + 1):
+            result, problem = await self._post(notifier, alert)
+            if self._judge(notifier, alert, attempt, result, problem) != "retried":
+                return
+            await asyncio.sleep(self.retry.backoff_s(attempt))
+
+    async def _send_stored(self, notifier: HttpNotifier) -> float:
+        """Send up to ``BATCH`` due rows, one claim each; return how long to wait before looking again."""
+        for _ in range(BATCH):
+            row = await asyncio.to_thread(outbox.claim, self.db, notifier.name, self.lease_s)
+            if row is None:
+                wait_s = await asyncio.to_thread(outbox.seconds_until_due, self.db, notifier.name)
+                return self.poll_s if wait_s is None else wait_s
+            result, problem = await self._post(notifier, row.alert)
+            verdict = self._judge(notifier, row.alert, row.attempts, result, problem)
+            if verdict == "sent":
+                await asyncio.to_thread(outbox.mark_sent, self.db, row.id)
+            elif verdict == "retried":
+                await asyncio.to_thread(outbox.retry_later, self.db, row.id, problem,
+                                        self.retry.backoff_s(row.attempts))
+            else:
+                await asyncio.to_thread(outbox.give_up, self.db, row.id, problem)
+        return 0.0
+
+    async def _post(self, notifier: HttpNotifier, alert: dict) -> tuple[str, str]:
+        """One attempt: its ``classify`` result and what the receiver answered."""
+        url, body, headers = notifier.request(alert, datetime.now(timezone.utc))
+        try:
+            async with self.session.post(url, data=body, headers=headers) as response:
+                return classify(response.status), f"HTTP {response.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            return "retry", f"{type(err).__name__}: {err}"
+
+    def _judge(self, notifier: HttpNotifier, alert: dict, attempt: int, result: str, problem: str) -> str:
+        verdict = self.retry.verdict(result, attempt)
+        NOTIFICATIONS.labels(notifier.name, verdict).inc()
+        if verdict == "failed":
+            log.error("notifier %s gave up on alert %s (%s) after %d attempts: %s", notifier.name,
+                      alert["rule_id"], alert["status"], attempt, problem)
+        return verdict

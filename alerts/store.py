@@ -1,18 +1,23 @@
 """PostgreSQL side of alerts: episodes, silences, evaluation cursors. Blocking; idempotent writes.
 
 An episode row is keyed by (fingerprint, started_at): re-applying a
-transition after a crash updates the same row to the same values.
+transition after a crash updates the same row to the same values, and adds
+no second notification (``outbox``).
 """
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy import Connection, Engine, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
+from alerts import outbox
 from alerts.engine import Evaluation
+from alerts.notifiers import alert_document
 from storage.metrics_models import Alert, AlertCursor, AlertSilence
 
 ALERTS = Alert.__table__
+NOTIFIED = ("firing", "resolved")  # pending and cancelled are stored, never notified
 
 
 def alert_row(evaluation: Evaluation) -> dict:
@@ -38,12 +43,18 @@ def _upsert(row: dict):
     ).returning(*ALERTS.c)
 
 
-def record(engine: Engine, rows: list[dict], cursors: dict[str, datetime]) -> list[dict]:
-    """Store transitions and advance the evaluation cursors in one transaction; return the stored alerts."""
+def record(engine: Engine, rows: list[dict], cursors: dict[str, datetime],
+           notifiers: Sequence[str] = ()) -> list[dict]:
+    """Store transitions, their notifications to ``notifiers`` (firing and resolved ones, unless
+    silenced) and the evaluation cursors in one transaction; return the stored alerts."""
     stored = []
+    now = datetime.now(timezone.utc)
     with engine.begin() as conn:
         for row in rows:
-            stored.append(dict(conn.execute(_upsert(row)).one()._mapping))
+            alert = dict(conn.execute(_upsert(row)).one()._mapping)
+            stored.append(alert)
+            if alert["status"] in NOTIFIED and not _silenced(conn, alert["rule_id"], alert["fingerprint"], now):
+                outbox.add(conn, alert["id"], alert["status"], alert_document(alert), notifiers)
         for resolution, until in cursors.items():
             statement = insert(AlertCursor.__table__).values(resolution=resolution, evaluated_until=until)
             conn.execute(statement.on_conflict_do_update(
@@ -57,11 +68,14 @@ def cursors(engine: Engine) -> dict[str, datetime]:
 
 
 def silenced(engine: Engine, rule_id: str, fingerprint: str, now: datetime | None = None) -> bool:
-    now = now or datetime.now(timezone.utc)
     with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(AlertSilence).where(
-            AlertSilence.until > now, or_(AlertSilence.matcher == rule_id,
-                                          AlertSilence.matcher == fingerprint))).scalar_one() > 0
+        return _silenced(conn, rule_id, fingerprint, now or datetime.now(timezone.utc))
+
+
+def _silenced(conn: Connection, rule_id: str, fingerprint: str, now: datetime) -> bool:
+    return conn.execute(select(func.count()).select_from(AlertSilence).where(
+        AlertSilence.until > now, or_(AlertSilence.matcher == rule_id,
+                                      AlertSilence.matcher == fingerprint))).scalar_one() > 0
 
 
 def firing(engine: Engine) -> list[dict]:

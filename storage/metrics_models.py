@@ -1,9 +1,10 @@
-"""Tables of business-metric windows and metric alerts (migration 0005)."""
+"""Tables of business-metric windows and metric alerts (migration 0005; notifications: 0013)."""
 
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy import (BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint, func)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -69,6 +70,35 @@ class Alert(Base):
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
 
     __table_args__ = (UniqueConstraint("fingerprint", "started_at", name="alerts_episode"),)
+
+
+class AlertNotification(Base):
+    """One notification of one alert transition (firing, resolved) to one notifier: the outbox.
+
+    Written in the transaction that stores the transition; pending while ``sent_at`` and ``failed_at``
+    are NULL. ``next_attempt_at`` is when it may be tried next: a retry's backoff, or the end of the
+    lease taken by the process sending it.
+    """
+
+    __tablename__ = "alert_notifications"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("alerts.id", ondelete="CASCADE"))
+    notifier: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    alert: Mapped[dict] = mapped_column(JSONB)  # the alert document at this transition (the row in alerts moves on)
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    next_attempt_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(TS)
+    failed_at: Mapped[datetime | None] = mapped_column(TS)
+
+    __table_args__ = (
+        UniqueConstraint("alert_id", "notifier", "status", name="alert_notifications_transition"),
+        Index("alert_notifications_pending", "notifier", "id",
+              postgresql_where="sent_at IS NULL AND failed_at IS NULL"),
+    )
 
 
 class AlertSilence(Base):

@@ -22,9 +22,10 @@ from pathlib import Path
 import faust
 import orjson
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from alerts.evaluator import AlertEvaluator
-from alerts.notifiers import HttpNotifier, NotifierHub
+from alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy
 from alerts.rules import RulesFile
 from spoor.bad_rows import SCHEMA as BAD_ROW_SCHEMA
 from spoor.events import Event
@@ -168,7 +169,7 @@ def register_metric_windows(app: faust.App, settings: Settings, dead_letter_topi
     return fold_batch
 
 
-def notifier_hub(settings: Settings) -> NotifierHub:
+def notifier_hub(settings: Settings, engine: Engine) -> NotifierHub:
     notifiers = []
     if settings.alertmanager_url:
         notifiers.append(HttpNotifier("alertmanager", settings.alertmanager_url, "alertmanager"))
@@ -177,7 +178,7 @@ def notifier_hub(settings: Settings) -> NotifierHub:
     if settings.alert_webhook_url:
         notifiers.append(HttpNotifier("webhook", settings.alert_webhook_url, "webhook",
                                       settings.alert_webhook_secret.encode()))
-    return NotifierHub(notifiers, attempts=settings.alert_notify_attempts)
+    return NotifierHub(notifiers, engine, RetryPolicy(attempts=settings.alert_notify_attempts))
 
 
 def register_alert_evaluator(app: faust.App, settings: Settings, engine: Engine) -> None:
@@ -192,13 +193,13 @@ def register_alert_evaluator(app: faust.App, settings: Settings, engine: Engine)
 
     @app.on_before_shutdown.connect
     async def drain_notifications(_app, **_kwargs):
-        """SIGTERM: give queued notifications a few seconds to go out."""
+        """SIGTERM: give pending notifications a few seconds to go out (the rest stay in the outbox)."""
         evaluator = state.get("evaluator")
         if evaluator is not None:
             try:
                 await asyncio.wait_for(evaluator.hub.idle(), settings.alert_drain_s)
-            except asyncio.TimeoutError:
-                log.warning("stopping with alert notifications still queued")
+            except (asyncio.TimeoutError, SQLAlchemyError):
+                log.warning("stopping with alert notifications pending; the next evaluating worker sends them")
             await evaluator.hub.stop()
 
     def evaluates_alerts() -> bool:
@@ -211,6 +212,7 @@ def register_alert_evaluator(app: faust.App, settings: Settings, engine: Engine)
         if not evaluates_alerts():
             return
         if "evaluator" not in state:
-            state["evaluator"] = AlertEvaluator(engine, rules, settings.topic_partitions,
-                                                publish, notifier_hub(settings))
+            hub = notifier_hub(settings, engine)
+            hub.start()  # sends what a previous process left pending in the outbox
+            state["evaluator"] = AlertEvaluator(engine, rules, settings.topic_partitions, publish, hub)
         await state["evaluator"].tick()

@@ -8,11 +8,13 @@ from alerts.notifiers import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 
 class Receiver:
-    """Records what it receives. ``fail_first`` answers 503 to that many requests (to exercise retries)."""
+    """Records what it receives. ``fail_first`` answers ``fail_status`` to that many requests (to exercise
+    retries and refusals)."""
 
-    def __init__(self, secret: bytes | None = None, fail_first: int = 0):
+    def __init__(self, secret: bytes | None = None, fail_first: int = 0, fail_status: int = 503):
         self.secret = secret
         self.fail_first = fail_first
+        self.fail_status = fail_status
         self.received: list = []
         self.bad_signatures = 0
         self.failed = 0
@@ -23,7 +25,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 if receiver.failed < receiver.fail_first:
                     receiver.failed += 1
-                    self.send_response(503)
+                    self.send_response(receiver.fail_status)
                     self.end_headers()
                     return
                 if receiver.secret is not None and not verify(

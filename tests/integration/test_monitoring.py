@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alerts.notifiers import HttpNotifier, NotifierHub
+from alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy
 from tests.conftest import REPO, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -110,7 +110,7 @@ def test_alertmanager_accepts_spoor_alerts_through_its_v2_api(server, tmp_path):
              "summary": "Orders dropped", "runbook": "https://runbooks.example/orders"}
 
     async def send():
-        hub = NotifierHub([HttpNotifier("alertmanager", url, "alertmanager")], attempts=2)
+        hub = NotifierHub([HttpNotifier("alertmanager", url, "alertmanager")], retry=RetryPolicy(attempts=2))
         hub.notify(alert)
         await hub.idle()
         await hub.stop()

@@ -6,7 +6,7 @@ import time
 from datetime import datetime, timezone
 
 from alerts.metrics import NOTIFICATIONS
-from alerts.notifiers import HttpNotifier, NotifierHub
+from alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy, classify
 from tests.alert_receivers import Receiver
 
 ALERT = {"fingerprint": "fp", "rule_id": "orders-drop", "metric": "orders", "dimension": "global",
@@ -31,7 +31,7 @@ def test_a_dead_receiver_does_not_delay_the_others_and_gives_up_counted():
         hub = NotifierHub([HttpNotifier("dead", dead_url, "webhook", b"s"),
                            HttpNotifier("slack-test", slack.url, "slack"),
                            HttpNotifier("flaky", flaky.url, "webhook", b"s")],
-                          attempts=3, first_backoff_s=0.2, timeout_s=1.0)
+                          retry=RetryPolicy(attempts=3, first_backoff_s=0.2), timeout_s=1.0)
         started = time.monotonic()
         hub.notify(ALERT)
         while not (slack.received and flaky.received):
@@ -51,3 +51,17 @@ def test_a_dead_receiver_does_not_delay_the_others_and_gives_up_counted():
     assert "FIRING" in slack.received[0][1]["text"]
     assert flaky.failed == 2 and flaky.bad_signatures == 0 and flaky.received[0][1]["rule_id"] == "orders-drop"
     assert count("dead", "failed") == failed_before + 1
+
+
+def test_an_answer_is_sent_refused_or_retried():
+    assert [classify(s) for s in (200, 202, 204)] == ["sent"] * 3
+    assert [classify(s) for s in (400, 401, 404, 410)] == ["refused"] * 4  # retrying will not help
+    assert [classify(s) for s in (429, 500, 502, 503, 301)] == ["retry"] * 5
+
+
+def test_the_retry_policy_gives_up_after_its_attempts_or_a_refusal():
+    policy = RetryPolicy(attempts=3, first_backoff_s=0.5, max_backoff_s=1.5)
+    assert [policy.verdict("retry", attempt) for attempt in (1, 2, 3)] == ["retried", "retried", "failed"]
+    assert policy.verdict("refused", 1) == "failed"
+    assert policy.verdict("sent", 3) == "sent"
+    assert [policy.backoff_s(attempt) for attempt in (1, 2, 3, 4)] == [0.5, 1.0, 1.5, 1.5]  # doubled, capped
