@@ -13,8 +13,9 @@ In this order, so nothing of the user's past survives anywhere once it returns:
    every changelog topic of the worker's Faust app (``<SPOOR_WORKER_APP_ID>-*-changelog``), on the
    partition the default partitioner picks for the key. Compaction then drops the state.
 
-When the worker is not running, step 1 does not wait for ever: the worker applies the record when
-it next reads the partition, and the result says the worker had not confirmed it yet.
+When no worker is running (the group has no members), step 1 does not wait, and a worker that
+stops during the wait ends it: the worker applies the record when it next reads the partition, and
+the result says the worker had not confirmed it yet. The wait is bounded in any case.
 """
 
 import hashlib
@@ -54,9 +55,15 @@ def erase_in_worker(settings: Settings, producer, admin: KafkaAdminClient, user_
         committed = _committed_offsets(admin, settings.worker_app_id).get(written.topic_partition)
         if committed is not None and committed.offset > written.offset:
             return True
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or not _has_members(admin, settings.worker_app_id):
             return False
         time.sleep(0.5)
+
+
+def _has_members(admin: KafkaAdminClient, group: str) -> bool:
+    if hasattr(admin, "describe_groups"):  # kafka-python 3
+        return bool(admin.describe_groups([group]).get(group, {}).get("members"))
+    return any(info.members for info in admin.describe_consumer_groups([group]))  # kafka-python 2
 
 
 def _committed_offsets(admin: KafkaAdminClient, group: str) -> dict:
