@@ -121,12 +121,12 @@ max_wal_size = $PG_MAX_WAL_SIZE
 checkpoint_timeout = 15min
 wal_compression = lz4
 # Autovacuum analyzes the tables the worker writes about once a minute under load. At the default
-# target (100) a round of them took ~4 s of a core and stalled the stream beside it; 30 samples
-# 9,000 rows instead of 30,000, ~3x less work, and is enough for Spoor's queries (README, Benchmark).
+# target (100) a round of them took 3-4 s of a core and stalled the stream beside it; 30 samples
+# 9,000 rows instead of 30,000, ~3x less work, with the same plans for Spoor's segment queries.
 default_statistics_target = 30
-# Autovacuum sleeps 20 ms (not 2) per 200 cost units: an analyze round then takes ~3.4x as long, spread
-# thinner instead of holding most of a core, and the stream beside it stalled no more than without one (README,
-# Benchmark). Vacuum is as throttled; raise autovacuum_vacuum_cost_limit if dead rows pile up.
+# Sleep 20 ms (not 2) per 200 cost units: an analyze round then takes ~3.4x as long, spread thin,
+# and paced runs with one did no worse than without (bench/README.md, tenth session). Vacuum is
+# slowed alike: raise autovacuum_vacuum_cost_limit if dead rows pile up on a bigger installation.
 autovacuum_vacuum_cost_delay = 20ms
 # Say when autovacuum works, and how long: it is the usual suspect for a latency spike.
 log_autovacuum_min_duration = 1s
