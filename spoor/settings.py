@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     rate_limit_burst_events: int = Field(100_000, ge=1)
     kafka_delivery_timeout_ms: int = Field(15_000, ge=1000)
     write_key_refresh_s: float = Field(10.0, gt=0)
+    # An event may claim a time at most this far after its receipt (after Segment's sentAt clock
+    # correction); later ones are rejected at the edge, and the worker holds direct records to the
+    # same bound against the broker's append time, so no claimed time can move a watermark ahead.
+    max_future_event_s: float = Field(300.0, ge=0)
+    max_nesting_depth: int = Field(32, ge=2, le=250)  # JSON nesting inside one message
+    # Public base URL of the collector for Segment's settings document (`apiHost`); empty: the
+    # request's own Host header.
+    collector_public_url: str = ""
 
     # Worker (Kafka -> Faust tables -> PostgreSQL).
     worker_app_id: str = "spoor-worker"
@@ -59,8 +67,15 @@ class Settings(BaseSettings):
     # Longest a consumer fetch waits at the broker for data (Faust's own is 1500 ms; see
     # stream_processors/kafka_transport.py for why that delayed every batch by up to 1.5 s).
     worker_fetch_max_wait_ms: int = Field(100, ge=1, le=1500)
-    # How many recent event ids per user are remembered to count a redelivered event once.
-    dedupe_window: int = Field(512, ge=1)
+    # How many recent event ids per user are remembered to count a redelivered event once; at
+    # least max_batch_events, so a retried request of one user's events is recognised whole.
+    dedupe_window: int = Field(2500, ge=1)
+    # A user's packed state (profile + behaviour) above this is summarised; Faust's producer refuses
+    # records over 1,000,000 bytes, which would stop the worker.
+    worker_max_state_bytes: int = Field(256 * 1024, ge=16 * 1024, le=900_000)
+    # A bad deploy turns every record into a processing error: past this many in a row (records
+    # that raised unexpectedly, not schema violations) the worker fail-stops instead.
+    worker_max_consecutive_processing_errors: int = Field(200, ge=1)
 
     # Replay (`spoor replay`): the write key `make up` creates, used when none is given.
     demo_write_key: str = "spoor-demo-write-key"
@@ -90,6 +105,10 @@ class Settings(BaseSettings):
     admin_token: str = ""  # bearer token of the segments/campaigns HTTP API; the API refuses to start without it
     admin_api_host: str = "127.0.0.1"
     admin_api_port: int = 8090
+    admin_max_body_bytes: int = Field(1024 * 1024, ge=1024)  # a request body to the admin API
+    # Webhooks (campaigns, alerts) to loopback, private or link-local addresses are refused unless
+    # this is set (a test or an on-premises receiver); redirects are never followed.
+    webhook_allow_private_addresses: bool = False
     segments_web_port: int = 6070  # /healthz and /metrics of `spoor segments run` (0 = none)
     campaigns_web_port: int = 6071  # the same for `spoor campaigns run`
     # Metric windows and alerts (stream_processors/metric_agent.py, alerts/).
@@ -102,7 +121,7 @@ class Settings(BaseSettings):
     alertmanager_url: str = ""  # e.g. http://127.0.0.1:9093; empty: no such notifier
     alert_slack_webhook_url: str = ""
     alert_webhook_url: str = ""
-    alert_webhook_secret: str = ""  # HMAC-SHA256 key of the generic webhook's signature
+    alert_webhook_secret: str = ""  # HMAC-SHA256 key of the generic webhook's signature; required with its URL
     alert_notify_attempts: int = Field(5, ge=1, le=20)
     alert_drain_s: float = Field(5.0, ge=0)  # on SIGTERM, wait this long for queued notifications
     worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape /metrics

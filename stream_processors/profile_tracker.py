@@ -36,6 +36,7 @@ from stream_processors import metrics
 from stream_processors.analytics_tracker import AnalyticsOutput, AnalyticsTracker
 from stream_processors.behaviour import unpack
 from stream_processors.blocking import YieldEvery, run_blocking
+from stream_processors.fault_points import crash_point
 from stream_processors.profile import UserProfile
 
 
@@ -127,6 +128,7 @@ class ProfileTracker:
             metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
 
         await asyncio.gather(changelog_then_triggers(), write())
+        crash_point("after_persist")
         if derived:
             self.analytics.delivered_ok(derived)
 
