@@ -4,7 +4,7 @@ Versioned, self-describing, and carrying the original payload so it can be
 inspected and replayed after a fix (``spoor dead-letters replay``)::
 
     {"schema": "spoor.bad_row/2", "processor": "collector" | "worker" | ...,
-     "failure": {"type": "schema_violation" | "size_violation" | "parse_error",
+     "failure": {"type": "schema_violation" | "size_violation" | "parse_error" | "processing_error",
                  "messages": [{"field": "properties.price", "reason": "..."}]},
      "source": "web", "received_at": "...",
      "request": {"user_agent": ..., "ip": <anonymised>, "sent_at": ...},   # collector only
@@ -12,6 +12,11 @@ inspected and replayed after a fix (``spoor dead-letters replay``)::
      "payload": <the original message>}
 
 Version 1 records (``failure: {field, reason}``) are still read.
+
+The rule every stage follows: a failure caused by one record is data. A step raises
+``InvalidRecord`` (or anything else, in a pure step); the stage's one boundary turns it into a bad
+row, counts it and goes on. ``bad_row`` itself never fails: a payload that cannot be encoded (too
+deep, not JSON) is kept as a bounded summary, and every text is cut to its column's length.
 """
 
 from datetime import datetime, timezone
@@ -25,43 +30,117 @@ SCHEMAS = {"spoor.bad_row/1": 1, SCHEMA: 2}
 SCHEMA_VIOLATION = "schema_violation"  # the message breaks the event contract
 SIZE_VIOLATION = "size_violation"      # the message is over a size limit
 PARSE_ERROR = "parse_error"            # the record is not JSON
+PROCESSING_ERROR = "processing_error"  # a step raised unexpectedly on this record (a bug or a limit)
 FOREIGN_RECORD = "foreign_record"      # something on the dead-letter topic that is not a bad row
+
+# dead_letters column lengths (storage/models.py DeadLetter)
+FIELD_CHARS, PROCESSOR_CHARS, SOURCE_CHARS, TYPE_CHARS, REPLAY_CHARS = 256, 64, 64, 64, 300
+REASON_CHARS = 2000
+MAX_PAYLOAD_BYTES = 256 * 1024  # a bigger payload is kept as a summary
+MAX_PAYLOAD_DEPTH = 64  # so is a deeper one (jsonb and every reader downstream stay safe)
+
+
+class InvalidRecord(ValueError):
+    """One record cannot be processed: it becomes a bad row (``field``: a dotted path, or "$")."""
+
+    def __init__(self, field: str, reason: str, failure_type: str = SCHEMA_VIOLATION):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+        self.failure_type = failure_type
+
+
+def describe(error: BaseException) -> str:
+    """The reason of a bad row made from an unexpected exception."""
+    return f"{error.__class__.__name__}: {error}"[:REASON_CHARS]
 
 
 def bad_row(processor: str, field: str | None, reason: str, payload, source: str | None = None,
             received_at: datetime | None = None, *, failure_type: str = SCHEMA_VIOLATION,
             request: dict | None = None, replay_of: str | None = None) -> bytes:
-    if isinstance(payload, (bytes, bytearray)):
+    if payload is None:
+        payload = {"value": None}
+    elif isinstance(payload, (bytes, bytearray)):
         try:
             payload = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            payload = {"raw": payload.decode("utf-8", "replace")}
-            failure_type = PARSE_ERROR
+        except (orjson.JSONDecodeError, RecursionError):
+            payload = {"raw": bytes(payload[:MAX_PAYLOAD_BYTES]).decode("utf-8", "replace")}
+            failure_type = PARSE_ERROR if failure_type == SCHEMA_VIOLATION else failure_type
     row: dict[str, Any] = {
-        "schema": SCHEMA, "processor": processor,
-        "failure": {"type": failure_type, "messages": [{"field": field, "reason": reason}]},
-        "source": source,
+        "schema": SCHEMA, "processor": _cut(processor, PROCESSOR_CHARS),
+        "failure": {"type": failure_type, "messages": [{"field": _cut(field, FIELD_CHARS),
+                                                        "reason": _cut(reason, REASON_CHARS)}]},
+        "source": _cut(source, SOURCE_CHARS),
         "received_at": (received_at or datetime.now(timezone.utc)).isoformat(),
         "payload": payload,
     }
     if request:
         row["request"] = request
     if replay_of:
-        row["replay_of"] = replay_of
-    return _without_nul(orjson.dumps(row))
+        row["replay_of"] = _cut(replay_of, REPLAY_CHARS)
+    try:
+        encoded = orjson.dumps(row)
+    except (TypeError, orjson.JSONEncodeError):  # nested deeper than orjson writes, or not JSON data
+        encoded = None
+    if encoded is None or len(encoded) > MAX_PAYLOAD_BYTES + 16 * 1024 or deeper_than(payload, MAX_PAYLOAD_DEPTH):
+        row["payload"] = payload_summary(payload)
+        if encoded is None and not _encodable(row.get("request")):
+            del row["request"]
+        encoded = orjson.dumps(row, default=str)
+    return _without_nul(encoded)
+
+
+def deeper_than(value, limit: int) -> bool:
+    """Whether JSON data nests more than ``limit`` levels (iterative: no input can exhaust the stack)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _encodable(value) -> bool:
+    try:
+        orjson.dumps(value)
+        return True
+    except (TypeError, orjson.JSONEncodeError):
+        return False
+
+
+def payload_summary(payload) -> dict:
+    """What a bad row keeps of a payload it cannot store whole: its shape, never its depth."""
+    summary: dict[str, Any] = {"truncated": True, "type": type(payload).__name__}
+    if isinstance(payload, dict):
+        summary["keys"] = [_cut(str(key), FIELD_CHARS) for key in list(payload)[:50]]
+    elif isinstance(payload, (list, str, bytes)):
+        summary["length"] = len(payload)
+    return summary
+
+
+def _cut(text, chars: int):
+    return text[:chars] if isinstance(text, str) and len(text) > chars else text
 
 
 def dead_letter_row(record_id: str, raw: bytes) -> dict:
     """The ``dead_letters`` row for one bad row read back from Kafka (tolerates foreign records)."""
+    raw = raw if isinstance(raw, bytes) else b"null"  # a null record value (tombstone)
     try:
         data = orjson.loads(_without_nul(raw))
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, RecursionError):
         data = None
     version = SCHEMAS.get(data.get("schema")) if isinstance(data, dict) else None
     if version is None:
         return _row(record_id, "unknown", FOREIGN_RECORD,
                     [{"field": None, "reason": "record on the dead-letter topic is not a spoor bad row"}],
-                    None, {"raw": raw.decode("utf-8", "replace").replace("\x00", "\ufffd")},
+                    None, {"raw": raw[:MAX_PAYLOAD_BYTES].decode("utf-8", "replace").replace("\x00", "\ufffd")},
                     datetime.now(timezone.utc), None, None, None)
     failure = data.get("failure") if isinstance(data.get("failure"), dict) else {}
     if version == 1:
@@ -69,6 +148,8 @@ def dead_letter_row(record_id: str, raw: bytes) -> dict:
     else:
         failure_type, messages = str(failure.get("type")), failure.get("messages") or [{"field": None, "reason": "?"}]
     payload = data.get("payload")
+    if len(raw) > MAX_PAYLOAD_BYTES + 16 * 1024 or deeper_than(payload, MAX_PAYLOAD_DEPTH):
+        payload = payload_summary(payload)
     return _row(record_id, str(data.get("processor")), failure_type, messages, data.get("source"),
                 payload if isinstance(payload, dict) else {"value": payload},
                 _time(data.get("received_at")), data.get("request"), data.get("replay_of"), version)
@@ -84,11 +165,22 @@ def _time(value) -> datetime:
 
 def _row(record_id, processor, failure_type, messages, source, payload, received_at, request, replay_of,
          version) -> dict:
+    """Every text cut to its column: a hostile record on the topic must not fail the batch's write."""
+    if not isinstance(messages, list) or not messages:
+        messages = [{"field": None, "reason": "?"}]
+    messages = [{"field": _cut(m.get("field"), FIELD_CHARS) if isinstance(m.get("field"), str) else None,
+                 "reason": _cut(str(m.get("reason")), REASON_CHARS)} if isinstance(m, dict)
+                else {"field": None, "reason": _cut(str(m), REASON_CHARS)} for m in messages[:20]]
     first = messages[0]
-    return {"id": record_id, "processor": processor, "field": first.get("field"), "reason": str(first.get("reason")),
-            "source": source, "payload": payload, "received_at": received_at,
-            "schema_version": version, "failure_type": failure_type, "messages": messages,
-            "request": request, "replay_of": replay_of}
+    field = first.get("field")
+    return {"id": record_id, "processor": _cut(processor, PROCESSOR_CHARS),
+            "field": None if field is None else _cut(str(field), FIELD_CHARS),
+            "reason": _cut(str(first.get("reason")), REASON_CHARS),
+            "source": _cut(source, SOURCE_CHARS) if isinstance(source, str) else None,
+            "payload": payload, "received_at": received_at,
+            "schema_version": version, "failure_type": _cut(failure_type, TYPE_CHARS), "messages": messages,
+            "request": request if isinstance(request, dict) and not deeper_than(request, MAX_PAYLOAD_DEPTH) else None,
+            "replay_of": _cut(replay_of, REPLAY_CHARS) if isinstance(replay_of, str) else None}
 
 
 def _without_nul(encoded: bytes) -> bytes:
@@ -97,8 +189,8 @@ def _without_nul(encoded: bytes) -> bytes:
         return encoded
     try:
         return orjson.dumps(_replace_nul(orjson.loads(encoded)))
-    except orjson.JSONDecodeError:
-        return encoded
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecursionError):
+        return encoded.replace(b"\\u0000", b"\\ufffd")
 
 
 def _replace_nul(value):

@@ -12,7 +12,7 @@ producer ~100 us). Either way every event of a user is on partition
 key=user_key, so a user's events are read in the order they were accepted.
 """
 
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
@@ -20,9 +20,18 @@ from typing import Annotated
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationInfo, model_validator
 
-SCHEMA_VERSION = 1
+from spoor.bad_rows import InvalidRecord
 
+SCHEMA_VERSION = 1
+# Event times outside this range are client bugs; they would also overflow date arithmetic downstream.
+EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=timezone.utc)
+
+# Every text is bounded by its PostgreSQL column (storage/models.py): a longer one, from a record
+# written straight to the topic, is a bad row, never a failed batch write.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Category = Annotated[str, StringConstraints(max_length=256)]
+MAX_PRODUCT_LINES = 1000
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)]
 
 
@@ -43,7 +52,7 @@ class ProductLine(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     product_id: Id | None = None
-    category: str | None = None
+    category: Category | None = None
     price: Money | None = None
     quantity: int = Field(1, ge=0, le=1_000_000)
 
@@ -62,17 +71,17 @@ class Event(BaseModel):
     anonymous_id: Id | None = None
     event_time: datetime
     received_at: datetime
-    source: str = "unknown"
+    source: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "unknown"
 
     # Typed e-commerce properties (Segment E-commerce spec v2 names, snake_case).
     product_id: Id | None = None
-    category: str | None = None
+    category: Category | None = None
     price: Money | None = None
     quantity: int | None = Field(None, ge=0, le=1_000_000)
     order_id: Id | None = None
     revenue: Money | None = None
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None
-    products: tuple[ProductLine, ...] = ()
+    products: Annotated[tuple[ProductLine, ...], Field(max_length=MAX_PRODUCT_LINES)] = ()
 
     # Where it happened; the raw IP and user agent are not kept.
     page_url: Annotated[str, StringConstraints(max_length=2048)] | None = None
@@ -141,8 +150,11 @@ def erased_user(raw: bytes) -> str | None:
     return None
 
 
-def decode_record(raw: bytes) -> list[Event]:
-    """Events of one events-topic record (object or array); raises pydantic's ValidationError."""
+def decode_record(raw: bytes | None) -> list[Event]:
+    """Events of one events-topic record (object or array); raises pydantic's ValidationError,
+    or ``InvalidRecord`` for a record that is not even a value (a null, a tombstone)."""
+    if not isinstance(raw, (bytes, bytearray)) or not raw:
+        raise InvalidRecord("$", "the record has no value (null)")
     # JSON can only carry U+0000 escaped: a record without that escape skips the per-field check.
     context = {"nul_free": b"\\u0000" not in raw}
     if raw.lstrip()[:1] == b"[":

@@ -11,7 +11,10 @@ from spoor.settings import Settings
 def spoor_topics(settings: Settings) -> list[NewTopic]:
     retention = {"retention.ms": str(settings.topic_retention_ms), "min.insync.replicas": "1"}
     return [
-        NewTopic(settings.events_topic, settings.topic_partitions, 1, topic_configs=retention),
+        # The broker stamps each record with its own clock: the worker holds an event's claimed time
+        # to that stamp plus SPOOR_MAX_FUTURE_EVENT_S, whoever produced the record.
+        NewTopic(settings.events_topic, settings.topic_partitions, 1,
+                 topic_configs={**retention, "message.timestamp.type": "LogAppendTime"}),
         # Bad rows are kept longer: someone has to look at them and replay them.
         NewTopic(settings.dead_letter_topic, 1, 1,
                  topic_configs={**retention, "retention.ms": str(4 * settings.topic_retention_ms)}),

@@ -87,6 +87,20 @@ class AnalyticsTracker:
         self.watermarks.clear()
         self.moved_at.clear()
 
+    def mark(self, user_key: str) -> tuple:
+        """Where the collected output stands before a user's fold, to ``rollback`` to if it fails."""
+        out = self.output
+        return (user_key, self.delivered.get(user_key), len(out.sessions), len(out.retired_sessions),
+                len(out.activity), len(out.triggers))
+
+    def rollback(self, mark: tuple) -> None:
+        """Forget what a failed fold collected (its state is not stored)."""
+        user_key, delivered, sessions, retired, activity, triggers = mark
+        if delivered is not None:
+            self.delivered[user_key] = delivered
+        out = self.output
+        del out.sessions[sessions:], out.retired_sessions[retired:], out.activity[activity:], out.triggers[triggers:]
+
     def fold(self, user_key: str, profile_json: bytes, behaviour_json: bytes | None,
              new_events: list[Event], all_events: list[Event]) -> bytes:
         """The user's next table value, after their new events; collects the rows to write."""

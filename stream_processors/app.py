@@ -95,12 +95,15 @@ def create_app(settings: Settings) -> faust.App:
     engine = create_engine(settings.database_url, pool_size=2, pool_pre_ping=True)
     writer = StreamWriter(engine)
 
-    async def send_bad_row(raw_value: bytes, field: str, reason: str) -> None:
-        delivered = await dead_letter_topic.send(value=bad_row("worker", field, reason, raw_value))
+    async def send_bad_row(payload, field: str, reason: str, failure_type: str) -> None:
+        delivered = await dead_letter_topic.send(value=bad_row("worker", field, reason, payload,
+                                                               failure_type=failure_type))
         await delivered  # acked by the broker before the batch that dropped the event is acked
 
     analytics = create_analytics(settings, app) if settings.analytics_enabled else None
-    tracker = ProfileTracker(profiles, writer, settings.dedupe_window, send_bad_row, analytics)
+    tracker = ProfileTracker(profiles, writer, settings.dedupe_window, send_bad_row, analytics,
+                             max_future_s=settings.max_future_event_s, max_state_bytes=settings.worker_max_state_bytes,
+                             max_processing_errors_in_a_row=settings.worker_max_consecutive_processing_errors)
 
     # Faust acks a take() batch even when the agent body raises, and acked offsets
     # get committed. So a batch that cannot be persisted must stop the process
@@ -155,7 +158,8 @@ def create_app(settings: Settings) -> faust.App:
                 with collection_deferred():  # gc_control.py: no full collection over a live batch
                     batch = await without_holes(batch)
                     first_seen = await fail_stop_on_error(
-                        tracker.process([(e.message.partition, e.value) for e in batch]), "tracking profiles")
+                        tracker.process([(e.message.partition, e.value, e.message.timestamp) for e in batch]),
+                        "tracking profiles")
                     await fold_metric_windows(batch, first_seen)
 
     if analytics and settings.trigger_idle_advance_s > 0:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import faust
@@ -25,10 +25,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from alerts.evaluator import AlertEvaluator
-from alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy
+from alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy, check_settings
 from alerts.rules import RulesFile
 from spoor.bad_rows import SCHEMA as BAD_ROW_SCHEMA
-from spoor.events import Event
+from spoor.events import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, Event
 from spoor.settings import Settings
 from storage.metric_store import MetricWindowWriter
 from stream_processors import metrics
@@ -40,23 +40,32 @@ log = logging.getLogger(__name__)
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "alerts" / "rules.yaml"
 
 
-def dead_letter_time(raw: bytes) -> tuple[datetime, str | None, str] | None:
+def dead_letter_time(raw: bytes, appended_at: float | None = None,
+                     max_future_s: float = 300.0) -> tuple[datetime, str | None, str] | None:
     """(when, source, processor) of a bad row: the original event's time when it has one, so dead
-    letters fall in the same event-time windows as the events they were sent with."""
+    letters fall in the same event-time windows as the events they were sent with. A claimed time
+    is the rejected client's word: it counts only between 1970 and the bad row's arrival in Kafka
+    (``appended_at``) plus ``max_future_s``; else the row's arrival is used."""
     try:
         row = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except (TypeError, orjson.JSONDecodeError):
         return None
     if not isinstance(row, dict) or row.get("schema") != BAD_ROW_SCHEMA:
         return None
+    latest = None if appended_at is None else appended_at + max_future_s
+    source = row.get("source") if isinstance(row.get("source"), str) else None
     payload = row.get("payload") if isinstance(row.get("payload"), dict) else {}
     for candidate in (payload.get("event_time"), payload.get("timestamp"), row.get("received_at")):
         try:
             at = datetime.fromisoformat(str(candidate).replace("Z", "+00:00"))
-        except ValueError:
+            stamp = at.timestamp()
+        except (ValueError, OverflowError):
             continue
-        if at.tzinfo is not None:
-            return at, row.get("source"), str(row.get("processor"))
+        if at.tzinfo is not None and EARLIEST_EVENT_TIME <= at and (latest is None or stamp <= latest) \
+                and at < LATEST_EVENT_TIME:
+            return at, source, str(row.get("processor"))
+    if appended_at is not None:
+        return datetime.fromtimestamp(appended_at, timezone.utc), source, str(row.get("processor"))
     return None
 
 
@@ -153,7 +162,7 @@ def register_metric_windows(app: faust.App, settings: Settings, dead_letter_topi
         async for batch in stream.take_events(500, within=1.0):
             await dead_letter_guard.check(batch)
             for event in batch:
-                parsed = dead_letter_time(event.value)
+                parsed = dead_letter_time(event.value, event.message.timestamp, settings.max_future_event_s)
                 if parsed is not None:
                     windows.add_dead_letter(*parsed)
 
@@ -170,6 +179,8 @@ def register_metric_windows(app: faust.App, settings: Settings, dead_letter_topi
 
 
 def notifier_hub(settings: Settings, engine: Engine) -> NotifierHub:
+    """The notifiers of ``settings`` (``check_settings`` ran at the start; HttpNotifier refuses a webhook
+    without a key in any case)."""
     notifiers = []
     if settings.alertmanager_url:
         notifiers.append(HttpNotifier("alertmanager", settings.alertmanager_url, "alertmanager"))
@@ -178,10 +189,12 @@ def notifier_hub(settings: Settings, engine: Engine) -> NotifierHub:
     if settings.alert_webhook_url:
         notifiers.append(HttpNotifier("webhook", settings.alert_webhook_url, "webhook",
                                       settings.alert_webhook_secret.encode()))
-    return NotifierHub(notifiers, engine, RetryPolicy(attempts=settings.alert_notify_attempts))
+    return NotifierHub(notifiers, engine, RetryPolicy(attempts=settings.alert_notify_attempts),
+                       allow_private_addresses=settings.webhook_allow_private_addresses)
 
 
 def register_alert_evaluator(app: faust.App, settings: Settings, engine: Engine) -> None:
+    check_settings(settings)  # at the start, not when this worker first evaluates (spoor worker checks earlier)
     alerts_topic = app.topic(settings.alerts_topic, key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw")
     rules = RulesFile(settings.alert_rules_path or DEFAULT_RULES)  # a broken file stops the start, saying why

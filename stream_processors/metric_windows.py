@@ -37,6 +37,7 @@ from decimal import Decimal
 from alerts.series import COUNTS, RESOLUTIONS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EARLIEST_S, LATEST_S = 0, datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp()
 KIND_COLUMNS = {"page_view": "page_views", "product_view": "product_views", "click": "clicks",
                 "cart_add": "cart_adds", "cart_remove": "cart_removes", "checkout": "checkouts",
                 "purchase": "orders", "refund": "refunds", "identify": "identifies", "custom": "custom_events"}
@@ -96,6 +97,7 @@ class MetricWindows:
     lateness: timedelta = timedelta(minutes=2)
     max_categories: int = 20
     late_events: int = 0
+    out_of_range: int = 0  # events and dead letters with a time outside 1970..2100, not counted
     newest: dict = field(default_factory=dict)  # partition -> newest event time
     first: dict = field(default_factory=dict)  # partition -> first event time seen by this process
     closed: dict = field(default_factory=dict)  # partition -> watermark its windows were closed at
@@ -119,6 +121,9 @@ class MetricWindows:
         """The open accumulators ``at`` falls into: its minute's, one per dimension, or when the minute
         is closed, those of its coarser windows still open (none when late for all of them).
         Windows are keyed by their start in epoch seconds (datetime arithmetic per event is slow)."""
+        if not EARLIEST_S <= at.timestamp() < LATEST_S:
+            self.out_of_range += 1  # validated upstream; a window there would overflow datetime arithmetic
+            return
         closed = self.closed.get(partition)
         closed_s = closed.timestamp() if closed is not None else None
         seconds = int(at.timestamp() // 1)
@@ -140,6 +145,9 @@ class MetricWindows:
 
     def add_event(self, partition: int, event) -> None:
         at = event.event_time
+        if not EARLIEST_S <= at.timestamp() < LATEST_S:
+            self.out_of_range += 1
+            return
         self.first.setdefault(partition, at)
         categories = [event.category] + [line.category for line in event.products]
         kind, user = event.kind.value, event.user_key

@@ -16,6 +16,10 @@ FRESHNESS_SECONDS = Histogram("spoor_worker_freshness_seconds",
                               buckets=(.05, .1, .25, .5, 1, 2, 5, 10, 30, 60, 300))
 DEAD_LETTERS = Counter("spoor_worker_dead_letters_total", "Bad rows stored in PostgreSQL.")
 ERASURES = Counter("spoor_worker_erasures_total", "Erasure records applied (a user's state and rows removed).")
+BAD_RECORDS = Counter("spoor_worker_bad_records_total",
+                      "Records or events the worker dead-lettered instead of processing, by failure type: "
+                      "schema_violation, size_violation, parse_error, processing_error (a step raised), "
+                      "future_time (later than the record's arrival in Kafka allows).", ["failure_type"])
 SKIPPED_RECORD_REPAIRS = Counter("spoor_worker_skipped_record_repairs_total",
                                  "Holes in a partition's offsets left by the consumer; each restarts the worker process.")
 # Behaviour analytics.

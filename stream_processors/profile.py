@@ -4,6 +4,11 @@
 counts an event id at most once within the last ``dedupe_window`` ids of that
 user, so a redelivered event (client retry, worker restart) changes nothing.
 
+State is bounded whatever a client sends: ids longer than ``LONG_ID_CHARS`` are remembered as a
+digest (only compared, never shown), at most ``MAX_PRODUCTS_REMEMBERED`` viewed products are kept
+(``distinct_products_viewed`` counts on past them; a product seen again after it was forgotten
+counts again), and a cart holds at most ``MAX_CART_LINES`` products (adds of more still count).
+
 Orders are distinct order ids: an ``Order Completed`` whose ``order_id`` is
 among the user's last ``dedupe_window`` order ids (a reloaded thank-you page)
 adds neither an order nor revenue. ``revenue`` is net: refunds subtract the
@@ -14,12 +19,23 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from hashlib import blake2b
 
 import orjson
 
 from spoor.events import Event, EventKind
 
 ZERO = Decimal(0)
+LONG_ID_CHARS = 40  # a UUID fits as it is
+MAX_PRODUCTS_REMEMBERED = 1000
+MAX_CART_LINES = 100
+
+
+def compact_id(value: str) -> str:
+    """An id as the state remembers it: as it is, or a 128-bit digest of a long one."""
+    if len(value) <= LONG_ID_CHARS:
+        return value
+    return "#" + blake2b(value.encode(), digest_size=16).hexdigest()
 
 KIND_COUNTERS = {
     EventKind.PAGE_VIEW: "page_views",
@@ -48,7 +64,8 @@ class UserProfile:
     last_seen_at: datetime | None = None
     first_purchase_at: datetime | None = None
     last_purchase_at: datetime | None = None
-    products_viewed: set[str] = field(default_factory=set)
+    products_viewed: dict[str, None] = field(default_factory=dict)  # compact ids, oldest first
+    distinct_products: int = 0
     cart: dict[str, list] = field(default_factory=dict)  # product id -> [quantity, unit price]
     recent_event_ids: deque = field(default_factory=deque)
     recent_order_ids: deque = field(default_factory=deque)
@@ -59,9 +76,10 @@ class UserProfile:
 
     def apply(self, event: Event, dedupe_window: int) -> bool:
         """Fold one event in. Returns False (and changes nothing) for a duplicate."""
-        if event.event_id in self.recent_event_ids:
+        event_id = compact_id(event.event_id)
+        if event_id in self.recent_event_ids:
             return False
-        self.recent_event_ids.append(event.event_id)
+        self.recent_event_ids.append(event_id)
         while len(self.recent_event_ids) > dedupe_window:
             self.recent_event_ids.popleft()
 
@@ -78,8 +96,10 @@ class UserProfile:
         if counter:
             setattr(self, counter, getattr(self, counter) + 1)
         if event.kind == EventKind.PRODUCT_VIEW and event.product_id:
-            self.products_viewed.add(event.product_id)
+            self._viewed(compact_id(event.product_id))
         elif event.kind == EventKind.CART_ADD and event.product_id:
+            if event.product_id not in self.cart and len(self.cart) >= MAX_CART_LINES:
+                return True
             quantity, price = self.cart.get(event.product_id, [0, ZERO])
             self.cart[event.product_id] = [quantity + (event.quantity or 1), event.price or price]
         elif event.kind == EventKind.CART_REMOVE and event.product_id in self.cart:
@@ -95,11 +115,20 @@ class UserProfile:
             self.revenue -= event.revenue or ZERO
         return True
 
+    def _viewed(self, product: str) -> None:
+        if product in self.products_viewed:
+            return
+        self.distinct_products += 1
+        self.products_viewed[product] = None
+        if len(self.products_viewed) > MAX_PRODUCTS_REMEMBERED:
+            del self.products_viewed[next(iter(self.products_viewed))]
+
     def _apply_purchase(self, event: Event, dedupe_window: int) -> None:
         if event.order_id is not None:
-            if event.order_id in self.recent_order_ids:
+            order_id = compact_id(event.order_id)
+            if order_id in self.recent_order_ids:
                 return
-            self.recent_order_ids.append(event.order_id)
+            self.recent_order_ids.append(order_id)
             while len(self.recent_order_ids) > dedupe_window:
                 self.recent_order_ids.popleft()
         self.orders += 1
@@ -119,7 +148,7 @@ class UserProfile:
             "product_views": self.product_views, "clicks": self.clicks,
             "cart_adds": self.cart_adds, "cart_removes": self.cart_removes,
             "checkouts": self.checkouts, "orders": self.orders, "revenue": self.revenue,
-            "distinct_products_viewed": len(self.products_viewed),
+            "distinct_products_viewed": self.distinct_products,
             "cart_value": self.cart_value,
             "first_seen_at": self.first_seen_at, "last_seen_at": self.last_seen_at,
             "first_purchase_at": self.first_purchase_at, "last_purchase_at": self.last_purchase_at,
@@ -133,7 +162,8 @@ class UserProfile:
             "revenue": str(self.revenue),
             "times": [_iso(self.first_seen_at), _iso(self.last_seen_at),
                       _iso(self.first_purchase_at), _iso(self.last_purchase_at)],
-            "products_viewed": sorted(self.products_viewed),
+            "products_viewed": list(self.products_viewed),
+            "distinct_products": self.distinct_products,
             "cart": {pid: [q, str(p)] for pid, (q, p) in self.cart.items()},
             "recent_event_ids": list(self.recent_event_ids),
             "recent_order_ids": list(self.recent_order_ids),
@@ -151,10 +181,12 @@ class UserProfile:
             revenue=Decimal(data["revenue"]),
             first_seen_at=times[0], last_seen_at=times[1],
             first_purchase_at=times[2], last_purchase_at=times[3],
-            products_viewed=set(data["products_viewed"]),
+            products_viewed=dict.fromkeys(map(compact_id, data["products_viewed"])),
+            distinct_products=data.get("distinct_products", len(data["products_viewed"])),  # absent before bounds
             cart={pid: [q, Decimal(p)] for pid, (q, p) in data["cart"].items()},
-            recent_event_ids=deque(data["recent_event_ids"]),
-            recent_order_ids=deque(data.get("recent_order_ids", ())),  # absent in states written before distinct orders
+            # compact_id again: states written before the bounds hold long ids as they were
+            recent_event_ids=deque(map(compact_id, data["recent_event_ids"])),
+            recent_order_ids=deque(map(compact_id, data.get("recent_order_ids", ()))),  # absent in states written before distinct orders
         )
 
 

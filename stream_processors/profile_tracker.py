@@ -23,6 +23,7 @@ does the same again.
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
@@ -30,7 +31,9 @@ from datetime import datetime, timezone
 import orjson
 from pydantic import ValidationError
 
-from spoor.events import Event, decode_record, erased_user
+from spoor.bad_rows import (PARSE_ERROR, PROCESSING_ERROR, SCHEMA_VIOLATION, SIZE_VIOLATION, InvalidRecord,
+                            describe)
+from spoor.events import EARLIEST_EVENT_TIME, Event, decode_record, erased_user
 from storage.writers import StreamWriter
 from stream_processors import metrics
 from stream_processors.analytics_tracker import AnalyticsOutput, AnalyticsTracker
@@ -40,26 +43,61 @@ from stream_processors.fault_points import crash_point
 from stream_processors.profile import UserProfile
 
 
+log = logging.getLogger(__name__)
+FUTURE_TIME = "future_time"
+
 # A batch can hold tens of thousands of events (a record holds a request's events): decoding and
 # folding yield to the event loop after about this many, so heartbeats and /metrics still run.
 # Nothing is acked before process() returns.
 YIELD_EVERY_EVENTS = 500
 
 
+class TooManyProcessingErrors(RuntimeError):
+    """A run of records that all raised: a bad deploy, not bad data. The worker fail-stops."""
+
+
+class ProcessingErrorLimit:
+    """One record that makes a step raise is a bad row; ``limit`` of them in a row stop the worker
+    (as arroyo's DlqLimit), so a broken release cannot turn the whole stream into dead letters."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_a_row = 0
+
+    def failed(self) -> None:
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise TooManyProcessingErrors(f"{self.in_a_row} records in a row failed to process")
+
+    def succeeded(self) -> None:
+        self.in_a_row = 0
+
+
+Record = tuple[int, bytes] | tuple[int, bytes, float | None]  # partition, value[, Kafka timestamp in s]
+
+
 class ProfileTracker:
     def __init__(self, table, writer: StreamWriter, dedupe_window: int,
-                 send_bad_row: Callable[[bytes, str, str], Awaitable], analytics: AnalyticsTracker | None = None):
+                 send_bad_row: Callable[..., Awaitable], analytics: AnalyticsTracker | None = None, *,
+                 max_future_s: float = 300.0, max_state_bytes: int = 900_000,
+                 max_processing_errors_in_a_row: int = 200):
         self.table = table  # Faust table: user key (bytes) -> encoded UserProfile (+ behaviour)
         self.writer = writer
         self.dedupe_window = dedupe_window
         self.send_bad_row = send_bad_row
         self.analytics = analytics
+        self.max_future_s = max_future_s
+        self.max_state_bytes = max_state_bytes
+        self.errors = ProcessingErrorLimit(max_processing_errors_in_a_row)
         self.pause = YieldEvery(YIELD_EVERY_EVENTS)
 
-    async def process(self, records: Sequence[tuple[int, bytes]]) -> list[tuple[int, Event]]:
-        """Fold (partition, record value) pairs; returns the events seen for the first time (by id,
-        within the user's dedupe window) with their partition, so a client's retry is counted once
-        downstream (metric windows) as it is in the profiles."""
+    async def process(self, records: Sequence[Record]) -> list[tuple[int, Event]]:
+        """Fold (partition, record value[, record timestamp]) tuples; returns the events seen for the
+        first time (by id, within the user's dedupe window) with their partition, so a client's retry
+        is counted once downstream (metric windows) as it is in the profiles.
+
+        One boundary per user: a user's events that make the fold raise are folded again one by one,
+        and each event that still raises is dead-lettered (its failure is data); the rest go on."""
         if not records:
             return []
         decoded, erasures = await self._decode(records)
@@ -67,28 +105,33 @@ class ProfileTracker:
         if erasures:  # a user's events before their erasure record go with the rest of their data
             kept = [(p, e) for i, (p, e) in enumerate(decoded) if i >= erasures.get(e.user_key, 0)]
             erased_events, decoded = len(decoded) - len(kept), kept
-        events = [event for _partition, event in decoded]
         by_user: dict[str, list[Event]] = {}
-        for event in events:
+        for _partition, event in decoded:
             by_user.setdefault(event.user_key, []).append(event)
 
-        rows, first_seen = [], set()  # ids (object identity) of the events applied now
+        rows, first_seen, failed = [], set(), set()  # ids (object identity) of the events applied / failed
         for user_key in erasures:
             self._forget(user_key)
         for user_key, user_events in by_user.items():
             await self.pause.after(len(user_events))
             key = user_key.encode()
             stored = self.table.get(key)
-            profile_json, behaviour_json = unpack(stored) if stored else (None, None)
-            profile = UserProfile.decode(profile_json) if profile_json else UserProfile(user_key)
-            new_events = [event for event in user_events if profile.apply(event, self.dedupe_window)]
-            if self.analytics:
-                self.table[key] = self.analytics.fold(user_key, profile.encode(), behaviour_json,
-                                                      new_events, user_events)
+            mark = self.analytics.mark(user_key) if self.analytics else None
+            try:
+                value, profile, new_events = self._fold(user_key, stored, user_events)
+            except Exception:  # noqa: BLE001 - the pure fold of one user's events: isolate the event
+                if self.analytics:
+                    self.analytics.rollback(mark)
+                value, profile, new_events = await self._fold_one_by_one(user_key, stored, user_events, failed)
             else:
-                self.table[key] = profile.encode()
+                self.errors.succeeded()
+            if value is not None:
+                self.table[key] = value
+                rows.append(profile.row())
             first_seen.update(map(id, new_events))
-            rows.append(profile.row())
+        if failed:
+            decoded = [(p, e) for p, e in decoded if id(e) not in failed]
+        events = [event for _partition, event in decoded]
         derived = None
         if self.analytics:
             await self.analytics.advance(self.table, set(by_user))
@@ -103,6 +146,50 @@ class ProfileTracker:
         for event in events:
             metrics.FRESHNESS_SECONDS.observe((now - event.received_at).total_seconds())
         return [(partition, event) for partition, event in decoded if id(event) in first_seen]
+
+    def _fold(self, user_key: str, stored: bytes | None, events: list[Event]) -> tuple[bytes, UserProfile, list]:
+        """The user's next table value after ``events``, their profile, and the events new to them."""
+        profile_json, behaviour_json = unpack(stored) if stored else (None, None)
+        profile = UserProfile.decode(profile_json) if profile_json else UserProfile(user_key)
+        new_events = [event for event in events if profile.apply(event, self.dedupe_window)]
+        if self.analytics:
+            value = self.analytics.fold(user_key, profile.encode(), behaviour_json, new_events, events)
+        else:
+            value = profile.encode()
+        if len(value) > self.max_state_bytes:
+            raise InvalidRecord("$", f"the user's state would grow to {len(value)} bytes, over "
+                                     f"{self.max_state_bytes} (SPOOR_WORKER_MAX_STATE_BYTES)", SIZE_VIOLATION)
+        return value, profile, new_events
+
+    async def _fold_one_by_one(self, user_key: str, stored: bytes | None, events: list[Event],
+                               failed: set) -> tuple[bytes | None, UserProfile | None, list]:
+        value, profile, new_events = None, None, []
+        for event in events:
+            mark = self.analytics.mark(user_key) if self.analytics else None
+            try:
+                value_now, profile_now, new_now = self._fold(user_key, stored, [event])
+            except TooManyProcessingErrors:
+                raise
+            except Exception as err:  # noqa: BLE001 - this one event's failure is data
+                if self.analytics:
+                    self.analytics.rollback(mark)
+                failed.add(id(event))
+                await self._reject_event(event, err)
+                continue
+            self.errors.succeeded()
+            stored = value = value_now
+            profile = profile_now
+            new_events += new_now
+        return value, profile, new_events
+
+    async def _reject_event(self, event: Event, err: Exception) -> None:
+        if isinstance(err, InvalidRecord):
+            field, reason, failure_type = err.field, err.reason, err.failure_type
+        else:
+            field, reason, failure_type = "$", describe(err), PROCESSING_ERROR
+            log.error("an event of user %r failed to fold: %s", event.user_key[:64], reason)
+            self.errors.failed()
+        await self._reject(orjson.loads(event.to_json()), field, reason, failure_type)
 
     async def fire_idle(self) -> None:
         """Fire what fell due on partitions idle for ``idle_advance_s`` (called by a Faust timer)."""
@@ -132,11 +219,12 @@ class ProfileTracker:
         if derived:
             self.analytics.delivered_ok(derived)
 
-    async def _decode(self, records: Sequence[tuple[int, bytes]]) -> tuple[list[tuple[int, Event]], dict[str, int]]:
+    async def _decode(self, records: Sequence[Record]) -> tuple[list[tuple[int, Event]], dict[str, int]]:
         """(partition, event) of the batch's records, and where each erased user's last erasure record
-        came (its index in that list); an invalid event is dead-lettered, never dropped."""
+        came (its index in that list); an invalid record or event is dead-lettered, never dropped."""
         events, erasures = [], {}
-        for partition, raw in records:
+        for record in records:
+            partition, raw = record[0], record[1]
             try:
                 valid = decode_record(raw)
             except ValidationError:
@@ -145,9 +233,31 @@ class ProfileTracker:
                     erasures[erased] = len(events)
                     continue
                 valid = await self._salvage(raw)
+            except InvalidRecord as err:
+                await self._reject(raw, err.field, err.reason, err.failure_type)
+                continue
+            except Exception as err:  # noqa: BLE001 - one record's failure is data
+                await self._reject(raw, "$", describe(err), PROCESSING_ERROR)
+                continue
+            appended_at = record[2] if len(record) > 2 else None
+            if appended_at is not None:
+                valid = [event for event in valid if await self._not_from_the_future(event, appended_at)]
             events.extend((partition, event) for event in valid)
             await self.pause.after(len(valid))
         return events, erasures
+
+    async def _not_from_the_future(self, event: Event, appended_at: float) -> bool:
+        """Whether the event's times are possible for a record that reached Kafka at ``appended_at``:
+        a claimed future time would move the partition's watermark and fire everyone's triggers."""
+        latest = appended_at + self.max_future_s
+        for name in ("event_time", "received_at"):
+            at = getattr(event, name)
+            if at.timestamp() > latest or at < EARLIEST_EVENT_TIME:
+                await self._reject(orjson.loads(event.to_json()), name,
+                                   f"{at.isoformat()} is outside {EARLIEST_EVENT_TIME:%Y} .. the record's arrival "
+                                   f"in Kafka plus {self.max_future_s:.0f} s (SPOOR_MAX_FUTURE_EVENT_S)", FUTURE_TIME)
+                return False
+        return True
 
     def _forget(self, user_key: str) -> None:
         """An erasure record: the user's state goes (a changelog tombstone), as do their pending triggers."""
@@ -163,7 +273,7 @@ class ProfileTracker:
         try:
             items = orjson.loads(raw)
         except orjson.JSONDecodeError as err:
-            await self._reject(raw, "$", f"not JSON: {err}")
+            await self._reject(raw, "$", f"not JSON: {err}", PARSE_ERROR)
             return []
         good = []
         for item in items if isinstance(items, list) else [items]:
@@ -171,9 +281,14 @@ class ProfileTracker:
                 good.append(Event.model_validate(item))
             except ValidationError as err:
                 first = err.errors()[0]
-                await self._reject(orjson.dumps(item), ".".join(str(p) for p in first["loc"]) or "$", first["msg"])
+                await self._reject(item, ".".join(str(p) for p in first["loc"]) or "$", first["msg"])
+            except Exception as err:  # noqa: BLE001 - e.g. nesting too deep for the validator
+                await self._reject(item, "$", describe(err), PROCESSING_ERROR)
         return good
 
-    async def _reject(self, raw: bytes, field: str, reason: str) -> None:
-        await self.send_bad_row(raw, field, reason)
+    async def _reject(self, payload, field: str, reason: str, failure_type: str = SCHEMA_VIOLATION) -> None:
+        """Dead-letter one record or event (``payload``: its bytes or decoded JSON); acked by Kafka
+        before the batch is."""
+        await self.send_bad_row(payload, field, reason, failure_type)
         metrics.EVENTS.labels("invalid").inc()
+        metrics.BAD_RECORDS.labels(failure_type).inc()

@@ -21,10 +21,12 @@ from decimal import Decimal
 import orjson
 
 from spoor.events import Event, EventKind
+from stream_processors.profile import compact_id
 
 CART, BROWSE, WIN_BACK = "cart_abandonment", "browse_abandonment", "win_back"
 TRIGGER_SCHEMA = "spoor.trigger/1"
 MAX_BROWSED = 50  # products followed per user; the least recently viewed is dropped past it
+MAX_CART_LINES = 100  # products in an open cart episode; adds of more products keep it open but list none
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,7 @@ class Triggers:
             if self.cart is None:
                 self.cart = [at, at, {}]
             self.cart[1] = max(self.cart[1], at)
-            if product:
+            if product and (product in self.cart[2] or len(self.cart[2]) < MAX_CART_LINES):
                 quantity, price = self.cart[2].get(product, [0, None])
                 price = str(event.price) if event.price is not None else price
                 self.cart[2][product] = [quantity + (event.quantity or 1), price]
@@ -112,7 +114,7 @@ class Triggers:
                 self.cart = None
             elif kind == BROWSE:
                 views, first, last, category = self.browsed.pop(product)
-                episode = f"{product}@{stamp(first)}"
+                episode = f"{compact_id(product)}@{stamp(first)}"  # within the 256 characters of its column
                 details = {"product_id": product, "category": category, "views": views,
                            "first_viewed_at": iso(first), "last_viewed_at": iso(last),
                            "delay_s": rules.browse_delay_s}
