@@ -13,6 +13,18 @@ alert it has not heard of for ``resolve_timeout``), so firing alerts carry an
 ``endsAt`` a few minutes ahead and the evaluator re-sends them regularly,
 through a bounded in-memory queue (not stored: the next evaluator re-sends
 them anyway; a full queue counts ``outcome="overflow"``).
+
+Sends follow ``spoor.webhooks``: redirects are never followed (a 3xx is given
+up like a 4xx: the URL is wrong, and following it would turn the POST into a
+GET and hand the signature to another host), at most 64 KiB of an answer is
+read, and the Slack and generic webhooks may not go to internal addresses
+unless ``SPOOR_WEBHOOK_ALLOW_PRIVATE_ADDRESSES`` (every address the host
+resolves to is checked at each connection). Alertmanager is exempt from the
+address rule: it is an internal service by nature (``alertmanager:9093`` in
+docker-compose), set by the operator in the environment only, never through the
+API, and requiring the flag for it would open campaign webhooks, which API users
+define, to internal addresses too. The generic webhook needs its secret: a
+worker configured with its URL and no secret does not start.
 """
 
 import asyncio
@@ -29,6 +41,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from alerts import outbox
 from alerts.metrics import NOTIFICATIONS
+from spoor import webhooks
+from spoor.settings import Settings
 from spoor.signing import webhook_mac
 
 log = logging.getLogger(__name__)
@@ -100,6 +114,16 @@ class HttpNotifier:
     kind: str  # alertmanager, slack, webhook
     secret: bytes | None = None
 
+    def __post_init__(self):
+        if self.kind == "webhook" and not self.secret:
+            raise ValueError(f"notifier {self.name}: a webhook is never signed with an empty key "
+                             "(set SPOOR_ALERT_WEBHOOK_SECRET)")
+
+    @property
+    def address_checked(self) -> bool:
+        """Whether the internal-address rule applies (see the module's docstring for Alertmanager)."""
+        return self.kind != "alertmanager"
+
     def request(self, alert: dict, now: datetime) -> tuple[str, bytes, dict]:
         headers = {"Content-Type": "application/json"}
         if self.kind == "alertmanager":
@@ -109,17 +133,53 @@ class HttpNotifier:
         body = orjson.dumps(alert_document(alert))
         timestamp = str(int(now.timestamp()))
         headers[TIMESTAMP_HEADER] = timestamp
-        headers[SIGNATURE_HEADER] = sign(self.secret or b"", timestamp, body)
+        headers[SIGNATURE_HEADER] = sign(self.secret, timestamp, body)
         return self.url, body, headers
 
 
+def check_settings(settings: Settings) -> None:
+    """At the worker's start: the alert webhook has a secret, the notifiers' URLs are allowed."""
+    if settings.alert_webhook_url and not settings.alert_webhook_secret:
+        raise ValueError("SPOOR_ALERT_WEBHOOK_URL is set but SPOOR_ALERT_WEBHOOK_SECRET is not: the alert "
+                         "webhook is never sent unsigned (set a secret, or unset the URL)")
+    for name, url in (("SPOOR_ALERTMANAGER_URL", settings.alertmanager_url),
+                      ("SPOOR_ALERT_SLACK_WEBHOOK_URL", settings.alert_slack_webhook_url),
+                      ("SPOOR_ALERT_WEBHOOK_URL", settings.alert_webhook_url)):
+        if url:
+            allow_private = settings.webhook_allow_private_addresses or name == "SPOOR_ALERTMANAGER_URL"
+            try:
+                webhooks.check_url(url, allow_private)
+            except webhooks.RefusedAddress as err:
+                raise ValueError(f"{name}: {err}") from None
+
+
 def classify(status: int) -> str:
-    """An HTTP answer: 'sent', 'refused' (a 4xx other than 429: retrying will not help) or 'retry'."""
-    if status < 300:
+    """An HTTP answer: 'sent', 'refused' (a 3xx, never followed, or a 4xx other than 429: retrying will
+    not help) or 'retry'."""
+    if 200 <= status < 300:
         return "sent"
-    if 400 <= status < 500 and status != 429:
+    if 300 <= status < 400 or (400 <= status < 500 and status != 429):
         return "refused"
     return "retry"
+
+
+class _CheckedResolver(aiohttp.ThreadedResolver):
+    """Every address a host resolves to is checked before a connection is made to one of them."""
+
+    async def resolve(self, host: str, port: int = 0, family=0):
+        hosts = await super().resolve(host, port, family)
+        webhooks.check_addresses(host, [h["host"] for h in hosts])
+        return hosts
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int = webhooks.MAX_RESPONSE_BYTES) -> bytes:
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await response.content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 @dataclass(frozen=True)
@@ -154,8 +214,10 @@ class NotifierHub:
     """
 
     def __init__(self, notifiers: list[HttpNotifier], db: Engine | None = None, retry: RetryPolicy = RetryPolicy(),
-                 timeout_s: float = 10.0, poll_s: float = 5.0, queue_size: int = 1000):
+                 timeout_s: float = 10.0, poll_s: float = 5.0, queue_size: int = 1000,
+                 allow_private_addresses: bool = False):
         self.notifiers = notifiers
+        self.allow_private_addresses = allow_private_addresses
         self.db = db
         self.retry = retry
         self.poll_s = poll_s
@@ -164,15 +226,21 @@ class NotifierHub:
         self.queues = {n.name: asyncio.Queue(queue_size) for n in notifiers}
         self.wakes = {n.name: asyncio.Event() for n in notifiers}
         self.tasks: list[asyncio.Task] = []
-        self.session: aiohttp.ClientSession | None = None
+        self.sessions: dict[str, aiohttp.ClientSession] = {}  # one per notifier: its own address rule
 
     @property
     def names(self) -> list[str]:
         return [n.name for n in self.notifiers]
 
+    def _checks_addresses(self, notifier: HttpNotifier) -> bool:
+        return notifier.address_checked and not self.allow_private_addresses
+
     def start(self) -> None:
-        if self.session is None:
-            self.session = aiohttp.ClientSession(timeout=self.timeout)
+        if not self.sessions and not self.tasks:
+            for n in self.notifiers:
+                resolver = _CheckedResolver() if self._checks_addresses(n) else aiohttp.ThreadedResolver()
+                self.sessions[n.name] = aiohttp.ClientSession(
+                    timeout=self.timeout, connector=aiohttp.TCPConnector(resolver=resolver))
             self.tasks = [asyncio.ensure_future(self._deliver(n)) for n in self.notifiers]
 
     async def stop(self) -> None:
@@ -181,9 +249,9 @@ class NotifierHub:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks = []
-        if self.session:
-            await self.session.close()
-            self.session = None
+        sessions, self.sessions = self.sessions, {}
+        for session in sessions.values():
+            await session.close()
 
     def wake(self) -> None:
         """New rows are in the outbox: look now rather than at the next poll."""
@@ -271,8 +339,23 @@ class NotifierHub:
         """One attempt: its ``classify`` result and what the receiver answered."""
         url, body, headers = notifier.request(alert, datetime.now(timezone.utc))
         try:
-            async with self.session.post(url, data=body, headers=headers) as response:
-                return classify(response.status), f"HTTP {response.status}"
+            webhooks.check_literal(url, not self._checks_addresses(notifier))  # an IP is not resolved
+            async with self.sessions[notifier.name].post(url, data=body, headers=headers,
+                                                         allow_redirects=False) as response:
+                answer = await _read_bounded(response)
+                problem = f"HTTP {response.status}"
+                if 300 <= response.status < 400:
+                    problem += (f": redirect to {response.headers.get('Location', '')[:200]!r} not followed "
+                                "(notifiers never follow redirects: configure the final URL)")
+                elif response.status >= 300 and answer:
+                    problem += ": " + answer[:200].decode("utf-8", "replace")
+                return classify(response.status), problem
+        except webhooks.RefusedAddress as err:
+            return "refused", str(err)
+        except aiohttp.ClientConnectorDNSError as err:
+            if isinstance(err.os_error, webhooks.RefusedAddress):
+                return "refused", str(err.os_error)
+            return "retry", f"{type(err).__name__}: {err}"
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             return "retry", f"{type(err).__name__}: {err}"
 

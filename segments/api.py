@@ -1,14 +1,19 @@
 """HTTP API for segments, campaigns and users (FastAPI; OpenAPI at /openapi.json, docs at /docs).
 
-Every route except /healthz needs ``Authorization: Bearer <SPOOR_ADMIN_TOKEN>``. Definitions are the
-same YAML/JSON documents as the CLI takes (see README); errors in them are answered 400 with the reason.
+Every route except /healthz (and the OpenAPI documents) needs ``Authorization: Bearer <SPOOR_ADMIN_TOKEN>``.
+Definitions are the same YAML/JSON documents as the CLI takes (see README); errors in them are answered 400
+with the reason.
+
+``AdminGuard`` checks the token before a byte of the body is read, and reads at most
+``SPOOR_ADMIN_MAX_BODY_BYTES`` of it (413 past that, or when Content-Length says more), chunked or not.
 """
 
 import hmac
+import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, select
@@ -16,6 +21,7 @@ from sqlalchemy import Engine, select
 from segments import SegmentsError, campaigns, membership
 from segments.campaign_spec import parse_campaign
 from segments.campaigns import CampaignStore, UnknownCampaign
+from segments.delivery import check_webhook
 from segments.erase import erase_user
 from segments.fields import FIELDS
 from segments.language import parse_segment
@@ -23,7 +29,6 @@ from segments.membership import SegmentStore, UnknownSegment, utcnow
 from spoor.settings import Settings
 from storage.models import UserActivity, UserProfile
 
-MAX_BODY_BYTES = 1_000_000
 Name = Annotated[str, Path(max_length=64)]
 UserKey = Annotated[str, Path(min_length=1, max_length=256)]
 SEGMENT_EXAMPLE = {"name": "shoe_fans", "description": "frequent shoe buyers",
@@ -44,19 +49,16 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
     bearer = HTTPBearer(auto_error=False)
 
     def authenticated(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        # AdminGuard has checked already, before the body; kept so each route declares its security.
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(),
                                                           settings.admin_token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     auth = [Depends(authenticated)]
     segment_store, campaign_store = SegmentStore(engine), CampaignStore(engine)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse({"detail": f"body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        return await call_next(request)
+    open_paths = {"/healthz", app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    app.add_middleware(AdminGuard, token=settings.admin_token, max_body_bytes=settings.admin_max_body_bytes,
+                       open_paths=frozenset(p for p in open_paths if p))
 
     @app.exception_handler(SegmentsError)
     async def definition_error(_request, err: SegmentsError):
@@ -142,6 +144,7 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
         spec = parse_campaign({**definition, "name": definition.get("name", name)})
         if spec.name != name:
             raise SegmentsError(f"the definition is named {spec.name!r}, the path says {name!r}")
+        check_webhook(spec, settings)
         campaign_store.save(spec)
         return campaign_store.get(name)[1]
 
@@ -158,6 +161,7 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
         spec, _ = campaign_store.get(name)
         if spec.action.webhook and not settings.campaign_webhook_secret:
             raise SegmentsError("SPOOR_CAMPAIGN_WEBHOOK_SECRET is not set: webhooks cannot be signed")
+        check_webhook(spec, settings)
         campaign_store.launch(name, clock())
         return campaign_store.get(name)[1]
 
@@ -185,6 +189,62 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
         return erase_user(settings, engine, user_key, actor="api")
 
     return app
+
+
+class AdminGuard:
+    """ASGI middleware in front of the API: the bearer token is checked from the headers before any of
+    the body is read (FastAPI reads a route's body before its dependencies run), then the body is read
+    whole, at most ``max_body_bytes`` of it, and handed to the app. A request whose Content-Length is
+    larger, or whose (chunked) body grows past the limit, is answered 413 without reading further."""
+
+    def __init__(self, app, token: str, max_body_bytes: int, open_paths: frozenset[str]):
+        self.app = app
+        self.token = token.encode()
+        self.max_body_bytes = max_body_bytes
+        self.open_paths = open_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
+        if scope["path"] not in self.open_paths and not self._authorized(headers.get("authorization", b"")):
+            return await _answer(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            return await _answer(send, 413, f"body over {self.max_body_bytes} bytes")
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                return await _answer(send, 413, f"body over {self.max_body_bytes} bytes")
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _authorized(self, authorization: bytes) -> bool:
+        scheme, _, credentials = authorization.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
+
+
+async def _answer(send, status: int, detail: str, headers: list | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    # Connection: close, as the rest of the request's body is left unread.
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def user_view(engine: Engine, user_key: str) -> dict:

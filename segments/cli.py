@@ -150,11 +150,13 @@ def _campaigns(settings: Settings, engine, args) -> None:
     from segments import campaigns
     from segments.campaign_spec import parse_campaign
     from segments.campaigns import CampaignStore
+    from segments.delivery import check_webhook
     from segments.membership import utcnow
 
     store = CampaignStore(engine)
     if args.action == "define":
         spec = parse_campaign(_read(args.file))
+        check_webhook(spec, settings)
         store.save(spec)
         print(f"campaign {spec.name} saved")
     elif args.action == "list":
@@ -168,6 +170,7 @@ def _campaigns(settings: Settings, engine, args) -> None:
         spec, _ = store.get(args.name)
         if spec.action.webhook and not settings.campaign_webhook_secret:
             sys.exit("error: SPOOR_CAMPAIGN_WEBHOOK_SECRET is not set: webhooks cannot be signed")
+        check_webhook(spec, settings)
         store.launch(args.name, utcnow())
         print(f"campaign {args.name} active")
     elif args.action == "pause":

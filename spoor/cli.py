@@ -60,6 +60,12 @@ def _collector(settings: Settings, _args) -> None:
 
 
 def _worker(settings: Settings, args) -> None:
+    if settings.alerts_enabled:
+        from alerts.notifiers import check_settings
+        try:
+            check_settings(settings)
+        except ValueError as err:
+            sys.exit(f"error: {err}")
     from spoor.topics import missing_topics
     missing = missing_topics(settings)
     if missing:

@@ -80,7 +80,8 @@ def test_transitions_stored_while_no_hub_ran_are_sent_by_a_later_hub(engine):
     assert outbox.claim(engine, "slack-crash", lease_s=1) is None  # the resolved one waits for the firing one
 
     hub = NotifierHub([HttpNotifier("webhook-crash", webhook.url + "/hooks", "webhook", SECRET),
-                       HttpNotifier("slack-crash", slack.url, "slack")], engine, FAST, poll_s=0.2)
+                       HttpNotifier("slack-crash", slack.url, "slack")], engine, FAST, poll_s=0.2,
+                      allow_private_addresses=True)
     try:
         deliver(hub)
     finally:
@@ -107,7 +108,7 @@ def test_a_500_leaves_the_row_pending_and_another_hub_retries_it(engine):
     slow_retry = RetryPolicy(attempts=3, first_backoff_s=2.0)
 
     async def first_process():
-        hub = NotifierHub(notifiers, engine, slow_retry, poll_s=0.2)
+        hub = NotifierHub(notifiers, engine, slow_retry, poll_s=0.2, allow_private_addresses=True)
         hub.start()
         while not (await asyncio.to_thread(rows_of, engine, "webhook-retry"))[0]["last_error"]:
             await asyncio.sleep(0.02)
@@ -119,7 +120,7 @@ def test_a_500_leaves_the_row_pending_and_another_hub_retries_it(engine):
         assert row["sent_at"] is None and row["failed_at"] is None and row["waiting"]
         assert row["attempts"] == 1 and row["last_error"] == "HTTP 500"
         assert webhook.received == []
-        deliver(NotifierHub(notifiers, engine, slow_retry, poll_s=0.2))
+        deliver(NotifierHub(notifiers, engine, slow_retry, poll_s=0.2, allow_private_addresses=True))
     finally:
         webhook.close()
     [row] = rows_of(engine, "webhook-retry")
@@ -135,7 +136,7 @@ def test_a_refusal_is_given_up_with_its_error_stored_and_listed(engine, test_set
     store.record(engine, [transition("refused-a", "firing")], {"5m": T0 + timedelta(minutes=5)}, ["webhook-refused"])
     try:
         deliver(NotifierHub([HttpNotifier("webhook-refused", webhook.url, "webhook", SECRET)], engine, FAST,
-                            poll_s=0.2))
+                            poll_s=0.2, allow_private_addresses=True))
     finally:
         webhook.close()
     [row] = rows_of(engine, "webhook-refused")
@@ -157,7 +158,7 @@ def test_two_hubs_at_once_send_each_notification_once(engine):
     notifiers = [HttpNotifier("webhook-pair", webhook.url, "webhook", SECRET)]
 
     async def both():
-        hubs = [NotifierHub(notifiers, engine, FAST, poll_s=0.2) for _ in range(2)]
+        hubs = [NotifierHub(notifiers, engine, FAST, poll_s=0.2, allow_private_addresses=True) for _ in range(2)]
         for hub in hubs:
             hub.start()
         try:

@@ -67,7 +67,8 @@ def alerting_worker(start_process, test_settings, receivers, tmp_path_factory):
     rules.write_text(RULES)
     overrides = {"alert_rules_path": str(rules), "alertmanager_url": alertmanager.url,
                  "alert_webhook_url": webhook.url + "/hooks/spoor", "alert_webhook_secret": SECRET,
-                 "metric_lateness_s": 60.0, "alert_eval_interval_s": 0.5}
+                 "metric_lateness_s": 60.0, "alert_eval_interval_s": 0.5,
+                 "webhook_allow_private_addresses": True}  # the receivers are on 127.0.0.1
     start_process("worker", **overrides)
     return overrides
 
@@ -159,3 +160,29 @@ def test_cli_lists_acks_silences_and_replays(alerting_worker, engine, test_setti
     # Tuning: a stricter sensitivity no longer fires on this drop.
     stricter = spoor_cli(test_settings, "replay", "events-drop", "--rules", rules, *window, "--set", "sensitivity=6")
     assert "fired 0 times" in stricter
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ({"alert_webhook_url": "https://hooks.example/spoor", "alert_webhook_secret": ""},
+     "SPOOR_ALERT_WEBHOOK_SECRET is not"),
+    ({"alert_slack_webhook_url": "http://127.0.0.1:9/slack"}, "SPOOR_ALERT_SLACK_WEBHOOK_URL: .*loopback"),
+])
+def test_a_worker_with_an_unsigned_or_internal_alert_webhook_does_not_start(test_settings, tmp_path, overrides,
+                                                                            reason):
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, SpoorProcess, free_port
+    settings = test_settings.model_copy(update={**overrides, "worker_web_port": free_port(),
+                                                "worker_data_dir": str(tmp_path / "faust")})
+    process = subprocess.Popen([sys.executable, "-m", "spoor.cli", "worker"], cwd=REPO,
+                               env=SpoorProcess("worker", settings, tmp_path).env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = process.communicate(timeout=60)  # the old worker started and ran
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+        raise AssertionError(f"the worker started:\n{output[-2000:]}") from None
+    assert process.returncode != 0 and re.search(reason, output), output[-2000:]

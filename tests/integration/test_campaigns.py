@@ -32,7 +32,8 @@ def settings(test_settings):
     run = uuid.uuid4().hex[:8]
     settings = test_settings.model_copy(update={
         "campaign_webhook_secret": SECRET, "triggers_topic": f"spoor.test-{run}.triggers",
-        "segments_topic": f"spoor.test-{run}.segments", "campaigns_dead_letter_topic": f"spoor.test-{run}.cdlq"})
+        "segments_topic": f"spoor.test-{run}.segments", "campaigns_dead_letter_topic": f"spoor.test-{run}.cdlq",
+        "webhook_allow_private_addresses": True})  # the receiver is on 127.0.0.1
     create_segment_topics(settings)
     return settings
 

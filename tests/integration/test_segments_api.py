@@ -7,6 +7,8 @@ from fastapi.testclient import TestClient
 
 from segments import SegmentsError
 from segments.api import create_api
+from segments.campaign_spec import parse_campaign
+from segments.campaigns import CampaignStore
 from tests.segments_data import profile, put_events, put_profiles
 
 pytestmark = pytest.mark.integration
@@ -61,7 +63,7 @@ def test_define_preview_launch_pause_a_segment(engine, client):
 
 
 def test_campaigns_consent_and_user_view(engine, client):
-    campaign = {"audience": {"segment_entry": "repeat"}, "action": {"webhook": "http://127.0.0.1:9/hook"},
+    campaign = {"audience": {"segment_entry": "repeat"}, "action": {"webhook": "https://crm.example/hooks/spoor"},
                 "holdout_percent": 10, "quiet_hours": {"start": "22:00", "end": "07:00"}}
     assert client.put("/campaigns/welcome", json={**campaign, "audience": {"segment_entry": "nope"}}).status_code == 400
     assert client.put("/campaigns/welcome", json={**campaign, "holdout_percent": 99}).status_code == 400
@@ -79,3 +81,24 @@ def test_campaigns_consent_and_user_view(engine, client):
     assert user["profile"]["orders"] == 3 and user["consent"]["opted_out"] is True
     assert user["segments"]["current"][0]["segment"] == "repeat"
     assert client.get("/users/nobody").status_code == 404
+
+
+def test_a_campaign_webhook_to_an_internal_address_is_refused(test_settings, engine, client):
+    campaign = {"audience": {"trigger": "cart_abandonment"}, "action": {"webhook": "http://127.0.0.1:9/hook"}}
+    for url in ("http://127.0.0.1:9/hook", "http://localhost:9/hook", "http://169.254.169.254/latest/meta-data",
+                "http://[::ffff:10.0.0.1]/hook"):
+        refused = client.put("/campaigns/internal", json={**campaign, "action": {"webhook": url}})
+        assert refused.status_code == 400, (url, refused.json())
+        assert "SPOOR_WEBHOOK_ALLOW_PRIVATE_ADDRESSES" in refused.json()["detail"]
+    assert client.get("/campaigns/internal").status_code == 404
+    # One stored before the rule (or by another way) is refused at launch.
+    CampaignStore(engine).save(parse_campaign({**campaign, "name": "internal"}))
+    launched = client.post("/campaigns/internal/launch")
+    assert launched.status_code == 400 and "loopback" in launched.json()["detail"]
+    assert client.get("/campaigns/internal").json()["status"] == "draft"
+    settings = test_settings.model_copy(update={"admin_token": TOKEN, "campaign_webhook_secret": "s",
+                                                "webhook_allow_private_addresses": True})
+    with TestClient(create_api(settings, engine, clock=lambda: NOW),
+                    headers={"Authorization": f"Bearer {TOKEN}"}) as allowing:
+        assert allowing.put("/campaigns/internal", json=campaign).status_code == 200
+        assert allowing.post("/campaigns/internal/launch").json()["status"] == "active"

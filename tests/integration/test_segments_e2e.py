@@ -35,7 +35,8 @@ def settings(test_settings):
         "campaign_webhook_secret": SECRET, "triggers_topic": f"spoor.test-{run}.triggers",
         "segments_topic": f"spoor.test-{run}.segments", "campaigns_dead_letter_topic": f"spoor.test-{run}.cdlq",
         "segments_poll_s": 0.5, "campaigns_poll_s": 0.5, "segments_change_overlap_s": 5.0,
-        "segments_web_port": free_port(), "campaigns_web_port": free_port()})
+        "segments_web_port": free_port(), "campaigns_web_port": free_port(),
+        "webhook_allow_private_addresses": True})  # the receiver is on 127.0.0.1
     create_segment_topics(settings)
     return settings
 

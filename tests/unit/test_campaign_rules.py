@@ -1,5 +1,6 @@
 """Campaign rules, holdout, signatures and lift statistics (pure)."""
 
+import time
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -81,9 +82,26 @@ def test_backoff_doubles_and_is_bounded():
 def test_signature_round_trip():
     body = b'{"a": 1}'
     signature = sign("secret", 1700000000, body)
-    assert signature.startswith("v1=") and verify("secret", "1700000000", body, signature)
-    assert not verify("secret", "1700000000", body + b" ", signature)
-    assert not verify("other", "1700000000", body, signature)
+    now = 1700000000 + 10
+    assert signature.startswith("v1=") and verify("secret", "1700000000", body, signature, now=now)
+    assert not verify("secret", "1700000000", body + b" ", signature, now=now)
+    assert not verify("other", "1700000000", body, signature, now=now)
+
+
+def test_a_signature_outside_the_timestamp_tolerance_is_refused():
+    body = b'{"a": 1}'
+    signed_at = 1700000000
+    signature = sign("secret", signed_at, body)
+    assert not verify("secret", str(signed_at), body, signature)  # signed in 2023: a replay now
+    fresh = int(time.time())  # without now: the clock
+    assert verify("secret", str(fresh), body, sign("secret", fresh, body))
+    assert verify("secret", str(signed_at), body, signature, now=signed_at + 300)  # default tolerance 300 s
+    assert verify("secret", str(signed_at), body, signature, now=signed_at - 300)  # the sender's clock ahead
+    assert not verify("secret", str(signed_at), body, signature, now=signed_at + 301)  # a replay
+    assert not verify("secret", str(signed_at), body, signature, now=signed_at - 301)
+    assert verify("secret", str(signed_at), body, signature, tolerance_s=3600, now=signed_at + 3000)
+    assert not verify("secret", str(signed_at), body, signature, tolerance_s=30, now=signed_at + 31)
+    assert not verify("secret", "not-a-number", body, signature, now=signed_at)
 
 
 def test_lift_and_confidence_intervals():
