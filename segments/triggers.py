@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from segments import metrics
 from segments.campaign_spec import TRIGGER_KINDS
-from spoor.bad_rows import bad_row
+from spoor.bad_rows import InvalidRecord, bad_row, deeper_than, describe
 from storage.models import BehaviourTrigger
 
 
@@ -37,15 +37,31 @@ class TriggerMessage(BaseModel):
         return self
 
 
-def parse_triggers(values: list[bytes]) -> tuple[list[dict], list[tuple[bytes, str, str]]]:
-    """(rows, rejects) where a reject is (raw value, field, reason)."""
+MAX_DETAILS_DEPTH = 16
+
+
+def parse_triggers(values: list[bytes | None]) -> tuple[list[dict], list[tuple[bytes | None, str, str]]]:
+    """(rows, rejects) where a reject is (raw value, field, reason). Anything one message holds that
+    PostgreSQL would refuse (U+0000, nesting past MAX_DETAILS_DEPTH) is a reject, so that one message
+    can never fail the batch's insert, which would be retried for ever."""
     rows, rejects = [], []
     for raw in values:
         try:
-            rows.append(TriggerMessage.model_validate_json(raw).model_dump())
+            if not isinstance(raw, (bytes, bytearray)):
+                raise InvalidRecord("$", "the record has no value (null)")
+            if b"\\u0000" in raw:
+                raise InvalidRecord("$", "PostgreSQL text cannot hold the NUL character (\\u0000)")
+            row = TriggerMessage.model_validate_json(raw).model_dump()
+            if deeper_than(row["details"], MAX_DETAILS_DEPTH):
+                raise InvalidRecord("details", f"nested deeper than {MAX_DETAILS_DEPTH} levels")
+            rows.append(row)
         except ValidationError as err:
             first = err.errors(include_url=False)[0]
             rejects.append((raw, ".".join(map(str, first["loc"])) or None, first["msg"]))
+        except InvalidRecord as err:
+            rejects.append((raw, err.field, err.reason))
+        except Exception as err:  # noqa: BLE001 - one message's failure is data
+            rejects.append((raw, "$", describe(err)))
     return rows, rejects
 
 
