@@ -70,9 +70,10 @@ class Settings(BaseSettings):
     # How many recent event ids per user are remembered to count a redelivered event once; at
     # least max_batch_events, so a retried request of one user's events is recognised whole.
     dedupe_window: int = Field(2500, ge=1)
-    # A user's packed state (profile + behaviour) above this is summarised; Faust's producer refuses
-    # records over 1,000,000 bytes, which would stop the worker.
-    worker_max_state_bytes: int = Field(256 * 1024, ge=16 * 1024, le=900_000)
+    # An event that would grow a user's packed state (profile + behaviour) past this is dead-lettered
+    # (size_violation): Faust's producer refuses records over 1,000,000 bytes, which stopped the worker.
+    # The state's own bounds (stream_processors/profile.py, triggers.py) keep real users far below.
+    worker_max_state_bytes: int = Field(900_000, ge=16 * 1024, le=900_000)
     # A bad deploy turns every record into a processing error: past this many in a row (records
     # that raised unexpectedly, not schema violations) the worker fail-stops instead.
     worker_max_consecutive_processing_errors: int = Field(200, ge=1)
