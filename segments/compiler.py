@@ -4,6 +4,12 @@ Every value from a definition becomes a bound parameter; field names are looked 
 catalogue and only the catalogue's own column objects reach SQL. References to other segments are
 expanded inline (so one query evaluates everything against the same snapshot), with cycle detection.
 The evaluation time ``now`` is a parameter, so tests and backfills can evaluate at any instant.
+
+Before any of it, ``check_limits`` walks the expanded definition iteratively: the recursive walk below
+and SQLAlchemy's compiler only see trees at most ``MAX_DEPTH`` deep with at most ``MAX_CONDITIONS``
+conditions, whatever is stored. (Compiling a reference as EXISTS against ``segment_members`` instead
+would bound the SQL too, but the result would be the referenced segment as of its last refresh --
+stale, empty for a draft, dependent on the order of refreshes -- not as of the same instant.)
 """
 
 from collections.abc import Callable, Iterable
@@ -16,8 +22,8 @@ from sqlalchemy.sql import ColumnElement, Select
 
 from ingest.normalize import TRACK_KINDS
 from segments.fields import FIELDS, FieldType
-from segments.language import (AllOf, AnyOf, EventCondition, FieldCondition, NotOf, SegmentDefinitionError,
-                               SegmentRef, SegmentSpec)
+from segments.language import (MAX_DEPTH, AllOf, AnyOf, EventCondition, FieldCondition, NotOf,
+                               SegmentDefinitionError, SegmentRef, SegmentSpec, check_limits)
 from segments.rfm import FIELD_COLUMNS, USER_RFM
 from spoor.events import EventKind
 from storage.models import Event, UserActivity, UserProfile
@@ -26,7 +32,6 @@ PROFILES = UserProfile.__table__
 ACTIVITY = UserActivity.__table__
 EVENTS = Event.__table__
 SECONDS_PER_DAY = 86400.0
-MAX_DEPTH = 32
 EVENT_COUNTS = "event_counts"  # the LATERAL subquery of a definition's event condition counts
 
 Resolver = Callable[[str], SegmentSpec | None]
@@ -148,7 +153,9 @@ def event_name_matches(name: str) -> ColumnElement:
 
 def compile_segment(spec: SegmentSpec, resolve: Resolver, now: datetime,
                     user_keys: Iterable[str] | None = None) -> CompiledSegment:
-    """The members of ``spec`` at ``now`` (optionally only among ``user_keys``)."""
+    """The members of ``spec`` at ``now`` (optionally only among ``user_keys``). SegmentDefinitionError if
+    a reference is unknown or cyclic, or the definition passes a limit once references are expanded."""
+    check_limits(spec, resolve)
     compiler = _Compiler(resolve, now)
     condition = func.coalesce(compiler.condition(spec.where, (spec.name,)), false())
     source = PROFILES.outerjoin(ACTIVITY, ACTIVITY.c.user_key == PROFILES.c.user_key)

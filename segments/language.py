@@ -12,17 +12,26 @@
 
 Field names are checked against the catalogue (``segments.fields``) and values against the
 field's type here, so a bad definition fails with a clear message before any SQL exists.
+
+Limits, so that no definition can exhaust the process that parses or compiles it (``check_limits``):
+conditions nest at most ``MAX_DEPTH`` levels (all, any, not and each segment reference count as a
+level), a definition expands to at most ``MAX_CONDITIONS`` conditions and ``MAX_VALUES`` list values
+once its segment references are expanded (a segment used twice counts twice), and its document is at
+most ``MAX_DEFINITION_BYTES``. Every walk over a document before these checks pass is iterative, and
+the recursive ones (validation, the compiler, SQLAlchemy's) only ever see a bounded tree: the deepest
+definition allowed takes about 540 frames of Python's 1,000 to compile into its refresh statement.
 """
 
 import difflib
 import json
 import re
-from decimal import Decimal
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from segments import SegmentsError
 from segments.fields import FIELDS, FieldType
@@ -31,6 +40,13 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 MAX_LIST = 1000
 MAX_STRING = 256
 MAX_WITHIN_S = 366 * 86400
+MAX_DEPTH = 32  # levels of all/any/not/segment on any path, references expanded
+MAX_CONDITIONS = 2000  # conditions once references are expanded, each use of a segment counted
+MAX_VALUES = 10_000  # values of in / not in lists, the same way
+MAX_DEFINITION_BYTES = 256 * 1024  # a definition's text, or its document as compact JSON
+# Lists and objects nested in a document, whatever they hold: a condition level is at most two of
+# them (all -> list -> condition), so valid definitions stay well inside.
+_MAX_NESTING = 2 * MAX_DEPTH + 8
 COMPARISONS = ("==", "!=", ">", ">=", "<", "<=")
 OPS = (*COMPARISONS, "in", "not in")
 
@@ -70,6 +86,20 @@ class FieldCondition(BaseModel):
     op: Literal[OPS]
     value: Scalar | list[Scalar]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_numbers(cls, data: Any, info: ValidationInfo) -> Any:
+        """A stored definition has its decimal values as JSON strings (pydantic's JSON mode writes a
+        Decimal so): read back, they are numbers again. A user's "2" for a number field stays an error."""
+        if not (info.context or {}).get("stored") or not isinstance(data, dict):
+            return data
+        spec = FIELDS.get(data.get("field")) if isinstance(data.get("field"), str) else None
+        if spec is None or spec.type is not FieldType.NUMBER:
+            return data
+        value = data.get("value")
+        return {**data, "value": [_stored_number(v) for v in value] if isinstance(value, list)
+                else _stored_number(value)}
+
     @model_validator(mode="after")
     def _check_types(self) -> "FieldCondition":
         spec = FIELDS.get(self.field)
@@ -99,6 +129,15 @@ class FieldCondition(BaseModel):
                 if self.op in (">", ">=", "<", "<="):
                     raise ValueError(f"{self.field} is a string: use ==, !=, in or not in")
         return self
+
+
+def _stored_number(value: Any) -> Any:
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            return Decimal(value)
+        except InvalidOperation:
+            pass
+    return value
 
 
 class EventCondition(BaseModel):
@@ -184,7 +223,15 @@ class SegmentSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _shorthands(cls, data: Any) -> Any:
+        _check_document(data)  # before anything recursive sees it
         return _walk(data)
+
+    @model_validator(mode="after")
+    def _limits(self) -> "SegmentSpec":
+        check_limits(self)
+        # As stored: shorthands expanded (``did ... and not ...`` takes about three times its text).
+        _check_size(len(self.model_dump_json(by_alias=True)))
+        return self
 
 
 def _walk(data: Any) -> Any:
@@ -209,6 +256,116 @@ def _walk_condition(node: Any) -> Any:
     return node
 
 
+def _check_document(data: Any) -> None:
+    """Size, nesting and NUL characters of a document as parsed, in one iterative walk that stops at the
+    first limit passed (so a YAML alias bomb costs no more than the limit). The size counted is at most
+    the document's length as compact JSON, so a definition as stored always passes again."""
+    size = 0
+    stack = [(data, 1, 0)]  # (value, lists and objects around it, condition level or 0)
+    while stack:
+        value, nesting, level = stack.pop()
+        if level > MAX_DEPTH:
+            raise SegmentDefinitionError(_too_deep(False))
+        if nesting > _MAX_NESTING:
+            raise SegmentDefinitionError(f"lists and objects nest more than {_MAX_NESTING} levels deep "
+                                         f"(conditions may nest at most {MAX_DEPTH})")
+        if isinstance(value, dict):
+            size += 2 * len(value) + 1 if value else 2  # {} and the : and , between items
+            for key, item in value.items():
+                _check_text(key)
+                size += _scalar_size(key)
+                if nesting == 1 and key == "where":
+                    stack.append((item, nesting + 1, 1))
+                elif level and key in ("all", "any") and isinstance(item, list):
+                    size += len(item) + 1
+                    _check_size(size)
+                    stack.extend((child, nesting + 2, level + 1) for child in item)
+                elif level and key in ("not", "not_"):
+                    stack.append((item, nesting + 1, level + 1))
+                else:
+                    stack.append((item, nesting + 1, 0))
+        elif isinstance(value, (list, tuple)):
+            size += len(value) + 1
+            _check_size(size)
+            stack.extend((item, nesting + 1, 0) for item in value)
+        else:
+            _check_text(value)
+            size += _scalar_size(value)
+        _check_size(size)
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_DEFINITION_BYTES:
+        raise SegmentDefinitionError(f"the definition is larger than {MAX_DEFINITION_BYTES:,} bytes as JSON "
+                                     "(the limit)")
+
+
+def _check_text(value: Any) -> None:
+    if isinstance(value, str) and "\x00" in value:
+        raise SegmentDefinitionError("text in a definition cannot contain NUL (\\u0000) characters")
+
+
+def _scalar_size(value: Any) -> int:
+    """At most the length of the value in JSON."""
+    if isinstance(value, str):
+        return len(value) + 2
+    if isinstance(value, bool) or value is None:
+        return 4
+    if isinstance(value, int):
+        return max(1, value.bit_length() * 3 // 10)  # digits, without str() (refused past 4,300 digits)
+    return len(str(value)) if isinstance(value, Decimal) else 1
+
+
+def _too_deep(expanded: bool) -> str:
+    return (f"conditions nest more than {MAX_DEPTH} levels deep"
+            f"{' once segment references are expanded' * expanded}"
+            f" (the limit is {MAX_DEPTH}: all, any, not and each segment reference count as a level)")
+
+
+Resolver = Callable[[str], "SegmentSpec | None"]
+
+
+def check_limits(spec: "SegmentSpec", resolve: Resolver | None = None) -> set[str]:
+    """Depth, conditions and list values of ``spec``: its own, or with ``resolve`` once every segment it
+    references is expanded (as the compiler expands them), which also finds unknown references and
+    cycles. Iterative, and stops at the first limit passed: an exponential expansion (segments that
+    each use the previous one twice) costs at most ``MAX_CONDITIONS`` steps. Returns the referenced
+    segments (with ``resolve``); raises SegmentDefinitionError saying which limit and what it is."""
+    conditions = values = 0
+    references: set[str] = set()
+    stack = [(spec.where, 1, (spec.name,))]  # (condition, level, chain of segments expanded to reach it)
+    while stack:
+        node, level, chain = stack.pop()
+        expanded = len(chain) > 1
+        if level > MAX_DEPTH:
+            raise SegmentDefinitionError(_too_deep(expanded))
+        conditions += 1
+        if conditions > MAX_CONDITIONS:
+            raise SegmentDefinitionError(
+                f"more than {MAX_CONDITIONS:,} conditions"
+                f"{' once segment references are expanded (a segment used twice counts twice)' * expanded}"
+                f" (the limit is {MAX_CONDITIONS:,})")
+        if isinstance(node, (AllOf, AnyOf)):
+            stack.extend((child, level + 1, chain) for child in (node.all if isinstance(node, AllOf) else node.any))
+        elif isinstance(node, NotOf):
+            stack.append((node.not_, level + 1, chain))
+        elif isinstance(node, FieldCondition) and isinstance(node.value, list):
+            values += len(node.value)
+            if values > MAX_VALUES:
+                raise SegmentDefinitionError(
+                    f"more than {MAX_VALUES:,} list values{' once segment references are expanded' * expanded}"
+                    f" (the limit is {MAX_VALUES:,})")
+        elif isinstance(node, SegmentRef) and resolve is not None:
+            if node.segment in chain:
+                raise SegmentDefinitionError(f"segment reference cycle: {' -> '.join((*chain, node.segment))}")
+            target = resolve(node.segment)
+            if target is None:
+                raise SegmentDefinitionError(f"unknown segment {node.segment!r} referenced from {chain[-1]!r}")
+            references.add(node.segment)
+            stack.append((target.where, level + 1, (*chain, node.segment)))
+    return references
+
+
 AllOf.model_rebuild()
 AnyOf.model_rebuild()
 NotOf.model_rebuild()
@@ -223,23 +380,55 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_definition(data: Any, error: type[Exception]) -> Any:
-    """YAML/JSON text (at most 1 MB) parsed, or an already parsed value as it is; ``error`` says why not."""
+# libyaml's parser is linear and refuses more than 1,000 levels; PyYAML's own scans a flow collection
+# to its end before parsing it, in time quadratic in its depth (2 s at 5,000 levels).
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_definition(data: Any, error: type[Exception], max_bytes: int = 1_000_000) -> Any:
+    """YAML/JSON text (at most ``max_bytes``) parsed, or an already parsed value as it is; ``error`` says
+    why not. PyYAML recurses once per nesting level: a document nested too deeply for it is an error."""
     if isinstance(data, (str, bytes)):
-        if len(data) > 1_000_000:
-            raise error("definition is larger than 1 MB")
+        size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "replace"))
+        if size > max_bytes:
+            raise error(f"the definition is larger than {max_bytes:,} bytes (the limit)")
         try:
-            return yaml.safe_load(data)
-        except yaml.YAMLError as err:
+            return yaml.load(data, Loader=_YAML_LOADER)  # noqa: S506 -- a safe loader
+        except RecursionError:
+            raise error("the document nests too deeply to be read "
+                        f"(conditions may nest at most {MAX_DEPTH} levels)") from None
+        except (yaml.YAMLError, ValueError) as err:
+            if "maximum nesting depth" in str(err):
+                raise error("the document nests too deeply to be read "
+                            f"(conditions may nest at most {MAX_DEPTH} levels)") from None
             raise error(f"not valid YAML/JSON: {err}") from None
     return data
 
 
 def parse_segment(data: Any) -> SegmentSpec:
     """A dict (or YAML/JSON text) -> SegmentSpec, or SegmentDefinitionError saying what is wrong."""
-    data = load_definition(data, SegmentDefinitionError)
+    return _validate(load_definition(data, SegmentDefinitionError, MAX_DEFINITION_BYTES), stored=False)
+
+
+def parse_stored(text: str) -> SegmentSpec:
+    """A definition as PostgreSQL returns it (``definition::text``) -> SegmentSpec, or
+    SegmentDefinitionError. Read as text rather than by the driver, whose JSON decoder recurses."""
+    if len(text) > 2 * MAX_DEFINITION_BYTES:  # jsonb's text adds a space after each : and , (x1.5 at most)
+        raise SegmentDefinitionError(f"the definition is larger than {MAX_DEFINITION_BYTES:,} bytes as JSON "
+                                     "(the limit)")
     try:
-        return SegmentSpec.model_validate(data)
+        data = json.loads(text, parse_float=Decimal)
+    except RecursionError:
+        raise SegmentDefinitionError(f"the stored document nests too deeply to be read (conditions may nest "
+                                     f"at most {MAX_DEPTH} levels)") from None
+    except ValueError as err:
+        raise SegmentDefinitionError(f"the stored document is not valid JSON: {err}") from None
+    return _validate(data, stored=True)
+
+
+def _validate(data: Any, stored: bool) -> SegmentSpec:
+    try:
+        return SegmentSpec.model_validate(data, context={"stored": stored})
     except ValueError as err:
         if isinstance(err, ValidationError):
             raise SegmentDefinitionError(_describe(err)) from None

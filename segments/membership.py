@@ -12,18 +12,28 @@ given users), diffs it against ``segment_members`` and records each entry and ex
 Because both run the same SQL, a user's membership after an incremental pass is exactly what a full
 recompute at the same evaluation time gives. Conditions on time ("in the last 24h", "days since")
 can change without any new event; the scheduled full recompute picks those up.
+
+One segment cannot stop the others: a failure caused by the segment itself -- a stored definition that
+does not parse or passes a limit, a reference to such a segment, an error of its own statement that
+PostgreSQL raises because of what the statement says (``segment_fault``) -- is recorded in
+``segments.error`` and the pass goes on. A failing segment is tried again by each pass, and refreshed
+in full once it works again. Failures of the database itself (connection, resources, deadlocks) are
+raised as before, for the runner to retry the turn.
 """
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Engine, delete, exists, func, literal, select, text, union_all, update
+from sqlalchemy import Engine, Text, delete, exists, func, literal, select, text, union_all, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import ArgumentError, CompileError, DBAPIError, StatementError
 
+from segments import SegmentsError
 from segments.builtin import BUILTIN_SEGMENTS
 from segments.compiler import compile_segment
-from segments.language import SegmentDefinitionError, SegmentSpec, parse_segment
+from segments.language import SegmentDefinitionError, SegmentSpec, check_limits, parse_stored
 from storage.models import UserActivity, UserProfile
 from storage.segments_models import SegmentCursor, SegmentDefinition, SegmentMember, SegmentTransition
 
@@ -46,19 +56,89 @@ class UnknownSegment(SegmentDefinitionError):
     pass
 
 
+class SegmentFailed(SegmentsError):
+    """A segment's refresh failed because of the segment itself (recorded in ``segments.error``)."""
+
+
+# SQLSTATE classes of the errors a statement causes by what it says: feature not supported, cardinality,
+# data exception (e.g. a value out of numeric range), integrity, syntax or access rule, program limit
+# exceeded (e.g. too complex). Others -- connection (08), resources (53), operator intervention and
+# query cancelled (57), system (58), transaction rollback (40), internal (XX)... -- are the database's.
+STATEMENT_FAULTS = ("0A", "21", "22", "23", "42", "54")
+
+
+def segment_fault(err: BaseException) -> bool:
+    """Whether ``err``, raised while compiling or running one segment's statement, is that segment's
+    own doing (to be recorded, the others going on) rather than the world's (to be retried)."""
+    if isinstance(err, DBAPIError):
+        code = getattr(err.orig, "pgcode", None) or getattr(err.orig, "sqlstate", None)
+        return not err.connection_invalidated and isinstance(code, str) and code[:2] in STATEMENT_FAULTS
+    # Raised in Python before the statement reaches the database: its definition, its SQL, a value the
+    # driver cannot send (psycopg2 raises ValueError for a NUL character).
+    return isinstance(err, (SegmentsError, CompileError, ArgumentError, StatementError, RecursionError,
+                            ValueError, TypeError, ArithmeticError))
+
+
+def failure_reason(err: BaseException) -> str:
+    if isinstance(err, DBAPIError):
+        orig = err.orig
+        first = (str(orig).strip().splitlines() or [""])[0]
+        code = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+        reason = f"the statement failed: {type(orig).__name__}: {first}" + (f" (SQLSTATE {code})" if code else "")
+    elif isinstance(err, SegmentsError):
+        reason = str(err)
+    else:
+        reason = f"the statement could not be built: {type(err).__name__}: {err}"
+    return reason[:2000]
+
+
+@dataclass
+class Catalogue:
+    """Every stored segment as the runner sees it: valid definitions, the reason each invalid one is
+    invalid, the active ones, and those whose last refresh failed."""
+    specs: dict[str, SegmentSpec] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)
+    active: list[str] = field(default_factory=list)
+    failing: set[str] = field(default_factory=set)
+
+
 class SegmentStore:
-    """Definitions: saved only after validation and a compile check (unknown fields, references, cycles)."""
+    """Definitions: saved only after validation and a compile check (unknown fields, references, cycles,
+    limits -- its own, and those of the segments that use it)."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def specs(self) -> dict[str, SegmentSpec]:
+    def load(self) -> Catalogue:
+        """Every definition, read as text and parsed one by one: a stored definition that is invalid
+        (written by hand, or before a change of the language) is reported in ``broken``, not raised."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(DEFINITIONS.c.definition)).scalars().all()
-        return {spec.name: spec for spec in (parse_segment(row) for row in rows)}
+            rows = conn.execute(select(DEFINITIONS.c.name, DEFINITIONS.c.definition.cast(Text),
+                                       DEFINITIONS.c.status, DEFINITIONS.c.error).order_by(DEFINITIONS.c.name)).all()
+        catalogue = Catalogue()
+        for name, document, status, error in rows:
+            try:
+                spec = parse_stored(document)
+                if spec.name != name:
+                    raise SegmentDefinitionError(f"the stored definition is named {spec.name[:80]!r}")
+                catalogue.specs[name] = spec
+            except SegmentDefinitionError as err:
+                catalogue.broken[name] = f"its stored definition is invalid: {err}"
+            if status == "active":
+                catalogue.active.append(name)
+            if error is not None:
+                catalogue.failing.add(name)
+        return catalogue
+
+    def specs(self) -> dict[str, SegmentSpec]:
+        """The valid definitions (see ``load``)."""
+        return self.load().specs
 
     def get(self, name: str) -> SegmentSpec:
-        spec = self.specs().get(name)
+        catalogue = self.load()
+        if name in catalogue.broken:
+            raise SegmentDefinitionError(f"segment {name!r}: {catalogue.broken[name]}")
+        spec = catalogue.specs.get(name)
         if spec is None:
             raise UnknownSegment(f"no segment named {name[:80]!r}")
         return spec
@@ -68,7 +148,8 @@ class SegmentStore:
             count = (select(func.count()).where(MEMBERS.c.segment == DEFINITIONS.c.name).scalar_subquery())
             return [dict(r._mapping) for r in conn.execute(
                 select(DEFINITIONS.c.name, DEFINITIONS.c.description, DEFINITIONS.c.status, DEFINITIONS.c.builtin,
-                       DEFINITIONS.c.updated_at, DEFINITIONS.c.last_full_recompute_at, count.label("members"))
+                       DEFINITIONS.c.updated_at, DEFINITIONS.c.last_full_recompute_at, count.label("members"),
+                       DEFINITIONS.c.error, DEFINITIONS.c.failed_since)
                 .order_by(DEFINITIONS.c.name))]
 
     def row(self, name: str) -> dict:
@@ -78,9 +159,22 @@ class SegmentStore:
         raise UnknownSegment(f"no segment named {name[:80]!r}")
 
     def save(self, spec: SegmentSpec, *, builtin: bool = False, status: str | None = None) -> None:
-        known = self.specs()
-        known[spec.name] = spec
-        compile_segment(spec, known.get, utcnow())  # unknown references and cycles fail here
+        before = self.specs()
+        known = {**before, spec.name: spec}
+        compile_segment(spec, known.get, utcnow())  # unknown references, cycles and limits fail here
+        # A segment using this one (directly or not) may pass a limit now: refuse the change, rather than
+        # leave that segment failing. Only a segment whose expansion includes this one can change here.
+        for other in known.values():
+            if other.name != spec.name:
+                try:
+                    check_limits(other, known.get)
+                except SegmentDefinitionError as err:
+                    try:
+                        check_limits(other, before.get)
+                    except SegmentDefinitionError:
+                        continue  # it was invalid already
+                    raise SegmentDefinitionError(f"segment {other.name!r} uses {spec.name!r} and would be "
+                                                 f"invalid with this definition: {err}") from None
         values = {"name": spec.name, "description": spec.description,
                   "definition": spec.model_dump(mode="json", by_alias=True), "builtin": builtin}
         stmt = insert(DEFINITIONS).values(**values, status=status or "draft")
@@ -190,14 +284,52 @@ def _refresh(engine, spec, specs, now, keys: list[str] | None) -> tuple[int, int
 
 
 def full_recompute(engine: Engine, now: datetime, names: Iterable[str] | None = None,
-                   pace: Pace | None = None) -> dict[str, tuple[int, int]]:
-    store = SegmentStore(engine)
-    specs = store.specs()
-    wanted = list(names) if names is not None else store.active()
+                   pace: Pace | None = None, failed: dict[str, str] | None = None) -> dict[str, tuple[int, int]]:
+    """Refresh ``names`` (every active segment by default) for everyone. A segment that fails because
+    of itself is recorded in ``segments.error``; then, with ``failed`` given, its reason goes there and
+    the others are refreshed, and without, SegmentFailed is raised."""
+    catalogue = SegmentStore(engine).load()
+    wanted = list(names) if names is not None else catalogue.active
     for name in wanted:
-        if name not in specs:
+        if name not in catalogue.specs and name not in catalogue.broken:
             raise UnknownSegment(f"no segment named {name[:80]!r}")
-    return {name: refresh(engine, specs[name], specs, now, pace=pace) for name in wanted}
+    result = {}
+    for name in wanted:
+        outcome = _guarded(engine, catalogue, name,
+                           lambda: refresh(engine, catalogue.specs[name], catalogue.specs, now, pace=pace))
+        if isinstance(outcome, str):
+            if failed is None:
+                raise SegmentFailed(f"segment {name!r} could not be refreshed: {outcome}")
+            failed[name] = outcome
+        else:
+            result[name] = outcome
+    return result
+
+
+SKIPPED = object()  # a segment an incremental pass leaves for a later one
+
+
+def _guarded(engine: Engine, catalogue: Catalogue, name: str, step: Callable):
+    """``step()`` for one segment, or the reason it failed because of the segment (then recorded in
+    ``segments.error``); a refresh that succeeds clears a recorded failure. Other errors are raised."""
+    try:
+        if name in catalogue.broken:
+            raise SegmentDefinitionError(catalogue.broken[name])
+        result = step()
+    except Exception as err:
+        if not segment_fault(err):
+            raise
+        reason = failure_reason(err)
+        with engine.begin() as conn:
+            conn.execute(update(DEFINITIONS).where(DEFINITIONS.c.name == name,
+                                                   DEFINITIONS.c.error.is_distinct_from(reason))
+                         .values(error=reason, failed_since=func.coalesce(DEFINITIONS.c.failed_since, func.now())))
+        return reason
+    if name in catalogue.failing and result is not SKIPPED:
+        with engine.begin() as conn:
+            conn.execute(update(DEFINITIONS).where(DEFINITIONS.c.name == name).values(error=None, failed_since=None))
+        catalogue.failing.discard(name)
+    return result
 
 
 OLDEST_OPEN_TRANSACTION = text(
@@ -215,9 +347,11 @@ def changed_users(engine: Engine, since: datetime) -> list[str]:
 
 def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: str = "incremental",
                      refresh_population: bool = True, pace: Pace | None = None) -> dict:
-    """Refresh every active segment for the users changed since the last pass; returns what changed.
+    """Refresh every active segment for the users changed since the last pass; returns what changed
+    (``segments``: entered and left by segment) and what failed (``failed``: the reason by segment).
     Segments that depend on the whole population (RFM scores) can only be refreshed for everyone:
-    with ``refresh_population`` False they wait for a later pass (the caller paces them)."""
+    with ``refresh_population`` False they wait for a later pass (the caller paces them). A segment whose
+    last refresh failed is refreshed for everyone, since the passes that failed did not see its changes."""
     with engine.connect() as conn:
         started = conn.execute(select(func.clock_timestamp())).scalar_one()  # the database's clock, like updated_at
         # updated_at is its transaction's start: a transaction still open now may commit rows stamped
@@ -227,20 +361,28 @@ def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: st
     next_since = min(started, oldest_open) if oldest_open is not None else started
     since = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)) - timedelta(seconds=overlap_s)
     keys = changed_users(engine, since)
-    store = SegmentStore(engine)
-    specs = store.specs()
-    result = {}
+    catalogue = SegmentStore(engine).load()
+    specs = catalogue.specs
+    result, failed = {}, {}
+
+    def step(name: str):
+        compiled = compile_segment(specs[name], specs.get, now)
+        if compiled.depends_on_population and not refresh_population:
+            return SKIPPED
+        everyone = compiled.depends_on_population or name in catalogue.failing
+        return refresh(engine, specs[name], specs, now, None if everyone else keys, pace)
+
     if keys:
-        for name in store.active():
-            compiled = compile_segment(specs[name], specs.get, now)
-            if compiled.depends_on_population and not refresh_population:
-                continue
-            result[name] = refresh(engine, specs[name], specs, now,
-                                   None if compiled.depends_on_population else keys, pace)
+        for name in catalogue.active:
+            outcome = _guarded(engine, catalogue, name, lambda: step(name))
+            if isinstance(outcome, str):
+                failed[name] = outcome
+            elif outcome is not SKIPPED:
+                result[name] = outcome
     with engine.begin() as conn:
         conn.execute(insert(CURSORS).values(name=cursor, changed_since=next_since)
                      .on_conflict_do_update(index_elements=["name"], set_={"changed_since": next_since}))
-    return {"changed_users": len(keys), "segments": result}
+    return {"changed_users": len(keys), "segments": result, "failed": failed}
 
 
 def members(engine: Engine, name: str, limit: int = 100, after: str | None = None) -> list[dict]:

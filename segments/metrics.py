@@ -13,6 +13,10 @@ DELIVERIES = Counter("spoor_campaigns_deliveries_total",
                      "Dispatcher decisions: sent, retry, dead_letter, postpone, opted_out, capped, expired.",
                      ["outcome"])
 ENQUEUED = Counter("spoor_campaigns_enqueued_total", "Audience episodes given a delivery row.")
+SEGMENT_FAILURES = Counter("spoor_segments_refresh_failures_total",
+                           "Segment refreshes skipped because of the segment itself (its definition or its "
+                           "statement), the others going on; the reason is in segments.error.")
+FAILING_SEGMENTS = Gauge("spoor_segments_failing", "Segments whose last refresh failed because of the segment itself.")
 TURN_FAILURES = Counter("spoor_segments_turn_failures_total",
                         "Loop turns that failed on PostgreSQL or Kafka and were retried after a pause.", ["process"])
 LAST_TURN = Gauge("spoor_segments_last_successful_turn_timestamp_seconds",

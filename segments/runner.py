@@ -2,15 +2,18 @@
 
 Each is one loop of bounded turns. A turn that fails on PostgreSQL or Kafka is retried after a pause
 (doubling up to 30 s): every step is idempotent, and trigger offsets are committed only after the
-rows are stored, so a retried turn repeats nothing visible. SIGTERM/SIGINT end the loop after the
-current turn. ``/healthz`` answers 503 when no turn has completed for a while; ``/metrics`` is Prometheus.
+rows are stored, so a retried turn repeats nothing visible. A segment that fails because of itself
+(its definition, or its own statement) does not fail the turn: it is recorded in ``segments.error``,
+counted (``spoor_segments_refresh_failures_total``), logged when its reason changes, and the other
+segments go on (``membership``). SIGTERM/SIGINT end the loop after the current turn. ``/healthz``
+answers 503 when no turn has completed for a while; ``/metrics`` is Prometheus.
 """
 
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from kafka.errors import KafkaError
 from sqlalchemy import Engine
@@ -92,11 +95,15 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
     # instead of a whole core in bursts while the worker needs it.
     heartbeat = Heartbeat()
     pace = paced_by(settings.segments_max_busy_share, stop, heartbeat)
+    failures = SegmentFailures()
 
     def turn() -> None:
         if time.monotonic() - last_full[0] >= settings.segments_full_recompute_s:
             started = time.monotonic()
-            _count(membership.full_recompute(engine, utcnow(), pace=pace))
+            failed: dict[str, str] = {}
+            changes = membership.full_recompute(engine, utcnow(), pace=pace, failed=failed)
+            _count(changes)
+            failures.report(failed, changes, every_active=True)
             metrics.PASSES.labels("full").inc()
             log.info("full recompute in %.1f s", time.monotonic() - started)
             last_full[0] = time.monotonic()
@@ -111,6 +118,7 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
         metrics.PASSES.labels("incremental").inc()
         metrics.CHANGED_USERS.inc(result["changed_users"])
         _count(result["segments"])
+        failures.report(result["failed"], result["segments"])
         started = time.monotonic()
         published = membership.publish_backlog(engine, producer, settings.segments_topic,
                                                budget_s=settings.segments_poll_s, pace=pace)
@@ -126,6 +134,29 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
               heartbeat)
     finally:
         producer.close()
+
+
+class SegmentFailures:
+    """Segments whose last refresh failed because of themselves: counted on every failure, logged when
+    a segment starts failing, fails for another reason, or works again."""
+
+    def __init__(self):
+        self.reasons: dict[str, str] = {}
+
+    def report(self, failed: dict[str, str], refreshed: Iterable[str], every_active: bool = False) -> None:
+        """``every_active``: the pass tried every active segment (so a paused one is forgotten)."""
+        if every_active:
+            for name in set(self.reasons) - set(failed) - set(refreshed):
+                del self.reasons[name]
+        for name, reason in failed.items():
+            metrics.SEGMENT_FAILURES.inc()
+            if self.reasons.get(name) != reason:
+                log.warning("segment %s skipped, the others go on: %s", name, reason)
+            self.reasons[name] = reason
+        for name in refreshed:
+            if self.reasons.pop(name, None) is not None:
+                log.info("segment %s refreshed again", name)
+        metrics.FAILING_SEGMENTS.set(len(self.reasons))
 
 
 def _count(changes: dict[str, tuple[int, int]]) -> None:

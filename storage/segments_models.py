@@ -25,6 +25,10 @@ class SegmentDefinition(Base):
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     last_full_recompute_at: Mapped[datetime | None] = mapped_column(TS)
+    # Why the last refresh failed because of the segment itself (its definition or its statement) and
+    # since when; NULL again once a refresh succeeds (migration 0014).
+    error: Mapped[str | None] = mapped_column(Text)
+    failed_since: Mapped[datetime | None] = mapped_column(TS)
 
 
 class SegmentMember(Base):
