@@ -30,7 +30,7 @@ from starlette.routing import Route
 from ingest import metrics
 from ingest.auth import RateLimiter, WriteKeyCache, write_key_from
 from ingest.cors import CorsMiddleware, OriginPolicy
-from ingest.intake import Intake, RequestFacts
+from ingest.intake import Intake, RequestFacts, parse_json
 from ingest.producer import EventProducer, KafkaUnavailable
 from spoor.settings import Settings
 
@@ -56,7 +56,8 @@ class Collector:
         self.limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst_events)
         self.partitions = producer.partitions(settings.events_topic)
         self.intake = Intake(settings.events_topic, settings.dead_letter_topic, self.partitions,
-                             settings.max_event_bytes)
+                             settings.max_event_bytes, max_future_event_s=settings.max_future_event_s,
+                             max_nesting_depth=settings.max_nesting_depth)
 
     async def handle(self, request: Request, endpoint: str) -> Response:
         started = time.perf_counter()
@@ -131,7 +132,7 @@ class Collector:
         if request.headers.get("content-encoding", "").lower() == "gzip":
             raw = _gunzip_bounded(raw, limit)
         try:
-            return orjson.loads(raw)
+            return parse_json(raw)  # orjson, lone surrogates read as U+FFFD (ingest/intake.py)
         except orjson.JSONDecodeError as err:
             raise RequestRejected(400, f"the body is not valid JSON: {err}") from None
 

@@ -6,7 +6,9 @@
   replay that is repeated produces the same event (deduplicated downstream).
 - Worker dead letters (canonical events) are validated as canonical events again.
 - Whatever is still invalid becomes a new dead letter (``replay_of`` = the old id); the old one is
-  marked ``replayed_at`` once Kafka acknowledged everything. Foreign records are skipped.
+  marked ``replayed_at`` once Kafka acknowledged everything. Foreign records are skipped, and so are
+  dead letters that kept only a summary of their message (too deep or too big to keep whole:
+  ``ingest.intake.is_summary``), which no fix can bring back.
 """
 
 import asyncio
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 import orjson
 from pydantic import ValidationError
 
-from ingest.intake import Intake, Record, RequestFacts
+from ingest.intake import Intake, Record, RequestFacts, is_summary
 from ingest.producer import EventProducer, partition_for
 from spoor.bad_rows import FOREIGN_RECORD, bad_row
 from spoor.events import Event
@@ -38,7 +40,7 @@ def replay_records(rows: list[dict], intake: Intake, events_topic: str, dead_let
     records: list[Record] = []
     report = ReplayReport()
     for row in rows:
-        if row["failure_type"] == FOREIGN_RECORD or row["processor"] == "unknown":
+        if row["failure_type"] == FOREIGN_RECORD or row["processor"] == "unknown" or is_summary(row["payload"]):
             report.skipped += 1
             continue
         if row["processor"] == "worker":
@@ -62,7 +64,8 @@ def replay(settings: Settings, rows: list[dict], *, dry_run: bool = False) -> Re
     producer = EventProducer(settings)
     try:
         partitions = producer.partitions(settings.events_topic)
-        intake = Intake(settings.events_topic, settings.dead_letter_topic, partitions, settings.max_event_bytes)
+        intake = Intake(settings.events_topic, settings.dead_letter_topic, partitions, settings.max_event_bytes,
+                        max_future_event_s=settings.max_future_event_s, max_nesting_depth=settings.max_nesting_depth)
         records, report = replay_records(rows, intake, settings.events_topic,
                                                        settings.dead_letter_topic, partitions)
         if not dry_run:

@@ -1,11 +1,12 @@
 """Segment-spec messages -> canonical events."""
 
+import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
-from ingest.normalize import InvalidEvent, normalize
+from ingest.normalize import InvalidEvent, normalize, repeated_id
 from pydantic import ValidationError
 
 from spoor.events import Event, EventKind, decode_record, encode_events
@@ -17,8 +18,8 @@ def track(event: str, **properties) -> dict:
     return {"type": "track", "userId": "u1", "messageId": "m1", "event": event, "properties": properties}
 
 
-def norm(message: dict, **kwargs) -> Event:
-    return normalize(message, received_at=RECEIVED, source="web", **kwargs)
+def norm(message: dict, received_at: datetime = RECEIVED, **kwargs) -> Event:
+    return normalize(message, received_at=received_at, source="web", **kwargs)
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -120,10 +121,86 @@ def test_canonical_json_round_trips():
     assert Event.from_json(event.to_json()) == event
 
 
-def test_missing_message_id_gets_a_generated_one():
-    first = norm({"type": "page", "userId": "u"})
-    second = norm({"type": "page", "userId": "u"})
-    assert first.event_id and first.event_id != second.event_id
+def test_missing_message_id_gets_one_derived_from_the_content_that_a_retry_gets_again():
+    """A retried message is the same event: the old uuid4 gave every attempt a new id (counted twice)."""
+    message = {"type": "track", "userId": "u", "event": "Product Viewed", "timestamp": "2024-05-01T11:59:00Z",
+               "properties": {"product_id": "P1", "price": 5}, "context": {"page": {"url": "https://s/p1"}}}
+    first = norm({**message, "sentAt": "2024-05-01T11:59:01Z"})
+    # The retry: sent later, with the key in the body, from another address, keys in another order.
+    retry = norm({"writeKey": "k", **dict(reversed(list(message.items()))), "sentAt": "2024-05-01T12:05:00Z",
+                  "context": {"ip": "203.0.113.9", "page": {"url": "https://s/p1"}}},
+                 received_at=RECEIVED + timedelta(minutes=6))
+    assert first.event_id == retry.event_id
+    assert str(uuid.UUID(first.event_id)) == first.event_id
+    # What the client did differs: another event.
+    assert len({first.event_id, norm({**message, "timestamp": "2024-05-01T11:59:02Z"}).event_id,
+                norm({**message, "properties": {"product_id": "P2", "price": 5}}).event_id,
+                norm({**message, "userId": "v"}).event_id,
+                norm({**message, "context": {"page": {"url": "https://s/p2"}}}).event_id,
+                normalize(message, received_at=RECEIVED, source="ios").event_id}) == 6
+    # A single-message endpoint's implied type is the type.
+    assert norm({**message, "type": None}, default_type="track").event_id == first.event_id
+    # A messageId is the id, and an empty one is none.
+    assert norm({**message, "messageId": "m-1"}).event_id == "m-1"
+    assert norm({**message, "messageId": ""}).event_id == first.event_id
+    assert repeated_id(first.event_id, 1) != first.event_id == norm(message).event_id
+
+
+def test_an_event_may_claim_a_time_at_most_max_future_s_after_its_receipt():
+    """Without sentAt the timestamp was trusted as is: one request could claim the year 2099."""
+    ahead = {**track("X"), "timestamp": "2099-01-01T00:00:00Z"}
+    with pytest.raises(InvalidEvent) as err:
+        norm(ahead)
+    assert err.value.field == "timestamp" and "at most 300 s after its receipt" in err.value.reason
+    assert norm({**track("X"), "timestamp": "2024-05-01T12:05:00Z"}).event_time == RECEIVED + timedelta(minutes=5)
+    with pytest.raises(InvalidEvent, match="at most 300 s"):
+        norm({**track("X"), "timestamp": "2024-05-01T12:05:01Z"})
+    with pytest.raises(InvalidEvent, match="at most 60 s"):
+        norm({**track("X"), "timestamp": "2024-05-01T12:01:01Z"}, max_future_s=60)
+    # After the sentAt correction: a clock a day fast is fine, a time after the sending is not.
+    skewed = {**track("X"), "timestamp": "2024-05-02T11:59:00Z", "sentAt": "2024-05-02T12:00:00Z"}
+    assert norm(skewed).event_time == RECEIVED - timedelta(minutes=1)
+    with pytest.raises(InvalidEvent, match="after the sentAt clock correction"):
+        norm({**skewed, "timestamp": "2024-05-02T13:00:00Z"})
+    with pytest.raises(InvalidEvent, match="at most 300 s"):
+        norm({**track("X"), "timestamp": "2024-05-01T13:00:00Z"}, batch_sent_at="2024-05-01T12:00:00Z")
+    # The 1970..2100 bounds stay.
+    with pytest.raises(InvalidEvent, match="between 1970 and 2100"):
+        norm({**track("X"), "timestamp": "1969-12-31T23:59:59Z"})
+
+
+@pytest.mark.parametrize("message, field", [
+    # Python values a replayed PostgreSQL row or a direct caller may hold (orjson never produces them).
+    (track("Product Added", quantity=float("nan")), "properties.quantity"),
+    (track("Product Added", quantity=float("inf")), "properties.quantity"),
+    (track("Order Completed", products=[{"quantity": float("-inf")}]), "properties.products.0.quantity"),
+    ({**track("X"), "userId": 10 ** 5000}, "userId"),
+    (track("X", product_id=2 ** 64), "properties.product_id"),
+    ({**track("X"), "context": {"sessionId": -2 ** 70}}, "context.sessionId"),
+    (track("Product Added", price=10 ** 5000), "properties.price"),
+    # What a JSON body can hold.
+    (track("Product Added", quantity=1e308), "properties.quantity"),
+    (track("Order Completed", revenue="1e400"), "properties.revenue"),
+    (track("Order Completed", products=[{"price": "9e999999", "quantity": 10 ** 6}]), "properties.products"),
+    ({**track("X"), "timestamp": "9999-12-31T23:59:59+14:00"}, "timestamp"),
+    ({**track("X"), "timestamp": "0001-01-01"}, "timestamp"),
+    ({**track("X"), "timestamp": "2024-05-01T12:00:00Z", "sentAt": "0001-01-01T00:00:00Z"}, "timestamp"),
+    ({**track("X"), "timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-12-31T23:59:59Z"}, "timestamp"),
+    ({**track("X"), "userId": 1.5}, "userId"),
+])
+def test_odd_values_are_invalid_events_not_crashes(message, field):
+    with pytest.raises(InvalidEvent) as raised:
+        norm(message)
+    assert raised.value.field == field
+
+
+def test_reasons_quote_offending_values_briefly():
+    with pytest.raises(InvalidEvent) as raised:
+        norm({**track("X"), "timestamp": "x" * 10_000})
+    assert len(raised.value.reason) < 100
+    with pytest.raises(InvalidEvent) as raised:
+        norm({"type": ["t"] * 10_000, "userId": "u"})
+    assert len(raised.value.reason) < 200
 
 
 def test_session_id_and_campaign_come_from_the_context():
