@@ -33,6 +33,9 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Category = Annotated[str, StringConstraints(max_length=256)]
 MAX_PRODUCT_LINES = 1000
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)]
+# What a NUMERIC(18,4) column holds: an aggregate of money (a user's revenue, a cart's value) that
+# would reach it is refused for the event that would take it there, not written to fail the batch.
+MONEY_LIMIT = Decimal(10) ** 14
 
 
 class EventKind(StrEnum):

@@ -20,13 +20,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 
-from spoor.events import Event
+from spoor.events import MONEY_LIMIT, Event
 from stream_processors import metrics
+from stream_processors.activity import WINDOWS
 from stream_processors.behaviour import AnalyticsRules, UserBehaviour, pack, read_header, unpack
 from stream_processors.blocking import YieldEvery
 from stream_processors.rocksdb_store import key_partition
 
+MONEY_COLUMNS = ["monetary"] + [f"revenue_{window}" for window in WINDOWS]
 YIELD_EVERY_USERS = 200  # users re-written between yields to the event loop
 YIELD_EVERY_KEYS = 5000  # table values read between yields while rebuilding the timer index
 
@@ -92,6 +95,18 @@ class AnalyticsTracker:
         out = self.output
         return (user_key, self.delivered.get(user_key), len(out.sessions), len(out.retired_sessions),
                 len(out.activity), len(out.triggers))
+
+    def money_out_of_range(self, mark: tuple) -> str | None:
+        """The first money column of the rows collected since ``mark`` that its column cannot hold."""
+        _user, _delivered, sessions, _retired, activity, _triggers = mark
+        for row in self.output.sessions[sessions:]:
+            if abs(Decimal(row["revenue"])) >= MONEY_LIMIT:
+                return "sessions.revenue"
+        for row in self.output.activity[activity:]:
+            for column in MONEY_COLUMNS:
+                if abs(row[column]) >= MONEY_LIMIT:
+                    return f"user_activity.{column}"
+        return None
 
     def rollback(self, mark: tuple) -> None:
         """Forget what a failed fold collected (its state is not stored)."""

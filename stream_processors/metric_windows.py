@@ -37,6 +37,7 @@ from decimal import Decimal
 from alerts.series import COUNTS, RESOLUTIONS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MONEY_MAX = Decimal("99999999999999.9999")
 EARLIEST_S, LATEST_S = 0, datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp()
 KIND_COLUMNS = {"page_view": "page_views", "product_view": "product_views", "click": "clicks",
                 "cart_add": "cart_adds", "cart_remove": "cart_removes", "checkout": "checkouts",
@@ -87,9 +88,11 @@ class Accumulator:
             self.counts["collector_rejects"] += 1
 
     def row(self) -> dict:
+        # Revenue of many users in one window may pass what NUMERIC(18,4) holds: the metric saturates.
+        revenue = max(-MONEY_MAX, min(self.revenue, MONEY_MAX))
         return {**self.counts, "active_users": len(self.users), "sessions": len(self.sessions),
                 "viewers": len(self.viewers), "carters": len(self.carters), "buyers": len(self.buyers),
-                "revenue": self.revenue}
+                "revenue": revenue}
 
 
 @dataclass

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from spoor.bad_rows import (PARSE_ERROR, PROCESSING_ERROR, SCHEMA_VIOLATION, SIZE_VIOLATION, InvalidRecord,
                             describe)
-from spoor.events import EARLIEST_EVENT_TIME, Event, decode_record, erased_user
+from spoor.events import EARLIEST_EVENT_TIME, MONEY_LIMIT, Event, decode_record, erased_user
 from storage.writers import StreamWriter
 from stream_processors import metrics
 from stream_processors.analytics_tracker import AnalyticsOutput, AnalyticsTracker
@@ -118,7 +118,7 @@ class ProfileTracker:
             stored = self.table.get(key)
             mark = self.analytics.mark(user_key) if self.analytics else None
             try:
-                value, profile, new_events = self._fold(user_key, stored, user_events)
+                value, profile, new_events = self._fold(user_key, stored, user_events, mark)
             except Exception:  # noqa: BLE001 - the pure fold of one user's events: isolate the event
                 if self.analytics:
                     self.analytics.rollback(mark)
@@ -147,8 +147,10 @@ class ProfileTracker:
             metrics.FRESHNESS_SECONDS.observe((now - event.received_at).total_seconds())
         return [(partition, event) for partition, event in decoded if id(event) in first_seen]
 
-    def _fold(self, user_key: str, stored: bytes | None, events: list[Event]) -> tuple[bytes, UserProfile, list]:
-        """The user's next table value after ``events``, their profile, and the events new to them."""
+    def _fold(self, user_key: str, stored: bytes | None, events: list[Event],
+              mark: tuple | None) -> tuple[bytes, UserProfile, list]:
+        """The user's next table value after ``events``, their profile, and the events new to them.
+        Raises when the result cannot be stored (``mark``: the analytics output before the fold)."""
         profile_json, behaviour_json = unpack(stored) if stored else (None, None)
         profile = UserProfile.decode(profile_json) if profile_json else UserProfile(user_key)
         new_events = [event for event in events if profile.apply(event, self.dedupe_window)]
@@ -156,6 +158,10 @@ class ProfileTracker:
             value = self.analytics.fold(user_key, profile.encode(), behaviour_json, new_events, events)
         else:
             value = profile.encode()
+        column = next((name for name in ("revenue", "cart_value") if abs(getattr(profile, name)) >= MONEY_LIMIT),
+                      None) or (self.analytics.money_out_of_range(mark) if self.analytics else None)
+        if column:
+            raise InvalidRecord("$", f"{column} would leave the range of its NUMERIC(18,4) column", SIZE_VIOLATION)
         if len(value) > self.max_state_bytes:
             raise InvalidRecord("$", f"the user's state would grow to {len(value)} bytes, over "
                                      f"{self.max_state_bytes} (SPOOR_WORKER_MAX_STATE_BYTES)", SIZE_VIOLATION)
@@ -167,7 +173,7 @@ class ProfileTracker:
         for event in events:
             mark = self.analytics.mark(user_key) if self.analytics else None
             try:
-                value_now, profile_now, new_now = self._fold(user_key, stored, [event])
+                value_now, profile_now, new_now = self._fold(user_key, stored, [event], mark)
             except TooManyProcessingErrors:
                 raise
             except Exception as err:  # noqa: BLE001 - this one event's failure is data

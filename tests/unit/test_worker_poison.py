@@ -4,6 +4,7 @@ stopped the worker (an exception out of the batch, hence a fail-stop and a crash
 
 import asyncio
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import orjson
 import pytest
@@ -174,3 +175,29 @@ def test_a_dead_letter_claiming_year_9999_counts_at_its_arrival_and_closes_its_w
     windows.add_event(0, Event.model_validate(event("u1", 1, at=NOW + timedelta(minutes=5))))
     rows = windows.close_due()  # OverflowError: date value out of range, before
     assert sum(r["dead_letters"] for r in rows if r["resolution"] == "1m" and r["dimension"] == "global") == 1
+
+
+def test_money_that_its_column_cannot_hold_is_refused_for_the_event_that_would_reach_it():
+    tracked, writes, dead = tracker()
+    biggest = "99999999999999.9999"  # the most one event may carry (NUMERIC(18,4))
+    asyncio.run(tracked.process([(0, record(
+        event("u1", 1, kind=EventKind.PURCHASE, order_id="o1", revenue=biggest),
+        event("u1", 2, kind=EventKind.PURCHASE, order_id="o2", revenue=biggest),  # revenue 2e14: overflow
+        event("u1", 3, kind=EventKind.CART_ADD, product_id="p", price=biggest, quantity=1_000_000),
+        event("u1", 4)), ARRIVED)]))
+
+    assert [(row["field"], row["failure_type"]) for row in dead.rows] == [("$", "size_violation")] * 2
+    profile_json, _ = unpack(tracked.table[b"u1"])
+    profile = UserProfile.decode(profile_json)
+    assert (profile.events, profile.orders, str(profile.revenue), profile.cart_value) == (2, 1, biggest, 0)
+    assert writes.batches[-1]["events"] == ["u1-1", "u1-4"]
+
+
+def test_a_metric_window_of_many_big_orders_saturates_instead_of_failing_its_write():
+    windows = MetricWindows(lateness=timedelta(0))
+    for n in range(3):
+        windows.add_event(0, Event.model_validate(event(f"u{n}", n, kind=EventKind.PURCHASE, order_id=f"o{n}",
+                                                        revenue="99999999999999.9999")))
+    windows.add_event(0, Event.model_validate(event("u9", 9, at=NOW + timedelta(minutes=5))))
+    rows = [r for r in windows.close_due() if r["resolution"] == "1m" and r["dimension"] == "global"]
+    assert rows[0]["orders"] == 3 and rows[0]["revenue"] == Decimal("99999999999999.9999")
