@@ -13,15 +13,33 @@ log = logging.getLogger(__name__)
 
 
 def write_key_from(authorization: str | None, body_key) -> str | None:
-    """Segment clients send the key as the basic-auth user name, or as ``writeKey`` in the body."""
-    if authorization and authorization.lower().startswith("basic "):
-        try:
-            decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
-        except (ValueError, UnicodeDecodeError):
-            return None
-        user, _, _password = decoded.partition(":")
-        return user or None
-    return body_key if isinstance(body_key, str) and body_key else None
+    """The write key of a request, as Segment's libraries send it.
+
+    - HTTP basic auth, the key as the user name (the Python, Node, Kotlin and Swift libraries,
+      and analytics-next beside the body's key);
+    - ``Authorization: Bearer <key>``;
+    - ``writeKey`` in the JSON body (analytics-next, whose text/plain requests carry it there).
+
+    A header that yields no key (malformed, or an empty user name) falls back to the body's key.
+    """
+    return _key_from_header(authorization) or (body_key if isinstance(body_key, str) and body_key else None)
+
+
+def _key_from_header(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer":
+        return credentials or None
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, _, _password = decoded.partition(":")
+    return user or None
 
 
 class WriteKeyCache:

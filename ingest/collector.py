@@ -5,6 +5,14 @@ Contract:
 - 400 when some event is invalid: each one is named (index, field, reason) and
   dead-lettered with its original payload; the valid events of the same batch
   are accepted (the body says how many).
+- The long paths (/v1/batch, /v1/track, ...) and the short ones analytics-next and the mobile
+  libraries post to (/v1/b, /v1/t, /v1/p, /v1/i, /v1/s, /v1/g, /v1/a) are one handler each:
+  same answers, limits and dead letters; metrics name the long path.
+- The body is JSON whatever its Content-Type (analytics-next sends text/plain to stay a simple
+  CORS request), gzipped if Content-Encoding says so; the write key is in basic auth, a bearer
+  token or the body's ``writeKey`` (ingest/auth.py).
+- GET /v1/projects/{writeKey}/settings: the settings document the libraries fetch at start
+  (ingest/segment_settings.py); 404 for a key that is unknown or revoked.
 - 401 missing/unknown write key, 403 browser origin not allowed for the key (ingest/cors.py),
   413 body or batch too large, 429 rate limited,
   503 Kafka did not acknowledge (retry: redelivered events are deduplicated).
@@ -32,10 +40,15 @@ from ingest.auth import RateLimiter, WriteKeyCache, write_key_from
 from ingest.cors import CorsMiddleware, OriginPolicy
 from ingest.intake import Intake, RequestFacts, parse_json
 from ingest.producer import EventProducer, KafkaUnavailable
+from ingest.segment_settings import api_host_and_protocol, settings_document
 from spoor.settings import Settings
 
 log = logging.getLogger(__name__)
 SINGLE_MESSAGE_TYPES = ("track", "page", "identify", "screen", "alias", "group")
+# Segment's short paths: analytics-next posts one message to /v1/<first letter of its type>, or a
+# batch to /v1/b when batching; analytics-kotlin and analytics-swift upload to /v1/b.
+SHORT_PATHS = {"b": "batch", "t": "track", "p": "page", "i": "identify", "s": "screen", "g": "group", "a": "alias"}
+SETTINGS_CACHE_CONTROL = "public, max-age=60"
 
 
 class RequestRejected(Exception):
@@ -53,6 +66,8 @@ class Collector:
         self.origins = origins
         self.producer = producer
         self.keys = keys
+        if settings.collector_public_url:  # refuse a malformed one at start, not on each settings request
+            api_host_and_protocol(settings.collector_public_url, None, "http", "")
         self.limiter = RateLimiter(settings.rate_limit_events_per_s, settings.rate_limit_burst_events)
         self.partitions = producer.partitions(settings.events_topic)
         self.intake = Intake(settings.events_topic, settings.dead_letter_topic, self.partitions,
@@ -116,6 +131,30 @@ class Collector:
             return JSONResponse({"success": False, "accepted": len(messages) - len(rejected),
                                  "rejected": rejected}, status_code=400)
         return JSONResponse({"success": True})
+
+    def segment_settings(self, request: Request) -> Response:
+        """The Segment settings document of the key in the path; 404 if the key is unknown or revoked.
+
+        404, not an empty document: analytics-next then does not load (its load promise rejects with
+        this body's text, nothing is sent or queued), and the mobile libraries keep their configured
+        defaults. A 200 without integrations."Segment.io" would make analytics-next fail on it, or send
+        to Segment's own API host by default.
+        """
+        write_key = request.path_params["write_key"]
+        if self.keys.source_for(write_key) is None:
+            status, response = 404, JSONResponse(
+                {"success": False, "error": "unknown or revoked write key"}, status_code=404)
+        elif denial := (self.origins and self.origins.denial(request.headers.get("origin"), write_key)):
+            status, response = 403, JSONResponse({"success": False, "error": denial}, status_code=403)
+        else:
+            server = request.scope.get("server") or ("127.0.0.1", self.settings.collector_port)
+            api_host, protocol = api_host_and_protocol(
+                self.settings.collector_public_url, request.headers.get("host"), request.url.scheme,
+                fallback_host=f"{server[0]}:{server[1]}")
+            status, response = 200, JSONResponse(settings_document(write_key, api_host, protocol),
+                                                 headers={"Cache-Control": SETTINGS_CACHE_CONTROL})
+        metrics.REQUESTS.labels("settings", str(status)).inc()
+        return response
 
     async def _read_json(self, request: Request):
         limit = self.settings.max_body_bytes
@@ -183,8 +222,13 @@ def create_app(settings: Settings) -> Starlette:
     async def prometheus(_request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    async def segment_settings(request: Request) -> Response:
+        return state["collector"].segment_settings(request)
+
     routes = [Route("/v1/batch", endpoint("batch"), methods=["POST"])]
     routes += [Route(f"/v1/{name}", endpoint(name), methods=["POST"]) for name in SINGLE_MESSAGE_TYPES]
+    routes += [Route(f"/v1/{short}", endpoint(name), methods=["POST"]) for short, name in SHORT_PATHS.items()]
+    routes += [Route("/v1/projects/{write_key}/settings", segment_settings, methods=["GET"])]
     routes += [Route("/healthz", healthz), Route("/metrics", prometheus)]
     cors = Middleware(CorsMiddleware, policy=lambda: state.get("origins"))
     return Starlette(routes=routes, lifespan=lifespan, middleware=[cors])

@@ -2,6 +2,9 @@
 
 Contract:
 - A request without an Origin header (servers, apps, Segment libraries) is not affected.
+- Segment's settings document (GET /v1/projects/{writeKey}/settings) is a simple request: labelled
+  here like any other for an origin some key allows; the collector answers 403 when the key in the
+  path does not allow it.
 - Preflight (OPTIONS with Origin and Access-Control-Request-Method) carries no
   credentials, so it is answered for origins allowed by *some* active key: 204
   with the allowed method and headers, cached by the browser for 10 minutes;
@@ -28,7 +31,9 @@ from storage.write_keys import hash_key
 log = logging.getLogger(__name__)
 
 ALLOWED_METHODS = "POST"
-ALLOWED_HEADERS = frozenset({"authorization", "content-type", "content-encoding"})
+# X-Retry-Count: analytics-next (and the mobile libraries) number their retries in it; refusing it in
+# the preflight would fail every retry of a browser's event after one failed send.
+ALLOWED_HEADERS = frozenset({"authorization", "content-type", "content-encoding", "x-retry-count"})
 PREFLIGHT_MAX_AGE_S = "600"
 CORS_PATHS = "/v1/"
 
@@ -132,7 +137,7 @@ class CorsMiddleware:
             return await _answer(send, 204, None, {
                 b"access-control-allow-origin": origin.encode("latin-1"),
                 b"access-control-allow-methods": ALLOWED_METHODS.encode(),
-                b"access-control-allow-headers": b"Authorization, Content-Type, Content-Encoding",
+                b"access-control-allow-headers": b"Authorization, Content-Type, Content-Encoding, X-Retry-Count",
                 b"access-control-max-age": PREFLIGHT_MAX_AGE_S.encode(),
                 b"vary": b"Origin",
             })

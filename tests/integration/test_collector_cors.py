@@ -48,7 +48,7 @@ def test_preflight_of_an_allowed_origin_needs_no_credentials(url):
     assert response.headers["access-control-allow-origin"] == SHOP
     assert response.headers["access-control-allow-methods"] == "POST"
     assert {h.strip().lower() for h in response.headers["access-control-allow-headers"].split(",")} == {
-        "authorization", "content-type", "content-encoding"}
+        "authorization", "content-type", "content-encoding", "x-retry-count"}
     assert response.headers["vary"] == "Origin"
     assert int(response.headers["access-control-max-age"]) > 0
     assert "access-control-allow-credentials" not in response.headers
