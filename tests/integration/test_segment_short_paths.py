@@ -137,7 +137,8 @@ def test_short_paths_have_the_long_paths_limits_and_dead_letters(url, keys, engi
     invalid = httpx.post(f"{url}/v1/t", headers=TEXT_PLAIN, content=json.dumps(
         {"writeKey": key, "userId": "l", "messageId": "sp-invalid", "properties": {}}))
     assert invalid.status_code == 400
-    assert invalid.json()["rejected"] == [{"index": 0, "field": "event", "reason": "a track message needs an event name"}]
+    assert invalid.json()["rejected"] == [
+        {"index": 0, "field": "event", "reason": "a track message needs an event name"}]
     stored = wait_until(lambda: dead_letter(engine, "sp-invalid"), 60, "the dead letter")
     assert stored["processor"] == "collector" and stored["field"] == "event"
     assert stored["request"]["endpoint"] == "track"
