@@ -154,6 +154,28 @@ def queue_keys(browser, page):
     return browser.eval(page, "Object.keys(localStorage).filter((k) => k.startsWith('spoor:q:'))")
 
 
+def wait_to_see(browser, page, keys, what):
+    """Wait until `page` sees these stored keys. Every tab reads a copy of localStorage in its own
+    renderer process, and Chromium forwards another tab's writes to it asynchronously: the other tab's
+    eval returning does not mean this tab sees them yet."""
+    wait_until(lambda: set(keys) <= set(queue_keys(browser, page)), 5, what)
+
+
+def stored_event(browser, page, name) -> list:
+    """[key, value] of the event `name` that this tab stored (a tab sees its own writes at once)."""
+    return browser.eval(page, f"""Object.keys(localStorage).filter((k) => k.startsWith('spoor:q:'))
+        .map((k) => [k, localStorage.getItem(k)]).find(([, v]) => JSON.parse(v).event === {json.dumps(name)})""")
+
+
+def land_late(browser, tab, page, stored):
+    """The outcome of a tab queuing an event as another tab opts out: its write reaches storage after
+    both tabs deleted the queue, and it closes before it hears of the opt-out. The race made certain:
+    `tab` writes the event back after it opted out, `page` sees it, then `tab` closes."""
+    browser.eval(tab, f"localStorage.setItem({json.dumps(stored[0])}, {json.dumps(stored[1])})")
+    wait_to_see(browser, page, [stored[0]], "the late write to reach the other tab")
+    browser.call("close", page=tab)
+
+
 def test_shopper_journey_arrives_once_in_order(browser, shop, pipeline, engine):
     context = browser.call("context")
     page = open_shop(browser, context, shop, pipeline, autoPage=True, clickAttribute="data-spoor-click")
@@ -298,6 +320,9 @@ def test_opt_out_stops_collection_and_clears_the_queue(browser, shop, pipeline, 
     other_tab = open_shop(browser, context, shop, pipeline, flushAt=1000, flushIntervalMs=600_000)
     track_all(browser, page, ["Before opt-out 1", "Before opt-out 2"])
     track_all(browser, other_tab, ["Other tab before opt-out"])
+    stranded = stored_event(browser, other_tab, "Other tab before opt-out")
+    # This tab must see the other tab's event before its opt-out can be shown to delete it.
+    wait_to_see(browser, page, [stranded[0]], "this tab to see the other tab's queued event")
     assert len(queue_keys(browser, page)) == 3
     browser.eval(page, "spoor.optOut()")
     browser.eval(page, "spoor.track('While opted out')")
@@ -306,13 +331,14 @@ def test_opt_out_stops_collection_and_clears_the_queue(browser, shop, pipeline, 
     # The other tab hears of it through the storage event and drops its queue too.
     wait_until(lambda: browser.eval(other_tab, "spoor.isOptedOut()"), 5, "the other tab to opt out")
     assert browser.eval(other_tab, "spoor.stats().queued") == 0
-    browser.call("close", page=other_tab)
+    land_late(browser, other_tab, page, stranded)
     assert browser.eval(page, "localStorage.getItem('spoor:aid')") is None
     assert "spoor_aid=" not in browser.eval(page, "document.cookie")
 
     browser.call("goto", page=page, url=f"{shop}/?again=1")
     init_shop(browser, page, pipeline)
     assert browser.eval(page, "spoor.isOptedOut()") is True  # remembered across visits
+    assert queue_keys(browser, page) == []  # the event that landed late is deleted by the opted-out visit
     browser.eval(page, "spoor.track('Reloaded while opted out')")
     browser.call("close", page=page)  # the unload path must not send anything either
 
@@ -323,6 +349,33 @@ def test_opt_out_stops_collection_and_clears_the_queue(browser, shop, pipeline, 
     with engine.connect() as conn:
         leaked = conn.execute(text("SELECT name FROM events WHERE name LIKE '%opt%' AND name <> 'After opt-in'")).all()
     assert leaked == []
+
+
+def test_an_event_that_outlived_the_opt_out_is_not_sent_after_an_opt_in(browser, shop, pipeline, engine):
+    context = browser.call("context")
+    page = open_shop(browser, context, shop, pipeline, flushAt=1000, flushIntervalMs=600_000)
+    closing_tab = open_shop(browser, context, shop, pipeline, flushAt=1000, flushIntervalMs=600_000)
+    track_all(browser, closing_tab, ["Queued as the opt-out landed"])
+    stranded = stored_event(browser, closing_tab, "Queued as the opt-out landed")
+    browser.eval(page, "spoor.optOut()")
+    wait_until(lambda: browser.eval(closing_tab, "spoor.isOptedOut()"), 5, "the other tab to opt out")
+    land_late(browser, closing_tab, page, stranded)
+
+    # Opted in again on the same page, so no opted-out visit deletes it first: the next page load
+    # adopts what closed tabs left queued, and must leave out what was queued before the opt-in.
+    browser.eval(page, "spoor.optIn(); spoor.track('After opt-in'); spoor.flush()")
+    browser.call("goto", page=page, url=f"{shop}/?reloaded=1")
+    init_shop(browser, page, pipeline)
+    browser.eval(page, "spoor.track('After reload'); spoor.flush()")  # resolves once the queue is empty
+    anonymous_id = browser.eval(page, "localStorage.getItem('spoor:aid')")
+    assert_once_in_order(engine, anonymous_id, ["After opt-in", "After reload"])
+    sent = [m["event"] for r in browser.call("requests", context=context) for m in request_body(r)["batch"]]
+    assert "Queued as the opt-out landed" not in sent
+    assert queue_keys(browser, page) == []
+    with engine.connect() as conn:
+        stranded_rows = conn.execute(text("SELECT count(*) FROM events WHERE name = :name"),
+                                     {"name": "Queued as the opt-out landed"}).scalar()
+    assert stranded_rows == 0
 
 
 def test_rate_limited_sdk_waits_the_retry_after_it_can_read_through_cors(browser, shop, pipeline, engine,

@@ -65,7 +65,12 @@ export class Spoor {
     this.ready = { options, store, identity: new Identity(store, prefix, options.cookieDomain), queue, delivery,
                    prefix, sessionTimeoutMs: options.sessionTimeoutMs ?? 30 * 60_000 };
     queue.persistNow();
-    if (!this.optedOut && queue.adoptOrphans(ORPHAN_AFTER_MS) > 0) void delivery.flush();
+    if (this.optedOut) {
+      // Events stored by a tab whose write landed after the opt-out's deletion (it closed before it heard).
+      queue.clearOtherTabs();
+    } else if (queue.adoptOrphans(ORPHAN_AFTER_MS, Number(store.get(`${prefix}:opt_in_at`)) || 0) > 0) {
+      void delivery.flush();
+    }
     this.watchPageLifecycle(this.ready);
 
     for (const call of this.early.splice(0)) call();
@@ -136,11 +141,19 @@ export class Spoor {
     identity.forget();
   }
 
-  /** Consent given again: collection resumes (with a new anonymous id). */
+  /**
+   * Consent given again: collection resumes (with a new anonymous id). Events stored before this
+   * moment are never adopted by a later page load (see EventQueue.adoptOrphans).
+   */
   optIn(): void {
     if (!this.ready) return this.later(() => this.optIn());
     const { store, prefix, delivery, options } = this.ready;
     this.optedOut = false;
+    // Only when the stored choice is an opt-out: a tab that loaded while opted out and opts in
+    // after another tab did must not disown the events that tab has queued since.
+    if (store.get(`${prefix}:opt_out`) === '1' || readCookie(`${prefix}_opt_out`) === '1') {
+      store.set(`${prefix}:opt_in_at`, String(Date.now())); // written before the flag is removed, for other tabs
+    }
     store.remove(`${prefix}:opt_out`);
     writeCookie(`${prefix}_opt_out`, null, options.cookieDomain);
     delivery.start();

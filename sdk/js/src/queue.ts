@@ -9,7 +9,7 @@
  *   Each tab has its own keys, so tabs never overwrite each other, plus a record
  *   `<prefix>:tab:<tab>` with a heartbeat and a closed flag (set on pagehide).
  *   A page load adopts the events of tabs that closed or stopped beating,
- *   merged in time order.
+ *   merged in time order, except events from before the last opt-in.
  */
 
 import type { KeyValueStore } from './storage';
@@ -117,9 +117,12 @@ export class EventQueue {
 
   /**
    * Take over the events of tabs that closed or whose heartbeat is older than
-   * staleMs, oldest first. Returns how many events were adopted.
+   * staleMs, oldest first. Events timed before `notBeforeMs` (the last opt-in) are
+   * deleted instead: they were queued before an opt-out whose deletion they escaped,
+   * e.g. written by a tab that closed before it heard of the opt-out.
+   * Returns how many events were adopted.
    */
-  adoptOrphans(staleMs: number): number {
+  adoptOrphans(staleMs: number, notBeforeMs = -Infinity): number {
     const mine = this.options.tabId;
     const byTab = new Map<string, string[]>();
     for (const key of this.store.keys()) {
@@ -133,7 +136,7 @@ export class EventQueue {
       if (record !== null && !record.closed && this.now() - record.heartbeat < staleMs) continue;
       for (const key of keys) {
         const message = parseMessage(this.store.get(key));
-        if (message !== null) adopted.push(message);
+        if (message !== null && !(Date.parse(message.timestamp) < notBeforeMs)) adopted.push(message);
         this.store.remove(key);
       }
       this.store.remove(this.tabKey(tab));

@@ -84,6 +84,19 @@ describe('EventQueue', () => {
     expect(q.adoptOrphans(60_000)).toBe(1);
   });
 
+  it('deletes instead of adopting the events stored before the last opt-in', () => {
+    // A tab queued `stranded` as another tab opted out, and closed before it heard: the opt-out's
+    // deletion missed it. The shopper opts in again at 2000; a later page load must not send it.
+    const store = new CountingStore();
+    const closed = new EventQueue({ store, prefix: 'spoor', tabId: 'closed', maxEvents: 10 });
+    [message('stranded', 1000), message('consented', 2500)].forEach((m) => closed.push(m));
+    closed.setClosed(true);
+    const { q } = queue({ store });
+    expect(q.adoptOrphans(60_000, 2000)).toBe(1);
+    expect(names(q.all())).toEqual(['consented']);
+    expect(storedEvents(store)).toEqual([`spoor:q:tab-a:${q.all()[0].messageId}`]);
+  });
+
   it('merges adopted events in time order, once each, within its bound', () => {
     const store = new CountingStore();
     const old = new EventQueue({ store, prefix: 'spoor', tabId: 'old', maxEvents: 10 });
