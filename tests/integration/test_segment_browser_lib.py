@@ -210,7 +210,8 @@ def test_default_mode_takes_its_settings_and_api_host_from_spoor(browser, shop, 
 def test_batching_mode_sends_one_batch_to_b(browser, shop, pipeline, engine):
     context = browser.call("context")
     page = open_shop(browser, context, shop)
-    batching = {"deliveryStrategy": {"strategy": "batching", "config": {"size": 4, "timeout": 500}}}
+    # Four calls fill the batch; the timer is far enough away not to cut it in two on a loaded machine.
+    batching = {"deliveryStrategy": {"strategy": "batching", "config": {"size": 4, "timeout": 10_000}}}
     assert load(browser, page, pipeline, segment_options(pipeline, **batching)) == "loaded"
     shop_as(browser, page, "anx-batch")
     assert_shopping_landed_once(engine, "anx-batch")
