@@ -1,7 +1,7 @@
 """HTTP API for segments, campaigns and users (FastAPI; OpenAPI at /openapi.json, docs at /docs).
 
 Every route except /healthz (and the OpenAPI documents) needs ``Authorization: Bearer <SPOOR_ADMIN_TOKEN>``.
-Definitions are the same YAML/JSON documents as the CLI takes (see README); errors in them are answered 400
+Definitions are the same YAML/JSON documents as the CLI takes (docs/segments.md); errors in them are answered 400
 with the reason.
 
 ``AdminGuard`` checks the token before a byte of the body is read, and reads at most

@@ -3,6 +3,10 @@
 Every field can be set from the environment with the prefix ``SPOOR_``
 (``SPOOR_KAFKA_BOOTSTRAP``, ``SPOOR_DATABASE_URL``, ...). The defaults match the
 local stack that ``make up`` starts.
+
+Each field's ``description`` is its documentation for users: docs/configuration.md is generated
+from it (``python -m spoor.config_doc > docs/configuration.md``), grouped by ``SETTINGS_GROUPS``
+below; tests/unit/test_configuration_doc.py fails when the page and this file disagree.
 """
 
 from pydantic import Field
@@ -12,130 +16,307 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPOOR_", frozen=True)
 
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    database_url: str = "postgresql+psycopg2://spoor:spoor@127.0.0.1:5433/spoor"
+    # Connections.
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, `host:port`, comma-separated.")
+    database_url: str = Field(
+        "postgresql+psycopg2://spoor:spoor@127.0.0.1:5433/spoor",
+        description="PostgreSQL database, as an SQLAlchemy URL (psycopg2 driver).")
 
     # Topics. Events are keyed by user key, so one user's events share a partition.
-    events_topic: str = "spoor.events"
-    dead_letter_topic: str = "spoor.events.dlq"
-    # Behavioural triggers (cart/browse abandonment, win-back) for campaigns to act on.
-    triggers_topic: str = "spoor.triggers"
-    topic_partitions: int = Field(4, ge=1)
-    topic_retention_ms: int = 7 * 24 * 3600 * 1000
+    events_topic: str = Field(
+        "spoor.events",
+        description="Canonical events, from the collector and from backend services producing directly; "
+                    "keyed by user key, so one user's events share a partition.")
+    dead_letter_topic: str = Field(
+        "spoor.events.dlq",
+        description="Bad rows (`spoor.bad_row/2`): events the collector or the worker rejected, with their "
+                    "original payload; the worker copies them into the `dead_letters` table.")
+    triggers_topic: str = Field(
+        "spoor.triggers",
+        description="Behavioural triggers (cart and browse abandonment, win-back), keyed by user key, "
+                    "for campaigns to act on.")
+    topic_partitions: int = Field(
+        4, ge=1, description="Partitions of the events and triggers topics, when `spoor topics create` makes them.")
+    topic_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000,
+        description="Retention of Spoor's topics in milliseconds (7 days), set when they are created; "
+                    "the dead-letter and alerts topics keep 4 times as long.")
 
     # Collector (HTTP -> Kafka).
-    collector_host: str = "127.0.0.1"
-    collector_port: int = 8080
-    max_body_bytes: int = Field(512 * 1024, ge=1024)  # Segment's own batch limit is 500 KB
-    max_batch_events: int = Field(2500, ge=1)
-    max_event_bytes: int = Field(32 * 1024, ge=256)  # Segment's own per-event limit
-    rate_limit_events_per_s: float = Field(50_000, gt=0)  # per write key
-    rate_limit_burst_events: int = Field(100_000, ge=1)
-    kafka_delivery_timeout_ms: int = Field(15_000, ge=1000)
-    write_key_refresh_s: float = Field(10.0, gt=0)
-    # An event may claim a time at most this far after its receipt (after Segment's sentAt clock
-    # correction); later ones are rejected at the edge, and the worker holds direct records to the
-    # same bound against the broker's append time, so no claimed time can move a watermark ahead.
-    max_future_event_s: float = Field(300.0, ge=0)
-    max_nesting_depth: int = Field(32, ge=2, le=250)  # JSON nesting inside one message
-    # Public base URL of the collector for Segment's settings document (`apiHost`); empty: the
-    # request's own Host header.
-    collector_public_url: str = ""
+    collector_host: str = Field("127.0.0.1", description="Address the collector listens on.")
+    collector_port: int = Field(
+        8080, description="Port of the collector: the Segment HTTP Tracking API, `/healthz` and `/metrics`.")
+    max_body_bytes: int = Field(
+        512 * 1024, ge=1024,
+        description="Largest request body, before and after gunzip (512 KiB; Segment's own batch limit is "
+                    "500 KB); a larger one is answered 413.")
+    max_batch_events: int = Field(
+        2500, ge=1, description="Most messages in one batch request; more is answered 413.")
+    max_event_bytes: int = Field(
+        32 * 1024, ge=256,
+        description="Largest single message as JSON (32 KiB, Segment's own per-event limit); a larger one is "
+                    "a 400 for that message only, dead-lettered as a `size_violation`.")
+    rate_limit_events_per_s: float = Field(
+        50_000, gt=0,
+        description="Events per second accepted per write key; beyond that (and the burst) the collector "
+                    "answers 429 with `Retry-After`.")
+    rate_limit_burst_events: int = Field(
+        100_000, ge=1,
+        description="Events a write key may send at once above its rate (the size of its token bucket).")
+    kafka_delivery_timeout_ms: int = Field(
+        15_000, ge=1000,
+        description="How long the collector's producer tries to have a request's records acknowledged by "
+                    "Kafka before the request is answered 503 with `Retry-After`.")
+    write_key_refresh_s: float = Field(
+        10.0, gt=0,
+        description="How often the collector re-reads the write keys and their allowed origins: created, "
+                    "revoked or changed keys take effect within this time.")
+    # The worker holds direct records to the same bound, so no claimed time can move a watermark ahead.
+    max_future_event_s: float = Field(
+        300.0, ge=0,
+        description="How far after its receipt an event's time may be, after Segment's `sentAt` clock "
+                    "correction; later ones are rejected at the edge (400), and the worker holds records "
+                    "produced to Kafka directly to the same bound against the broker's append time.")
+    max_nesting_depth: int = Field(
+        32, ge=2, le=250,
+        description="How deep JSON may nest inside one message; deeper is a `size_violation`.")
+    collector_public_url: str = Field(
+        "",
+        description="Public base URL of the collector (e.g. `https://collect.your.shop`), for the `apiHost` "
+                    "of the settings document Segment's libraries fetch; empty: the request's own `Host` "
+                    "header. Set it when a proxy or CDN might pass on another host.")
 
     # Worker (Kafka -> Faust tables -> PostgreSQL).
-    worker_app_id: str = "spoor-worker"
-    worker_web_port: int = 6066
-    worker_data_dir: str = "/var/tmp/spoor/faust"
-    worker_batch_max: int = Field(2000, ge=1)  # records; a collector record holds a request's events
-    # Faust waits this long for a batch to fill even when records are already queued: it is idle
-    # time in every batch cycle under load (0.1 s before; see README, Benchmark).
-    worker_batch_within_s: float = Field(0.02, gt=0)
-    # A worker that died is noticed by the group after this long; its partitions then move.
-    worker_session_timeout_s: float = Field(30.0, ge=6)
-    # A worker whose assigned partitions have records but whose commits stand still this long
-    # restarts itself (stream_processors/stall.py); 0 turns the watchdog off.
-    worker_stall_restart_s: float = Field(60.0, ge=0)
-    # Faust standby replicas: each worker also follows the others' changelogs, so a failover needs
-    # no replay, at the price of applying every table change twice. Off: `make up`'s workers share
-    # one machine (measured: README, Benchmark); 1 for workers on several machines.
-    worker_standby_replicas: int = Field(0, ge=0)
-    # The worker's producer (table changelogs, dead letters): a batch of table updates sends one ~1 KB
-    # changelog record per user, awaited before the batch's ack. Without a linger each produce
-    # request carried ~2.8 records (measured), so the wait was hundreds of sequential round trips.
-    worker_producer_linger_ms: float = Field(5.0, ge=0, le=1000)
-    worker_producer_batch_bytes: int = Field(262144, ge=16384, le=1_000_000)
-    # Longest a consumer fetch waits at the broker for data (Faust's own is 1500 ms; see
-    # stream_processors/kafka_transport.py for why that delayed every batch by up to 1.5 s).
-    worker_fetch_max_wait_ms: int = Field(100, ge=1, le=1500)
-    # How many recent event ids per user are remembered to count a redelivered event once; at
-    # least max_batch_events, so a retried request of one user's events is recognised whole.
-    dedupe_window: int = Field(2500, ge=1)
-    # An event that would grow a user's packed state (profile + behaviour) past this is dead-lettered
-    # (size_violation): Faust's producer refuses records over 1,000,000 bytes, which stopped the worker.
+    worker_app_id: str = Field(
+        "spoor-worker",
+        description="Faust app id of the worker: its consumer group, and the prefix of its changelog "
+                    "topics (`<app id>-*-changelog`).")
+    worker_web_port: int = Field(
+        6066,
+        description="Port of the worker's `/healthz` and `/metrics`; the i-th worker that `make up` "
+                    "starts uses this + i - 1.")
+    worker_data_dir: str = Field(
+        "/var/tmp/spoor/faust",
+        description="Directory of the worker's table state with the RocksDB store; `make up` gives the "
+                    "second and later workers this path + `-i`.")
+    worker_batch_max: int = Field(
+        2000, ge=1,
+        description="Most records in one batch of the worker (a collector record holds one request's "
+                    "events for one partition).")
+    # Faust waits this long even when records are already queued: idle time in every batch cycle
+    # under load (0.1 s before; measured in bench/README.md).
+    worker_batch_within_s: float = Field(
+        0.02, gt=0, description="How long the worker waits for a batch to fill.")
+    worker_session_timeout_s: float = Field(
+        30.0, ge=6,
+        description="A worker that died is noticed by its consumer group after this long; its partitions "
+                    "then move to the others.")
+    worker_stall_restart_s: float = Field(
+        60.0, ge=0,
+        description="A worker whose assigned partitions have records but whose commits stand still this "
+                    "long restarts itself (`stream_processors/stall.py`, against faust-streaming issue "
+                    "629); 0 turns the watchdog off.")
+    worker_standby_replicas: int = Field(
+        0, ge=0,
+        description="Faust standby replicas: each worker also follows the others' changelogs, so a "
+                    "failover needs no changelog replay, at the price of applying every table change "
+                    "twice. 0 while the workers share one machine (two workers on one machine drained at 0.7 x "
+                    "the rate with them, bench/README.md); 1 when workers run on several machines.")
+    # A batch of table updates sends one ~1 KB changelog record per user, awaited before the batch's
+    # ack. Without a linger each produce request carried ~2.8 records (measured), so the wait was
+    # hundreds of sequential round trips.
+    worker_producer_linger_ms: float = Field(
+        5.0, ge=0, le=1000,
+        description="How long the worker's producer (table changelogs, dead letters) waits to fill a "
+                    "batch of records.")
+    worker_producer_batch_bytes: int = Field(
+        262144, ge=16384, le=1_000_000, description="Size limit of one batch of the worker's producer.")
+    # Why Faust's 1,500 ms delayed every batch: stream_processors/kafka_transport.py.
+    worker_fetch_max_wait_ms: int = Field(
+        100, ge=1, le=1500,
+        description="Longest a worker's fetch waits at the broker for data (Faust fixes 1,500 ms, which "
+                    "idled the worker up to 1.5 s between batches).")
+    dedupe_window: int = Field(
+        2500, ge=1,
+        description="Recent event ids remembered per user, to count a redelivered event once (and order "
+                    "ids, to count an order once); at least `max_batch_events`, so a retried request of "
+                    "one user's events is recognised whole.")
     # The state's own bounds (stream_processors/profile.py, triggers.py) keep real users far below.
-    worker_max_state_bytes: int = Field(900_000, ge=16 * 1024, le=900_000)
-    # A bad deploy turns every record into a processing error: past this many in a row (records
-    # that raised unexpectedly, not schema violations) the worker fail-stops instead.
-    worker_max_consecutive_processing_errors: int = Field(200, ge=1)
+    worker_max_state_bytes: int = Field(
+        900_000, ge=16 * 1024, le=900_000,
+        description="Largest packed state of one user (profile and behaviour): an event that would grow "
+                    "it past this is dead-lettered as a `size_violation` (Faust's producer refuses "
+                    "records over 1,000,000 bytes, which stopped the worker).")
+    worker_max_consecutive_processing_errors: int = Field(
+        200, ge=1,
+        description="Records in a row that raised unexpectedly (processing errors, not schema "
+                    "violations) after which the worker fail-stops instead of dead-lettering them: a bad "
+                    "deploy turns every record into one.")
 
-    # Replay (`spoor replay`): the write key `make up` creates, used when none is given.
-    demo_write_key: str = "spoor-demo-write-key"
+    # Replay (`spoor replay`).
+    demo_write_key: str = Field(
+        "spoor-demo-write-key",
+        description="The write key `make up` creates; `spoor replay` uses it when none is given.")
 
     # Segments and campaigns (segments/).
-    segments_topic: str = "spoor.segments"  # enter/exit messages, keyed by user key
-    campaigns_dead_letter_topic: str = "spoor.campaigns.dlq"  # deliveries that failed their last try
-    segments_poll_s: float = Field(5.0, gt=0)  # how often the incremental pass looks for changed profiles
-    segments_full_recompute_s: float = Field(900.0, gt=0)  # scheduled full recompute of every active segment
-    # A pass reads changes from the previous pass's start or the oldest transaction open then,
-    # whichever is older (segments/membership.py), minus this margin.
-    segments_change_overlap_s: float = Field(10.0, ge=0)
-    # Segments on RFM scores depend on every user, so an incremental pass recomputes them for
-    # everyone: at most this often (a full population query every poll took ~0.7 core of PostgreSQL).
-    segments_population_refresh_s: float = Field(300.0, ge=0)
-    # At most this share of wall time in incremental passes: after a pass that took t seconds the
-    # runner waits at least t * (1 - share) / share. Under heavy traffic a pass is long and its SQL
-    # competes with the worker for the same cores (measured: README, Benchmark); 1 turns this off.
-    segments_max_busy_share: float = Field(0.25, gt=0, le=1)
-    campaigns_poll_s: float = Field(2.0, gt=0)
-    campaign_webhook_secret: str = ""  # HMAC-SHA256 key for webhook signatures; required to send webhooks
-    campaign_webhook_timeout_s: float = Field(5.0, gt=0)
-    campaign_default_time_zone: str = "UTC"  # for quiet hours of users without a time zone in user_consent
-    # `spoor users erase` waits this long for the worker to read the user's erasure record (it still
-    # erases PostgreSQL and the changelogs after that; the worker reads the record when it runs).
-    erase_worker_wait_s: float = Field(60.0, ge=0)
-    admin_token: str = ""  # bearer token of the segments/campaigns HTTP API; the API refuses to start without it
-    admin_api_host: str = "127.0.0.1"
-    admin_api_port: int = 8090
-    admin_max_body_bytes: int = Field(1024 * 1024, ge=1024)  # a request body to the admin API
-    # Webhooks (campaigns, alerts) to loopback, private or link-local addresses are refused unless
-    # this is set (a test or an on-premises receiver); redirects are never followed.
-    webhook_allow_private_addresses: bool = False
-    segments_web_port: int = 6070  # /healthz and /metrics of `spoor segments run` (0 = none)
-    campaigns_web_port: int = 6071  # the same for `spoor campaigns run`
-    # Metric windows and alerts (stream_processors/metric_agent.py, alerts/).
-    metric_lateness_s: float = Field(120.0, ge=0)  # a window closes this long (event time) after its end
-    metric_idle_partition_s: float = Field(10.0, ge=0)  # then a partition with nothing to read stops holding windows
-    alerts_enabled: bool = True
-    alerts_topic: str = "spoor.alerts"
-    alert_rules_path: str = ""  # empty: alerts/rules.yaml in the package
-    alert_eval_interval_s: float = Field(1.0, gt=0)
-    alertmanager_url: str = ""  # e.g. http://127.0.0.1:9093; empty: no such notifier
-    alert_slack_webhook_url: str = ""
-    alert_webhook_url: str = ""
-    alert_webhook_secret: str = ""  # HMAC-SHA256 key of the generic webhook's signature; required with its URL
-    alert_notify_attempts: int = Field(5, ge=1, le=20)
-    alert_drain_s: float = Field(5.0, ge=0)  # on SIGTERM, wait this long for queued notifications
-    worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can scrape /metrics
+    segments_topic: str = Field(
+        "spoor.segments", description="Segment entries and exits, keyed by user key.")
+    campaigns_dead_letter_topic: str = Field(
+        "spoor.campaigns.dlq",
+        description="Bad rows of campaigns: deliveries that failed their last try, invalid trigger messages.")
+    segments_poll_s: float = Field(
+        5.0, gt=0,
+        description="How often the incremental pass of `spoor segments run` looks for changed profiles.")
+    segments_full_recompute_s: float = Field(
+        900.0, gt=0,
+        description="How often every active segment is recomputed in full; a segment with conditions on "
+                    "time can lag by up to this.")
+    segments_change_overlap_s: float = Field(
+        10.0, ge=0,
+        description="An incremental pass reads the changes since the previous pass's start or the oldest "
+                    "transaction open then, whichever is older (`segments/membership.py`), minus this "
+                    "margin.")
+    segments_population_refresh_s: float = Field(
+        300.0, ge=0,
+        description="Segments on RFM scores depend on every user's values, so an incremental pass "
+                    "recomputes them for everyone, at most this often (RFM moves over days; a full "
+                    "population query every poll took ~0.7 of a core of PostgreSQL).")
+    # Under heavy traffic a pass is long and its SQL competes with the worker for the same cores
+    # (measured: bench/README.md).
+    segments_max_busy_share: float = Field(
+        0.25, gt=0, le=1,
+        description="At most this share of the segments runner's time in SQL: after each statement of a "
+                    "pass (one segment for up to 1,000 changed users, or one chunk of published "
+                    "transitions) it idles (1 - share) / share times as long as the statement took (3 "
+                    "times at 0.25), so PostgreSQL is loaded evenly instead of taking a whole core in "
+                    "bursts while the worker needs it; 1 turns the pacing off.")
+    campaigns_poll_s: float = Field(
+        2.0, gt=0,
+        description="How long `spoor campaigns run` waits for trigger messages in each turn of copying, "
+                    "enqueueing and dispatching.")
+    campaign_webhook_secret: str = Field(
+        "",
+        description="HMAC-SHA256 key of campaign webhook signatures (`X-Spoor-Signature`); required to send "
+                    "webhooks: campaigns with one refuse to launch without it.")
+    campaign_webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one campaign webhook call.")
+    campaign_default_time_zone: str = Field(
+        "UTC", description="Time zone of quiet hours for users without one in `user_consent`.")
+    erase_worker_wait_s: float = Field(
+        60.0, ge=0,
+        description="How long `spoor users erase` waits for the worker to read the user's erasure record; "
+                    "it erases PostgreSQL and the changelogs either way, and a worker that was not "
+                    "running reads the record when it runs.")
+    admin_token: str = Field(
+        "",
+        description="Bearer token of the segments and campaigns HTTP API (`spoor segments api`); the API "
+                    "refuses to start without it.")
+    admin_api_host: str = Field("127.0.0.1", description="Address the admin HTTP API listens on.")
+    admin_api_port: int = Field(8090, description="Port of the admin HTTP API.")
+    admin_max_body_bytes: int = Field(
+        1024 * 1024, ge=1024,
+        description="Largest request body to the admin API, chunked or not (larger: 413).")
+    webhook_allow_private_addresses: bool = Field(
+        False,
+        description="Allow campaign webhooks and Slack or generic alert webhooks to loopback, private, "
+                    "link-local or other internal addresses (a test or an on-premises receiver); refused "
+                    "otherwise. Redirects are never followed.")
+    segments_web_port: int = Field(
+        6070, description="Port of `/healthz` and `/metrics` of `spoor segments run` (0 = none).")
+    campaigns_web_port: int = Field(
+        6071, description="Port of `/healthz` and `/metrics` of `spoor campaigns run` (0 = none).")
 
-    # Behaviour analytics: sessions, rolling windows, funnels, triggers (README "Behaviour analytics").
-    worker_store: str = "rocksdb://"  # Faust table store; "memory://" keeps state in memory only
-    analytics_enabled: bool = True
-    session_inactivity_s: float = Field(1800.0, gt=0)
-    session_lateness_s: float = Field(6 * 3600.0, ge=0)  # how late an event may be and still be sessionised
-    trigger_lateness_s: float = Field(300.0, ge=0)  # watermark = latest event time of a partition minus this
-    # > 0: a partition without events for this long moves its watermark on with the wall clock.
-    trigger_idle_advance_s: float = Field(0.0, ge=0)
-    cart_abandonment_delay_s: float = Field(3600.0, gt=0)
-    browse_abandonment_views: int = Field(3, ge=1)
-    browse_abandonment_delay_s: float = Field(3600.0, gt=0)
-    win_back_after_days: float = Field(30.0, gt=0)
+    # Metric windows and alerts (stream_processors/metric_agent.py, alerts/).
+    metric_lateness_s: float = Field(
+        120.0, ge=0,
+        description="A metric window closes this long (event time) after its end: a partition's watermark "
+                    "is its newest event time minus this; later events are not in the metrics.")
+    metric_idle_partition_s: float = Field(
+        10.0, ge=0,
+        description="A partition with nothing to read for this long follows the newest partition, so it "
+                    "stops holding windows open.")
+    alerts_enabled: bool = Field(
+        True,
+        description="Judge the alert rules and send notifications, in the worker that owns partition 0 of "
+                    "the events topic.")
+    alerts_topic: str = Field(
+        "spoor.alerts", description="Alert transitions (`spoor.alert/1` JSON), keyed by fingerprint.")
+    alert_rules_path: str = Field(
+        "",
+        description="Alert rules file, re-read when its modification time changes; empty: "
+                    "`alerts/rules.yaml` in the package.")
+    alert_eval_interval_s: float = Field(1.0, gt=0, description="Interval of the alert evaluator's timer.")
+    alertmanager_url: str = Field(
+        "", description="Prometheus Alertmanager to notify, e.g. `http://127.0.0.1:9093`; empty: no such notifier.")
+    alert_slack_webhook_url: str = Field(
+        "", description="Slack-compatible incoming webhook to notify; empty: no such notifier.")
+    alert_webhook_url: str = Field(
+        "",
+        description="Generic JSON webhook to notify, with the `spoor.alert/1` document, signed; empty: no "
+                    "such notifier.")
+    alert_webhook_secret: str = Field(
+        "",
+        description="HMAC-SHA256 key of the generic alert webhook's signature; required with its URL (a "
+                    "worker with the URL and no secret does not start).")
+    alert_notify_attempts: int = Field(
+        5, ge=1, le=20,
+        description="Attempts to send one alert notification (exponential backoff from 0.5 s) before it is "
+                    "given up.")
+    alert_drain_s: float = Field(
+        5.0, ge=0,
+        description="On SIGTERM, the worker waits this long to send pending notifications; the rest stay in "
+                    "`alert_notifications` for the next worker.")
+    worker_web_host: str = Field(
+        "127.0.0.1",
+        description="Address of the worker's `/healthz` and `/metrics`: `0.0.0.0` in a container, so "
+                    "Prometheus can scrape them.")
+
+    # Behaviour analytics: sessions, rolling windows, funnels, triggers (docs/analytics.md).
+    worker_store: str = Field(
+        "rocksdb://",
+        description="Faust table store: `rocksdb://` (RocksDB through rocksdict, under `worker_data_dir`, "
+                    "kept across restarts) or `memory://` (state in memory only, restored from the "
+                    "changelog at each start).")
+    analytics_enabled: bool = Field(
+        True, description="Sessions, rolling windows and behavioural triggers, folded by the worker.")
+    session_inactivity_s: float = Field(
+        1800.0, gt=0,
+        description="A gap between a user's events longer than this starts a new session (events without "
+                    "a client session id).")
+    session_lateness_s: float = Field(
+        6 * 3600.0, ge=0,
+        description="How far behind the user's latest event an event may be and still be placed in a "
+                    "session.")
+    trigger_lateness_s: float = Field(
+        300.0, ge=0,
+        description="A partition's watermark is its latest event time minus this; a trigger or lifecycle "
+                    "deadline is due when the watermark passes it.")
+    trigger_idle_advance_s: float = Field(
+        0.0, ge=0,
+        description="When above 0, a partition without events for this long moves its watermark on with "
+                    "the wall clock (quiet hours in production); 0: off, no clock is read.")
+    cart_abandonment_delay_s: float = Field(
+        3600.0, gt=0, description="A cart abandonment fires this long after the last cart add without an order.")
+    browse_abandonment_views: int = Field(
+        3, ge=1,
+        description="Views of one product, with no cart add of it, that open a browse-abandonment episode.")
+    browse_abandonment_delay_s: float = Field(
+        3600.0, gt=0, description="A browse abandonment fires this long after the last view of the product.")
+    win_back_after_days: float = Field(
+        30.0, gt=0, description="A win-back fires this many days after the user's latest event.")
+
+
+# How docs/configuration.md groups the settings: (first field, title, what the group is), in the
+# order of the fields above; a group runs to the next group's first field.
+SETTINGS_GROUPS: tuple[tuple[str, str, str], ...] = (
+    ("kafka_bootstrap", "Connections", "Where Kafka and PostgreSQL are."),
+    ("events_topic", "Topics", "Created by `spoor topics create` (run by `make up`); the broker never "
+                               "auto-creates them."),
+    ("collector_host", "Collector", "The HTTP collector (`spoor collector`): Segment's Tracking API to Kafka."),
+    ("worker_app_id", "Worker", "The Faust worker (`spoor worker`): Kafka to its tables to PostgreSQL."),
+    ("demo_write_key", "Replay", "`spoor replay` and the demo."),
+    ("segments_topic", "Segments and campaigns", "`spoor segments run`, `spoor campaigns run`, "
+                                                 "`spoor segments api` and `spoor users erase`."),
+    ("metric_lateness_s", "Metric windows and alerts", "Windowed business metrics and alerts, in the worker."),
+    ("worker_store", "Behaviour analytics", "Sessions, rolling windows, funnels and triggers, in the worker."),
+)

@@ -18,7 +18,7 @@ def spoor_topics(settings: Settings) -> list[NewTopic]:
         # Bad rows are kept longer: someone has to look at them and replay them.
         NewTopic(settings.dead_letter_topic, 1, 1,
                  topic_configs={**retention, "retention.ms": str(4 * settings.topic_retention_ms)}),
-        # Behavioural triggers, keyed by user key, for campaigns (README "Behavioural triggers").
+        # Behavioural triggers, keyed by user key, for campaigns (docs/analytics.md, "Behavioural triggers").
         NewTopic(settings.triggers_topic, settings.topic_partitions, 1, topic_configs=retention),
         # Alert transitions (spoor.alert/1 JSON keyed by fingerprint), for other systems to act on.
         NewTopic(settings.alerts_topic, 1, 1, topic_configs={**retention, "retention.ms": str(4 * settings.topic_retention_ms)}),

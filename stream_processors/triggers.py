@@ -136,5 +136,5 @@ class Triggers:
 
 
 def trigger_message(trigger: dict) -> bytes:
-    """The JSON value of a message on the triggers topic (schema in README, "Behavioural triggers")."""
+    """The JSON value of a message on the triggers topic (schema in docs/analytics.md, "Behavioural triggers")."""
     return orjson.dumps({"schema": TRIGGER_SCHEMA, **trigger})
