@@ -36,6 +36,10 @@ test: install sdk-js ## unit tests, then integration and end-to-end tests on the
 unit: install
 	$(VENV)/bin/python -m pytest tests/unit
 
+.PHONY: faults
+faults: install      ## the fault suite in full (tests/faults): its own Kafka and PostgreSQL, broken on purpose; `make test` runs its short form
+	SPOOR_FAULTS=full $(VENV)/bin/python -m pytest tests/faults
+
 # Browser SDK: npm packages, Chromium for its browser tests, type check + unit tests, gzipped bundle size.
 sdk/js/node_modules/.installed: sdk/js/package-lock.json
 	@echo "==> installing the browser SDK's npm packages into sdk/js/node_modules (first run only)"
