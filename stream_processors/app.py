@@ -95,10 +95,10 @@ def create_app(settings: Settings) -> faust.App:
     engine = create_engine(settings.database_url, pool_size=2, pool_pre_ping=True)
     writer = StreamWriter(engine)
 
-    async def send_bad_row(payload, field: str, reason: str, failure_type: str) -> None:
-        delivered = await dead_letter_topic.send(value=bad_row("worker", field, reason, payload,
-                                                               failure_type=failure_type))
-        await delivered  # acked by the broker before the batch that dropped the event is acked
+    async def send_bad_row(payload, field: str, reason: str, failure_type: str):
+        """The send's delivery: the tracker awaits it (acked by the broker) before the batch is acked."""
+        return await dead_letter_topic.send(value=bad_row("worker", field, reason, payload,
+                                                          failure_type=failure_type))
 
     analytics = create_analytics(settings, app) if settings.analytics_enabled else None
     tracker = ProfileTracker(profiles, writer, settings.dedupe_window, send_bad_row, analytics,
