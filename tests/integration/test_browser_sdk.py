@@ -23,6 +23,7 @@ from sqlalchemy import text
 
 from storage.write_key_origins import set_origins
 from storage.write_keys import create_key
+from tests.browser_driver import Browser
 from tests.conftest import REPO, free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -31,38 +32,6 @@ SDK = REPO / "sdk" / "js"
 CHROMIUM = Path("/usr/bin/chromium")
 # Short delays so an outage test takes seconds; the defaults are 1 s doubling to 30 s.
 TEST_OPTIONS = {"flushIntervalMs": 300, "retryBaseMs": 300, "retryMaxMs": 1500}
-
-
-class Browser:
-    """tests' side of sdk/js/test/e2e/driver.mjs: one JSON line per command."""
-
-    def __init__(self):
-        self.process = subprocess.Popen(["node", "test/e2e/driver.mjs"], cwd=SDK, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.version = self._answer()
-
-    def call(self, cmd: str, **fields):
-        self.process.stdin.write(json.dumps({"cmd": cmd, **fields}) + "\n")
-        return self._answer()
-
-    def _answer(self):
-        line = self.process.stdout.readline()
-        if not line:
-            raise AssertionError(f"the browser driver exited with {self.process.wait(10)}")
-        answer = json.loads(line)
-        if not answer["ok"]:
-            raise AssertionError(answer["error"])
-        return answer["result"]
-
-    def eval(self, page: str, js: str):
-        return self.call("eval", page=page, js=js)
-
-    def close(self):
-        try:
-            self.call("quit")
-        except AssertionError:
-            pass
-        self.process.wait(20)
 
 
 class Handler(SimpleHTTPRequestHandler):
@@ -103,7 +72,7 @@ def pipeline(start_process, test_settings, engine, shop):
 
 @pytest.fixture(scope="module")
 def browser():
-    driver = Browser()
+    driver = Browser(SDK, "test/e2e/driver.mjs")
     yield driver
     driver.close()
 

@@ -26,6 +26,7 @@ from sqlalchemy import text
 
 from storage.write_key_origins import set_origins
 from storage.write_keys import create_key
+from tests.browser_driver import Browser
 from tests.conftest import REPO, free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -33,38 +34,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 COMPAT = REPO / "tests" / "compat" / "analytics-next"
 PACKAGE = COMPAT / "node_modules" / "@segment" / "analytics-next"
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-class Browser:
-    """tests' side of tests/compat/analytics-next/driver.mjs: one JSON line per command."""
-
-    def __init__(self):
-        self.process = subprocess.Popen(["node", "driver.mjs"], cwd=COMPAT, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.version = self._answer()
-
-    def call(self, cmd: str, **fields):
-        self.process.stdin.write(json.dumps({"cmd": cmd, **fields}) + "\n")
-        return self._answer()
-
-    def _answer(self):
-        line = self.process.stdout.readline()
-        if not line:
-            raise AssertionError(f"the browser driver exited with {self.process.wait(10)}")
-        answer = json.loads(line)
-        if not answer["ok"]:
-            raise AssertionError(answer["error"])
-        return answer["result"]
-
-    def eval(self, page: str, js: str):
-        return self.call("eval", page=page, js=js)
-
-    def close(self):
-        try:
-            self.call("quit")
-        except AssertionError:
-            pass
-        self.process.wait(20)
 
 
 class Handler(SimpleHTTPRequestHandler):
@@ -108,7 +77,7 @@ def pipeline(start_process, test_settings, engine, shop):
 
 @pytest.fixture(scope="module")
 def browser():
-    driver = Browser()
+    driver = Browser(COMPAT, "driver.mjs")
     yield driver
     driver.close()
 
