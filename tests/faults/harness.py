@@ -270,9 +270,10 @@ class Client:
         self.answers: list[tuple[float, object]] = []  # (monotonic time, status) of every answer
         self.lock = threading.Lock()
 
-    def post_batch(self, messages: list, **body) -> httpx.Response:
+    def post_batch(self, messages: list, give_up_s: float | None = None, **body) -> httpx.Response:
         payload = orjson.dumps({"batch": messages, **body})
-        deadline = time.monotonic() + self.give_up_s
+        give_up_s = give_up_s or self.give_up_s
+        deadline = time.monotonic() + give_up_s
         attempt = 0
         while True:
             try:
@@ -286,7 +287,7 @@ class Client:
             if status not in (429, 503) and response is not None:
                 return response
             if time.monotonic() > deadline:
-                raise AssertionError(f"the collector did not take a batch within {self.give_up_s:.0f}s "
+                raise AssertionError(f"the collector did not take a batch within {give_up_s:.0f}s "
                                      f"(last answer {status})")
             retry_after = response.headers.get("Retry-After", "") if response is not None else ""
             wait = float(retry_after) if retry_after.isdigit() else 0.2 * 2 ** min(attempt, 4)
@@ -295,9 +296,9 @@ class Client:
             attempt += 1
             time.sleep(min(self.retry_cap_s, wait))
 
-    def send(self, messages: list, **body) -> None:
+    def send(self, messages: list, give_up_s: float | None = None, **body) -> None:
         """A batch of valid messages: it must end in 200."""
-        response = self.post_batch(messages, **body)
+        response = self.post_batch(messages, give_up_s, **body)
         assert response.status_code == 200, f"{response.status_code}: {response.text[:500]}"
 
     def first_ok_after(self, moment: float) -> float | None:

@@ -23,7 +23,7 @@ def test_broker_restart_under_traffic_loses_and_doubles_nothing(form, faults_inf
     full = form == "full"
     outages = [("stop", 20), ("kill", 15)] if full else [("stop", 10)]
     collector = start_process("collector", kafka_delivery_timeout_ms=5000)
-    client = Client(f"http://127.0.0.1:{test_settings.collector_port}", write_key, give_up_s=60)
+    client = Client(f"http://127.0.0.1:{test_settings.collector_port}", write_key, give_up_s=45)
     worker = workers().start()
 
     pool = shoppers("kafka", users=4000 if full else 1500, events_per_user=12, seed=3)

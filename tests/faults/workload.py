@@ -273,7 +273,7 @@ def canary(client: Client, engine, scenario: str) -> float | None:
     event_id = f"canary-{scenario}-{uuid.uuid4().hex[:8]}"
     try:
         client.send([{"type": "track", "userId": f"canary-{scenario}", "messageId": event_id,
-                      "event": "Product Viewed", "properties": {"product_id": "canary"}}])
+                      "event": "Product Viewed", "properties": {"product_id": "canary"}}], give_up_s=CANARY_DEADLINE_S)
     except AssertionError:  # the collector did not take it
         return None
     sent = time.monotonic()
