@@ -5,7 +5,9 @@ futures to asyncio so a request can await "all my records are durable".
 """
 
 import asyncio
+import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -13,6 +15,9 @@ from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
 
 from spoor.settings import Settings
+
+
+log = logging.getLogger(__name__)
 
 
 class KafkaUnavailable(RuntimeError):
@@ -50,13 +55,32 @@ class _Acks:
 
 
 class EventProducer:
+    """A producer that is replaced when it has acknowledged nothing for two delivery timeouts while
+    requests kept coming: kafka-python's client can stay disconnected after a broker restart (the
+    fault suite's broker kill: 503s for good until the collector restarted). Records of the old one
+    fail, so their requests are answered 503 and retried; nothing acknowledged is lost."""
+
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.producer = KafkaProducer(
+        self.producer = self._new_producer()
+        # One thread: records enter the producer in request order, so a user's
+        # events keep their order across requests.
+        self.sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spoor-send")
+        self.last_failure: str | None = None  # cleared by the next fully acknowledged request
+        self.failing_since: float | None = None  # monotonic time of the first failure since the last ack
+        self.renewals = 0
+
+    def _new_producer(self) -> KafkaProducer:
+        settings = self.settings
+        return KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap.split(","),
             client_id="spoor-collector",
             acks="all",
-            enable_idempotence=True,
+            # Off: kafka-python 3.0's idempotent producer stops sending for good once a batch expired
+            # across a broker restart (no producer id, nothing in flight; seen in the fault suite,
+            # tests/faults/test_kafka_restart.py: 503s until the collector restarted). A record a
+            # retry writes twice is counted once by the worker (event ids; dedupe window >= a request).
+            enable_idempotence=False,
             linger_ms=5,
             batch_size=512 * 1024,
             max_request_size=4 * 1024 * 1024,
@@ -64,11 +88,8 @@ class EventProducer:
             request_timeout_ms=min(10_000, settings.kafka_delivery_timeout_ms - 1000),
             delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
             allow_auto_create_topics=False,
+            reconnect_backoff_max_ms=2000,  # the default 30 s kept a restarted broker unused for that long
         )
-        # One thread: records enter the producer in request order, so a user's
-        # events keep their order across requests.
-        self.sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spoor-send")
-        self.last_failure: str | None = None  # cleared by the next fully acknowledged request
 
     def partitions(self, topic: str) -> int:
         """Partition count of a topic (blocks up to max_block_ms for metadata)."""
@@ -87,12 +108,28 @@ class EventProducer:
             await loop.run_in_executor(self.sender, self._enqueue, records, acks)
             error = await asyncio.wait_for(acks.done, self.settings.kafka_delivery_timeout_ms / 1000 + 5)
         except Exception as err:  # any producer failure means "not durable": the client must retry
-            self.last_failure = str(err) or type(err).__name__
-            raise KafkaUnavailable(self.last_failure) from err
+            error = err
         if error is not None:
             self.last_failure = str(error) or type(error).__name__
+            await self._renew_if_stuck(loop)
             raise KafkaUnavailable(self.last_failure)
         self.last_failure = None
+        self.failing_since = None
+
+    async def _renew_if_stuck(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        elif now - self.failing_since > 2 * self.settings.kafka_delivery_timeout_ms / 1000:
+            self.failing_since = now
+            await loop.run_in_executor(self.sender, self._renew)  # between two requests' records
+
+    def _renew(self) -> None:
+        old, self.producer = self.producer, self._new_producer()
+        self.renewals += 1
+        log.warning("Kafka acknowledged nothing for %.0f s: producer replaced (%d so far)",
+                    2 * self.settings.kafka_delivery_timeout_ms / 1000, self.renewals)
+        old.close(timeout=0)  # its records fail: their requests are answered 503 and retried
 
     def _enqueue(self, records, acks: _Acks) -> None:
         for index, (topic, partition, key, value) in enumerate(records):
