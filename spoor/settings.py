@@ -9,7 +9,7 @@ from it (``python -m spoor.config_doc > docs/configuration.md``), grouped by ``S
 below; tests/unit/test_configuration_doc.py fails when the page and this file disagree.
 """
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -304,6 +304,14 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="A browse abandonment fires this long after the last view of the product.")
     win_back_after_days: float = Field(
         30.0, gt=0, description="A win-back fires this many days after the user's latest event.")
+
+    @model_validator(mode="after")
+    def _retries_are_recognised(self) -> "Settings":
+        # A client's retry of a full request must fall inside the worker's dedupe window.
+        if self.dedupe_window < self.max_batch_events:
+            raise ValueError(f"SPOOR_DEDUPE_WINDOW ({self.dedupe_window}) must be at least SPOOR_MAX_BATCH_EVENTS "
+                             f"({self.max_batch_events}), or a retried request of one user is counted twice")
+        return self
 
 
 # How docs/configuration.md groups the settings: (first field, title, what the group is), in the

@@ -201,3 +201,8 @@ def test_a_metric_window_of_many_big_orders_saturates_instead_of_failing_its_wri
     windows.add_event(0, Event.model_validate(event("u9", 9, at=NOW + timedelta(minutes=5))))
     rows = [r for r in windows.close_due() if r["resolution"] == "1m" and r["dimension"] == "global"]
     assert rows[0]["orders"] == 3 and rows[0]["revenue"] == Decimal("99999999999999.9999")
+
+
+def test_settings_refuse_a_dedupe_window_smaller_than_a_request():
+    with pytest.raises(ValueError, match="SPOOR_DEDUPE_WINDOW"):
+        Settings(dedupe_window=512, max_batch_events=2500)
