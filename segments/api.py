@@ -29,8 +29,10 @@ from segments.membership import SegmentStore, UnknownSegment, utcnow
 from spoor.settings import Settings
 from storage.models import UserActivity, UserProfile
 
-Name = Annotated[str, Path(max_length=64)]
-UserKey = Annotated[str, Path(min_length=1, max_length=256)]
+# PostgreSQL text cannot hold U+0000: a name or key with it would fail its query (a 500).
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, Path(max_length=64, pattern=NO_NUL)]
+UserKey = Annotated[str, Path(min_length=1, max_length=256, pattern=NO_NUL)]
 SEGMENT_EXAMPLE = {"name": "shoe_fans", "description": "frequent shoe buyers",
                    "where": {"all": ["purchases_30d >= 2", 'favourite_category == "shoes"',
                                      'did "Product Added" in last 24h and not "Order Completed"']}}
