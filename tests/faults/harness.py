@@ -22,6 +22,7 @@ import orjson
 import pytest
 
 from spoor.settings import Settings
+from tests.conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 FORM = os.environ.get("SPOOR_FAULTS", "short")
@@ -103,17 +104,6 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_with_progress(done, progress, what: str, stall_s: float, limit_s: float, diagnose=None,

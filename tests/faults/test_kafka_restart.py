@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.faults.harness import FORMS, Client, Sender, Summary, wait_with_progress
-from tests.faults.workload import batches, canary, check, ids_of, persisted_count, shoppers, truth
+from tests.faults.harness import FORMS, Client, Sender, Summary
+from tests.faults.workload import batches, persisted_count, settled, shoppers
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -56,19 +56,9 @@ def test_broker_restart_under_traffic_loses_and_doubles_nothing(form, faults_inf
         log = [line for line in collector.log_tail(400).splitlines() if "ingest.collector" in line]
         summary.problem(f"after the broker came back: {err}; collector log: {log[-2:]}")
 
-    expected, expected_ids = truth(sent), ids_of(sent)
-    try:
-        wait_with_progress(lambda: check(engine, expected, expected_ids).ok,
-                           lambda: (persisted_count(engine), worker.ensure_running()),
-                           "the worker to catch up", stall_s=90, limit_s=600)
-    except AssertionError as err:
-        summary.problem(str(err).splitlines()[0])
-    result = check(engine, expected, expected_ids)
-    if not result.ok:
-        summary.problem(result.describe())
-    latency = canary(client, engine, "kafka-restart")
-    if latency is None:
-        summary.problem("the canary event was not persisted within the deadline")
+    result, expected_ids, latency = settled(engine, client, summary, sent, "kafka-restart",
+                                            lambda: (persisted_count(engine), worker.ensure_running()),
+                                            "the worker to catch up", stall_s=90)
     if client.five_xx():
         summary.problem(f"the collector answered {client.five_xx()} (5xx other than 503)")
     if worker.exits:

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from tests.faults.harness import FORMS, Client, Sender, Summary, wait_with_progress
-from tests.faults.workload import batches, canary, check, ids_of, persisted_count, shoppers, truth
+from tests.faults.harness import FORMS, Client, Sender, Summary
+from tests.faults.workload import batches, persisted_count, settled, shoppers
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -41,19 +41,9 @@ def test_database_outage_loses_and_doubles_nothing(form, faults_infra, collector
     worker.ensure_running()
     sent = sender.finish()
 
-    expected, expected_ids = truth(sent), ids_of(sent)
-    try:
-        wait_with_progress(lambda: check(engine, expected, expected_ids).ok,
-                           lambda: (persisted_count(engine), worker.ensure_running()),
-                           "the worker to catch up", stall_s=90, limit_s=600)
-    except AssertionError as err:
-        summary.problem(str(err).splitlines()[0])
-    result = check(engine, expected, expected_ids)
-    if not result.ok:
-        summary.problem(result.describe())
-    latency = canary(client, engine, "postgres-outage")
-    if latency is None:
-        summary.problem("the canary event was not persisted within the deadline")
+    result, expected_ids, latency = settled(engine, client, summary, sent, "postgres-outage",
+                                            lambda: (persisted_count(engine), worker.ensure_running()),
+                                            "the worker to catch up", stall_s=90)
     if client.five_xx():
         summary.problem(f"the collector answered {client.five_xx()} (5xx other than 503)")
     if during == 0:

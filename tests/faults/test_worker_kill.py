@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.faults.harness import FORMS, Sender, Summary, wait_with_progress
-from tests.faults.workload import batches, canary, check, ids_of, persisted_count, shoppers, truth
+from tests.faults.harness import FORMS, Sender, Summary
+from tests.faults.workload import batches, persisted_count, settled, shoppers
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -58,18 +58,9 @@ def test_kill_after_persist_before_ack_loses_and_doubles_nothing(form, client, e
     worker.start()  # without the crash point
     sent = sender.finish()
 
-    expected, expected_ids = truth(sent), ids_of(sent)
-    try:
-        wait_with_progress(lambda: check(engine, expected, expected_ids).ok, lambda: persisted_count(engine),
-                           "the restarted worker to catch up", stall_s=60, limit_s=600)
-    except AssertionError as err:
-        summary.problem(str(err).splitlines()[0])
-    result = check(engine, expected, expected_ids)
-    if not result.ok:
-        summary.problem(result.describe())
-    latency = canary(client, engine, "worker-kill")
-    if latency is None:
-        summary.problem("the canary event was not persisted within the deadline")
+    result, expected_ids, latency = settled(engine, client, summary, sent, "worker-kill",
+                                            lambda: persisted_count(engine),
+                                            "the restarted worker to catch up", stall_s=60)
     summary.add(events=len(expected_ids), batches_sent_twice=-(-sender.batches_sent // sender.retry_every),
                 kills_at_crash_point=sum(1 for e in exits if e == KILLED),
                 external_kills=exits.count("external"), persisted=result.persisted, lost=len(result.lost),

@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from sqlalchemy import text
 
-from tests.faults.harness import CANARY_DEADLINE_S, Client
+from tests.faults.harness import CANARY_DEADLINE_S, Client, Summary, wait_with_progress
 
 ZERO = Decimal(0)
 TRACK_KIND = {"product viewed": "product_view", "product clicked": "click", "product added": "cart_add",
@@ -283,3 +283,23 @@ def canary(client: Client, engine, scenario: str) -> float | None:
                 return time.monotonic() - sent
         time.sleep(0.1)
     return None
+
+
+def settled(engine, client: Client, summary: Summary, sent: list[dict], scenario: str, progress,
+            what: str = "the worker to catch up", stall_s: float = 90) -> tuple[Check, set, float | None]:
+    """Waits until PostgreSQL holds exactly what ``sent`` makes (or the wait stalls), then sends a
+    canary; each shortfall is a problem of ``summary``. Returns (the check, the expected event ids,
+    the canary's seconds or None)."""
+    expected, expected_ids = truth(sent), ids_of(sent)
+    try:
+        wait_with_progress(lambda: check(engine, expected, expected_ids).ok, progress, what,
+                           stall_s=stall_s, limit_s=600)
+    except AssertionError as err:
+        summary.problem(str(err).splitlines()[0])
+    result = check(engine, expected, expected_ids)
+    if not result.ok:
+        summary.problem(result.describe())
+    latency = canary(client, engine, scenario)
+    if latency is None:
+        summary.problem("the canary event was not persisted within the deadline")
+    return result, expected_ids, latency
