@@ -1,0 +1,40 @@
+"""CPU per event of the worker's fold (ProfileTracker.process, analytics on), in-process: no Kafka, no
+PostgreSQL. 60,000 simulated events of 9,000 users in batches of 2,000. Figures, not a test.
+
+    .venv/bin/python bench/fold_cpu.py . new          # this tree (records with their Kafka timestamp)
+    git worktree add /tmp/old 391f7a8 && (cd /tmp/old && ../work/main/.venv/bin/python <this file> /tmp/old)
+
+The first argument is the tree whose code runs; with a second argument the records carry a Kafka
+timestamp (trees from 0d9efc6 on). Alternate old and new runs and compare medians.
+"""
+import asyncio, random, sys, time
+from datetime import datetime, timedelta, timezone
+root = sys.argv[1]; sys.path.insert(0, root)
+from spoor.events import Event, EventKind, encode_events
+from spoor.settings import Settings
+from stream_processors.analytics_tracker import AnalyticsTracker
+from stream_processors.app import analytics_rules
+from stream_processors.profile_tracker import ProfileTracker
+class T(dict):
+    async def changelog_durable(self): pass
+class W:
+    def write_batch(self, *a, **k): pass
+async def nothing(*a, **k): pass
+rng = random.Random(7); t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+kinds = [EventKind.PAGE_VIEW]*4 + [EventKind.PRODUCT_VIEW]*3 + [EventKind.CART_ADD, EventKind.PURCHASE]
+events = []
+for n in range(60000):
+    u = f"user-{rng.randrange(9000)}"; k = rng.choice(kinds); at = t0 + timedelta(seconds=n)
+    extra = {"product_id": f"p{rng.randrange(500)}", "category": "shoes", "price": "9.99"} if k != EventKind.PAGE_VIEW else {}
+    if k == EventKind.PURCHASE: extra = {"order_id": f"o{n}", "revenue": "19.98"}
+    events.append(Event(event_id=f"e-{n:08d}-aaaaaaaa-bbbb-cccc", kind=k, name="x", user_key=u, event_time=at, received_at=at, source="web", **extra))
+records = [(hash(e.user_key) % 4, encode_events([e])) for e in events]
+arrived = (t0 + timedelta(days=1)).timestamp()
+new = len(sys.argv) > 2
+tr = ProfileTracker(T(), W(), 512, nothing, AnalyticsTracker(analytics_rules(Settings()), 4, nothing))
+async def run():
+    for s in range(0, len(records), 2000):
+        batch = records[s:s+2000]
+        await tr.process([(p, r, arrived) for p, r in batch] if new else batch)
+c = time.process_time(); asyncio.run(run()); c = time.process_time() - c
+print(f"{'new' if new else 'old'} cpu_us_per_event {c / len(records) * 1e6:.1f}")
