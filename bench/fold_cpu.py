@@ -1,8 +1,9 @@
 """CPU per event of the worker's fold (ProfileTracker.process, analytics on), in-process: no Kafka, no
 PostgreSQL. 60,000 simulated events of 9,000 users in batches of 2,000. Figures, not a test.
 
-    .venv/bin/python bench/fold_cpu.py . new          # this tree (records with their Kafka timestamp)
-    git worktree add /tmp/old 391f7a8 && (cd /tmp/old && ../work/main/.venv/bin/python <this file> /tmp/old)
+    .venv/bin/python bench/fold_cpu.py "$PWD" new     # this tree (records with their Kafka timestamp)
+    git worktree add /tmp/old 391f7a8
+    (cd /tmp/old && "$OLDPWD/.venv/bin/python" "$OLDPWD/bench/fold_cpu.py" /tmp/old)   # an older tree
 
 The first argument is the tree whose code runs; with a second argument the records carry a Kafka
 timestamp (trees from 0d9efc6 on). Alternate old and new runs and compare medians.
