@@ -25,7 +25,7 @@ from ingest.enrich import MAX_USER_AGENT_CHARS, anonymize_ip, anonymize_payload_
 from ingest.normalize import (CREDENTIAL_FIELDS, DEFAULT_MAX_FUTURE_S, InvalidEvent, normalize,
                               repeated_id)
 from ingest.producer import partition_for
-from spoor.bad_rows import SCHEMA_VIOLATION, SIZE_VIOLATION, bad_row
+from spoor.bad_rows import PROCESSING_ERROR, SCHEMA_VIOLATION, SIZE_VIOLATION, bad_row
 from spoor.events import Event, encode_events
 from spoor.settings import Settings
 
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 # user, each grown by enrichment) well under the broker's 1 MB message limit.
 EVENTS_PER_RECORD = 500
 DEFAULT_MAX_NESTING_DEPTH: int = Settings.model_fields["max_nesting_depth"].default
-PROCESSING_ERROR = "processing_error"  # turning the message into an event raised unexpectedly
 # Bad rows: a field path fits dead_letters.field (VARCHAR(256)); reasons stay readable in a 400.
 MAX_FIELD_CHARS = 200
 MAX_REASON_CHARS = 300

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from spoor.events import Event, EventKind
+from spoor.events import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, Event, EventKind
 from spoor.settings import Settings
 
 # Segment E-commerce spec v2 event names (compared case- and separator-insensitively).
@@ -41,9 +41,6 @@ TRACK_KINDS: dict[str, EventKind] = {
     "order completed": EventKind.PURCHASE,
     "order refunded": EventKind.REFUND,
 }
-# Event times outside this range are client bugs; they would also overflow date arithmetic downstream.
-EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
-LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=timezone.utc)
 MESSAGE_TYPES = {"track", "page", "screen", "identify", "alias", "group"}
 # An event may claim a time at most this far after its receipt (Settings.max_future_event_s).
 DEFAULT_MAX_FUTURE_S: float = Settings.model_fields["max_future_event_s"].default

@@ -35,10 +35,11 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from alerts.series import COUNTS, RESOLUTIONS
+from spoor.events import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, MONEY_LIMIT
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-MONEY_MAX = Decimal("99999999999999.9999")
-EARLIEST_S, LATEST_S = 0, datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp()
+MONEY_MAX = MONEY_LIMIT - Decimal("0.0001")  # the largest NUMERIC(18,4)
+EARLIEST_S, LATEST_S = EARLIEST_EVENT_TIME.timestamp(), LATEST_EVENT_TIME.timestamp()
 KIND_COLUMNS = {"page_view": "page_views", "product_view": "product_views", "click": "clicks",
                 "cart_add": "cart_adds", "cart_remove": "cart_removes", "checkout": "checkouts",
                 "purchase": "orders", "refund": "refunds", "identify": "identifies", "custom": "custom_events"}
@@ -124,9 +125,6 @@ class MetricWindows:
         """The open accumulators ``at`` falls into: its minute's, one per dimension, or when the minute
         is closed, those of its coarser windows still open (none when late for all of them).
         Windows are keyed by their start in epoch seconds (datetime arithmetic per event is slow)."""
-        if not EARLIEST_S <= at.timestamp() < LATEST_S:
-            self.out_of_range += 1  # validated upstream; a window there would overflow datetime arithmetic
-            return
         closed = self.closed.get(partition)
         closed_s = closed.timestamp() if closed is not None else None
         seconds = int(at.timestamp() // 1)
@@ -146,10 +144,16 @@ class MetricWindows:
                 yield accumulator
             return  # the coarser windows get this event when its open window closes and rolls up
 
+    def _in_range(self, at: datetime) -> bool:
+        """Times are validated upstream; a window outside 1970..2100 would overflow datetime arithmetic."""
+        if EARLIEST_S <= at.timestamp() < LATEST_S:
+            return True
+        self.out_of_range += 1
+        return False
+
     def add_event(self, partition: int, event) -> None:
         at = event.event_time
-        if not EARLIEST_S <= at.timestamp() < LATEST_S:
-            self.out_of_range += 1
+        if not self._in_range(at):
             return
         self.first.setdefault(partition, at)
         categories = [event.category] + [line.category for line in event.products]
@@ -161,6 +165,8 @@ class MetricWindows:
             self.newest[partition] = at
 
     def add_dead_letter(self, at: datetime, source: str | None, processor: str) -> None:
+        if not self._in_range(at):
+            return
         dims = ["global"] + ([f"source:{source[:64]}"] if source else [])
         for accumulator in self._accumulators(at, DEAD_LETTER_PARTITION, dims):
             accumulator.add_dead_letter(processor)

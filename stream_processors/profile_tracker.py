@@ -249,23 +249,28 @@ class ProfileTracker:
                 continue
             appended_at = record[2] if len(record) > 2 else None
             if appended_at is not None:
-                valid = [event for event in valid if await self._not_from_the_future(event, appended_at)]
+                impossible = [(event, self._impossible_time(event, appended_at)) for event in valid]
+                for event, field in impossible:
+                    if field:
+                        await self._reject(orjson.loads(event.to_json()), field,
+                                           f"{getattr(event, field).isoformat()} is outside {EARLIEST_EVENT_TIME:%Y} .. "
+                                           f"the record's arrival in Kafka plus {self.max_future_s:.0f} s "
+                                           "(SPOOR_MAX_FUTURE_EVENT_S)", FUTURE_TIME)
+                valid = [event for event, field in impossible if field is None]
             events.extend((partition, event) for event in valid)
             await self.pause.after(len(valid))
         return events, erasures
 
-    async def _not_from_the_future(self, event: Event, appended_at: float) -> bool:
-        """Whether the event's times are possible for a record that reached Kafka at ``appended_at``:
-        a claimed future time would move the partition's watermark and fire everyone's triggers."""
+    def _impossible_time(self, event: Event, appended_at: float) -> str | None:
+        """The first of the event's times that a record which reached Kafka at ``appended_at`` cannot
+        hold, else None: a claimed future time would move the partition's watermark and fire everyone's
+        triggers. Checked per event without a coroutine; only a rejection awaits."""
         latest = appended_at + self.max_future_s
         for name in ("event_time", "received_at"):
             at = getattr(event, name)
             if at.timestamp() > latest or at < EARLIEST_EVENT_TIME:
-                await self._reject(orjson.loads(event.to_json()), name,
-                                   f"{at.isoformat()} is outside {EARLIEST_EVENT_TIME:%Y} .. the record's arrival "
-                                   f"in Kafka plus {self.max_future_s:.0f} s (SPOOR_MAX_FUTURE_EVENT_S)", FUTURE_TIME)
-                return False
-        return True
+                return name
+        return None
 
     async def _bad_rows_acknowledged(self) -> None:
         deliveries, self.bad_row_deliveries = self.bad_row_deliveries, []

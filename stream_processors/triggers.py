@@ -21,12 +21,11 @@ from decimal import Decimal
 import orjson
 
 from spoor.events import Event, EventKind
-from stream_processors.profile import compact_id
+from stream_processors.profile import MAX_CART_LINES, compact_id  # the profile's cart bound: one cart, one bound
 
 CART, BROWSE, WIN_BACK = "cart_abandonment", "browse_abandonment", "win_back"
 TRIGGER_SCHEMA = "spoor.trigger/1"
 MAX_BROWSED = 50  # products followed per user; the least recently viewed is dropped past it
-MAX_CART_LINES = 100  # products in an open cart episode; adds of more products keep it open but list none
 
 
 @dataclass(frozen=True, slots=True)
