@@ -25,7 +25,7 @@ from ingest.enrich import MAX_USER_AGENT_CHARS, anonymize_ip, anonymize_payload_
 from ingest.normalize import (CREDENTIAL_FIELDS, DEFAULT_MAX_FUTURE_S, InvalidEvent, normalize,
                               repeated_id)
 from ingest.producer import partition_for
-from spoor.bad_rows import PROCESSING_ERROR, SCHEMA_VIOLATION, SIZE_VIOLATION, bad_row
+from spoor.bad_rows import PROCESSING_ERROR, SCHEMA_VIOLATION, SIZE_VIOLATION, bad_row, describe, too_deep_at
 from spoor.events import Event, encode_events
 from spoor.settings import Settings
 
@@ -275,20 +275,9 @@ class _Unstorable(InvalidEvent):
 
 
 def _too_deep(value: Any, limit: int) -> str | None:
-    """The path of the first container nested deeper than ``limit`` (the message itself is level 1), else None.
-    Iterative: a message may be nested as deep as the JSON parser allowed (orjson: 1024)."""
-    stack: list[tuple[Any, int, tuple]] = [(value, 1, ())]
-    while stack:
-        node, depth, path = stack.pop()
-        if depth > limit:
-            return _path(path)
-        if isinstance(node, dict):
-            stack.extend((child, depth + 1, path + (key,)) for key, child in node.items()
-                         if isinstance(child, (dict, list, tuple)))
-        elif isinstance(node, (list, tuple)):
-            stack.extend((child, depth + 1, path + (i,)) for i, child in enumerate(node)
-                         if isinstance(child, (dict, list, tuple)))
-    return None
+    """The field path of the first container nested deeper than ``limit``, else None."""
+    path = too_deep_at(value, limit)
+    return None if path is None else _path(path)
 
 
 def _repaired(value: Any, limit: int, strict: bool = True) -> Any:
@@ -410,7 +399,7 @@ def _stored_sent_at(value: Any) -> Any:
 
 
 def _exception_reason(err: BaseException) -> str:
-    return _bounded_text(f"{type(err).__name__}: {err}", MAX_REASON_CHARS) or type(err).__name__
+    return _bounded_text(describe(err), MAX_REASON_CHARS) or type(err).__name__
 
 
 # -- request bodies ---------------------------------------------------------------------------------

@@ -90,21 +90,28 @@ def bad_row(processor: str, field: str | None, reason: str, payload, source: str
     return _without_nul(encoded)
 
 
-def deeper_than(value, limit: int) -> bool:
-    """Whether JSON data nests more than ``limit`` levels (iterative: no input can exhaust the stack)."""
-    stack = [(value, 1)]
+def too_deep_at(value, limit: int) -> tuple | None:
+    """The path (keys and indexes) of the first list or object nested deeper than ``limit`` levels
+    (``value`` itself is level 1), else None. Iterative: no input can exhaust the stack."""
+    stack = [(value, 1, ())]
     while stack:
-        item, depth = stack.pop()
+        item, depth, path = stack.pop()
         if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
+            children = item.items()
+        elif isinstance(item, (list, tuple)):
+            children = enumerate(item)
         else:
             continue
         if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
+            return path
+        stack.extend((child, depth + 1, path + (key,)) for key, child in children
+                     if isinstance(child, (dict, list, tuple)))
+    return None
+
+
+def deeper_than(value, limit: int) -> bool:
+    """Whether JSON data nests more than ``limit`` levels."""
+    return too_deep_at(value, limit) is not None
 
 
 def _encodable(value) -> bool:
