@@ -67,18 +67,17 @@ def base_settings() -> Settings:
     return settings
 
 
-@pytest.fixture(scope="module")
-def test_settings(base_settings, tmp_path_factory) -> Settings:
-    """A fresh database (migrated), fresh topics and a fresh consumer group for one test module."""
+def scratch_settings(base: Settings, tmp_path_factory, prefix: str) -> tuple[Settings, ScratchDatabase]:
+    """Settings of one test module: a fresh database (migrated), fresh topics, consumer group and ports."""
     run = uuid.uuid4().hex[:10]
-    database = ScratchDatabase(base_settings.database_url, f"spoor_test_{run}")
-    settings = base_settings.model_copy(update={
+    database = ScratchDatabase(base.database_url, f"{prefix.replace('-', '_')}_{run}")
+    settings = base.model_copy(update={
         "database_url": database.url,
-        "events_topic": f"spoor.test-{run}.events",
-        "dead_letter_topic": f"spoor.test-{run}.events.dlq",
-        "triggers_topic": f"spoor.test-{run}.triggers",
-        "alerts_topic": f"spoor.test-{run}.alerts",
-        "worker_app_id": f"spoor-test-{run}",
+        "events_topic": f"{prefix.replace('-', '.', 1)}-{run}.events",
+        "dead_letter_topic": f"{prefix.replace('-', '.', 1)}-{run}.events.dlq",
+        "triggers_topic": f"{prefix.replace('-', '.', 1)}-{run}.triggers",
+        "alerts_topic": f"{prefix.replace('-', '.', 1)}-{run}.alerts",
+        "worker_app_id": f"{prefix}-{run}",
         "collector_port": free_port(),
         "worker_web_port": free_port(),
         "worker_data_dir": str(tmp_path_factory.mktemp("faust")),
@@ -87,6 +86,13 @@ def test_settings(base_settings, tmp_path_factory) -> Settings:
     })
     upgrade(settings.database_url)
     create_topics(settings)
+    return settings, database
+
+
+@pytest.fixture(scope="module")
+def test_settings(base_settings, tmp_path_factory) -> Settings:
+    """A fresh database (migrated), fresh topics and a fresh consumer group for one test module."""
+    settings, database = scratch_settings(base_settings, tmp_path_factory, "spoor-test")
     yield settings
     database.drop()
 

@@ -8,15 +8,10 @@ PostgreSQL on 5533), started before the first scenario and stopped after the las
 topics and consumer group on the private servers.
 """
 
-import uuid
-
 import pytest
 
 from spoor.settings import Settings
-from spoor.topics import create_topics
-from storage.migrate import upgrade
-from storage.scratch import ScratchDatabase
-from tests.conftest import free_port
+from tests.conftest import scratch_settings
 from tests.faults import harness
 
 
@@ -60,23 +55,7 @@ def base_settings(faults_infra) -> Settings:
 def test_settings(base_settings, tmp_path_factory) -> Settings:
     """tests/conftest.py's per-module settings (own database, topics, group, ports), with a database drop
     that survives the PostgreSQL restart of a scenario (the admin connection it pooled is gone then)."""
-    run = uuid.uuid4().hex[:10]
-    database = ScratchDatabase(base_settings.database_url, f"spoor_faults_{run}")
-    settings = base_settings.model_copy(update={
-        "database_url": database.url,
-        "events_topic": f"spoor.faults-{run}.events",
-        "dead_letter_topic": f"spoor.faults-{run}.events.dlq",
-        "triggers_topic": f"spoor.faults-{run}.triggers",
-        "alerts_topic": f"spoor.faults-{run}.alerts",
-        "worker_app_id": f"spoor-faults-{run}",
-        "collector_port": free_port(),
-        "worker_web_port": free_port(),
-        "worker_data_dir": str(tmp_path_factory.mktemp("faust")),
-        "worker_session_timeout_s": 8.0,
-        "worker_batch_within_s": 0.1,
-    })
-    upgrade(settings.database_url)
-    create_topics(settings)
+    settings, database = scratch_settings(base_settings, tmp_path_factory, "spoor-faults")
     yield settings
     database._admin.dispose()
     database.drop()
