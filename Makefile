@@ -29,7 +29,7 @@ demo: up             ## simulated shoppers through the stack, then a summary fro
 test: install sdk-js ## unit tests, then integration and end-to-end tests on the real Kafka and PostgreSQL
 	@deploy/stack.sh infra
 	@deploy/segment_node.sh
-	@deploy/segment_compat.sh  # analytics-next (npm) and analytics-kotlin (Maven Central), for tests/integration/test_segment_*.py
+	@deploy/segment_compat.sh  # analytics-next (npm) and analytics-kotlin (Maven Central), for tests/e2e/test_segment_*.py
 	@deploy/prometheus.sh install  # Prometheus + Alertmanager from Debian, for tests/integration/test_monitoring.py
 	$(VENV)/bin/python -m pytest tests
 

@@ -1,5 +1,8 @@
 """Metric anomaly alerts: detectors, rules, the alert lifecycle and notifiers."""
 
 
-class AlertsError(Exception):
+from spoor.errors import SpoorError
+
+
+class AlertsError(SpoorError):
     """Root of every error raised by the alerts package."""

@@ -9,10 +9,10 @@ broken-tracking zero is seen at all.
 from dataclasses import dataclass
 from datetime import datetime
 
-from alerts.detectors import SeasonalDetector, Verdict
-from alerts.lifecycle import AlertLifecycle, Transition, fingerprint
-from alerts.rules import Rule, RuleSet
-from alerts.series import metric_value
+from spoor.alerts.alert_rules import Rule, RuleSet
+from spoor.alerts.detectors import SeasonalDetector, Verdict
+from spoor.alerts.lifecycle import AlertLifecycle, Transition, fingerprint
+from spoor.alerts.series import metric_value
 
 
 @dataclass

@@ -28,13 +28,14 @@ from datetime import datetime, timedelta
 import orjson
 from sqlalchemy import Engine, func, select
 
-from alerts import metrics, store
-from alerts.engine import RuleEngine
-from alerts.notifiers import NotifierHub, alert_document
-from alerts.rules import RulesFile
-from alerts.series import METRICS, RESOLUTIONS, metric_value
-from storage.metric_store import complete_until, window_totals
-from storage.metrics_models import MetricWindow
+from spoor.alerts import alert_metrics, store
+from spoor.alerts.alert_rules import RulesFile
+from spoor.alerts.engine import RuleEngine
+from spoor.alerts.notifiers import NotifierHub, alert_document
+from spoor.alerts.series import METRICS, metric_value
+from spoor.metric_columns import RESOLUTIONS
+from spoor.storage.metric_store import complete_until, window_totals
+from spoor.storage.metric_tables import MetricWindow
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +73,17 @@ class AlertEvaluator:
         try:
             await self._round()
         except Exception:  # noqa: BLE001 - nothing is lost: the cursor did not move; rebuild and retry
-            metrics.EVALUATION_FAILURES.inc()
+            alert_metrics.EVALUATION_FAILURES.inc()
             log.exception("alert evaluation failed; retrying from the stored cursor")
             self.engine = None
 
     async def _round(self) -> None:
         if self.rules_file.reload_if_changed():
-            metrics.RULES_RELOADS.labels("loaded").inc()
+            alert_metrics.RULES_RELOADS.labels("loaded").inc()
             log.info("alert rules reloaded from %s", self.rules_file.path)
             self.engine = None
         elif self.rules_file.last_error:
-            metrics.RULES_RELOADS.labels("invalid").inc()
+            alert_metrics.RULES_RELOADS.labels("invalid").inc()
             log.error("alert rules not reloaded (keeping the previous ones): %s", self.rules_file.last_error)
             self.rules_file.last_error = None
         if self.engine is None:
@@ -141,17 +142,17 @@ class AlertEvaluator:
             for metric in METRICS:
                 value, _volume = metric_value(metric, totals)
                 if value is not None:
-                    metrics.BUSINESS_METRIC.labels(metric, dimension, resolution).set(float(value))
+                    alert_metrics.BUSINESS_METRIC.labels(metric, dimension, resolution).set(float(value))
         stored = await asyncio.to_thread(store.record, self.db, rows, {resolution: last}, self.hub.names)
         self.cursors[resolution] = last
-        metrics.WINDOWS_EVALUATED.labels(resolution).inc(len(windows))
-        metrics.EVALUATED_UNTIL.labels(resolution).set(last.timestamp())
+        alert_metrics.WINDOWS_EVALUATED.labels(resolution).inc(len(windows))
+        alert_metrics.EVALUATED_UNTIL.labels(resolution).set(last.timestamp())
         for alert in stored:
-            metrics.TRANSITIONS.labels(alert["rule_id"], alert["status"]).inc()
+            alert_metrics.TRANSITIONS.labels(alert["rule_id"], alert["status"]).inc()
             log.info("alert %s %s on %s (%s)", alert["rule_id"], alert["status"], alert["dimension"],
                      alert["evidence"].get("reason"))
         if any(alert["status"] in store.NOTIFIED for alert in stored):
             self.hub.wake()
         firing = await asyncio.to_thread(store.firing, self.db)
         for severity in ("info", "warning", "critical"):
-            metrics.FIRING.labels(severity).set(sum(a["severity"] == severity for a in firing))
+            alert_metrics.FIRING.labels(severity).set(sum(a["severity"] == severity for a in firing))

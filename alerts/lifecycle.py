@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from alerts.detectors import Verdict
+from spoor.alerts.detectors import Verdict
 
 
 class AlertStatus(StrEnum):

@@ -39,9 +39,9 @@ import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from alerts import outbox
-from alerts.metrics import NOTIFICATIONS
 from spoor import webhooks
+from spoor.alerts import outbox
+from spoor.alerts.alert_metrics import NOTIFICATIONS
 from spoor.settings import Settings
 from spoor.signing import webhook_mac
 

@@ -18,7 +18,7 @@ from datetime import timedelta
 from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from storage.metrics_models import Alert, AlertNotification
+from spoor.storage.metric_tables import Alert, AlertNotification
 
 NOTIFICATIONS = AlertNotification.__table__
 ALERTS = Alert.__table__

@@ -9,13 +9,7 @@ minimum-volume guard looks at (the denominator of a rate).
 
 from collections.abc import Callable
 
-RESOLUTIONS = {"1m": 60, "5m": 300, "60m": 3600}
-
-# Columns of metric_windows holding additive counts, in the order of the table.
-COUNTS = ("events", "page_views", "product_views", "clicks", "cart_adds", "cart_removes", "checkouts",
-          "orders", "identifies", "custom_events", "active_users", "sessions", "viewers", "carters",
-          "buyers", "dead_letters", "collector_rejects", "refunds")
-AMOUNTS = ("revenue",)
+from spoor.metric_columns import AMOUNTS, COUNTS
 
 
 def _ratio(numerator: str, denominator: str) -> Callable[[dict], tuple[float | None, float]]:

@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 from sqlalchemy import Connection, Engine, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from alerts import outbox
-from alerts.engine import Evaluation
-from alerts.notifiers import alert_document
-from storage.metrics_models import Alert, AlertCursor, AlertSilence
+from spoor.alerts import outbox
+from spoor.alerts.engine import Evaluation
+from spoor.alerts.notifiers import alert_document
+from spoor.storage.metric_tables import Alert, AlertCursor, AlertSilence
 
 ALERTS = Alert.__table__
 NOTIFIED = ("firing", "resolved")  # pending and cancelled are stored, never notified

@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alerts.engine import RuleEngine  # noqa: E402
-from alerts.lifecycle import AlertStatus  # noqa: E402
-from alerts.rules import load_rules  # noqa: E402
+from spoor.alerts.alert_rules import load_rules  # noqa: E402
+from spoor.alerts.engine import RuleEngine  # noqa: E402
+from spoor.alerts.lifecycle import AlertStatus  # noqa: E402
 
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)  # a Monday
 RULES = Path(__file__).resolve().parent.parent / "alerts" / "rules.yaml"

@@ -34,10 +34,10 @@ from sqlalchemy import create_engine, text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.pipeline import make_batches, persisted_events, post_all  # noqa: E402
 from spoor.settings import Settings  # noqa: E402
+from spoor.storage.migrate import upgrade  # noqa: E402
+from spoor.storage.write_keys import create_key  # noqa: E402
 from spoor.topics import create_topics  # noqa: E402
-from storage.scratch import ScratchDatabase
-from storage.migrate import upgrade  # noqa: E402
-from storage.write_keys import create_key  # noqa: E402
+from tests.support.scratch_db import ScratchDatabase
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {

@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from spoor.settings import Settings  # noqa: E402
+from spoor.storage.migrate import upgrade  # noqa: E402
+from spoor.storage.write_keys import create_key  # noqa: E402
 from spoor.topics import create_topics  # noqa: E402
-from storage.scratch import ScratchDatabase
-from storage.migrate import upgrade  # noqa: E402
-from storage.write_keys import create_key  # noqa: E402
+from tests.support.scratch_db import ScratchDatabase
 
 BATCH = 100
 BROWSERS = [f"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 "
@@ -145,8 +145,8 @@ def intake_cost(bodies: list[bytes]) -> tuple[float, float]:
     """In this process: microseconds per event for the collector's intake, and the share of it spent enriching."""
     from datetime import datetime, timezone
 
-    from ingest.enrich import enrichment
-    from ingest.intake import Intake, RequestFacts
+    from spoor.ingest.enrich import enrichment
+    from spoor.ingest.intake import Intake, RequestFacts
     batches = [orjson.loads(body)["batch"] for body in bodies]
     intake = Intake("events", "dlq", 4, 32 * 1024)
     facts = RequestFacts(received_at=datetime.now(timezone.utc), source="web", user_agent=None, peer_ip="192.0.2.1")

@@ -8,14 +8,24 @@ PostgreSQL. 60,000 simulated events of 9,000 users in batches of 2,000. Figures,
 The first argument is the tree whose code runs; with a second argument the records carry a Kafka
 timestamp (trees from 0d9efc6 on). Alternate old and new runs and compare medians.
 """
-import asyncio, random, sys, time
+import asyncio
+import importlib
+import random
+import sys
+import time
 from datetime import datetime, timedelta, timezone
-root = sys.argv[1]; sys.path.insert(0, root)
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from source_tree import use_tree
+
+stages = "spoor.stream_processors" if use_tree(sys.argv[1]) else "stream_processors"
 from spoor.events import Event, EventKind, encode_events
 from spoor.settings import Settings
-from stream_processors.analytics_tracker import AnalyticsTracker
-from stream_processors.app import analytics_rules
-from stream_processors.profile_tracker import ProfileTracker
+
+AnalyticsTracker = importlib.import_module(f"{stages}.analytics_tracker").AnalyticsTracker
+analytics_rules = importlib.import_module(f"{stages}.app").analytics_rules
+ProfileTracker = importlib.import_module(f"{stages}.profile_tracker").ProfileTracker
 class T(dict):
     async def changelog_durable(self): pass
 class W:

@@ -27,8 +27,8 @@ from kafka import KafkaProducer
 from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ingest.producer import partition_for  # noqa: E402
 from spoor.settings import Settings  # noqa: E402
+from spoor.topics import partition_for  # noqa: E402
 from tests.faults import hostile  # noqa: E402
 from tests.faults.test_hostile_inputs import encode  # noqa: E402
 from tests.faults.workload import canonical  # noqa: E402

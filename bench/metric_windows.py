@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from spoor.events import Event, decode_record, encode_events  # noqa: E402
-from stream_processors.metric_windows import MetricWindows  # noqa: E402
+from spoor.stream_processors.metric_windows import MetricWindows  # noqa: E402
 
 KINDS = ["page_view", "product_view", "click", "cart_add", "purchase"]
 

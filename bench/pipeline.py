@@ -26,9 +26,9 @@ from pathlib import Path
 import orjson
 from sqlalchemy import create_engine, text
 
-from spoor.collector_client import CollectorClient
+from spoor.cli.collector_client import CollectorClient
+from spoor.cli.simulate import simulate
 from spoor.settings import Settings
-from spoor.simulate import simulate
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 100

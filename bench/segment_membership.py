@@ -14,12 +14,12 @@ from datetime import datetime, timezone
 
 from sqlalchemy import create_engine, text
 
-from segments import membership
-from segments.language import parse_segment
-from segments.membership import SegmentStore
+from spoor.segments import membership
+from spoor.segments.membership import SegmentStore
+from spoor.segments.segment_language import parse_segment
 from spoor.settings import Settings
-from storage.scratch import ScratchDatabase
-from storage.migrate import upgrade
+from spoor.storage.migrate import upgrade
+from tests.support.scratch_db import ScratchDatabase
 
 FILL = """
 INSERT INTO user_profiles (user_key, user_id, first_seen_at, last_seen_at, events, page_views, product_views,

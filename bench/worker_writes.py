@@ -20,16 +20,16 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ingest.normalize import normalize  # noqa: E402
+from spoor.cli.simulate import simulate  # noqa: E402
 from spoor.events import encode_events  # noqa: E402
+from spoor.ingest.normalize import normalize  # noqa: E402
 from spoor.settings import Settings  # noqa: E402
-from spoor.simulate import simulate  # noqa: E402
-from storage.migrate import upgrade  # noqa: E402
-from storage.scratch import ScratchDatabase  # noqa: E402
-from storage.writers import StreamWriter  # noqa: E402
-from stream_processors.analytics_tracker import AnalyticsTracker  # noqa: E402
-from stream_processors.app import analytics_rules  # noqa: E402
-from stream_processors.profile_tracker import ProfileTracker  # noqa: E402
+from spoor.storage.migrate import upgrade  # noqa: E402
+from spoor.storage.writers import StreamWriter  # noqa: E402
+from spoor.stream_processors.analytics_tracker import AnalyticsTracker  # noqa: E402
+from spoor.stream_processors.app import analytics_rules  # noqa: E402
+from spoor.stream_processors.profile_tracker import ProfileTracker  # noqa: E402
+from tests.support.scratch_db import ScratchDatabase  # noqa: E402
 
 UPSERTED = ("user_profiles", "sessions", "user_activity")
 

@@ -7,7 +7,7 @@ import time
 
 from sqlalchemy import Engine
 
-from storage.write_keys import active_key_sources, hash_key
+from spoor.storage.write_keys import active_key_sources, hash_key
 
 log = logging.getLogger(__name__)
 

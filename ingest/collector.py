@@ -35,12 +35,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ingest import metrics
-from ingest.auth import RateLimiter, WriteKeyCache, write_key_from
-from ingest.cors import CorsMiddleware, OriginPolicy
-from ingest.intake import Intake, RequestFacts, parse_json
-from ingest.producer import EventProducer, KafkaUnavailable
-from ingest.segment_settings import api_host_and_protocol, settings_document
+from spoor.ingest import collector_metrics
+from spoor.ingest.auth import RateLimiter, WriteKeyCache, write_key_from
+from spoor.ingest.cors import CorsMiddleware, OriginPolicy
+from spoor.ingest.intake import Intake, RequestFacts, parse_json
+from spoor.ingest.producer import EventProducer, KafkaUnavailable
+from spoor.ingest.segment_settings import api_host_and_protocol, settings_document
 from spoor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,8 @@ class Collector:
         except RequestRejected as rejected:
             response = JSONResponse({"success": False, "error": rejected.error},
                                     status_code=rejected.status, headers=rejected.headers)
-        metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
-        metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        collector_metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        collector_metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
         return response
 
     async def _handle(self, request: Request, endpoint: str) -> Response:
@@ -106,7 +106,7 @@ class Collector:
                 raise RequestRejected(413, f"a batch holds at most {self.settings.max_batch_events} messages")
         else:
             messages = [body]
-        metrics.BATCH_EVENTS.observe(len(messages))
+        collector_metrics.BATCH_EVENTS.observe(len(messages))
 
         wait = self.limiter.retry_after(write_key, len(messages))
         if wait:
@@ -121,13 +121,13 @@ class Collector:
         try:
             await self.producer.send_all(records)
         except KafkaUnavailable as err:
-            metrics.KAFKA_FAILURES.inc()
+            collector_metrics.KAFKA_FAILURES.inc()
             log.warning("Kafka did not acknowledge a request's records: %s", err)
             raise RequestRejected(503, "event store unavailable, retry later", {"Retry-After": "5"}) from err
 
-        metrics.EVENTS.labels("accepted").inc(len(messages) - len(rejected))
+        collector_metrics.EVENTS.labels("accepted").inc(len(messages) - len(rejected))
         if rejected:
-            metrics.EVENTS.labels("rejected").inc(len(rejected))
+            collector_metrics.EVENTS.labels("rejected").inc(len(rejected))
             return JSONResponse({"success": False, "accepted": len(messages) - len(rejected),
                                  "rejected": rejected}, status_code=400)
         return JSONResponse({"success": True})
@@ -153,7 +153,7 @@ class Collector:
                 fallback_host=f"{server[0]}:{server[1]}")
             status, response = 200, JSONResponse(settings_document(write_key, api_host, protocol),
                                                  headers={"Cache-Control": SETTINGS_CACHE_CONTROL})
-        metrics.REQUESTS.labels("settings", str(status)).inc()
+        collector_metrics.REQUESTS.labels("settings", str(status)).inc()
         return response
 
     async def _read_json(self, request: Request):

@@ -24,9 +24,9 @@ from collections.abc import Callable
 import orjson
 from sqlalchemy import Engine
 
-from ingest import metrics
-from storage.write_key_origins import ANY_ORIGIN, active_key_origins
-from storage.write_keys import hash_key
+from spoor.ingest import collector_metrics
+from spoor.storage.write_key_origins import ANY_ORIGIN, active_key_origins
+from spoor.storage.write_keys import hash_key
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class CorsMiddleware:
         if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
             return await self._preflight(send, policy, origin, headers)
         if not policy.allowed_by_some_key(origin):
-            metrics.REQUESTS.labels("cors", "403").inc()
+            collector_metrics.REQUESTS.labels("cors", "403").inc()
             return await _answer(send, 403, {"success": False, "error": f"origin {origin} is not allowed"})
 
         cors_headers = [(b"access-control-allow-origin", origin_raw), (b"vary", b"Origin"),
@@ -133,7 +133,7 @@ class CorsMiddleware:
         elif not requested <= ALLOWED_HEADERS:
             error = f"headers {sorted(requested - ALLOWED_HEADERS)} are not allowed"
         else:
-            metrics.REQUESTS.labels("preflight", "204").inc()
+            collector_metrics.REQUESTS.labels("preflight", "204").inc()
             return await _answer(send, 204, None, {
                 b"access-control-allow-origin": origin.encode("latin-1"),
                 b"access-control-allow-methods": ALLOWED_METHODS.encode(),
@@ -141,7 +141,7 @@ class CorsMiddleware:
                 b"access-control-max-age": PREFLIGHT_MAX_AGE_S.encode(),
                 b"vary": b"Origin",
             })
-        metrics.REQUESTS.labels("preflight", "403").inc()
+        collector_metrics.REQUESTS.labels("preflight", "403").inc()
         await _answer(send, 403, {"success": False, "error": error}, {b"vary": b"Origin"})
 
 

@@ -14,14 +14,16 @@
 import asyncio
 import hashlib
 from dataclasses import dataclass, field
+
 import orjson
 from pydantic import ValidationError
 
-from ingest.intake import Intake, Record, RequestFacts, is_summary
-from ingest.producer import EventProducer, partition_for
 from spoor.bad_rows import FOREIGN_RECORD, bad_row
 from spoor.events import Event
+from spoor.ingest.intake import Intake, Record, RequestFacts, is_summary
+from spoor.ingest.producer import EventProducer
 from spoor.settings import Settings
+from spoor.topics import partition_for
 
 
 @dataclass

@@ -21,13 +21,12 @@ from typing import Any
 
 import orjson
 
-from ingest.enrich import MAX_USER_AGENT_CHARS, anonymize_ip, anonymize_payload_ip, enrichment
-from ingest.normalize import (CREDENTIAL_FIELDS, DEFAULT_MAX_FUTURE_S, InvalidEvent, normalize,
-                              repeated_id)
-from ingest.producer import partition_for
 from spoor.bad_rows import PROCESSING_ERROR, SCHEMA_VIOLATION, SIZE_VIOLATION, bad_row, describe, too_deep_at
 from spoor.events import Event, encode_events
+from spoor.ingest.enrich import MAX_USER_AGENT_CHARS, anonymize_ip, anonymize_payload_ip, enrichment
+from spoor.ingest.normalize import CREDENTIAL_FIELDS, DEFAULT_MAX_FUTURE_S, InvalidEvent, normalize, repeated_id
 from spoor.settings import Settings
+from spoor.topics import partition_for
 
 log = logging.getLogger(__name__)
 

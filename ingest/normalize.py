@@ -27,20 +27,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from spoor.events import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, Event, EventKind
+from spoor.events import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, TRACK_KINDS, Event, EventKind
 from spoor.settings import Settings
 
-# Segment E-commerce spec v2 event names (compared case- and separator-insensitively).
-TRACK_KINDS: dict[str, EventKind] = {
-    "product viewed": EventKind.PRODUCT_VIEW,
-    "product clicked": EventKind.CLICK,
-    "promotion clicked": EventKind.CLICK,
-    "product added": EventKind.CART_ADD,
-    "product removed": EventKind.CART_REMOVE,
-    "checkout started": EventKind.CHECKOUT,
-    "order completed": EventKind.PURCHASE,
-    "order refunded": EventKind.REFUND,
-}
 MESSAGE_TYPES = {"track", "page", "screen", "identify", "alias", "group"}
 # An event may claim a time at most this far after its receipt (Settings.max_future_event_s).
 DEFAULT_MAX_FUTURE_S: float = Settings.model_fields["max_future_event_s"].default

@@ -9,13 +9,10 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 
 from kafka import KafkaProducer
-from kafka.partitioner.default import murmur2
 
 from spoor.settings import Settings
-
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +143,3 @@ class EventProducer:
         self.sender.shutdown(wait=True)
         self.producer.flush(timeout=self.settings.kafka_delivery_timeout_ms / 1000)
         self.producer.close()
-
-
-@lru_cache(maxsize=65536)  # kafka-python's murmur2 is pure Python; a batch repeats its users
-def partition_for(user_key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java, kafka-python, aiokafka) picks for key=user_key."""
-    return (murmur2(user_key.encode()) & 0x7FFFFFFF) % partitions

@@ -1,10 +1,12 @@
-"""Segments and campaigns on the behaviour data in PostgreSQL.
+"""Segments on the behaviour data in PostgreSQL.
 
-Pure parts (no database or Kafka import): ``language`` (the segment language), ``fields`` (the field
-catalogue), ``rules`` (campaign rules), ``stats`` (lift). SQL is built by ``compiler`` (SQLAlchemy
-Core, parameterised) and run by ``membership`` and ``campaigns``.
+Pure parts (no database or Kafka import): ``segment_language`` (the segment language) and
+``segment_fields`` (the field catalogue). SQL is built by ``segment_compiler`` (SQLAlchemy Core,
+parameterised) and run by ``membership``; ``segment_runner`` is the ``spoor segments run`` process.
 """
 
+from spoor.errors import SpoorError
 
-class SegmentsError(Exception):
+
+class SegmentsError(SpoorError):
     """Root of every error this package raises on purpose (bad definitions, unknown names...)."""

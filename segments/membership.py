@@ -30,12 +30,12 @@ from sqlalchemy import Engine, Text, delete, exists, func, literal, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import ArgumentError, CompileError, DBAPIError, StatementError
 
-from segments import SegmentsError
-from segments.builtin import BUILTIN_SEGMENTS
-from segments.compiler import compile_segment
-from segments.language import SegmentDefinitionError, SegmentSpec, check_limits, parse_stored
-from storage.models import UserActivity, UserProfile
-from storage.segments_models import SegmentCursor, SegmentDefinition, SegmentMember, SegmentTransition
+from spoor.segments import SegmentsError
+from spoor.segments.builtin_segments import BUILTIN_SEGMENTS
+from spoor.segments.segment_compiler import compile_segment
+from spoor.segments.segment_language import SegmentDefinitionError, SegmentSpec, check_limits, parse_stored
+from spoor.storage.segment_tables import SegmentCursor, SegmentDefinition, SegmentMember, SegmentTransition
+from spoor.storage.tables import UserActivity, UserProfile
 
 DEFINITIONS = SegmentDefinition.__table__
 MEMBERS = SegmentMember.__table__

@@ -1,6 +1,6 @@
 """The canonical event: the one shape every stage after the collector reads.
 
-The collector turns Segment-spec messages into these (``ingest.normalize``);
+The collector turns Segment-spec messages into these (``spoor.ingest.normalize``);
 backend services may produce them to the events topic directly.
 
 Events-topic record format: the value is either one ``Event`` as a JSON object
@@ -27,7 +27,7 @@ SCHEMA_VERSION = 1
 EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=timezone.utc)
 
-# Every text is bounded by its PostgreSQL column (storage/models.py): a longer one, from a record
+# Every text is bounded by its PostgreSQL column (storage/tables.py): a longer one, from a record
 # written straight to the topic, is a bad row, never a failed batch write.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Category = Annotated[str, StringConstraints(max_length=256)]
@@ -49,6 +49,19 @@ class EventKind(StrEnum):
     REFUND = "refund"  # amount in ``revenue``, subtracted from the user's revenue
     IDENTIFY = "identify"
     CUSTOM = "custom"
+
+
+# Segment E-commerce spec v2 event names (compared case- and separator-insensitively).
+TRACK_KINDS: dict[str, EventKind] = {
+    "product viewed": EventKind.PRODUCT_VIEW,
+    "product clicked": EventKind.CLICK,
+    "promotion clicked": EventKind.CLICK,
+    "product added": EventKind.CART_ADD,
+    "product removed": EventKind.CART_REMOVE,
+    "checkout started": EventKind.CHECKOUT,
+    "order completed": EventKind.PURCHASE,
+    "order refunded": EventKind.REFUND,
+}
 
 
 class ProductLine(BaseModel):

@@ -5,7 +5,7 @@ Every field can be set from the environment with the prefix ``SPOOR_``
 local stack that ``make up`` starts.
 
 Each field's ``description`` is its documentation for users: docs/configuration.md is generated
-from it (``python -m spoor.config_doc > docs/configuration.md``), grouped by ``SETTINGS_GROUPS``
+from it (``python -m spoor.cli.config_doc > docs/configuration.md``), grouped by ``SETTINGS_GROUPS``
 below; tests/unit/test_configuration_doc.py fails when the page and this file disagree.
 """
 

@@ -1,9 +1,13 @@
-"""Creates Spoor's Kafka topics explicitly (the broker never auto-creates them)."""
+"""Spoor's Kafka topics: their creation (the broker never auto-creates them), the partition a user's
+records go to, and the producer that segments, campaigns and erasure publish with."""
 
 import time
+from functools import lru_cache
 
+from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 
 from spoor.settings import Settings
 
@@ -69,3 +73,34 @@ def missing_topics(settings: Settings) -> list[str]:
     finally:
         admin.close()
     return [t.name for t in spoor_topics(settings) if t.name not in existing]
+
+
+@lru_cache(maxsize=65536)  # kafka-python's murmur2 is pure Python; a batch repeats its users
+def partition_for(user_key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java, kafka-python, aiokafka) picks for key=user_key."""
+    return (murmur2(user_key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def create_producer(settings: Settings, client_id: str) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id=client_id,
+                         acks="all", enable_idempotence=True, linger_ms=5, max_block_ms=10_000,
+                         request_timeout_ms=10_000, allow_auto_create_topics=False)
+
+
+def create_segment_topics(settings: Settings) -> list[str]:
+    """Create the segments, triggers and campaign dead-letter topics if missing."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-admin")
+    config = {"retention.ms": str(settings.topic_retention_ms)}
+    try:
+        existing = set(admin.list_topics())
+        wanted = [NewTopic(name, settings.topic_partitions, 1, topic_configs=config)
+                  for name in (settings.segments_topic, settings.triggers_topic, settings.campaigns_dead_letter_topic)
+                  if name not in existing]
+        if wanted:
+            try:
+                admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+        return [t.name for t in wanted]
+    finally:
+        admin.close()

@@ -9,8 +9,8 @@ here): one lock order, so no deadlock.
 
 import orjson
 
-from storage.analytics_models import Session
-from storage.models import BehaviourTrigger, UserActivity
+from spoor.storage.analytics_tables import Session
+from spoor.storage.tables import BehaviourTrigger, UserActivity
 
 SESSION_COLUMNS = [c.name for c in Session.__table__.columns if c.name not in ("updated_at", "traffic_source")]
 ACTIVITY_COLUMNS = [c.name for c in UserActivity.__table__.columns if c.name != "updated_at"]

@@ -4,7 +4,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, select, update
 
-from storage.models import DeadLetter
+from spoor.storage.tables import DeadLetter
 
 
 def find_dead_letters(engine: Engine, *, since: datetime | None = None, reason: str | None = None,

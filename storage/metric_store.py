@@ -13,8 +13,8 @@ import orjson
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from alerts.series import COUNTS
-from storage.metrics_models import MetricWatermark, MetricWindow
+from spoor.metric_columns import COUNTS
+from spoor.storage.metric_tables import MetricWatermark, MetricWindow
 
 WINDOW_COLUMNS = [c.name for c in MetricWindow.__table__.columns if c.server_default is None]
 # One JSON document per batch, expanded by PostgreSQL (like storage/writers.py): binding each

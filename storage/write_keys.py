@@ -6,7 +6,7 @@ import secrets
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from storage.models import WriteKey
+from spoor.storage.tables import WriteKey
 
 
 def hash_key(key: str) -> str:

@@ -18,9 +18,9 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects.postgresql import insert
 
 from spoor.events import Event, encode_events
-from storage.analytics_writer import write_analytics
-from storage.models import DeadLetter, UserProfile
-from storage.models import Event as EventRow
+from spoor.storage.analytics_writer import write_analytics
+from spoor.storage.tables import DeadLetter, UserProfile
+from spoor.storage.tables import Event as EventRow
 
 PROFILE_COLUMNS = [c.name for c in UserProfile.__table__.columns if c.name != "updated_at"]
 EVENT_COLUMNS = [c.name for c in EventRow.__table__.columns if c.name != "persisted_at"]

@@ -23,11 +23,11 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from spoor.events import MONEY_LIMIT, Event
-from stream_processors import metrics
-from stream_processors.activity import WINDOWS
-from stream_processors.behaviour import AnalyticsRules, UserBehaviour, pack, read_header, unpack
-from stream_processors.blocking import YieldEvery
-from stream_processors.rocksdb_store import key_partition
+from spoor.stream_processors import worker_metrics
+from spoor.stream_processors.activity import WINDOWS
+from spoor.stream_processors.behaviour import AnalyticsRules, UserBehaviour, pack, read_header, unpack
+from spoor.stream_processors.blocking import YieldEvery
+from spoor.stream_processors.rocksdb_store import key_partition
 
 MONEY_COLUMNS = ["monetary"] + [f"revenue_{window}" for window in WINDOWS]
 YIELD_EVERY_USERS = 200  # users re-written between yields to the event loop
@@ -124,7 +124,7 @@ class AnalyticsTracker:
         for event in new_events:
             behaviour.apply(user_key, event, self.rules)
         if behaviour.too_late_for_session:
-            metrics.SESSION_TOO_LATE.inc(behaviour.too_late_for_session)
+            worker_metrics.SESSION_TOO_LATE.inc(behaviour.too_late_for_session)
             behaviour.too_late_for_session = 0
         partition = key_partition(user_key.encode(), self.partitions)
         latest = max(e.event_time.timestamp() for e in all_events)
@@ -186,7 +186,7 @@ class AnalyticsTracker:
                     continue  # superseded by an earlier entry
                 del self.scheduled[user_key]
                 await self._update(table, user_key, watermark - self.rules.trigger_lateness_s)
-        metrics.ADVANCE_SECONDS.observe(time.perf_counter() - started)
+        worker_metrics.ADVANCE_SECONDS.observe(time.perf_counter() - started)
 
     def _watermark(self, partition: int, now: float | None) -> float | None:
         """The partition's latest event time; with idle advance, plus the wall time it has been idle."""
@@ -233,7 +233,7 @@ class AnalyticsTracker:
                 heapq.heappush(self.timers.setdefault(key_partition(key, self.partitions), []), (due_at, user_key))
             if pending:
                 self.redeliver.add(user_key)
-        metrics.TIMER_INDEX_REBUILDS.inc()
+        worker_metrics.TIMER_INDEX_REBUILDS.inc()
 
     def take_output(self) -> AnalyticsOutput:
         out, self.output = self.output, AnalyticsOutput()
@@ -255,4 +255,4 @@ class AnalyticsTracker:
         """The batch is written: its triggers can leave the users' state (in the next batch)."""
         for trigger in out.triggers:
             self.delivered.setdefault(trigger["user_key"], set()).add(trigger["trigger_id"])
-        metrics.TRIGGERS.inc(len(out.triggers))
+        worker_metrics.TRIGGERS.inc(len(out.triggers))

@@ -14,19 +14,19 @@ from sqlalchemy import create_engine
 
 from spoor.bad_rows import bad_row, dead_letter_row
 from spoor.settings import Settings
-from storage.writers import StreamWriter
-from stream_processors import metrics
-from stream_processors.continuity import OffsetContinuity
-from stream_processors.durable_table import DurableTable
-from stream_processors.gc_control import collection_deferred
-from stream_processors.kafka_transport import FetchWaitApp
-from stream_processors.metric_agent import register_metric_windows
-from stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
-from stream_processors.analytics_tracker import AnalyticsTracker
-from stream_processors.behaviour import AnalyticsRules
-from stream_processors.profile_tracker import ProfileTracker
-from stream_processors.stall import StallWatch
-from stream_processors.triggers import TriggerRules, trigger_message
+from spoor.storage.writers import StreamWriter
+from spoor.stream_processors import worker_metrics
+from spoor.stream_processors.analytics_tracker import AnalyticsTracker
+from spoor.stream_processors.behaviour import AnalyticsRules
+from spoor.stream_processors.behaviour_triggers import TriggerRules, trigger_message
+from spoor.stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
+from spoor.stream_processors.continuity import OffsetContinuity
+from spoor.stream_processors.durable_table import DurableTable
+from spoor.stream_processors.gc_control import collection_deferred
+from spoor.stream_processors.kafka_transport import FetchWaitApp
+from spoor.stream_processors.metric_agent import register_metric_windows
+from spoor.stream_processors.profile_tracker import ProfileTracker
+from spoor.stream_processors.stall import StallWatch
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def create_app(settings: Settings) -> faust.App:
         if holes:
             # Faust's own seek re-creates the hole (prefetched records move its read offset on), so
             # stop before this batch is acked: a restarted worker reads from the last commit.
-            metrics.SKIPPED_RECORD_REPAIRS.inc(len(holes))
+            worker_metrics.SKIPPED_RECORD_REPAIRS.inc(len(holes))
             fail_stop(f"the consumer skipped records at {holes}; restarting to read them again")
         return batch
 
@@ -174,7 +174,7 @@ def create_app(settings: Settings) -> faust.App:
             rows = [dead_letter_row(f"{e.message.topic}/{e.message.partition}/{e.message.offset}", e.value)
                     for e in await without_holes(batch)]
             await fail_stop_on_error(run_blocking(writer.write_dead_letters, rows), "storing dead letters")
-            metrics.DEAD_LETTERS.inc(len(rows))
+            worker_metrics.DEAD_LETTERS.inc(len(rows))
 
     if settings.worker_stall_restart_s > 0:
         @app.timer(interval=min(10.0, settings.worker_stall_restart_s / 3))

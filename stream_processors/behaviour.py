@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import orjson
 
 from spoor.events import Event
-from stream_processors.activity import DAY, NEW_DAYS, Activity
-from stream_processors.sessions import SessionLog
-from stream_processors.triggers import TriggerRules, Triggers
+from spoor.stream_processors.activity import DAY, NEW_DAYS, Activity
+from spoor.stream_processors.behaviour_triggers import TriggerRules, Triggers
+from spoor.stream_processors.sessions import SessionLog
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from spoor.supervise import RESTART_CODE
-from stream_processors import metrics
+from spoor.exit_codes import RESTART_CODE
+from spoor.stream_processors import worker_metrics
 
 log = logging.getLogger(__name__)
 WRITES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spoor-write")
@@ -29,7 +29,7 @@ def retry_transient(write: Callable, *args, attempts: int = 8, first_delay_s: fl
         except DBAPIError as err:
             if not (isinstance(err, OperationalError) or err.connection_invalidated):
                 raise
-            metrics.WRITE_FAILURES.inc()
+            worker_metrics.WRITE_FAILURES.inc()
             if attempt == attempts - 1:
                 raise
             delay = first_delay_s * 2 ** attempt

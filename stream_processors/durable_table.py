@@ -16,7 +16,7 @@ With a ``rocksdb://`` store it keeps each key in its own partition's database (r
 import faust
 from yarl import URL
 
-from stream_processors.rocksdb_store import KeyPartitionedStore
+from spoor.stream_processors.rocksdb_store import KeyPartitionedStore
 
 
 class DurableTable(faust.Table):

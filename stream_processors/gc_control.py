@@ -12,7 +12,7 @@ import gc
 import time
 from contextlib import contextmanager
 
-from stream_processors.metrics import GC_PAUSE_SECONDS
+from spoor.stream_processors.worker_metrics import GC_PAUSE_SECONDS
 
 
 @contextmanager

@@ -17,27 +17,25 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import faust
 import orjson
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from alerts.evaluator import AlertEvaluator
-from alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy, check_settings
-from alerts.rules import RulesFile
+from spoor.alerts.alert_rules import DEFAULT_RULES, RulesFile
+from spoor.alerts.evaluator import AlertEvaluator
+from spoor.alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy, check_settings
 from spoor.bad_rows import SCHEMA as BAD_ROW_SCHEMA
 from spoor.events import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, Event
 from spoor.settings import Settings
-from storage.metric_store import MetricWindowWriter
-from stream_processors import metrics
-from stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
-from stream_processors.continuity import OffsetContinuity
-from stream_processors.metric_windows import MetricWindows
+from spoor.storage.metric_store import MetricWindowWriter
+from spoor.stream_processors import worker_metrics
+from spoor.stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
+from spoor.stream_processors.continuity import OffsetContinuity
+from spoor.stream_processors.metric_windows import MetricWindows
 
 log = logging.getLogger(__name__)
-DEFAULT_RULES = Path(__file__).resolve().parent.parent / "alerts" / "rules.yaml"
 
 
 def dead_letter_time(raw: bytes, appended_at: float | None = None,
@@ -87,7 +85,7 @@ class PartitionGuard:
             if missing is not None:
                 holes.setdefault(tp, missing)
         if holes:
-            metrics.SKIPPED_RECORD_REPAIRS.inc(len(holes))
+            worker_metrics.SKIPPED_RECORD_REPAIRS.inc(len(holes))
             fail_stop(f"the consumer skipped records at {holes}; restarting to read them again")
 
 
@@ -140,10 +138,10 @@ def register_metric_windows(app: faust.App, settings: Settings, dead_letter_topi
             return
         await run_blocking(writer.write, rows, marks)
         written_marks.update(marks)
-        metrics.METRIC_WINDOWS_WRITTEN.inc(len(rows))
-        metrics.METRIC_LATE_EVENTS.set(windows.late_events)
+        worker_metrics.METRIC_WINDOWS_WRITTEN.inc(len(rows))
+        worker_metrics.METRIC_LATE_EVENTS.set(windows.late_events)
         for row in rows:
-            metrics.METRIC_WINDOW_END.labels(row["resolution"]).set(row["window_end"].timestamp())
+            worker_metrics.METRIC_WINDOW_END.labels(row["resolution"]).set(row["window_end"].timestamp())
 
     async def fold_batch(batch, first_seen: list[tuple[int, Event]]) -> None:
         """Called by the profile agent with its batch (already checked for holes) and the events it
@@ -155,7 +153,7 @@ def register_metric_windows(app: faust.App, settings: Settings, dead_letter_topi
             windows.add_event(partition, decoded_event)
         await fail_stop_on_error(close_windows(), "writing metric windows")
         if windows.newest_event is not None:
-            metrics.EVENT_TIME_LAG.set(time.time() - windows.newest_event.timestamp())
+            worker_metrics.EVENT_TIME_LAG.set(time.time() - windows.newest_event.timestamp())
 
     @app.agent(dead_letter_topic, name="metric-dead-letters")
     async def fold_dead_letter_windows(stream):
@@ -171,7 +169,7 @@ def register_metric_windows(app: faust.App, settings: Settings, dead_letter_topi
         for tp in app.consumer.assignment():
             highwater, committed = app.consumer.highwater(tp), app.consumer._committed_offset.get(tp)
             if highwater is not None:
-                metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - (committed or 0)))
+                worker_metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - (committed or 0)))
 
     if settings.alerts_enabled:
         register_alert_evaluator(app, settings, engine)

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from alerts.series import COUNTS, RESOLUTIONS
 from spoor.events import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, MONEY_LIMIT
+from spoor.metric_columns import COUNTS, RESOLUTIONS
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MONEY_MAX = MONEY_LIMIT - Decimal("0.0001")  # the largest NUMERIC(18,4)

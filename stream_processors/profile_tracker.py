@@ -31,17 +31,15 @@ from datetime import datetime, timezone
 import orjson
 from pydantic import ValidationError
 
-from spoor.bad_rows import (PARSE_ERROR, PROCESSING_ERROR, SCHEMA_VIOLATION, SIZE_VIOLATION, InvalidRecord,
-                            describe)
+from spoor.bad_rows import PARSE_ERROR, PROCESSING_ERROR, SCHEMA_VIOLATION, SIZE_VIOLATION, InvalidRecord, describe
 from spoor.events import EARLIEST_EVENT_TIME, MONEY_LIMIT, Event, decode_record, erased_user
-from storage.writers import StreamWriter
-from stream_processors import metrics
-from stream_processors.analytics_tracker import AnalyticsOutput, AnalyticsTracker
-from stream_processors.behaviour import unpack
-from stream_processors.blocking import YieldEvery, run_blocking
-from stream_processors.fault_points import crash_point
-from stream_processors.profile import UserProfile
-
+from spoor.storage.writers import StreamWriter
+from spoor.stream_processors import worker_metrics
+from spoor.stream_processors.analytics_tracker import AnalyticsOutput, AnalyticsTracker
+from spoor.stream_processors.behaviour import unpack
+from spoor.stream_processors.blocking import YieldEvery, run_blocking
+from spoor.stream_processors.fault_points import crash_point
+from spoor.stream_processors.profile import UserProfile
 
 log = logging.getLogger(__name__)
 FUTURE_TIME = "future_time"
@@ -140,13 +138,13 @@ class ProfileTracker:
 
         await self._bad_rows_acknowledged()
         await self._persist(rows, events, derived, sorted(erasures))
-        metrics.BATCH_EVENTS.observe(len(events))
-        metrics.EVENTS.labels("applied").inc(len(first_seen))
-        metrics.EVENTS.labels("duplicate").inc(len(events) - len(first_seen))
-        metrics.EVENTS.labels("erased").inc(erased_events)
+        worker_metrics.BATCH_EVENTS.observe(len(events))
+        worker_metrics.EVENTS.labels("applied").inc(len(first_seen))
+        worker_metrics.EVENTS.labels("duplicate").inc(len(events) - len(first_seen))
+        worker_metrics.EVENTS.labels("erased").inc(erased_events)
         now = datetime.now(timezone.utc)
         for event in events:
-            metrics.FRESHNESS_SECONDS.observe((now - event.received_at).total_seconds())
+            worker_metrics.FRESHNESS_SECONDS.observe((now - event.received_at).total_seconds())
         return [(partition, event) for partition, event in decoded if id(event) in first_seen]
 
     def _fold(self, user_key: str, stored: bytes | None, events: list[Event],
@@ -220,7 +218,7 @@ class ProfileTracker:
         async def write() -> None:
             started = time.perf_counter()
             await run_blocking(self.writer.write_batch, rows, events, derived, erased)
-            metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
+            worker_metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
 
         await asyncio.gather(changelog_then_triggers(), write())
         crash_point("after_persist")
@@ -284,7 +282,7 @@ class ProfileTracker:
             del self.table[key]
         if self.analytics:
             self.analytics.forget(user_key)
-        metrics.ERASURES.inc()
+        worker_metrics.ERASURES.inc()
 
     async def _salvage(self, raw: bytes) -> list[Event]:
         """Keep the valid events of a record that failed validation; dead-letter the rest one by one."""
@@ -311,5 +309,5 @@ class ProfileTracker:
         delivery = await self.send_bad_row(payload, field, reason, failure_type)
         if delivery is not None:
             self.bad_row_deliveries.append(delivery)
-        metrics.EVENTS.labels("invalid").inc()
-        metrics.BAD_RECORDS.labels(failure_type).inc()
+        worker_metrics.EVENTS.labels("invalid").inc()
+        worker_metrics.BAD_RECORDS.labels(failure_type).inc()

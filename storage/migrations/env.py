@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from storage.models import Base
+from spoor.storage.tables import Base
 
 url = context.config.get_main_option("sqlalchemy.url")
 engine = create_engine(url)

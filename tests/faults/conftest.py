@@ -11,8 +11,8 @@ topics and consumer group on the private servers.
 import pytest
 
 from spoor.settings import Settings
-from tests.conftest import scratch_settings
 from tests.faults import harness
+from tests.support.local_stack import scratch_settings
 
 
 def pytest_collection_modifyitems(config, items):

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from spoor.settings import Settings
-from tests.conftest import wait_until
+from tests.support.local_stack import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 FORM = os.environ.get("SPOOR_FAULTS", "short")

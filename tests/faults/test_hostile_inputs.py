@@ -27,7 +27,7 @@ import pytest
 from kafka import KafkaProducer
 from sqlalchemy import text
 
-from ingest.producer import partition_for
+from spoor.topics import partition_for
 from tests.faults import hostile
 from tests.faults.harness import FORMS, Summary, wait_with_progress
 from tests.faults.workload import canary, canonical, check, ids_of, persisted_count, shoppers, truth

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 from fastapi.testclient import TestClient
 
-from segments.api import create_api
+from spoor.cli.admin_api import create_api
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-admin-token"

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import REPO, SpoorProcess, free_port, wait_until
+from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-admin-token"

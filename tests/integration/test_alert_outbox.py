@@ -12,11 +12,11 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from alerts import outbox, store
-from alerts.cli import run as run_cli
-from alerts.metrics import NOTIFICATIONS
-from alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy, alert_document
-from tests.alert_receivers import Receiver
+from spoor.alerts import outbox, store
+from spoor.alerts.alert_metrics import NOTIFICATIONS
+from spoor.alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy, alert_document
+from spoor.cli.alert_commands import run as run_cli
+from tests.support.alert_receivers import Receiver
 
 pytestmark = pytest.mark.integration
 

@@ -10,17 +10,19 @@ import pytest
 from kafka import KafkaConsumer
 from sqlalchemy import select
 
-from segments import campaigns, membership
-from segments.campaign_spec import parse_campaign
-from segments.campaigns import CampaignStore, dispatch_due, enqueue
-from segments.delivery import Sender, verify
-from segments.kafka import create_producer, create_segment_topics
-from segments.language import parse_segment
-from segments.membership import SegmentStore
-from segments.rules import idempotency_key, in_holdout
-from segments.triggers import TriggerIngest, trigger_message
-from storage.segments_models import CampaignAttempt, CampaignDelivery
-from tests.segments_data import profile, put_events, put_profiles, put_trigger
+from spoor.campaigns import campaign_dispatch
+from spoor.campaigns.campaign_dispatch import CampaignStore, dispatch_due, enqueue
+from spoor.campaigns.campaign_rules import idempotency_key, in_holdout
+from spoor.campaigns.campaign_spec import parse_campaign
+from spoor.campaigns.trigger_intake import TriggerIngest, trigger_message
+from spoor.campaigns.webhook_delivery import Sender, verify
+from spoor.privacy.consent import set_consent
+from spoor.segments import membership
+from spoor.segments.membership import SegmentStore
+from spoor.segments.segment_language import parse_segment
+from spoor.storage.segment_tables import CampaignAttempt, CampaignDelivery
+from spoor.topics import create_producer, create_segment_topics
+from tests.support.segments_data import profile, put_events, put_profiles, put_trigger
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 6, 1, 10, 0, tzinfo=timezone.utc)  # 10:00 UTC, outside quiet hours 21:00-08:00 UTC
@@ -63,8 +65,8 @@ def test_trigger_campaign_rules_and_exactly_once_delivery(engine, settings, rece
     held = pick_users("cart_rescue", 30, 2, held=True)
     flaky, broken, opted_out, tokyo, capped, changed_mind = treated
     put_profiles(engine, [profile(u, T0) for u in treated + held])
-    campaigns.set_consent(engine, opted_out, opted_out=True)
-    campaigns.set_consent(engine, tokyo, time_zone="Asia/Tokyo")
+    set_consent(engine, opted_out, opted_out=True)
+    set_consent(engine, tokyo, time_zone="Asia/Tokyo")
     receiver.fail[flaky] = [503]
     receiver.fail[broken] = [500, 500, 500]
 
@@ -98,7 +100,7 @@ def test_trigger_campaign_rules_and_exactly_once_delivery(engine, settings, rece
     assert enqueue(engine, T0 + timedelta(minutes=7)) == len(held) + 6  # not the trigger from before launch
     assert enqueue(engine, T0 + timedelta(minutes=7)) == 0
     assert dispatch(T0 + timedelta(minutes=10)) == {}  # 30 minutes delay
-    campaigns.set_consent(engine, changed_mind, opted_out=True)  # after the trigger, before the send
+    set_consent(engine, changed_mind, opted_out=True)  # after the trigger, before the send
     # 10:40: capped's 1st episode is sent, its 2nd is over the cap; flaky and broken fail once.
     assert dispatch(T0 + timedelta(minutes=40)) == {"sent": 1, "retry": 2, "opted_out": 1, "capped": 1}
     # Backoff 60 s, then 120 s: flaky succeeds on its 2nd try; broken is dead-lettered after its 3rd.
@@ -159,7 +161,7 @@ def test_conversion_report_treated_vs_holdout(engine):
                          "event_time": T0 + timedelta(days=2)} for u in buyers]
                + [{"event_id": f"late-{held[1]}", "user_key": held[1], "kind": "purchase", "name": "Order Completed",
                    "event_time": T0 + timedelta(days=20)}])  # outside the 7-day window
-    report = campaigns.report(engine, "cart_rescue")
+    report = campaign_dispatch.report(engine, "cart_rescue")
     assert (report["treated"], report["treated_converted"]) == (len(sent), 3)
     assert (report["holdout"], report["holdout_converted"]) == (len(held), 1)
     assert report["relative_lift"] == pytest.approx((3 / len(sent)) / (1 / len(held)) - 1)

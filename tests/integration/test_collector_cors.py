@@ -7,9 +7,9 @@ import sys
 import httpx
 import pytest
 
-from storage.write_key_origins import set_origins
-from storage.write_keys import create_key
-from tests.conftest import REPO, wait_until
+from spoor.storage.write_key_origins import set_origins
+from spoor.storage.write_keys import create_key
+from tests.support.local_stack import REPO, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from spoor.topics import create_topics
-from tests.conftest import REPO, free_port
+from tests.support.local_stack import REPO, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ def events(n: int, tag: str) -> dict:
 
 
 def test_rate_limit_answers_429_with_retry_after(start_process, test_settings, write_key, engine):
-    from storage.write_keys import create_key
+    from spoor.storage.write_keys import create_key
     other_key = create_key(engine, "other", "ios")
     start_process("collector", rate_limit_events_per_s=5, rate_limit_burst_events=10, max_batch_events=50)
     url = f"http://127.0.0.1:{test_settings.collector_port}"

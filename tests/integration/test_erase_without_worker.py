@@ -8,8 +8,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import text
 
-from ingest.producer import partition_for
-from segments.erase import erase_user
+from spoor.privacy.erasure import erase_user
+from spoor.topics import partition_for
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy
-from tests.conftest import REPO, free_port, wait_until
+from spoor.alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy
+from tests.support.local_stack import REPO, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 RULES = REPO / "deploy" / "prometheus" / "spoor-rules.yml"
@@ -134,9 +134,9 @@ def test_dashboards_and_rules_only_use_metrics_spoor_exports():
 
     from prometheus_client import REGISTRY
 
-    import alerts.metrics  # noqa: F401 - registers the metrics
-    import ingest.metrics  # noqa: F401
-    import stream_processors.metrics  # noqa: F401
+    import spoor.alerts.alert_metrics  # noqa: F401 - registers the metrics
+    import spoor.ingest.collector_metrics  # noqa: F401
+    import spoor.stream_processors.worker_metrics  # noqa: F401
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
     exported = {family.name + suffix for family in REGISTRY.collect() for suffix in suffixes.get(family.type, [""])}
     expressions = [t["expr"] for _, _, t in _panels() if "expr" in t] + re.findall(r"expr: (.+)", RULES.read_text())

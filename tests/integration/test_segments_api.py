@@ -5,11 +5,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from fastapi.testclient import TestClient
 
-from segments import SegmentsError
-from segments.api import create_api
-from segments.campaign_spec import parse_campaign
-from segments.campaigns import CampaignStore
-from tests.segments_data import profile, put_events, put_profiles
+from spoor.campaigns.campaign_dispatch import CampaignStore
+from spoor.campaigns.campaign_spec import parse_campaign
+from spoor.cli.admin_api import create_api
+from spoor.segments import SegmentsError
+from tests.support.segments_data import profile, put_events, put_profiles
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)

@@ -14,12 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from segments.api import create_api
-from segments.kafka import create_segment_topics
-from segments.language import parse_segment
-from segments.membership import SegmentStore
-from tests.conftest import REPO, SpoorProcess, free_port, wait_until
-from tests.segments_data import profile, put_profiles
+from spoor.cli.admin_api import create_api
+from spoor.segments.membership import SegmentStore
+from spoor.segments.segment_language import parse_segment
+from spoor.topics import create_segment_topics
+from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
+from tests.support.segments_data import profile, put_profiles
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-admin-token"

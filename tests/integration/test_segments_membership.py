@@ -8,13 +8,13 @@ import pytest
 from kafka import KafkaConsumer
 from sqlalchemy import select, text
 
-from segments import membership
-from segments.kafka import create_producer, create_segment_topics
-from segments.language import SegmentDefinitionError, parse_segment
-from segments.membership import SegmentStore
-from segments.rfm import GROUPS
-from storage.segments_models import SegmentTransition
-from tests.segments_data import profile, put_activity, put_events, put_profiles
+from spoor.segments import membership
+from spoor.segments.membership import SegmentStore
+from spoor.segments.rfm import GROUPS
+from spoor.segments.segment_language import SegmentDefinitionError, parse_segment
+from spoor.storage.segment_tables import SegmentTransition
+from spoor.topics import create_producer, create_segment_topics
+from tests.support.segments_data import profile, put_activity, put_events, put_profiles
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import create_engine, event, text
 
-from segments.triggers import store_triggers
-from storage.analytics_writer import write_analytics
+from spoor.campaigns.trigger_intake import store_triggers
+from spoor.storage.analytics_writer import write_analytics
 
 pytestmark = pytest.mark.integration
 ROUNDS = 12

@@ -8,12 +8,12 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from spoor.collector_client import CollectorClient
-from spoor.simulate import simulate
+from spoor.cli.collector_client import CollectorClient
+from spoor.cli.simulate import simulate
+from spoor.storage.migrate import upgrade
 from spoor.topics import create_topics
-from storage.migrate import upgrade
-from tests.conftest import free_port, wait_until
-from tests.integration.test_behaviour_analytics import clock_messages
+from tests.support.event_clock import clock_messages
+from tests.support.local_stack import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -6,9 +6,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import text
 
-from spoor.collector_client import CollectorClient
-from spoor.simulate import simulate
-from tests.conftest import wait_until
+from spoor.cli.collector_client import CollectorClient
+from spoor.cli.simulate import simulate
+from tests.support.local_stack import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -4,10 +4,10 @@ import math
 import random
 from datetime import datetime, timedelta, timezone
 
-from alerts.detectors import SeasonalConfig, SeasonalDetector, ThresholdConfig, ThresholdDetector, Verdict
-from alerts.engine import RuleEngine
-from alerts.lifecycle import AlertLifecycle, AlertStatus
-from alerts.rules import parse_rules
+from spoor.alerts.alert_rules import parse_rules
+from spoor.alerts.detectors import SeasonalConfig, SeasonalDetector, ThresholdConfig, ThresholdDetector, Verdict
+from spoor.alerts.engine import RuleEngine
+from spoor.alerts.lifecycle import AlertLifecycle, AlertStatus
 
 T0 = datetime(2024, 3, 4, tzinfo=timezone.utc)
 

@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from alerts.notifiers import alertmanager_payload, sign, slack_payload, verify
-from alerts.rules import RulesError, RulesFile, parse_rules
+from spoor.alerts.alert_rules import RulesError, RulesFile, parse_rules
+from spoor.alerts.notifiers import alertmanager_payload, sign, slack_payload, verify
 
 GOOD = """
 version: 1
@@ -59,7 +59,7 @@ def test_rules_file_reloads_on_change_and_keeps_old_rules_on_a_broken_edit(tmp_p
 
 
 def test_shipped_rules_file_is_valid():
-    from stream_processors.metric_agent import DEFAULT_RULES
+    from spoor.alerts.alert_rules import DEFAULT_RULES
     assert RulesFile(DEFAULT_RULES).rules.rules
 
 

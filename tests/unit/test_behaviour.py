@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from spoor.events import Event, EventKind, ProductLine
-from stream_processors.activity import Activity, lifecycle_stage
-from stream_processors.behaviour import AnalyticsRules, UserBehaviour, pack, read_header, unpack
-from stream_processors.sessions import SessionLog, inactivity_id
-from stream_processors.triggers import TriggerRules, Triggers
+from spoor.stream_processors.activity import Activity, lifecycle_stage
+from spoor.stream_processors.behaviour import AnalyticsRules, UserBehaviour, pack, read_header, unpack
+from spoor.stream_processors.behaviour_triggers import TriggerRules, Triggers
+from spoor.stream_processors.sessions import SessionLog, inactivity_id
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
 MIN = 60.0
@@ -273,7 +273,7 @@ def test_a_session_dropped_in_the_same_fold_is_still_written_and_kept_for_redeli
 # --- the tracker's watermarks and timer index (a dict stands in for the Faust table) -----------
 
 def tracker_with(clock: list, idle_advance_s: float):
-    from stream_processors.analytics_tracker import AnalyticsTracker
+    from spoor.stream_processors.analytics_tracker import AnalyticsTracker
 
     async def send(_triggers):
         raise AssertionError("not called here")
@@ -290,7 +290,7 @@ def fold_one(tracker, table: dict, event: Event) -> None:
 
 
 def test_timer_index_fires_a_user_when_another_users_events_move_the_watermark():
-    from stream_processors.rocksdb_store import key_partition
+    from spoor.stream_processors.rocksdb_store import key_partition
     tracker, table = tracker_with([0.0], 0), {}
     fold_one(tracker, table, ev(EventKind.CART_ADD, 0, product_id="p1"))
     asyncio.run(tracker.advance(table, {"u1"}))
@@ -332,7 +332,7 @@ def due_carts(tracker, table: dict, users: int) -> None:
 
 
 def test_a_large_trigger_catch_up_lets_other_tasks_run_and_fires_every_user():
-    from stream_processors.rocksdb_store import key_partition
+    from spoor.stream_processors.rocksdb_store import key_partition
     tracker, table = tracker_with([0.0], 0), {}
     due_carts(tracker, table, 2000)
     for partition in range(4):  # one user per partition, two hours later: every cart is due
@@ -362,7 +362,7 @@ def test_a_large_trigger_catch_up_lets_other_tasks_run_and_fires_every_user():
 
 
 def test_a_rebalance_during_the_index_rebuild_stops_reading_and_leaves_the_index_stale():
-    from stream_processors import analytics_tracker
+    from spoor.stream_processors import analytics_tracker
     tracker = tracker_with([0.0], 0)
 
     class RebalancingTable(dict):

@@ -6,10 +6,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from segments.campaign_spec import CampaignDefinitionError, parse_campaign
-from segments.delivery import sign, verify
-from segments.rules import decide, idempotency_key, in_holdout, quiet_until, retry_at
-from segments.stats import lift
+from spoor.campaigns.campaign_rules import decide, idempotency_key, in_holdout, quiet_until, retry_at
+from spoor.campaigns.campaign_spec import CampaignDefinitionError, parse_campaign
+from spoor.campaigns.lift import lift
+from spoor.campaigns.webhook_delivery import sign, verify
 
 SPEC = parse_campaign({
     "name": "cart_rescue", "audience": {"trigger": "cart_abandonment"}, "action": {"webhook": "http://x/hook"},
@@ -120,7 +120,7 @@ def test_lift_and_confidence_intervals():
 
 
 def test_trigger_messages_are_validated():
-    from segments.triggers import parse_triggers, trigger_message
+    from spoor.campaigns.trigger_intake import parse_triggers, trigger_message
     good = trigger_message("cart_abandonment", "u1", "7", datetime(2026, 6, 1, tzinfo=timezone.utc), {"v": 1})
     rows, rejects = parse_triggers([
         good,

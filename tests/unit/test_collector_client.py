@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 
-from spoor.collector_client import CollectorClient
+from spoor.cli.collector_client import CollectorClient
 
 
 def serve(answers: list[tuple[int, dict]]):

@@ -1,14 +1,14 @@
-"""docs/configuration.md is generated from the settings' field descriptions (spoor/config_doc.py), so
+"""docs/configuration.md is generated from the settings' field descriptions (cli/config_doc.py), so
 it cannot drift from spoor/settings.py: this fails when a setting is added, changed or described
 differently without regenerating the page."""
 
 from pathlib import Path
 
-from spoor import config_doc
+from spoor.cli import config_doc
 from spoor.settings import SETTINGS_GROUPS, Settings
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
-REGENERATE = ".venv/bin/python -m spoor.config_doc > docs/configuration.md"
+REGENERATE = ".venv/bin/python -m spoor.cli.config_doc > docs/configuration.md"
 
 
 def test_page_is_the_generators_output():

@@ -1,4 +1,4 @@
-from stream_processors.continuity import OffsetContinuity
+from spoor.stream_processors.continuity import OffsetContinuity
 
 
 def test_contiguous_records_are_admitted():

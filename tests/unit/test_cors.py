@@ -10,8 +10,8 @@ from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ingest.cors import CorsMiddleware, OriginPolicy
-from storage.write_keys import hash_key
+from spoor.ingest.cors import CorsMiddleware, OriginPolicy
+from spoor.storage.write_keys import hash_key
 
 SHOP = "https://shop.example"
 

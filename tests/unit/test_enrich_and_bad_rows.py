@@ -5,14 +5,14 @@ from decimal import Decimal
 
 import orjson
 import pytest
-
-from ingest.enrich import anonymize_ip, enrichment, parse_user_agent
-from ingest.intake import Intake, RequestFacts
-from ingest.normalize import InvalidEvent, normalize
-from spoor.bad_rows import bad_row, dead_letter_row
-from spoor.events import Event, decode_record
 from spoor_sdk.kafka import canonical_event
 from spoor_sdk.messages import build
+
+from spoor.bad_rows import bad_row, dead_letter_row
+from spoor.events import Event, decode_record
+from spoor.ingest.enrich import anonymize_ip, enrichment, parse_user_agent
+from spoor.ingest.intake import Intake, RequestFacts
+from spoor.ingest.normalize import InvalidEvent, normalize
 
 NOW = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
 IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
@@ -142,7 +142,7 @@ def test_the_sdk_kafka_transport_produces_what_the_collector_would(message):
 
 
 def test_replay_judges_collector_payloads_again_and_worker_events_as_canonical_events():
-    from ingest.dead_letter_replay import replay_records
+    from spoor.ingest.dead_letter_replay import replay_records
     def row(id_, processor, payload, failure_type="schema_violation", request=None):
         return {"id": id_, "processor": processor, "failure_type": failure_type, "payload": payload,
                 "source": "web", "received_at": NOW, "request": request}

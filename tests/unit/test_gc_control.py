@@ -5,8 +5,8 @@ import weakref
 
 import pytest
 
-from stream_processors.gc_control import collection_deferred, watch_gc_pauses
-from stream_processors.metrics import GC_PAUSE_SECONDS
+from spoor.stream_processors.gc_control import collection_deferred, watch_gc_pauses
+from spoor.stream_processors.worker_metrics import GC_PAUSE_SECONDS
 
 
 def test_collection_is_off_inside_the_block_and_back_on_after_it_even_when_it_raises():

@@ -7,12 +7,12 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.intake import Intake, RequestFacts
-from ingest.normalize import InvalidEvent, normalize
-from ingest.producer import partition_for
 from spoor.bad_rows import dead_letter_row
 from spoor.events import decode_record
-from tests.strategies import context, messages, python_values, some_messages, times, with_oddities
+from spoor.ingest.intake import Intake, RequestFacts
+from spoor.ingest.normalize import InvalidEvent, normalize
+from spoor.topics import partition_for
+from tests.support.strategies import context, messages, python_values, some_messages, times, with_oddities
 
 INTAKE = Intake("events", "dlq", 4, 32 * 1024)
 KAFKA_RECORD_LIMIT = 1_000_000

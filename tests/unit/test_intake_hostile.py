@@ -9,12 +9,11 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-import ingest.intake
-from ingest.dead_letter_replay import replay_records
-from ingest.intake import (DEAD_LETTER_BUDGET_BYTES, PROCESSING_ERROR, Intake, RequestFacts, is_summary,
-                           parse_json)
 from spoor.bad_rows import dead_letter_row
 from spoor.events import decode_record
+from spoor.ingest import intake
+from spoor.ingest.dead_letter_replay import replay_records
+from spoor.ingest.intake import DEAD_LETTER_BUDGET_BYTES, PROCESSING_ERROR, Intake, RequestFacts, is_summary, parse_json
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 KAFKA_RECORD_LIMIT = 1_000_000  # the broker's default message.max.bytes, rounded down
@@ -84,14 +83,14 @@ def test_the_nesting_limit_is_a_setting_and_its_edge_is_accepted():
 
 def test_a_message_that_raises_unexpectedly_is_a_processing_error_not_a_failed_request(monkeypatch):
     """Before: any exception but InvalidEvent escaped Intake.records, and the collector answered 500."""
-    real = ingest.intake.enrichment
+    real = intake.enrichment
 
     def flaky(context, user_agent, peer_ip):
         if isinstance(context, dict) and context.get("boom"):
             raise RuntimeError("enrichment broke on this one")
         return real(context, user_agent, peer_ip)
 
-    monkeypatch.setattr(ingest.intake, "enrichment", flaky)
+    monkeypatch.setattr(intake, "enrichment", flaky)
     messages = [valid(0), {**valid(1), "context": {"boom": True}, "writeKey": "secret-key"}, valid(2)]
     records, rejected, accepted = INTAKE.records(messages, facts())
     assert [e.event_id for e in accepted] == ["ok-0", "ok-2"]
@@ -103,14 +102,14 @@ def test_a_message_that_raises_unexpectedly_is_a_processing_error_not_a_failed_r
 
 
 def test_an_event_that_cannot_be_encoded_is_a_processing_error_too(monkeypatch):
-    real = ingest.intake.encode_events
+    real = intake.encode_events
 
     def picky(events):
         if any(e.user_key == "u1" for e in events):
             raise ValueError("cannot encode u1")
         return real(events)
 
-    monkeypatch.setattr(ingest.intake, "encode_events", picky)
+    monkeypatch.setattr(intake, "encode_events", picky)
     records, rejected, accepted = Intake("events", "dlq", 1, 32 * 1024).records([valid(0), valid(1), valid(2)],
                                                                                 facts())
     assert [r["index"] for r in rejected] == [1] and [e.event_id for e in accepted] == ["ok-0", "ok-2"]

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from spoor.events import Event, EventKind
-from stream_processors.metric_windows import DEAD_LETTER_PARTITION, MetricWindows
+from spoor.stream_processors.metric_windows import DEAD_LETTER_PARTITION, MetricWindows
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
 _ids = iter(range(10 ** 6))

@@ -5,11 +5,10 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-
-from ingest.normalize import InvalidEvent, normalize, repeated_id
 from pydantic import ValidationError
 
 from spoor.events import Event, EventKind, decode_record, encode_events
+from spoor.ingest.normalize import InvalidEvent, normalize, repeated_id
 
 RECEIVED = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 

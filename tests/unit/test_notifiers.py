@@ -5,9 +5,9 @@ import socket
 import time
 from datetime import datetime, timezone
 
-from alerts.metrics import NOTIFICATIONS
-from alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy, classify
-from tests.alert_receivers import Receiver
+from spoor.alerts.alert_metrics import NOTIFICATIONS
+from spoor.alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy, classify
+from tests.support.alert_receivers import Receiver
 
 ALERT = {"fingerprint": "fp", "rule_id": "orders-drop", "metric": "orders", "dimension": "global",
          "resolution": "5m", "severity": "critical", "status": "firing",

@@ -6,7 +6,7 @@ from decimal import Decimal
 import orjson
 
 from spoor.events import Event, EventKind
-from stream_processors.profile import UserProfile
+from spoor.stream_processors.profile import UserProfile
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 

@@ -5,9 +5,9 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 
 from spoor.events import Event, EventKind, encode_events, erasure_record
-from stream_processors.profile import UserProfile
-from stream_processors.profile_tracker import ProfileTracker
-from tests.unit.tracker_doubles import DictTable
+from spoor.stream_processors.profile import UserProfile
+from spoor.stream_processors.profile_tracker import ProfileTracker
+from tests.support.tracker_doubles import DictTable
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)
 

@@ -1,5 +1,6 @@
-from ingest.auth import RateLimiter, write_key_from
 import base64
+
+from spoor.ingest.auth import RateLimiter, write_key_from
 
 
 def test_token_bucket_allows_burst_then_asks_to_wait():

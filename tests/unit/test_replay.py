@@ -6,10 +6,18 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from ingest.normalize import normalize
+from spoor.cli.replay import (
+    HEADERS,
+    MAX_EVENT_BYTES,
+    Format,
+    ReplayError,
+    Tally,
+    detect_format,
+    online_retail_messages,
+    rees46_messages,
+)
 from spoor.events import EventKind
-from spoor.replay import (HEADERS, MAX_EVENT_BYTES, Format, ReplayError, Tally, detect_format,
-                          online_retail_messages, rees46_messages)
+from spoor.ingest.normalize import normalize
 
 RECEIVED = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

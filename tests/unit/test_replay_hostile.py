@@ -5,7 +5,7 @@ accepts in size."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spoor.replay import HEADERS, Format, Tally, online_retail_messages, rees46_messages
+from spoor.cli.replay import HEADERS, Format, Tally, online_retail_messages, rees46_messages
 
 CELL = st.one_of(st.text(max_size=40), st.sampled_from(["", "nan", "inf", "-1", "1e400", "9" * 400, "2010-12-01 08:26",
                                                         "9999-12-31 23:59:59 UTC", "0001-01-01 00:00:00 UTC",

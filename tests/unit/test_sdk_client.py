@@ -11,7 +11,6 @@ from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from spoor_sdk import Client, RetryPolicy
 from spoor_sdk.retry import parse_retry_after
 

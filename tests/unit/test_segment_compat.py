@@ -4,8 +4,8 @@ import base64
 
 import pytest
 
-from ingest.auth import write_key_from
-from ingest.segment_settings import api_host_and_protocol, settings_document
+from spoor.ingest.auth import write_key_from
+from spoor.ingest.segment_settings import api_host_and_protocol, settings_document
 
 
 def basic(user: str) -> str:

@@ -5,9 +5,9 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy.dialects import postgresql
 
-from segments.builtin import BUILTIN_SEGMENTS
-from segments.compiler import compile_segment
-from segments.language import SegmentDefinitionError, parse_segment
+from spoor.segments.builtin_segments import BUILTIN_SEGMENTS
+from spoor.segments.segment_compiler import compile_segment
+from spoor.segments.segment_language import SegmentDefinitionError, parse_segment
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 

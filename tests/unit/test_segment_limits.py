@@ -13,10 +13,16 @@ import pytest
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DataError, OperationalError
 
-from segments.compiler import compile_segment
-from segments.language import (MAX_CONDITIONS, MAX_DEFINITION_BYTES, MAX_DEPTH, SegmentDefinitionError, parse_segment,
-                               parse_stored)
-from segments.membership import failure_reason, refresh_statement, segment_fault
+from spoor.segments.membership import failure_reason, refresh_statement, segment_fault
+from spoor.segments.segment_compiler import compile_segment
+from spoor.segments.segment_language import (
+    MAX_CONDITIONS,
+    MAX_DEFINITION_BYTES,
+    MAX_DEPTH,
+    SegmentDefinitionError,
+    parse_segment,
+    parse_stored,
+)
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 

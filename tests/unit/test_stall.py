@@ -1,4 +1,4 @@
-from stream_processors.stall import StallWatch
+from spoor.stream_processors.stall import StallWatch
 
 
 def test_a_partition_with_records_and_no_commit_for_the_limit_is_stalled():

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import orjson
 
-from segments.triggers import parse_triggers, trigger_message
+from spoor.campaigns.trigger_intake import parse_triggers, trigger_message
 
 AT = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
 

@@ -11,10 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from alerts.metrics import NOTIFICATIONS
-from alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy
-from segments.campaign_spec import parse_campaign
-from segments.delivery import Sender
+from spoor.alerts.alert_metrics import NOTIFICATIONS
+from spoor.alerts.notifiers import HttpNotifier, NotifierHub, RetryPolicy
+from spoor.campaigns.campaign_spec import parse_campaign
+from spoor.campaigns.webhook_delivery import Sender
 from spoor.settings import Settings
 
 ALERT = {"fingerprint": "fp", "rule_id": "orders-drop", "metric": "orders", "dimension": "global",
@@ -167,7 +167,7 @@ def test_a_campaign_webhook_to_an_internal_address_is_refused(servers):
 
 
 def test_a_campaign_with_an_internal_webhook_is_refused_when_defined():
-    from segments.delivery import DeliveryConfigError, check_webhook
+    from spoor.campaigns.webhook_delivery import DeliveryConfigError, check_webhook
     settings = Settings(campaign_webhook_secret="s")
     for url in ("http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/", "http://169.254.169.254/",
                 "http://[::1]/", "http://[fe80::1]/", "http://[::ffff:192.168.0.1]/", "http://0.0.0.0/",
@@ -240,8 +240,8 @@ def test_the_alert_webhook_is_never_signed_with_an_empty_key():
     for secret in (None, b""):
         with pytest.raises(ValueError, match="SPOOR_ALERT_WEBHOOK_SECRET"):
             HttpNotifier("webhook", "https://hooks.example/spoor", "webhook", secret)
-    from alerts.notifiers import check_settings
-    from stream_processors.metric_agent import notifier_hub
+    from spoor.alerts.notifiers import check_settings
+    from spoor.stream_processors.metric_agent import notifier_hub
     unsigned = Settings(alert_webhook_url="https://hooks.example/spoor", alert_webhook_secret="")
     with pytest.raises(ValueError, match="SPOOR_ALERT_WEBHOOK_SECRET is not"):
         check_settings(unsigned)

@@ -10,16 +10,16 @@ import orjson
 import pytest
 
 from spoor.bad_rows import bad_row, dead_letter_row
-from spoor.events import Event, EventKind, encode_events
-from stream_processors.analytics_tracker import AnalyticsTracker
-from stream_processors.app import analytics_rules
-from stream_processors.behaviour import unpack
-from stream_processors.metric_agent import dead_letter_time
-from stream_processors.metric_windows import MetricWindows
-from stream_processors.profile import MAX_PRODUCTS_REMEMBERED, UserProfile
-from stream_processors.profile_tracker import ProcessingErrorLimit, ProfileTracker, TooManyProcessingErrors
+from spoor.events import Event, EventKind
 from spoor.settings import Settings
-from tests.unit.tracker_doubles import DictTable
+from spoor.stream_processors.analytics_tracker import AnalyticsTracker
+from spoor.stream_processors.app import analytics_rules
+from spoor.stream_processors.behaviour import unpack
+from spoor.stream_processors.metric_agent import dead_letter_time
+from spoor.stream_processors.metric_windows import MetricWindows
+from spoor.stream_processors.profile import MAX_PRODUCTS_REMEMBERED, UserProfile
+from spoor.stream_processors.profile_tracker import ProcessingErrorLimit, ProfileTracker, TooManyProcessingErrors
+from tests.support.tracker_doubles import DictTable
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
 ARRIVED = NOW.timestamp()  # the record's timestamp in Kafka (the broker's append time)

@@ -5,7 +5,7 @@ import asyncio
 import faust
 
 from spoor.settings import Settings
-from stream_processors.app import create_app
+from spoor.stream_processors.app import create_app
 
 
 def fetch_wait_of(app: faust.App) -> int:

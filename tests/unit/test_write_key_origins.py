@@ -1,6 +1,6 @@
 import pytest
 
-from storage.write_key_origins import normalize_origin
+from spoor.storage.write_key_origins import normalize_origin
 
 
 @pytest.mark.parametrize("given, origin", [

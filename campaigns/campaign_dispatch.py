@@ -1,0 +1,270 @@
+"""Campaigns in PostgreSQL: enqueue audience episodes, dispatch due deliveries, report conversion.
+
+Exactly once per (campaign, user, episode) from the user's point of view:
+- ``enqueue`` inserts one ``campaign_deliveries`` row per episode (a behaviour trigger id, or a segment
+  entry's transition id); the unique index makes re-running it harmless;
+- ``dispatch_due`` takes one due row at a time with ``FOR UPDATE SKIP LOCKED`` (so parallel dispatchers
+  never send the same row) and, under a per-(campaign, user) advisory lock, applies the rules and sends;
+- every attempt carries the row's idempotency key. If the process dies after the receiver answered and
+  before the commit, the retry carries the same key and the receiver drops it.
+Failures are retried with exponential backoff; after ``max_attempts`` (or a permanent 4xx) the row is
+``dead_letter`` and a bad row goes to the campaigns dead-letter topic.
+"""
+
+from datetime import datetime, timedelta
+
+import orjson
+from sqlalchemy import Engine, exists, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+
+from spoor.bad_rows import bad_row
+from spoor.campaigns.campaign_rules import decide, idempotency_key, in_holdout, retry_at, zone
+from spoor.campaigns.campaign_spec import CampaignDefinitionError, CampaignSpec, parse_campaign
+from spoor.campaigns.lift import lift
+from spoor.campaigns.webhook_delivery import Sender
+from spoor.storage.segment_tables import (
+    Campaign,
+    CampaignAttempt,
+    CampaignDelivery,
+    SegmentDefinition,
+    SegmentTransition,
+    UserConsent,
+)
+from spoor.storage.tables import BehaviourTrigger
+
+CAMPAIGNS = Campaign.__table__
+DELIVERIES = CampaignDelivery.__table__
+ATTEMPTS = CampaignAttempt.__table__
+CONSENT = UserConsent.__table__
+TRIGGERS = BehaviourTrigger.__table__
+TRANSITIONS = SegmentTransition.__table__
+ENQUEUE_BATCH = 1000
+
+
+class UnknownCampaign(CampaignDefinitionError):
+    pass
+
+
+class CampaignStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def save(self, spec: CampaignSpec) -> None:
+        if spec.audience.segment_entry:
+            with self.engine.connect() as conn:
+                if conn.execute(select(SegmentDefinition.name).where(
+                        SegmentDefinition.name == spec.audience.segment_entry)).first() is None:
+                    raise CampaignDefinitionError(f"audience: unknown segment {spec.audience.segment_entry!r}")
+        definition = spec.model_dump(mode="json")
+        stmt = insert(CAMPAIGNS).values(name=spec.name, definition=definition, status="draft")
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={
+                "definition": definition, "updated_at": func.now()}))
+
+    def get(self, name: str) -> tuple[CampaignSpec, dict]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(CAMPAIGNS).where(CAMPAIGNS.c.name == name)).first()
+        if row is None:
+            raise UnknownCampaign(f"no campaign named {name[:80]!r}")
+        return parse_campaign(row.definition), dict(row._mapping)
+
+    def rows(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(CAMPAIGNS).order_by(CAMPAIGNS.c.name))]
+
+    def launch(self, name: str, now: datetime) -> None:
+        """Start acting on episodes from now on (a relaunch after a pause keeps the first launch time)."""
+        self._set(name, status="active", launched_at=func.coalesce(CAMPAIGNS.c.launched_at, now))
+
+    def pause(self, name: str) -> None:
+        self._set(name, status="paused")
+
+    def _set(self, name: str, **values) -> None:
+        with self.engine.begin() as conn:
+            if not conn.execute(update(CAMPAIGNS).where(CAMPAIGNS.c.name == name)
+                                .values(**values, updated_at=func.now())).rowcount:
+                raise UnknownCampaign(f"no campaign named {name[:80]!r}")
+
+    def active(self) -> list[tuple[CampaignSpec, datetime]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(CAMPAIGNS.c.definition, CAMPAIGNS.c.launched_at)
+                                .where(CAMPAIGNS.c.status == "active").order_by(CAMPAIGNS.c.name)).all()
+        return [(parse_campaign(r.definition), r.launched_at) for r in rows]
+
+
+def _episodes(conn, spec: CampaignSpec, launched_at: datetime, now: datetime):
+    """Audience episodes since launch that have no delivery row yet: (episode, user_key, at, details)."""
+    already = exists().where(DELIVERIES.c.campaign == spec.name)  # with user_key: the unique index answers
+    if spec.audience.trigger:
+        query = (select(TRIGGERS.c.trigger_id, TRIGGERS.c.user_key, TRIGGERS.c.fired_at, TRIGGERS.c.details)
+                 .where(TRIGGERS.c.kind == spec.audience.trigger, TRIGGERS.c.fired_at >= launched_at,
+                        TRIGGERS.c.fired_at <= now,
+                        ~already.where(DELIVERIES.c.user_key == TRIGGERS.c.user_key,
+                                       DELIVERIES.c.episode == TRIGGERS.c.trigger_id))
+                 .order_by(TRIGGERS.c.fired_at))
+    else:
+        episode = func.concat("segment:", TRANSITIONS.c.segment, ":", TRANSITIONS.c.id)
+        query = (select(episode, TRANSITIONS.c.user_key, TRANSITIONS.c.at,
+                        func.jsonb_build_object("segment", TRANSITIONS.c.segment))
+                 .where(TRANSITIONS.c.segment == spec.audience.segment_entry, TRANSITIONS.c.change == "enter",
+                        TRANSITIONS.c.at >= launched_at, TRANSITIONS.c.at <= now,
+                        ~already.where(DELIVERIES.c.user_key == TRANSITIONS.c.user_key,
+                                       DELIVERIES.c.episode == episode))
+                 .order_by(TRANSITIONS.c.id))
+    return conn.execute(query.limit(ENQUEUE_BATCH)).all()
+
+
+def enqueue(engine: Engine, now: datetime) -> int:
+    """One delivery row per new audience episode of every active campaign. Opted-out users are recorded
+    as such (never in the holdout, so holdout and treated both hold consenting users only)."""
+    created = 0
+    for spec, launched_at in CampaignStore(engine).active():
+        with engine.begin() as conn:
+            episodes = _episodes(conn, spec, launched_at, now)
+            if not episodes:
+                continue
+            opted_out = set(conn.execute(select(CONSENT.c.user_key).where(
+                CONSENT.c.user_key.in_({e[1] for e in episodes}), CONSENT.c.opted_out)).scalars())
+            rows = []
+            for episode, user_key, at, _details in episodes:
+                status = ("opted_out" if user_key in opted_out
+                          else "holdout" if in_holdout(spec.name, user_key, spec.holdout_percent) else "pending")
+                due = at + timedelta(seconds=spec.delay)
+                rows.append({"campaign": spec.name, "user_key": user_key, "episode": episode,
+                             "idempotency_key": idempotency_key(spec.name, user_key, episode), "triggered_at": at,
+                             "due_at": due, "next_attempt_at": due, "status": status,
+                             "expires_at": at + timedelta(seconds=spec.expires_after) if spec.expires_after else None})
+            created += len(conn.execute(insert(DELIVERIES).values(rows).on_conflict_do_nothing()
+                                        .returning(DELIVERIES.c.id)).all())
+    return created
+
+
+def _payload(spec: CampaignSpec, delivery, details: dict) -> bytes:
+    return orjson.dumps({"campaign": spec.name, "user_key": delivery.user_key, "episode": delivery.episode,
+                         "triggered_at": delivery.triggered_at.isoformat(), "delivery_id": delivery.id,
+                         "idempotency_key": delivery.idempotency_key, "audience": spec.audience.model_dump(
+                             exclude_none=True), "details": details, "message": spec.message})
+
+
+def _details(conn, spec: CampaignSpec, episode: str) -> dict:
+    if spec.audience.trigger:
+        return conn.execute(select(TRIGGERS.c.details).where(TRIGGERS.c.trigger_id == episode)).scalar() or {}
+    return {"segment": spec.audience.segment_entry}
+
+
+def dispatch_due(engine: Engine, sender: Sender, now: datetime, default_time_zone: str = "UTC",
+                 dead_letter_topic: str | None = None, limit: int = 500) -> dict:
+    """Apply the rules to every due delivery of an active campaign and send it; counts by outcome."""
+    counts: dict[str, int] = {}
+    specs = {spec.name: spec for spec, _ in CampaignStore(engine).active()}
+    for _ in range(limit):
+        with engine.begin() as conn:
+            row = conn.execute(
+                select(DELIVERIES).where(DELIVERIES.c.status == "pending", DELIVERIES.c.next_attempt_at <= now,
+                                         DELIVERIES.c.campaign.in_(list(specs)))
+                .order_by(DELIVERIES.c.next_attempt_at, DELIVERIES.c.id).limit(1)
+                .with_for_update(skip_locked=True)).first()
+            if row is None:
+                break
+            spec = specs[row.campaign]
+            lock = f"spoor.campaign:{spec.name}:{row.user_key}"  # serialises the cap check per user
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(lock))))
+            consent = conn.execute(select(CONSENT.c.opted_out, CONSENT.c.time_zone)
+                                   .where(CONSENT.c.user_key == row.user_key)).first()
+            sent_recently = 0
+            if spec.frequency_cap:
+                sent_recently = conn.execute(select(func.count()).where(
+                    DELIVERIES.c.campaign == spec.name, DELIVERIES.c.user_key == row.user_key,
+                    DELIVERIES.c.status == "sent",
+                    DELIVERIES.c.sent_at > now - timedelta(seconds=spec.frequency_cap.per))).scalar_one()
+            decision = decide(spec, now, expires_at=row.expires_at, opted_out=bool(consent and consent.opted_out),
+                              sent_in_cap_window=sent_recently,
+                              tz=zone(consent.time_zone if consent else None, default_time_zone))
+            outcome_name = decision.status or decision.action
+            if decision.action == "drop":
+                _update(conn, row.id, status=decision.status)
+            elif decision.action == "postpone":
+                _update(conn, row.id, next_attempt_at=decision.until)
+            else:
+                outcome_name = _attempt(conn, sender, spec, row, now, dead_letter_topic)
+        counts[outcome_name] = counts.get(outcome_name, 0) + 1
+    return counts
+
+
+def _update(conn, delivery_id: int, **values) -> None:
+    conn.execute(update(DELIVERIES).where(DELIVERIES.c.id == delivery_id).values(**values, updated_at=func.now()))
+
+
+def _attempt(conn, sender: Sender, spec: CampaignSpec, row, now: datetime, dead_letter_topic: str | None) -> str:
+    payload = _payload(spec, row, _details(conn, spec, row.episode))
+    outcome = sender.send(spec, payload, row.idempotency_key, row.user_key)
+    attempt = row.attempts + 1
+    conn.execute(ATTEMPTS.insert().values(delivery_id=row.id, attempt=attempt, at=now, status_code=outcome.status_code,
+                                          response=outcome.response, error=outcome.error))
+    common = {"attempts": attempt, "last_status_code": outcome.status_code,
+              "last_response": outcome.response if outcome.response is not None else outcome.error}
+    if outcome.ok:
+        _update(conn, row.id, status="sent", sent_at=now, **common)
+        return "sent"
+    if outcome.permanent or attempt >= spec.max_attempts:
+        if dead_letter_topic and sender.producer is not None:
+            sender.producer.send(dead_letter_topic, key=row.user_key.encode(), value=bad_row(
+                "campaigns", "action", f"gave up after {attempt} attempts: {common['last_response']}",
+                orjson.loads(payload), source=spec.name)).get(timeout=30)
+        _update(conn, row.id, status="dead_letter", **common)
+        return "dead_letter"
+    _update(conn, row.id, next_attempt_at=retry_at(spec, now, attempt), **common)
+    return "retry"
+
+
+REPORT = text("""
+    SELECT d.status AS arm, count(*) AS episodes,
+           count(*) FILTER (WHERE EXISTS (
+               SELECT 1 FROM events e
+                WHERE e.user_key = d.user_key AND e.kind = 'purchase'
+                  AND e.event_time > d.triggered_at
+                  AND e.event_time <= d.triggered_at + make_interval(days => :days))) AS converted
+      FROM campaign_deliveries d
+     WHERE d.campaign = :campaign AND d.status IN ('sent', 'holdout')
+     GROUP BY d.status
+""")
+
+
+def report(engine: Engine, name: str, days: int | None = None) -> dict:
+    """Conversion (a purchase within N days of the trigger) of treated (sent) vs holdout episodes."""
+    spec, _ = CampaignStore(engine).get(name)
+    days = days or spec.conversion_window_days
+    with engine.connect() as conn:
+        arms = {r.arm: r for r in conn.execute(REPORT, {"campaign": name, "days": days})}
+        statuses = dict(conn.execute(select(DELIVERIES.c.status, func.count()).where(DELIVERIES.c.campaign == name)
+                                     .group_by(DELIVERIES.c.status)).all())
+    sent, hold = arms.get("sent"), arms.get("holdout")
+    return {"campaign": name, "conversion_window_days": days, "deliveries_by_status": statuses,
+            **lift(sent.episodes if sent else 0, sent.converted if sent else 0,
+                   hold.episodes if hold else 0, hold.converted if hold else 0)}
+
+
+def user_history(engine: Engine, user_key: str, limit: int = 100) -> list[dict]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(
+            select(DELIVERIES.c.campaign, DELIVERIES.c.episode, DELIVERIES.c.status, DELIVERIES.c.triggered_at,
+                   DELIVERIES.c.sent_at, DELIVERIES.c.attempts, DELIVERIES.c.last_status_code)
+            .where(DELIVERIES.c.user_key == user_key).order_by(DELIVERIES.c.id.desc()).limit(limit))]
+
+
+def preview(engine: Engine, spec: CampaignSpec, now: datetime, sample: int = 10) -> dict:
+    """Who the campaign would reach: current segment members, or users with such a trigger in 7 days."""
+    with engine.connect() as conn:
+        if spec.audience.segment_entry:
+            from spoor.storage.segment_tables import SegmentMember
+            users = select(SegmentMember.user_key).where(SegmentMember.segment == spec.audience.segment_entry)
+        else:
+            users = select(TRIGGERS.c.user_key).where(TRIGGERS.c.kind == spec.audience.trigger,
+                                                      TRIGGERS.c.fired_at > now - timedelta(days=7)).distinct()
+        users = users.subquery()
+        opted_out = exists().where(CONSENT.c.user_key == users.c.user_key, CONSENT.c.opted_out)
+        size = conn.execute(select(func.count()).select_from(users).where(~opted_out)).scalar_one()
+        keys = conn.execute(select(users.c.user_key).where(~opted_out).order_by(users.c.user_key)
+                            .limit(sample)).scalars().all()
+    return {"campaign": spec.name, "audience": spec.audience.model_dump(exclude_none=True), "reachable_users": size,
+            "expected_holdout": round(size * spec.holdout_percent / 100), "sample": list(keys)}

@@ -1,0 +1,132 @@
+"""A campaign definition (YAML/JSON), validated. Pure.
+
+    name: cart_rescue
+    audience: {trigger: cart_abandonment}        # or {segment_entry: high_intent_browsers}
+    action: {webhook: "https://crm.example/hooks/spoor"}   # or {kafka_topic: crm.email}
+    delay: 30m                # after the trigger / segment entry
+    frequency_cap: {max: 1, per: 7d}             # sends of this campaign per user
+    quiet_hours: {start: "21:00", end: "08:00"}  # in the user's time zone
+    expires_after: 2d         # not sent at all if it cannot go out within this time
+    holdout_percent: 10       # stable per user: never sent, kept for the conversion report
+    conversion_window_days: 7
+    max_attempts: 5
+    retry_backoff: 30s        # doubled after each failed attempt, at most 1 h
+    message: {template: cart-reminder}           # passed through to the receiver
+"""
+
+import re
+from datetime import time
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+
+from spoor.campaigns import CampaignsError
+from spoor.segments.segment_language import NAME_PATTERN, load_definition, parse_duration
+
+TRIGGER_KINDS = ("cart_abandonment", "browse_abandonment", "win_back")
+MAX_MESSAGE_BYTES = 10_000
+
+
+class CampaignDefinitionError(CampaignsError):
+    pass
+
+
+def _duration_or_zero(value: Any) -> int:
+    return 0 if value in (0, "0", "0s", None) else parse_duration(value)
+
+
+class Audience(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    segment_entry: str | None = Field(None, pattern=NAME_PATTERN)
+    trigger: Literal[TRIGGER_KINDS] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.segment_entry is None) == (self.trigger is None):
+            raise ValueError("the audience is either {segment_entry: SEGMENT} or {trigger: KIND}")
+        return self
+
+
+class Action(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    webhook: str | None = Field(None, max_length=2048, pattern=r"^https?://[^\s]+$")
+    kafka_topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.webhook is None) == (self.kafka_topic is None):
+            raise ValueError("the action is either {webhook: URL} or {kafka_topic: TOPIC}")
+        return self
+
+
+class QuietHours(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    start: time
+    end: time
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _hh_mm(cls, value: Any) -> time:
+        if isinstance(value, str) and re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            return time.fromisoformat(value)
+        raise ValueError("quiet hours are 'HH:MM' (24 h)")
+
+    @field_serializer("start", "end")
+    def _as_hh_mm(self, value: time) -> str:
+        return value.strftime("%H:%M")
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if self.start == self.end:
+            raise ValueError("quiet hours need start != end")
+        return self
+
+
+class FrequencyCap(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max: int = Field(ge=1, le=1000)
+    per: int
+
+    _duration = field_validator("per", mode="before")(lambda v: parse_duration(v))
+
+
+class CampaignSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = Field("", max_length=2000)
+    audience: Audience
+    action: Action
+    delay: int = 0
+    frequency_cap: FrequencyCap | None = None
+    quiet_hours: QuietHours | None = None
+    expires_after: int | None = None
+    holdout_percent: float = Field(0, ge=0, le=90)
+    conversion_window_days: int = Field(7, ge=1, le=90)
+    max_attempts: int = Field(5, ge=1, le=20)
+    retry_backoff: int = 30
+    message: dict = Field(default_factory=dict)
+
+    _durations = field_validator("delay", "retry_backoff", mode="before")(lambda v: _duration_or_zero(v))
+
+    @field_validator("expires_after", mode="before")
+    @classmethod
+    def _expiry(cls, value: Any) -> int | None:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("message")
+    @classmethod
+    def _small(cls, value: dict) -> dict:
+        if len(orjson.dumps(value)) > MAX_MESSAGE_BYTES:
+            raise ValueError(f"message is limited to {MAX_MESSAGE_BYTES} bytes of JSON")
+        return value
+
+
+def parse_campaign(data: Any) -> CampaignSpec:
+    data = load_definition(data, CampaignDefinitionError)
+    try:
+        return CampaignSpec.model_validate(data)
+    except ValidationError as err:
+        raise CampaignDefinitionError("; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'definition'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors(include_url=False))) from None

@@ -1,0 +1,267 @@
+"""HTTP API for segments, campaigns and users (FastAPI; OpenAPI at /openapi.json, docs at /docs).
+
+Every route except /healthz (and the OpenAPI documents) needs ``Authorization: Bearer <SPOOR_ADMIN_TOKEN>``.
+Definitions are the same YAML/JSON documents as the CLI takes (docs/segments.md); errors in them are answered 400
+with the reason.
+
+``AdminGuard`` checks the token before a byte of the body is read, and reads at most
+``SPOOR_ADMIN_MAX_BODY_BYTES`` of it (413 past that, or when Content-Length says more), chunked or not.
+"""
+
+import hmac
+import json
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine, select
+
+from spoor.campaigns import campaign_dispatch
+from spoor.campaigns.campaign_dispatch import CampaignStore, UnknownCampaign
+from spoor.campaigns.campaign_spec import parse_campaign
+from spoor.campaigns.webhook_delivery import check_webhook
+from spoor.errors import SpoorError
+from spoor.privacy.consent import set_consent
+from spoor.privacy.erasure import erase_user
+from spoor.segments import SegmentsError, membership
+from spoor.segments.membership import SegmentStore, UnknownSegment, utcnow
+from spoor.segments.segment_fields import FIELDS
+from spoor.segments.segment_language import parse_segment
+from spoor.settings import Settings
+from spoor.storage.tables import UserActivity, UserProfile
+
+# PostgreSQL text cannot hold U+0000: a name or key with it would fail its query (a 500).
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, Path(max_length=64, pattern=NO_NUL)]
+UserKey = Annotated[str, Path(min_length=1, max_length=256, pattern=NO_NUL)]
+SEGMENT_EXAMPLE = {"name": "shoe_fans", "description": "frequent shoe buyers",
+                   "where": {"all": ["purchases_30d >= 2", 'favourite_category == "shoes"',
+                                     'did "Product Added" in last 24h and not "Order Completed"']}}
+CAMPAIGN_EXAMPLE = {"name": "cart_rescue", "audience": {"trigger": "cart_abandonment"},
+                    "action": {"webhook": "https://crm.example/hooks/spoor"}, "delay": "30m",
+                    "frequency_cap": {"max": 1, "per": "7d"}, "quiet_hours": {"start": "21:00", "end": "08:00"},
+                    "expires_after": "2d", "holdout_percent": 10}
+
+
+def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
+    if not settings.admin_token:
+        raise SegmentsError("SPOOR_ADMIN_TOKEN is not set: the API does not run without authentication")
+    app = FastAPI(title="Spoor segments and campaigns", version="1",
+                  description="Define, preview, launch and pause segments and campaigns; read a user's profile, "
+                              "segments and campaign history; record consent; erase a user.")
+    bearer = HTTPBearer(auto_error=False)
+
+    def authenticated(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        # AdminGuard has checked already, before the body; kept so each route declares its security.
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(),
+                                                          settings.admin_token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(authenticated)]
+    segment_store, campaign_store = SegmentStore(engine), CampaignStore(engine)
+    open_paths = {"/healthz", app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    app.add_middleware(AdminGuard, token=settings.admin_token, max_body_bytes=settings.admin_max_body_bytes,
+                       open_paths=frozenset(p for p in open_paths if p))
+
+    @app.exception_handler(SpoorError)  # a refusal of the request's content: bad definitions, unknown names
+    async def definition_error(_request, err: SpoorError):
+        status = 404 if isinstance(err, (UnknownSegment, UnknownCampaign)) else 400
+        return JSONResponse({"detail": str(err)}, status_code=status)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/fields", dependencies=auth, summary="The field catalogue segment conditions may use")
+    def fields() -> list[dict]:
+        return [{"name": f.name, "type": f.type, "source": f.source, "description": f.description}
+                for f in FIELDS.values()]
+
+    # Segments
+    @app.get("/segments", dependencies=auth)
+    def list_segments() -> list[dict]:
+        return segment_store.rows()
+
+    @app.put("/segments/{name}", dependencies=auth, summary="Create or replace a segment (status unchanged)")
+    def put_segment(name: Name, definition: Annotated[dict, Body(examples=[SEGMENT_EXAMPLE])]) -> dict:
+        spec = parse_segment({**definition, "name": definition.get("name", name)})
+        if spec.name != name:
+            raise SegmentsError(f"the definition is named {spec.name!r}, the path says {name!r}")
+        segment_store.save(spec)
+        return {**segment_store.row(name), "definition": spec.model_dump(mode="json", by_alias=True)}
+
+    @app.get("/segments/{name}", dependencies=auth)
+    def get_segment(name: Name) -> dict:
+        return {**segment_store.row(name),
+                "definition": segment_store.get(name).model_dump(mode="json", by_alias=True)}
+
+    @app.post("/segments/preview", dependencies=auth, summary="Size and sample of a definition, without saving")
+    def preview_definition(definition: Annotated[dict, Body(examples=[SEGMENT_EXAMPLE])],
+                           sample: int = Query(10, ge=0, le=100)) -> dict:
+        return membership.preview(engine, parse_segment(definition), segment_store.specs(), clock(), sample)
+
+    @app.get("/segments/{name}/preview", dependencies=auth, summary="Size and sample of a saved segment now")
+    def preview_segment(name: Name, sample: int = Query(10, ge=0, le=100)) -> dict:
+        return membership.preview(engine, segment_store.get(name), segment_store.specs(), clock(), sample)
+
+    @app.post("/segments/{name}/launch", dependencies=auth, summary="Maintain membership (computed at once)")
+    def launch_segment(name: Name) -> dict:
+        segment_store.set_status(name, "active")
+        entered, left = membership.full_recompute(engine, clock(), [name])[name]
+        return {**segment_store.row(name), "entered": entered, "left": left}
+
+    @app.post("/segments/{name}/pause", dependencies=auth, summary="Stop maintaining membership")
+    def pause_segment(name: Name) -> dict:
+        segment_store.set_status(name, "paused")
+        return segment_store.row(name)
+
+    @app.post("/segments/{name}/recompute", dependencies=auth, summary="Full recompute now")
+    def recompute_segment(name: Name) -> dict:
+        entered, left = membership.full_recompute(engine, clock(), [name])[name]
+        return {"segment": name, "entered": entered, "left": left}
+
+    @app.get("/segments/{name}/members", dependencies=auth)
+    def segment_members(name: Name, limit: int = Query(100, ge=1, le=10_000),
+                        after: str | None = Query(None, max_length=256)) -> list[dict]:
+        segment_store.row(name)
+        return membership.members(engine, name, limit, after)
+
+    @app.get("/segments/{name}/history", dependencies=auth, summary="Latest entries and exits")
+    def segment_history(name: Name, limit: int = Query(100, ge=1, le=10_000)) -> list[dict]:
+        segment_store.row(name)
+        return membership.history(engine, name, limit)
+
+    @app.get("/segments/{name}/sizes", dependencies=auth, summary="Segment size at each step from start to end")
+    def segment_sizes(name: Name, start: datetime, end: datetime,
+                      step_s: int = Query(3600, ge=60, le=366 * 86400)) -> list[dict]:
+        segment_store.row(name)
+        return membership.sizes(engine, name, start, end, timedelta(seconds=step_s))
+
+    # Campaigns
+    @app.get("/campaigns", dependencies=auth)
+    def list_campaigns() -> list[dict]:
+        return campaign_store.rows()
+
+    @app.put("/campaigns/{name}", dependencies=auth, summary="Create or replace a campaign (status unchanged)")
+    def put_campaign(name: Name, definition: Annotated[dict, Body(examples=[CAMPAIGN_EXAMPLE])]) -> dict:
+        spec = parse_campaign({**definition, "name": definition.get("name", name)})
+        if spec.name != name:
+            raise SegmentsError(f"the definition is named {spec.name!r}, the path says {name!r}")
+        check_webhook(spec, settings)
+        campaign_store.save(spec)
+        return campaign_store.get(name)[1]
+
+    @app.get("/campaigns/{name}", dependencies=auth)
+    def get_campaign(name: Name) -> dict:
+        return campaign_store.get(name)[1]
+
+    @app.get("/campaigns/{name}/preview", dependencies=auth, summary="Who the campaign would reach")
+    def preview_campaign(name: Name, sample: int = Query(10, ge=0, le=100)) -> dict:
+        return campaign_dispatch.preview(engine, campaign_store.get(name)[0], clock(), sample)
+
+    @app.post("/campaigns/{name}/launch", dependencies=auth)
+    def launch_campaign(name: Name) -> dict:
+        spec, _ = campaign_store.get(name)
+        if spec.action.webhook and not settings.campaign_webhook_secret:
+            raise SegmentsError("SPOOR_CAMPAIGN_WEBHOOK_SECRET is not set: webhooks cannot be signed")
+        check_webhook(spec, settings)
+        campaign_store.launch(name, clock())
+        return campaign_store.get(name)[1]
+
+    @app.post("/campaigns/{name}/pause", dependencies=auth)
+    def pause_campaign(name: Name) -> dict:
+        campaign_store.pause(name)
+        return campaign_store.get(name)[1]
+
+    @app.get("/campaigns/{name}/report", dependencies=auth, summary="Conversion of treated vs holdout, with lift")
+    def campaign_report(name: Name, days: int | None = Query(None, ge=1, le=90)) -> dict:
+        return campaign_dispatch.report(engine, name, days)
+
+    # Users
+    @app.get("/users/{user_key}", dependencies=auth, summary="Profile, activity, segments and campaign history")
+    def get_user(user_key: UserKey) -> dict[str, Any]:
+        return user_view(engine, user_key)
+
+    @app.put("/users/{user_key}/consent", dependencies=auth, summary="Opt a user out of (or back into) campaigns")
+    def put_consent(user_key: UserKey, opted_out: bool | None = Body(None, embed=True),
+                    time_zone: str | None = Body(None, embed=True, max_length=64)) -> dict:
+        return set_consent(engine, user_key, opted_out, time_zone)
+
+    @app.delete("/users/{user_key}", dependencies=auth, summary="Erase a user (PostgreSQL and Faust tables)")
+    def erase(user_key: UserKey) -> dict:
+        return erase_user(settings, engine, user_key, actor="api")
+
+    return app
+
+
+class AdminGuard:
+    """ASGI middleware in front of the API: the bearer token is checked from the headers before any of
+    the body is read (FastAPI reads a route's body before its dependencies run), then the body is read
+    whole, at most ``max_body_bytes`` of it, and handed to the app. A request whose Content-Length is
+    larger, or whose (chunked) body grows past the limit, is answered 413 without reading further."""
+
+    def __init__(self, app, token: str, max_body_bytes: int, open_paths: frozenset[str]):
+        self.app = app
+        self.token = token.encode()
+        self.max_body_bytes = max_body_bytes
+        self.open_paths = open_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
+        if scope["path"] not in self.open_paths and not self._authorized(headers.get("authorization", b"")):
+            return await _answer(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            return await _answer(send, 413, f"body over {self.max_body_bytes} bytes")
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                return await _answer(send, 413, f"body over {self.max_body_bytes} bytes")
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _authorized(self, authorization: bytes) -> bool:
+        scheme, _, credentials = authorization.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
+
+
+async def _answer(send, status: int, detail: str, headers: list | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    # Connection: close, as the rest of the request's body is left unread.
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def user_view(engine: Engine, user_key: str) -> dict:
+    from spoor.storage.segment_tables import UserConsent
+    with engine.connect() as conn:
+        profile = conn.execute(select(UserProfile.__table__).where(UserProfile.user_key == user_key)).first()
+        activity = conn.execute(select(UserActivity.__table__).where(UserActivity.user_key == user_key)).first()
+        consent = conn.execute(select(UserConsent.__table__).where(UserConsent.user_key == user_key)).first()
+    if profile is None and consent is None:
+        raise HTTPException(404, "no such user")
+    return {"user_key": user_key, "profile": dict(profile._mapping) if profile else None,
+            "activity": dict(activity._mapping) if activity else None,
+            "consent": dict(consent._mapping) if consent else None,
+            "segments": membership.user_segments(engine, user_key),
+            "campaigns": campaign_dispatch.user_history(engine, user_key)}

@@ -1,0 +1,59 @@
+"""The field catalogue: every name a segment condition may use, its type, and the SQL it reads.
+
+Only names listed here reach SQL, so a field name can never inject anything. Sources:
+``profile`` = user_profiles, ``activity`` = user_activity (rolling windows from the stream; a user
+without a row counts as 0), ``derived`` = computed against the evaluation time (``now``), ``rfm`` =
+scores relative to all customers, from the view ``user_rfm`` (see ``segments.rfm``).
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from spoor.storage.tables import WINDOWED_COUNTS, WINDOWS
+
+
+class FieldType(StrEnum):
+    NUMBER = "number"
+    STRING = "string"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: FieldType
+    source: str  # profile | activity | derived | rfm
+    description: str
+
+    @property
+    def depends_on_population(self) -> bool:
+        """RFM scores move when *other* users buy, so membership must be recomputed over everyone."""
+        return self.source == "rfm"
+
+
+
+_specs: list[FieldSpec] = [
+    *[FieldSpec(n, FieldType.NUMBER, "profile", f"lifetime {n.replace('_', ' ')}") for n in (
+        "events", "page_views", "product_views", "distinct_products_viewed", "clicks", "cart_adds",
+        "cart_removes", "checkouts", "orders")],
+    FieldSpec("cart_value", FieldType.NUMBER, "profile", "value of the current cart"),
+    FieldSpec("revenue", FieldType.NUMBER, "profile", "lifetime revenue"),
+    FieldSpec("user_id", FieldType.STRING, "profile", "the identified user id (null if anonymous)"),
+    FieldSpec("average_order_value", FieldType.NUMBER, "derived", "revenue / orders (null without orders)"),
+    FieldSpec("days_since_last_purchase", FieldType.NUMBER, "derived", "null if never purchased"),
+    FieldSpec("days_since_first_purchase", FieldType.NUMBER, "derived", "null if never purchased"),
+    FieldSpec("days_since_last_seen", FieldType.NUMBER, "derived", "days since the latest event"),
+    FieldSpec("days_since_first_seen", FieldType.NUMBER, "derived", "days since the first event"),
+    *[FieldSpec(f"{c}_{w}", FieldType.NUMBER, "activity", f"{c.replace('_', ' ')} in the last {w}")
+      for c in WINDOWED_COUNTS for w in WINDOWS],
+    *[FieldSpec(f"revenue_{w}", FieldType.NUMBER, "activity", f"revenue in the last {w}") for w in WINDOWS],
+    FieldSpec("frequency", FieldType.NUMBER, "activity", "RFM frequency from the stream"),
+    FieldSpec("monetary", FieldType.NUMBER, "activity", "RFM monetary value from the stream"),
+    FieldSpec("favourite_category", FieldType.STRING, "activity", "most engaged category"),
+    FieldSpec("lifecycle_stage", FieldType.STRING, "activity", "lifecycle stage from the stream"),
+    FieldSpec("recency_score", FieldType.NUMBER, "rfm", "RFM recency score 1-5 (null for non-buyers and anonymous users)"),
+    FieldSpec("frequency_score", FieldType.NUMBER, "rfm", "RFM frequency score 1-5"),
+    FieldSpec("monetary_score", FieldType.NUMBER, "rfm", "RFM monetary score 1-5"),
+    FieldSpec("rfm_group", FieldType.STRING, "rfm", "champions, loyal, potential_loyalists, at_risk, "
+                                                    "hibernating or lost"),
+]
+FIELDS: dict[str, FieldSpec] = {spec.name: spec for spec in _specs}

@@ -1,0 +1,12 @@
+"""Every Prometheus metric of ``spoor segments run`` (its loop's are in ``spoor.turn_loop``)."""
+
+from prometheus_client import Counter, Gauge
+
+TRANSITIONS = Counter("spoor_segments_transitions_total", "Segment entries and exits recorded.", ["change"])
+PASSES = Counter("spoor_segments_passes_total", "Membership passes, by kind: incremental or full.", ["kind"])
+CHANGED_USERS = Counter("spoor_segments_changed_users_total", "Changed users re-evaluated by incremental passes.")
+PUBLISHED = Counter("spoor_segments_published_total", "Enter/exit records acknowledged by Kafka.")
+SEGMENT_FAILURES = Counter("spoor_segments_refresh_failures_total",
+                           "Segment refreshes skipped because of the segment itself (its definition or its "
+                           "statement), the others going on; the reason is in segments.error.")
+FAILING_SEGMENTS = Gauge("spoor_segments_failing", "Segments whose last refresh failed because of the segment itself.")

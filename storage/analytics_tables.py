@@ -1,0 +1,55 @@
+"""Tables of the behaviour analytics (migration 0008): sessions, and what it adds to user_activity."""
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import ARRAY, Boolean, Column, Computed, DateTime, Float, Index, Integer, String, Text, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from spoor.storage.tables import MONEY, Base, UserActivity
+
+# UTM source, else the referrer's host, else "direct".
+TRAFFIC_SOURCE_SQL = ("coalesce(nullif(utm_source, ''), "
+                      "lower(substring(referrer from '^[A-Za-z][A-Za-z0-9+.-]*://([^/:?#]+)')), 'direct')")
+
+
+class Session(Base):
+    """One row per user session (see stream_processors/sessions.py for the rules)."""
+
+    __tablename__ = "sessions"
+
+    user_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    # The client's session id, or "t<start in epoch ms>" for a session found by inactivity.
+    session_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    client_session: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_s: Mapped[float] = mapped_column(Float)
+    events: Mapped[int] = mapped_column(Integer)
+    page_views: Mapped[int] = mapped_column(Integer)
+    product_views: Mapped[int] = mapped_column(Integer)
+    cart_adds: Mapped[int] = mapped_column(Integer)
+    checkouts: Mapped[int] = mapped_column(Integer)
+    purchases: Mapped[int] = mapped_column(Integer)
+    revenue: Mapped[Decimal] = mapped_column(MONEY)
+    reached_cart: Mapped[bool] = mapped_column(Boolean)
+    reached_checkout: Mapped[bool] = mapped_column(Boolean)
+    reached_purchase: Mapped[bool] = mapped_column(Boolean)
+    entry_page: Mapped[str | None] = mapped_column(Text)
+    referrer: Mapped[str | None] = mapped_column(Text)
+    utm_source: Mapped[str | None] = mapped_column(Text)
+    utm_campaign: Mapped[str | None] = mapped_column(Text)
+    view_categories: Mapped[list] = mapped_column(ARRAY(Text))
+    cart_categories: Mapped[list] = mapped_column(ARRAY(Text))
+    purchase_categories: Mapped[list] = mapped_column(ARRAY(Text))
+    traffic_source: Mapped[str] = mapped_column(Text, Computed(TRAFFIC_SOURCE_SQL, persisted=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index("sessions_started_at", "started_at"),)
+
+
+# Columns migration 0008 adds to the user_activity contract table.
+for _column in (Column("last_seen_at", DateTime(timezone=True)), Column("last_purchase_at", DateTime(timezone=True)),
+                Column("recency_days", Integer)):
+    if _column.name not in UserActivity.__table__.c:
+        UserActivity.__table__.append_column(_column)

@@ -1,0 +1,153 @@
+"""Tables of segments and campaigns (migration 0006). Reads user_profiles, user_activity,
+behaviour_triggers and events; writes only the tables below."""
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from spoor.storage.tables import Base
+
+TS = DateTime(timezone=True)
+
+
+class SegmentDefinition(Base):
+    """A named segment: its validated definition (JSON) and whether membership is maintained."""
+
+    __tablename__ = "segments"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    definition: Mapped[dict] = mapped_column(JSONB)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="draft")  # draft | active | paused
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    last_full_recompute_at: Mapped[datetime | None] = mapped_column(TS)
+    # Why the last refresh failed because of the segment itself (its definition or its statement) and
+    # since when; NULL again once a refresh succeeds (migration 0014).
+    error: Mapped[str | None] = mapped_column(Text)
+    failed_since: Mapped[datetime | None] = mapped_column(TS)
+
+
+class SegmentMember(Base):
+    """Current members of a segment."""
+
+    __tablename__ = "segment_members"
+
+    segment: Mapped[str] = mapped_column(String(64), ForeignKey("segments.name", ondelete="CASCADE"),
+                                         primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    entered_at: Mapped[datetime] = mapped_column(TS)
+
+
+class SegmentTransition(Base):
+    """Membership history: every entry and exit, in order. Also the outbox of the segments topic
+    (``published_at`` is set once the enter/exit message is acknowledged by Kafka)."""
+
+    __tablename__ = "segment_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    segment: Mapped[str] = mapped_column(String(64), ForeignKey("segments.name", ondelete="CASCADE"))
+    user_key: Mapped[str] = mapped_column(String(256))
+    change: Mapped[str] = mapped_column(String(8))  # enter | exit
+    at: Mapped[datetime] = mapped_column(TS)
+    published_at: Mapped[datetime | None] = mapped_column(TS)
+
+    __table_args__ = (
+        Index("segment_transitions_segment_at", "segment", "at"),
+        Index("segment_transitions_user", "user_key"),
+        Index("segment_transitions_unpublished", "id", postgresql_where="published_at IS NULL"),
+    )
+
+
+class SegmentCursor(Base):
+    """How far the incremental membership pass has read profile changes."""
+
+    __tablename__ = "segment_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    changed_since: Mapped[datetime] = mapped_column(TS)
+
+
+class UserConsent(Base):
+    """Per-user messaging preferences. Opted-out users never receive anything from a campaign."""
+
+    __tablename__ = "user_consent"
+
+    user_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    time_zone: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+class Campaign(Base):
+    """Audience + action + rules, as a validated JSON definition."""
+
+    __tablename__ = "campaigns"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    definition: Mapped[dict] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), default="draft")  # draft | active | paused
+    launched_at: Mapped[datetime | None] = mapped_column(TS)
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+class CampaignDelivery(Base):
+    """One (campaign, user, episode): at most one message ever, whatever the retries."""
+
+    __tablename__ = "campaign_deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    campaign: Mapped[str] = mapped_column(String(64), ForeignKey("campaigns.name", ondelete="CASCADE"))
+    user_key: Mapped[str] = mapped_column(String(256))
+    episode: Mapped[str] = mapped_column(String(400))  # trigger id or segment transition id
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    triggered_at: Mapped[datetime] = mapped_column(TS)
+    due_at: Mapped[datetime] = mapped_column(TS)
+    expires_at: Mapped[datetime | None] = mapped_column(TS)
+    # pending | holdout | sent | dead_letter | expired | opted_out | capped
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(TS)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_response: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(TS)
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+    __table_args__ = (
+        Index("campaign_deliveries_episode", "campaign", "user_key", "episode", unique=True),
+        Index("campaign_deliveries_due", "next_attempt_at", postgresql_where="status = 'pending'"),
+        Index("campaign_deliveries_user", "user_key", "sent_at"),
+    )
+
+
+class CampaignAttempt(Base):
+    """Every delivery attempt with the receiver's answer."""
+
+    __tablename__ = "campaign_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("campaign_deliveries.id", ondelete="CASCADE"),
+                                             index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(TS)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditLog(Base):
+    """Privacy operations (erasure). The user key is kept only as a SHA-256."""
+
+    __tablename__ = "privacy_audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(32))
+    user_key_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    details: Mapped[dict] = mapped_column(JSONB)
+    at: Mapped[datetime] = mapped_column(TS, server_default=func.now())

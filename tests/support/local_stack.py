@@ -1,0 +1,105 @@
+"""Helpers of the integration, end-to-end and fault tests: free ports, waiting, per-module settings
+on the real Kafka and PostgreSQL, and real ``spoor`` processes."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from spoor.settings import Settings
+from spoor.storage.migrate import upgrade
+from spoor.topics import create_topics
+from tests.support.scratch_db import ScratchDatabase
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def scratch_settings(base: Settings, tmp_path_factory, prefix: str) -> tuple[Settings, ScratchDatabase]:
+    """Settings of one test module: a fresh database (migrated), fresh topics, consumer group and ports."""
+    run = uuid.uuid4().hex[:10]
+    database = ScratchDatabase(base.database_url, f"{prefix.replace('-', '_')}_{run}")
+    settings = base.model_copy(update={
+        "database_url": database.url,
+        "events_topic": f"{prefix.replace('-', '.', 1)}-{run}.events",
+        "dead_letter_topic": f"{prefix.replace('-', '.', 1)}-{run}.events.dlq",
+        "triggers_topic": f"{prefix.replace('-', '.', 1)}-{run}.triggers",
+        "alerts_topic": f"{prefix.replace('-', '.', 1)}-{run}.alerts",
+        "worker_app_id": f"{prefix}-{run}",
+        "collector_port": free_port(),
+        "worker_web_port": free_port(),
+        "worker_data_dir": str(tmp_path_factory.mktemp("faust")),
+        "worker_session_timeout_s": 8.0,
+        "worker_batch_within_s": 0.1,
+    })
+    upgrade(settings.database_url)
+    create_topics(settings)
+    return settings, database
+
+
+class SpoorProcess:
+    """A real `spoor collector` / `spoor worker` process with the test's settings."""
+
+    def __init__(self, command: str, settings: Settings, log_dir: Path):
+        self.command = command
+        self.settings = settings
+        self.log_path = log_dir / f"{command}-{uuid.uuid4().hex[:6]}.log"
+        self.process: subprocess.Popen | None = None
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env.update({f"SPOOR_{name.upper()}": str(value) for name, value in self.settings.model_dump().items()})
+        return env
+
+    def start(self, health_url: str, timeout: float = 90) -> "SpoorProcess":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "spoor.cli", self.command], cwd=REPO,
+                                        env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: self._healthy(health_url), timeout, f"{self.command} to be healthy ({self.log_path})")
+        return self
+
+    def _healthy(self, url: str) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"{self.command} exited with {self.process.returncode}:\n{self.log_tail()}")
+        import urllib.request
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
