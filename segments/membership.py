@@ -43,7 +43,7 @@ TRANSITIONS = SegmentTransition.__table__
 CURSORS = SegmentCursor.__table__
 KEY_CHUNK = 1000  # bounds the incremental diff even under a nested-loop plan
 # Told how long each statement of a pass took; the runner idles in proportion, so a pass loads
-# PostgreSQL evenly instead of taking a whole core in bursts (segments/runner.py).
+# PostgreSQL evenly instead of taking a whole core in bursts (segments/segment_runner.py).
 Pace = Callable[[float], None]
 STATUSES = ("draft", "active", "paused")
 

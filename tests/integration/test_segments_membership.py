@@ -157,7 +157,7 @@ def test_incremental_and_full_recompute_agree_and_history_is_kept(engine, store)
     deferred = membership.incremental_pass(engine, second, overlap_s=0, cursor="deferred", refresh_population=False)
     assert "t_abandoners" in deferred["segments"] and "rfm_champions" not in deferred["segments"]
     assert "whale" not in {m["user_key"] for m in membership.members(engine, "rfm_champions", 1000)}
-    statements: list[float] = []  # the runner idles after each, in proportion (segments/runner.py)
+    statements: list[float] = []  # the runner idles after each, in proportion (segments/segment_runner.py)
     result = membership.incremental_pass(engine, second, overlap_s=0, pace=statements.append)
     assert result["changed_users"] >= 3
     assert len(statements) == len(result["segments"]) and all(s >= 0 for s in statements)  # under 1,000 users each

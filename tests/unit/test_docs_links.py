@@ -71,3 +71,24 @@ def test_links_are_found():
     assert "../spoor/settings.py" in links(ROOT / "docs" / "configuration.md")
     assert "sessions-sessions-table" in anchors(ROOT / "docs" / "analytics.md")
     assert "segments-own-libraries" in anchors(ROOT / "docs" / "sending-events.md")
+
+
+# A path in code spans (`ingest/intake.py`, `tests/e2e/`) that starts at one of the repository's folders.
+TOP_FOLDERS = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith("."))
+CODE_PATH = re.compile(r"`((?:" + "|".join(map(re.escape, TOP_FOLDERS)) + r")/[\w./-]*)`")
+# The performance log is history: it names files as they were on the day.
+CURRENT_PAGES = [page for page in PAGES if page != ROOT / "bench" / "README.md"]
+
+
+@pytest.mark.parametrize("page", CURRENT_PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_paths_named_in_code_spans_exist(page: Path):
+    """A moved or renamed file leaves no stale name in the manual (links are checked above)."""
+    missing = []
+    for line in prose(page.read_text(encoding="utf-8")):
+        for path in CODE_PATH.findall(line):
+            candidate = path.rstrip(".")
+            if "*" in candidate or not candidate.strip("/"):
+                continue
+            if not (ROOT / candidate).exists() and not (page.parent / candidate).exists():
+                missing.append(path)
+    assert not missing, f"{page.relative_to(ROOT)} names files that do not exist: {missing}"

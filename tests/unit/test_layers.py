@@ -10,15 +10,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent.parent
 # Floor of each folder, from the ground up. A folder may import only folders on lower floors.
 FLOORS = {
-    "spoor": 0,              # contracts: settings, the event, bad rows, topics, signing, metric columns
-    "storage": 1,            # PostgreSQL tables, migrations, writers and queries
-    "ingest": 2,             # the HTTP collector
-    "alerts": 2,             # detectors, rules, the alert lifecycle and notifiers
-    "segments": 2,           # the segment language and membership
-    "privacy": 2,            # consent and erasure
-    "stream_processors": 3,  # the Faust worker (it evaluates alert rules in the stream)
-    "campaigns": 3,          # campaigns on segments and triggers
-    "cli": 4,                # the spoor command, the admin API, demo, replay, simulators
+    "spoor": 1,              # contracts: settings, the event, bad rows, topics, signing, metric columns
+    "storage": 2,            # PostgreSQL tables, migrations, writers and queries
+    "ingest": 3,             # the HTTP collector
+    "alerts": 3,             # detectors, rules, the alert lifecycle and notifiers
+    "segments": 3,           # the segment language and membership
+    "privacy": 3,            # consent and erasure
+    "stream_processors": 4,  # the Faust worker (it evaluates alert rules in the stream)
+    "campaigns": 4,          # campaigns on segments and triggers
+    "cli": 5,                # the spoor command, the admin API, demo, replay, simulators
 }
 
 

@@ -1,4 +1,4 @@
-// Drives Debian's headless Chromium for tests/integration/test_segment_browser_lib.py.
+// Drives Debian's headless Chromium for tests/e2e/test_segment_browser_lib.py.
 // Protocol (as sdk/js/test/e2e/driver.mjs): one JSON command per line on stdin, one answer per line:
 //   {"cmd": "context"}                      -> context id (a fresh visitor: own storage and cache)
 //   {"cmd": "open", "context", "url"}       -> page id

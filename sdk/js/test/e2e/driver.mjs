@@ -1,4 +1,4 @@
-// Drives Debian's headless Chromium for tests/integration/test_browser_sdk.py.
+// Drives Debian's headless Chromium for tests/e2e/test_browser_sdk.py.
 // Protocol: one JSON command per line on stdin, one JSON answer per line on stdout:
 //   {"cmd": "context"}                       -> {"ok": true, "result": "<context id>"}  (a fresh user)
 //   {"cmd": "open", "context", "url"}        -> page id

@@ -1,7 +1,7 @@
 """Cost of the metric-windows agent's pure part per event (decode + fold into 1/5/60-minute windows of
 3 dimensions + closing), against decoding alone. No broker, no database.
 
-    .venv/bin/python bench/metric_windows.py [--events 100000]
+    .venv/bin/python bench/metric_windows_cpu.py [--events 100000]
 """
 
 import argparse

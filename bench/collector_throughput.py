@@ -9,7 +9,7 @@ browser user agent from a pool of a few dozen (so the UA cache sees realistic re
 Also times the collector's intake in this process (normalisation + enrichment per event) and the
 share of it spent enriching. Prints each round, the medians, then `name: value` lines.
 
-    .venv/bin/python bench/collector.py --rounds 3 --batches 300 --latency-seconds 10
+    .venv/bin/python bench/collector_throughput.py --rounds 3 --batches 300 --latency-seconds 10
 """
 
 import argparse
