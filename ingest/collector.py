@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from spoor.ingest import collector_metrics
+from spoor.ingest import IngestError, collector_metrics
 from spoor.ingest.auth import RateLimiter, WriteKeyCache, write_key_from
 from spoor.ingest.cors import CorsMiddleware, OriginPolicy
 from spoor.ingest.intake import Intake, RequestFacts, parse_json
@@ -51,7 +51,9 @@ SHORT_PATHS = {"b": "batch", "t": "track", "p": "page", "i": "identify", "s": "s
 SETTINGS_CACHE_CONTROL = "public, max-age=60"
 
 
-class RequestRejected(Exception):
+class RequestRejected(IngestError):
+    """A request answered with an error status (401, 403, 413, 429...) before any of its messages is read."""
+
     def __init__(self, status: int, error: str, headers: dict | None = None):
         super().__init__(error)
         self.status = status

@@ -265,12 +265,15 @@ class _OverLimit(InvalidEvent):
     """A message over the size limit: a size violation, kept whole (up to the dead-letter bounds)."""
 
     def __init__(self, field: str, reason: str, size: int):
-        super().__init__(field, reason)
+        super().__init__(field, reason, SIZE_VIOLATION)
         self.size = size
 
 
 class _Unstorable(InvalidEvent):
     """A message over the nesting limit: a size violation whose dead letter keeps only a summary."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(field, reason, SIZE_VIOLATION)
 
 
 def _too_deep(value: Any, limit: int) -> str | None:

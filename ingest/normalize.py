@@ -27,7 +27,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from spoor.bad_rows import InvalidRecord
 from spoor.events import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, TRACK_KINDS, Event, EventKind
+from spoor.ingest import IngestError
 from spoor.settings import Settings
 
 MESSAGE_TYPES = {"track", "page", "screen", "identify", "alias", "group"}
@@ -42,13 +44,11 @@ ID_INTEGER_LIMIT = 2 ** 64  # what JSON parsers keep as integers; beyond, an "id
 SHOWN_CHARS = 60  # of an offending value quoted in a reason
 
 
-class InvalidEvent(ValueError):
-    """A message that breaks the contract. ``field`` is a dotted path into the message."""
+class InvalidEvent(IngestError, InvalidRecord):
+    """A message that breaks the contract. ``field`` is a dotted path into the message.
 
-    def __init__(self, field: str, reason: str):
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
+    The collector's ``InvalidRecord``: one message that becomes a bad row (``schema_violation``
+    unless a subclass says otherwise), while the rest of its request goes on."""
 
 
 def normalize(message: Any, *, received_at: datetime, source: str,

@@ -12,12 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kafka import KafkaProducer
 
+from spoor.ingest import IngestError
 from spoor.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class KafkaUnavailable(RuntimeError):
+class KafkaUnavailable(IngestError):
     """Some record of a request was not acknowledged by Kafka."""
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from spoor.errors import SpoorError
+
 SCHEMA = "spoor.bad_row/2"
 SCHEMAS = {"spoor.bad_row/1": 1, SCHEMA: 2}
 
@@ -40,7 +42,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024  # a bigger payload is kept as a summary
 MAX_PAYLOAD_DEPTH = 64  # so is a deeper one (jsonb and every reader downstream stay safe)
 
 
-class InvalidRecord(ValueError):
+class InvalidRecord(SpoorError):
     """One record cannot be processed: it becomes a bad row (``field``: a dotted path, or "$")."""
 
     def __init__(self, field: str, reason: str, failure_type: str = SCHEMA_VIOLATION):
@@ -145,10 +147,11 @@ def dead_letter_row(record_id: str, raw: bytes) -> dict:
         data = None
     version = SCHEMAS.get(data.get("schema")) if isinstance(data, dict) else None
     if version is None:
-        return _row(record_id, "unknown", FOREIGN_RECORD,
-                    [{"field": None, "reason": "record on the dead-letter topic is not a spoor bad row"}],
-                    None, {"raw": raw[:MAX_PAYLOAD_BYTES].decode("utf-8", "replace").replace("\x00", "\ufffd")},
-                    datetime.now(timezone.utc), None, None, None)
+        return _row(record_id, processor="unknown", failure_type=FOREIGN_RECORD,
+                    messages=[{"field": None, "reason": "record on the dead-letter topic is not a spoor bad row"}],
+                    source=None,
+                    payload={"raw": raw[:MAX_PAYLOAD_BYTES].decode("utf-8", "replace").replace("\x00", "\ufffd")},
+                    received_at=datetime.now(timezone.utc), request=None, replay_of=None, version=None)
     failure = data.get("failure") if isinstance(data.get("failure"), dict) else {}
     if version == 1:
         failure_type, messages = SCHEMA_VIOLATION, [{"field": failure.get("field"), "reason": failure.get("reason")}]
@@ -157,9 +160,10 @@ def dead_letter_row(record_id: str, raw: bytes) -> dict:
     payload = data.get("payload")
     if len(raw) > MAX_PAYLOAD_BYTES + 16 * 1024 or deeper_than(payload, MAX_PAYLOAD_DEPTH):
         payload = payload_summary(payload)
-    return _row(record_id, str(data.get("processor")), failure_type, messages, data.get("source"),
-                payload if isinstance(payload, dict) else {"value": payload},
-                _time(data.get("received_at")), data.get("request"), data.get("replay_of"), version)
+    return _row(record_id, processor=str(data.get("processor")), failure_type=failure_type, messages=messages,
+                source=data.get("source"), payload=payload if isinstance(payload, dict) else {"value": payload},
+                received_at=_time(data.get("received_at")), request=data.get("request"),
+                replay_of=data.get("replay_of"), version=version)
 
 
 def _time(value) -> datetime:
@@ -170,7 +174,7 @@ def _time(value) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def _row(record_id, processor, failure_type, messages, source, payload, received_at, request, replay_of,
+def _row(record_id, *, processor, failure_type, messages, source, payload, received_at, request, replay_of,
          version) -> dict:
     """Every text cut to its column: a hostile record on the topic must not fail the batch's write."""
     if not isinstance(messages, list) or not messages:
