@@ -167,16 +167,18 @@ def wait_persisted(engine, worker_urls: list[str], run_id: str, counters_before:
 
 
 def main() -> None:
+    settings = Settings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--paced-rate", type=float, default=2000)
     parser.add_argument("--paced-seconds", type=float, default=30)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("SPOOR_WORKERS", "2")),
-                        help="worker processes `make up` started (web ports 6066, 6067, ...)")
-    parser.add_argument("--write-key", default=os.environ.get("SPOOR_DEMO_WRITE_KEY", "spoor-demo-write-key"))
+                        help=f"worker processes `make up` started (web ports {settings.worker_web_port}, "
+                             f"{settings.worker_web_port + 1}, ...)")
+    parser.add_argument("--write-key", default=settings.demo_write_key,
+                        help="default: the demo write key `make up` creates (SPOOR_DEMO_WRITE_KEY)")
     args = parser.parse_args()
-    settings = Settings()
     url = f"http://{settings.collector_host}:{settings.collector_port}"
     engine = create_engine(settings.database_url)
     worker_urls = [f"http://127.0.0.1:{settings.worker_web_port + i}" for i in range(args.workers)]

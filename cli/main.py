@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--collector-url", default=None)
     demo.add_argument("--write-key", required=True)
     commands.add_parser("summary", help="print the summary of what is in PostgreSQL")
+    _add_config_parser(commands)
     _add_replay_parser(commands)
     from spoor.cli.segment_commands import add_commands as add_segments_commands  # segments, campaigns, users
     add_segments_commands(commands)
@@ -146,6 +147,47 @@ def _summary(settings: Settings, _args) -> None:
     from spoor.cli.demo import print_summary
     from spoor.storage.queries import summary
     print_summary(summary(create_engine(settings.database_url)))
+
+
+# ---- config: the settings as the processes read them (deploy/stack.sh reads its ports from here) ---
+
+def _add_config_parser(commands) -> None:
+    config = commands.add_parser(
+        "config", help="print every setting as shell-safe SPOOR_NAME=value lines (defaults and environment)")
+    actions = config.add_subparsers(dest="action")
+    get = actions.add_parser("get", help="print the values of the named settings alone, one per line")
+    get.add_argument("names", nargs="+", metavar="NAME", help="a setting, e.g. collector_port or SPOOR_COLLECTOR_PORT")
+
+
+def config_value(value) -> str:
+    """A setting's value as its environment variable would spell it (read back to the same value)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _config(settings: Settings, args) -> None:
+    import shlex
+
+    from spoor.cli.config_doc import env_name
+    values = settings.model_dump()
+    if args.action != "get":
+        # Secrets (admin_token, the webhook secrets) too: the local stack needs them, and an unset one is ''.
+        for name, value in values.items():
+            print(f"{env_name(name)}={shlex.quote(config_value(value))}")
+        return
+    prefix = env_name("").lower()
+    fields = [name.lower().removeprefix(prefix) for name in args.names]
+    unknown = [name for name, field in zip(args.names, fields) if field not in values]
+    if unknown:
+        print(f"spoor config get: unknown setting {', '.join(map(repr, unknown))} "
+              "(`spoor config` lists every setting)", file=sys.stderr)
+        sys.exit(2)
+    lines = [config_value(values[field]) for field in fields]
+    multiline = [name for name, line in zip(args.names, lines) if "\n" in line or "\r" in line]
+    if multiline:  # one value per line is the contract the shell scripts read by
+        sys.exit(f"spoor config get: {', '.join(multiline)} spans lines; read it from `spoor config` instead")
+    print("\n".join(lines))
 
 
 # ---- replay: a public data set file through a running collector -----------------------------------

@@ -21,6 +21,7 @@ LOG4J_CONF="$DEPLOY_DIR/kafka/log4j2.properties"
 
 SPOOR_HOME="${SPOOR_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/spoor}"
 SPOOR_RUN_DIR="${SPOOR_RUN_DIR:-/var/tmp/spoor}"
+# Not from `spoor config`: test brokers beside the stack pass their own; stack.sh passes SPOOR_KAFKA_BOOTSTRAP's port.
 PORT="${SPOOR_KAFKA_PORT:-9092}"
 CTRL_PORT="${SPOOR_KAFKA_CONTROLLER_PORT:-9093}"
 HEAP="${SPOOR_KAFKA_HEAP:-768m}"

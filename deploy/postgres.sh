@@ -13,6 +13,7 @@
 set -euo pipefail
 
 SPOOR_RUN_DIR="${SPOOR_RUN_DIR:-/var/tmp/spoor}"
+# Not from `spoor config`: test clusters beside the stack pass their own; stack.sh passes SPOOR_DATABASE_URL's parts.
 PG_PORT="${SPOOR_PG_PORT:-5433}"
 PG_USER="${SPOOR_PG_USER:-spoor}"
 PG_PASSWORD="${SPOOR_PG_PASSWORD:-spoor}"

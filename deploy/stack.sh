@@ -13,18 +13,40 @@ venv=${VENV:-$repo/.venv}
 run_dir=${SPOOR_RUN_DIR:-/var/tmp/spoor}
 logs=$run_dir/logs
 spoor="$venv/bin/spoor"
-demo_key=${SPOOR_DEMO_WRITE_KEY:-spoor-demo-write-key}
-collector_url="http://${SPOOR_COLLECTOR_HOST:-127.0.0.1}:${SPOOR_COLLECTOR_PORT:-8080}"
-worker_port=${SPOOR_WORKER_WEB_PORT:-6066}
-workers=${SPOOR_WORKERS:-2}  # Faust worker processes sharing the partitions; the i-th serves port 6066+i-1
-segments_url="http://127.0.0.1:${SPOOR_SEGMENTS_WEB_PORT:-6070}"
-campaigns_url="http://127.0.0.1:${SPOOR_CAMPAIGNS_WEB_PORT:-6071}"
-admin_api_url="http://${SPOOR_ADMIN_API_HOST:-127.0.0.1}:${SPOOR_ADMIN_API_PORT:-8090}"
+workers=${SPOOR_WORKERS:-2}  # Faust worker processes sharing the partitions; the i-th serves worker_web_port+i-1
 worker_names=(worker); for i in $(seq 2 "$workers"); do worker_names+=("worker-$i"); done
 processes=(admin-api campaigns segments "${worker_names[@]}" collector)  # stop order
 mkdir -p "$logs"
 
 running() { [[ -f "$run_dir/$1.pid" ]] && kill -0 "$(cat "$run_dir/$1.pid")" 2>/dev/null; }
+
+# Ports, URLs and the demo key come from Spoor's settings, as the processes read them (defaults in
+# spoor/settings.py, SPOOR_* in the environment): one `spoor config get`, one value per line.
+read_settings() {
+  [[ -x "$spoor" ]] || { echo "$spoor not found: run make install first (or set VENV)" >&2; exit 1; }
+  local values
+  values=$("$spoor" config get collector_host collector_port worker_web_port segments_web_port \
+    campaigns_web_port admin_api_host admin_api_port demo_write_key database_url kafka_bootstrap)
+  { IFS= read -r collector_host; IFS= read -r collector_port; IFS= read -r worker_port
+    IFS= read -r segments_port; IFS= read -r campaigns_port; IFS= read -r admin_api_host
+    IFS= read -r admin_api_port; IFS= read -r demo_key; IFS= read -r database_url
+    IFS= read -r kafka_bootstrap; } <<<"$values"
+  collector_url="http://$collector_host:$collector_port"
+  segments_url="http://127.0.0.1:$segments_port"
+  campaigns_url="http://127.0.0.1:$campaigns_port"
+  admin_api_url="http://$admin_api_host:$admin_api_port"
+}
+
+local_host() { [[ $1 == 127.0.0.1 || $1 == localhost ]]; }
+
+# A variable of deploy/kafka.sh or deploy/postgres.sh set in the environment must agree with the
+# setting it serves here, or the servers would start where Spoor's processes do not look.
+agree() {  # variable, the value the settings give, the setting's variable
+  if [[ -n ${!1:-} && ${!1} != "$2" ]]; then
+    echo "$1 disagrees with $3 (Spoor's processes read $3): set $3 alone" >&2
+    exit 2
+  fi
+}
 
 start_process() {  # name, health URL, seconds to wait, spoor arguments (default: the name)
   local name=$1 health=$2 wait_s=$3
@@ -73,10 +95,36 @@ stop_processes() {
   for name in "${extra[@]}" "${processes[@]}"; do stop_process "$name"; done
 }
 
+# PostgreSQL and Kafka where database_url and kafka_bootstrap say, if that is this machine.
 infra() {
-  echo "==> PostgreSQL"; "$here/postgres.sh" start
-  echo "==> Kafka"; "$here/kafka.sh" start
+  local url_re='^postgresql(\+[^:/]*)?://([^:@/]+):([^@/]*)@([^:/?]+)(:([0-9]+))?/([^?]+)'
+  [[ $database_url =~ $url_re ]] ||
+    { echo "SPOOR_DATABASE_URL is not postgresql://user:password@host[:port]/database" >&2; exit 2; }
+  local pg_user=${BASH_REMATCH[2]} pg_password=${BASH_REMATCH[3]} pg_host=${BASH_REMATCH[4]}
+  local pg_port=${BASH_REMATCH[6]:-5432} pg_db=${BASH_REMATCH[7]}
+  pg_password=${pg_password//\\/\\\\}; printf -v pg_password '%b' "${pg_password//%/\\x}"  # the URL's %-escapes
+  echo "==> PostgreSQL"
+  if local_host "$pg_host"; then
+    agree SPOOR_PG_PORT "$pg_port" SPOOR_DATABASE_URL; agree SPOOR_PG_USER "$pg_user" SPOOR_DATABASE_URL
+    agree SPOOR_PG_PASSWORD "$pg_password" SPOOR_DATABASE_URL; agree SPOOR_PG_DB "$pg_db" SPOOR_DATABASE_URL
+    SPOOR_PG_PORT=$pg_port SPOOR_PG_USER=$pg_user SPOOR_PG_PASSWORD=$pg_password SPOOR_PG_DB=$pg_db \
+      "$here/postgres.sh" start
+  else
+    echo "  database_url is on $pg_host, not this machine: none started"
+  fi
+  local kafka_first=${kafka_bootstrap%%,*}
+  echo "==> Kafka"
+  if local_host "${kafka_first%:*}" && [[ ${kafka_first##*:} =~ ^[0-9]+$ ]]; then
+    agree SPOOR_KAFKA_PORT "${kafka_first##*:}" SPOOR_KAFKA_BOOTSTRAP
+    SPOOR_KAFKA_PORT=${kafka_first##*:} "$here/kafka.sh" start
+  else
+    echo "  kafka_bootstrap is $kafka_bootstrap, not this machine: none started"
+  fi
 }
+
+case "${1:-}" in
+  infra|up|demo) read_settings ;;
+esac
 
 case "${1:-}" in
   infra) infra ;;
@@ -103,8 +151,8 @@ case "${1:-}" in
     start_process admin-api "$admin_api_url/healthz" 60 segments api
     echo "collector_url: $collector_url"
     echo "write_key: $demo_key"
-    echo "database_url: ${SPOOR_DATABASE_URL:-postgresql://spoor:spoor@127.0.0.1:${SPOOR_PG_PORT:-5433}/spoor}"
-    echo "kafka_bootstrap: ${SPOOR_KAFKA_BOOTSTRAP:-127.0.0.1:${SPOOR_KAFKA_PORT:-9092}}"
+    echo "database_url: ${database_url/#postgresql+psycopg2:/postgresql:}"  # as psql takes it
+    echo "kafka_bootstrap: $kafka_bootstrap"
     echo "admin_api_url: $admin_api_url"
     echo "admin_token: $SPOOR_ADMIN_TOKEN"
     ;;

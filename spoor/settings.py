@@ -142,7 +142,7 @@ class Settings(BaseSettings):
         description="Recent event ids remembered per user, to count a redelivered event once (and order "
                     "ids, to count an order once); at least `max_batch_events`, so a retried request of "
                     "one user's events is recognised whole.")
-    # The state's own bounds (stream_processors/profile.py, triggers.py) keep real users far below.
+    # The state's own bounds (stream_processors/profile.py, behaviour_triggers.py) keep real users far below.
     worker_max_state_bytes: int = Field(
         900_000, ge=16 * 1024, le=900_000,
         description="Largest packed state of one user (profile and behaviour): an event that would grow "
@@ -154,12 +154,14 @@ class Settings(BaseSettings):
                     "violations) after which the worker fail-stops instead of dead-lettering them: a bad "
                     "deploy turns every record into one.")
 
-    # Replay (`spoor replay`).
+    # The local demo (deploy/stack.sh reads it with `spoor config get`).
     demo_write_key: str = Field(
         "spoor-demo-write-key",
-        description="The write key `make up` creates; `spoor replay` uses it when none is given.")
+        description="The write key `make up` creates for the local demo and benchmarks: `make demo`, "
+                    "`make bench` and `spoor replay` without `--write-key` send with it. Never for "
+                    "production: the default is public; create production keys with `spoor keys create`.")
 
-    # Segments and campaigns (segments/).
+    # Segments and campaigns (segments/, campaigns/).
     segments_topic: str = Field(
         "spoor.segments", description="Segment entries and exits, keyed by user key.")
     campaigns_dead_letter_topic: str = Field(
@@ -322,7 +324,7 @@ SETTINGS_GROUPS: tuple[tuple[str, str, str], ...] = (
                                "auto-creates them."),
     ("collector_host", "Collector", "The HTTP collector (`spoor collector`): Segment's Tracking API to Kafka."),
     ("worker_app_id", "Worker", "The Faust worker (`spoor worker`): Kafka to its tables to PostgreSQL."),
-    ("demo_write_key", "Replay", "`spoor replay` and the demo."),
+    ("demo_write_key", "Local demo", "The local stack of `make up`: its demo, `spoor replay` and the benchmarks."),
     ("segments_topic", "Segments and campaigns", "`spoor segments run`, `spoor campaigns run`, "
                                                  "`spoor segments api` and `spoor users erase`."),
     ("metric_lateness_s", "Metric windows and alerts", "Windowed business metrics and alerts, in the worker."),
