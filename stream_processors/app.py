@@ -22,6 +22,7 @@ from spoor.stream_processors.behaviour_triggers import TriggerRules, trigger_mes
 from spoor.stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
 from spoor.stream_processors.continuity import OffsetContinuity
 from spoor.stream_processors.durable_table import DurableTable
+from spoor.stream_processors.faust_internals import committed_offset
 from spoor.stream_processors.gc_control import collection_deferred
 from spoor.stream_processors.kafka_transport import FetchWaitApp
 from spoor.stream_processors.metric_agent import register_metric_windows
@@ -128,7 +129,7 @@ def create_app(settings: Settings) -> faust.App:
 
     async def expected_start(tp) -> int | None:
         """Where a partition's records should begin: the committed offset, else the log start."""
-        committed = app.consumer._committed_offset.get(tp)
+        committed = committed_offset(app, tp)
         if committed is None and tp not in continuity.next_offset:
             committed = (await app.consumer.earliest_offsets(tp)).get(tp)
         return committed
@@ -189,7 +190,7 @@ def create_app(settings: Settings) -> faust.App:
                 return
             ends = await app.consumer.highwaters(*tps)
             stalled = stall_watch.check(time.monotonic(), {
-                tp: (app.consumer._committed_offset.get(tp), ends.get(tp)) for tp in tps})
+                tp: (committed_offset(app, tp), ends.get(tp)) for tp in tps})
             if stalled:
                 fail_stop(f"no progress for {settings.worker_stall_restart_s:.0f}s on {stalled} with records "
                           "waiting (faust-streaming issue 629); restarting to read them with a new consumer")

@@ -10,6 +10,8 @@ contiguous (no transactions, no compaction), so a hole is visible; the agent
 stops the process before acknowledging anything of the batch, and the
 restarted process reads from the last commit, before the hole.
 
+No Faust internals are touched here (faust_internals.py names the behaviour relied on).
+
 Consequence: producers must not write to these topics with transactions
 (their control records leave offset gaps, which would read as holes).
 """

@@ -13,13 +13,13 @@ feeding the streams while that buffer holds more than 100 records.
 With a ``rocksdb://`` store it keeps each key in its own partition's database (rocksdb_store.py).
 """
 
-import faust
 from yarl import URL
 
+from spoor.stream_processors.faust_internals import StoreChoosingTable
 from spoor.stream_processors.rocksdb_store import KeyPartitionedStore
 
 
-class DurableTable(faust.Table):
+class DurableTable(StoreChoosingTable):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.unsent_changelog: dict[bytes, bytes | None] = {}  # key -> latest value (None: deleted)
@@ -52,9 +52,9 @@ class DurableTable(faust.Table):
             # What Faust's per-record callback keeps: where a restart's recovery may start reading.
             self.data.set_persisted_offset(tp, offset)
 
-    def _new_store_by_url(self, url):
+    def store_for_url(self, url) -> KeyPartitionedStore | None:
         if URL(str(url)).scheme != "rocksdb":
-            return super()._new_store_by_url(url)
+            return None  # Faust's store for the URL
         return KeyPartitionedStore(url, self.app, self, table_name=self.name, key_type=self.key_type,
                                    key_serializer=self.key_serializer, value_serializer=self.value_serializer,
                                    value_type=self.value_type, loop=self.loop, options=self.options)

@@ -5,32 +5,18 @@ broker and leaves a partition out of the next fetch while it still holds fetched
 after the events partitions' records arrive, the next fetch can hold only a quiet partition (the
 dead-letter topic's), which the broker parks for the whole wait: the events partitions are not
 fetched again for up to 1.5 s (seen as 0.6-1.0 s idle gaps between a worker's batches under load).
+The consumer is reached through faust_internals.py (Faust builds it privately).
 """
 
-import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
+from aiokafka import AIOKafkaConsumer
+
+from spoor.stream_processors.faust_internals import ConsumerHookApp, set_fetch_max_wait
 
 
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport):
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.app.fetch_max_wait_ms  # read when start() builds the fetcher
-        return consumer
-
-
-class _Consumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self):
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _Transport(faust_aiokafka.Transport):
-    Consumer = _Consumer
-
-
-class FetchWaitApp(faust.App):
+class FetchWaitApp(ConsumerHookApp):
     def __init__(self, *args, fetch_max_wait_ms: int, **kwargs):
         self.fetch_max_wait_ms = fetch_max_wait_ms
         super().__init__(*args, **kwargs)
 
-    def _new_transport(self):
-        return _Transport(self.conf.broker_consumer, self)
+    def worker_consumer_built(self, consumer: AIOKafkaConsumer) -> None:
+        set_fetch_max_wait(consumer, self.fetch_max_wait_ms)  # read when start() builds the fetcher

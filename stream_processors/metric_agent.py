@@ -33,6 +33,7 @@ from spoor.storage.metric_store import MetricWindowWriter
 from spoor.stream_processors import worker_metrics
 from spoor.stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
 from spoor.stream_processors.continuity import OffsetContinuity
+from spoor.stream_processors.faust_internals import committed_offset
 from spoor.stream_processors.metric_windows import MetricWindows
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class PartitionGuard:
         holes = {}
         for event in batch:
             tp = event.message.tp
-            start = self.app.consumer._committed_offset.get(tp)
+            start = committed_offset(self.app, tp)
             if start is None and tp not in self.continuity.next_offset:
                 start = (await self.app.consumer.earliest_offsets(tp)).get(tp)
             missing = self.continuity.admit(tp, event.message.offset, start)
@@ -122,7 +123,7 @@ def register_metric_windows(app: faust.App, settings: Settings, dead_letter_topi
                 continue
             highwater = app.consumer.highwater(tp)
             last = last_offsets.get(tp)
-            position = last + 1 if last is not None else app.consumer._committed_offset.get(tp)
+            position = last + 1 if last is not None else committed_offset(app, tp)
             if highwater is None or position is None or position < highwater:
                 caught_up_since.pop(tp, None)
                 continue
@@ -167,7 +168,7 @@ def register_metric_windows(app: faust.App, settings: Settings, dead_letter_topi
     @app.timer(interval=5.0)
     async def export_consumer_lag():
         for tp in app.consumer.assignment():
-            highwater, committed = app.consumer.highwater(tp), app.consumer._committed_offset.get(tp)
+            highwater, committed = app.consumer.highwater(tp), committed_offset(app, tp)
             if highwater is not None:
                 worker_metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - (committed or 0)))
 

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from spoor.bad_rows import PARSE_ERROR, PROCESSING_ERROR, SCHEMA_VIOLATION, SIZE_VIOLATION, InvalidRecord, describe
 from spoor.events import EARLIEST_EVENT_TIME, MONEY_LIMIT, Event, decode_record, erased_user
 from spoor.storage.writers import StreamWriter
-from spoor.stream_processors import worker_metrics
+from spoor.stream_processors import WorkerError, worker_metrics
 from spoor.stream_processors.analytics_tracker import AnalyticsOutput, AnalyticsTracker
 from spoor.stream_processors.behaviour import unpack
 from spoor.stream_processors.blocking import YieldEvery, run_blocking
@@ -50,8 +50,9 @@ FUTURE_TIME = "future_time"
 YIELD_EVERY_EVENTS = 500
 
 
-class TooManyProcessingErrors(RuntimeError):
-    """A run of records that all raised: a bad deploy, not bad data. The worker fail-stops."""
+class TooManyProcessingErrors(WorkerError, RuntimeError):
+    """A run of records that all raised: a bad deploy, not bad data. The worker fail-stops.
+    Keeps its RuntimeError base beside WorkerError (nothing catches it as one; kept so nothing else changes)."""
 
 
 class ProcessingErrorLimit:

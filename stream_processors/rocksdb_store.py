@@ -10,7 +10,8 @@ so the store places and looks up every key by that rule.
 from functools import lru_cache
 
 from aiokafka.partitioner import murmur2
-from faust.stores import rocksdb
+
+from spoor.stream_processors.faust_internals import PlacedRocksDBStore
 
 
 @lru_cache(maxsize=100_000)  # murmur2 is pure Python: a few microseconds per call
@@ -19,23 +20,8 @@ def key_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-class KeyPartitionedStore(rocksdb.Store):
-    def _partition(self, key: bytes) -> int:
+class KeyPartitionedStore(PlacedRocksDBStore):
+    """The rule; faust_internals.PlacedRocksDBStore applies it in the store's (private) read and write methods."""
+
+    def partition_for_key(self, key: bytes) -> int:
         return key_partition(key, self.table.partitions)
-
-    def _set(self, key: bytes, value: bytes | None) -> None:
-        partition = self._partition(key)
-        self._key_index[key] = partition
-        self._db_for_partition(partition).put(key, value)
-
-    def _get(self, key: bytes) -> bytes | None:
-        db = self._dbs.get(self._partition(key))
-        return None if db is None else db.get(key)
-
-    def _del(self, key: bytes) -> None:
-        db = self._dbs.get(self._partition(key))
-        if db is not None:
-            db.delete(key)
-
-    def _contains(self, key: bytes) -> bool:
-        return self._get(key) is not None

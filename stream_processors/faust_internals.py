@@ -1,0 +1,121 @@
+"""Every reach into faust-streaming's or aiokafka's private parts, in one module.
+
+The worker needs a few things Faust and aiokafka offer only under underscore names: the offset Faust
+last committed for a partition, the fetch wait of the Kafka consumer Faust builds, the store a table
+builds for its URL, and which partition's database Faust's RocksDB store keeps a key in. Each is a
+small named function or class here, with a comment naming the versions it was checked against and
+why no public API serves. tests/unit/test_faust_internals.py checks every private name this module
+relies on against the installed packages (an upgrade that drops one fails a unit test, not a
+worker), and that no other file in stream_processors/ reaches one.
+
+Checked against faust-streaming 0.15.1 and 0.15.2 (their sources) and 0.15.3 (installed;
+pyproject.toml pins >=0.15.1,<0.16), and aiokafka 0.10.0-0.14.0 (faust-streaming needs >=0.10.0).
+
+Overrides. Some of Faust's extension points are private methods (``App._new_transport``,
+``Table._new_store_by_url``, a store's ``_get``/``_set``/``_del``/``_contains``). The subclasses
+that override them live here, as small bases that turn each private hook into a public one
+(``ConsumerHookApp.worker_consumer_built``, ``StoreChoosingTable.store_for_url``,
+``PlacedRocksDBStore.partition_for_key``); kafka_transport.py, durable_table.py and rocksdb_store.py
+subclass those and keep their reasons and rules. Chosen over leaving each override where it was with
+its ``super()._x()`` call wrapped, because: the override, the private attributes it touches and its
+version note sit together; the project's own Faust subclasses then carry no underscore name at all
+(a private name of ours on a Faust subclass could also clash with one a later Faust adds); and "no
+underscore name on a Faust or aiokafka object outside faust_internals.py" is a rule a test can check.
+
+Behaviour relied on without reaching it (nothing here calls it; re-read it on an upgrade):
+- ``Consumer._drain_messages`` moves its read offset past a record whose delivery was abandoned
+  (continuity.py detects the hole; the test checks the method is still there);
+- partitions assigned in a rebalance may never be fetched again, faust-streaming issue 629 (stall.py);
+- ``ProducerBuffer.flush_atmost`` gives up after 0.1 s before a commit (durable_table.py);
+- Faust's RocksDB store writes a key into the current event's partition (rocksdb_store.py).
+"""
+
+import faust
+from aiokafka import AIOKafkaConsumer
+from faust.stores import rocksdb
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, StoreT
+
+
+def committed_offset(app: faust.App, tp: TP) -> int | None:
+    """The offset Faust last committed for ``tp`` (or found committed when it was assigned); None if none."""
+    # faust-streaming 0.15.1-0.15.3: Consumer._committed_offset; no public getter (aiokafka's committed() asks a broker)
+    return app.consumer._committed_offset.get(tp)
+
+
+def set_fetch_max_wait(consumer: AIOKafkaConsumer, ms: int) -> None:
+    """Make a built, not yet started, aiokafka consumer wait at most ``ms`` for a fetch."""
+    # aiokafka 0.10.0-0.14.0: start() reads _fetch_max_wait_ms; Faust 0.15.1-0.15.3 passes the public argument as 1500
+    consumer._fetch_max_wait_ms = ms
+
+
+class _HookConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    # faust-streaming 0.15.1-0.15.3: where the worker's aiokafka consumer is built, from fixed arguments, with no hook
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        self.app.worker_consumer_built(consumer)
+        return consumer
+
+
+class _HookConsumer(faust_aiokafka.Consumer):
+    # faust-streaming 0.15.1-0.15.3: the only place the consumer picks its thread class; no setting or public hook
+    def _new_consumer_thread(self):
+        return _HookConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _HookTransport(faust_aiokafka.Transport):
+    Consumer = _HookConsumer  # public class attribute: the transport's consumer class
+
+
+class ConsumerHookApp(faust.App):
+    """A Faust app (Kafka through aiokafka) that hands each worker consumer it builds, before it starts,
+    to ``worker_consumer_built``."""
+
+    def worker_consumer_built(self, consumer: AIOKafkaConsumer) -> None:
+        """Override to adjust the consumer: it is built, not started."""
+
+    # faust-streaming 0.15.1-0.15.3: picks the transport; the public way (faust.transport's scheme registry) is global
+    def _new_transport(self):
+        return _HookTransport(self.conf.broker_consumer, self)
+
+
+class StoreChoosingTable(faust.Table):
+    """A Faust table that may build its own store for its store URL (``store_for_url``), else Faust's."""
+
+    def store_for_url(self, url) -> StoreT | None:
+        """Override to return a store for ``url``; None: Faust's own."""
+        return None
+
+    # faust-streaming 0.15.1-0.15.3: builds the table's store; the public way (faust.stores' scheme registry) is global
+    def _new_store_by_url(self, url):
+        store = self.store_for_url(url)  # not ``or``: a store's truth is its length
+        return super()._new_store_by_url(url) if store is None else store
+
+
+class PlacedRocksDBStore(rocksdb.Store):
+    """Faust's RocksDB store with every key kept in, and looked up in, the database of the partition
+    ``partition_for_key`` names (Faust's own uses the current event's partition)."""
+
+    def partition_for_key(self, key: bytes) -> int:
+        raise NotImplementedError
+
+    # faust-streaming 0.15.1-0.15.3: SerializedStore's abstract _set is how a store is written (no public hook)
+    def _set(self, key: bytes, value: bytes | None) -> None:
+        partition = self.partition_for_key(key)
+        self._key_index[key] = partition
+        self._db_for_partition(partition).put(key, value)
+
+    # faust-streaming 0.15.1-0.15.3: abstract _get, as _set; _dbs (partition -> open database) is not exposed either
+    def _get(self, key: bytes) -> bytes | None:
+        db = self._dbs.get(self.partition_for_key(key))
+        return None if db is None else db.get(key)
+
+    # faust-streaming 0.15.1-0.15.3: abstract _del, as _set; _dbs as in _get
+    def _del(self, key: bytes) -> None:
+        db = self._dbs.get(self.partition_for_key(key))
+        if db is not None:
+            db.delete(key)
+
+    # faust-streaming 0.15.1-0.15.3: abstract _contains, as _set
+    def _contains(self, key: bytes) -> bool:
+        return self._get(key) is not None
