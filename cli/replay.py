@@ -25,6 +25,8 @@ from enum import StrEnum
 
 import orjson
 
+from spoor.cli import CliError
+
 # The collector's default per-event limit (SPOOR_MAX_EVENT_BYTES), Segment's own.
 MAX_EVENT_BYTES = 32 * 1024
 EXAMPLE_LINES = 5
@@ -32,7 +34,7 @@ EXAMPLE_LINES = 5
 Row = tuple[int, dict[str, str]]  # (line number in the file, the CSV row)
 
 
-class ReplayError(ValueError):
+class ReplayError(CliError, ValueError):
     """The file as a whole cannot be replayed (unknown format)."""
 
 
@@ -75,7 +77,7 @@ class Tally:
             examples.append(line)
 
 
-class RowRejected(ValueError):
+class RowRejected(CliError, ValueError):
     """One row that cannot be mapped; the message is the reason shown to the user."""
 
 

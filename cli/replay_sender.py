@@ -17,6 +17,7 @@ from typing import TextIO
 
 import orjson
 
+from spoor.cli import CliError
 from spoor.cli.collector_client import CollectorClient
 from spoor.cli.replay import Format, Row, Tally, detect_format, online_retail_messages, rees46_messages
 
@@ -24,7 +25,7 @@ BATCH_EVENTS = 500
 BATCH_BYTES = 400 * 1024  # under the collector's 512 KiB body limit
 
 
-class ReplayFailed(RuntimeError):
+class ReplayFailed(CliError, RuntimeError):
     """The collector refused a batch for a reason a retry cannot fix (or kept refusing it)."""
 
 

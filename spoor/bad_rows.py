@@ -35,7 +35,7 @@ PARSE_ERROR = "parse_error"            # the record is not JSON
 PROCESSING_ERROR = "processing_error"  # a step raised unexpectedly on this record (a bug or a limit)
 FOREIGN_RECORD = "foreign_record"      # something on the dead-letter topic that is not a bad row
 
-# dead_letters column lengths (storage/models.py DeadLetter)
+# dead_letters column lengths (storage/tables.py DeadLetter)
 FIELD_CHARS, PROCESSOR_CHARS, SOURCE_CHARS, TYPE_CHARS, REPLAY_CHARS = 256, 64, 64, 64, 300
 REASON_CHARS = 2000
 MAX_PAYLOAD_BYTES = 256 * 1024  # a bigger payload is kept as a summary

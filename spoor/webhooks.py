@@ -17,11 +17,13 @@ import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from spoor.errors import SpoorError
+
 MAX_RESPONSE_BYTES = 64 * 1024
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-class RefusedAddress(OSError):
+class RefusedAddress(SpoorError, OSError):  # an OSError too: the notifiers catch it with aiohttp's resolver errors
     """The webhook's host is, or resolves to, an address webhooks may not go to (or it is no URL)."""
 
 

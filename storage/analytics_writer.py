@@ -3,7 +3,7 @@
 Same pattern as ``writers.py``: one JSON document per table, expanded by PostgreSQL. A session row
 never replaces one with more events, an activity row never replaces a later ``as_of``, and a
 trigger is inserted once (its id is its episode). Rows are merged in key order: the campaigns runner
-inserts the same triggers at the same time (segments/triggers.py), in code-point order (COLLATE "C"
+inserts the same triggers at the same time (campaigns/trigger_intake.py), in code-point order (COLLATE "C"
 here): one lock order, so no deadlock.
 """
 

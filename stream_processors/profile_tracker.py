@@ -16,7 +16,7 @@ table value are still re-written (idempotently), and still-pending triggers
 are sent again (analytics_tracker.py). Snapshots never go backwards in
 PostgreSQL (writers.py), and trigger ids are deterministic.
 
-An erasure record (``spoor users erase``, segments/erase.py) drops the user's
+An erasure record (``spoor users erase``, privacy/erasure.py) drops the user's
 state, and their rows go in the batch's transaction; the user's events before
 it in the batch are left out, later ones start a new profile. Redelivered, it
 does the same again.

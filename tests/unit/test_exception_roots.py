@@ -28,15 +28,7 @@ ROOTS = {
     "privacy": ("spoor.privacy", "PrivacyError"),
     "alerts": ("spoor.alerts", "AlertsError"),
     "stream_processors": ("spoor.stream_processors", "WorkerError"),
-    "cli": None,
-}
-# Classes outside the change of issue 20 that do not follow the rule yet: "module.Class" -> what it
-# should become. Each must still be a stray (test_known_strays_are_still_strays): fix one, drop it here.
-KNOWN_STRAYS = {
-    "spoor.webhooks.RefusedAddress": "(SpoorError, OSError): aiohttp's resolver and the notifiers need the OSError",
-    "spoor.cli.replay.ReplayError": "a cli root (CliError(SpoorError) in cli/__init__.py), or no class of cli's own",
-    "spoor.cli.replay.RowRejected": "the same cli root",
-    "spoor.cli.replay_sender.ReplayFailed": "the same cli root",
+    "cli": ("spoor.cli", "CliError"),
 }
 EXCEPTION_SUFFIXES = ("Error", "Exception", "Exit", "Warning", "Interrupt")
 BUILTIN_EXCEPTIONS = {name for name, value in vars(builtins).items()
@@ -130,8 +122,6 @@ def test_every_exception_derives_from_its_package_root(folder):
     wrong = []
     for _folder, module, name, top in (entry for entry in EXCEPTIONS if entry[0] == folder):
         qualified = f"{module}.{name}"
-        if qualified in KNOWN_STRAYS:
-            continue
         if not top:
             wrong.append(f"{qualified}: define exception classes at module level")
             continue
@@ -143,18 +133,6 @@ def test_every_exception_derives_from_its_package_root(folder):
             wrong.append(f"{qualified} derives from {', '.join(b.__name__ for b in cls.__bases__)}, "
                          f"not from {root.__name__}")
     assert not wrong, "\n".join(wrong)
-
-
-@pytest.mark.parametrize("qualified", list(KNOWN_STRAYS))
-def test_known_strays_are_still_strays(qualified):
-    """The list of strays only shrinks: one that now follows the rule (or is gone) must leave it."""
-    module, name = qualified.rsplit(".", 1)
-    entry = next((e for e in EXCEPTIONS if e[1] == module and e[2] == name), None)
-    assert entry is not None, f"{qualified} is gone: drop it from KNOWN_STRAYS"
-    root = _root(entry[0])
-    cls = _class(module, name)
-    assert root is None or not issubclass(cls, root), f"{qualified} derives from {root.__name__} now: drop it " \
-                                                      "from KNOWN_STRAYS"
 
 
 def test_spoor_error_catches_a_whole_stage():

@@ -33,8 +33,13 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from spoor.stream_processors import faust_internals
-from spoor.stream_processors.faust_internals import (ConsumerHookApp, PlacedRocksDBStore, StoreChoosingTable,
-                                                     committed_offset, set_fetch_max_wait)
+from spoor.stream_processors.faust_internals import (
+    ConsumerHookApp,
+    PlacedRocksDBStore,
+    StoreChoosingTable,
+    committed_offset,
+    set_fetch_max_wait,
+)
 
 REPO = Path(__file__).resolve().parent.parent.parent
 FOLDER = REPO / "stream_processors"
