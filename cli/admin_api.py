@@ -30,6 +30,7 @@ from spoor.segments.membership import SegmentStore, UnknownSegment, utcnow
 from spoor.segments.segment_fields import FIELDS
 from spoor.segments.segment_language import parse_segment
 from spoor.settings import Settings
+from spoor.storage.identities import canonical_key, ids_of
 from spoor.storage.tables import UserActivity, UserProfile
 
 # PostgreSQL text cannot hold U+0000: a name or key with it would fail its query (a 500).
@@ -179,17 +180,19 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
     def campaign_report(name: Name, days: int | None = Query(None, ge=1, le=90)) -> dict:
         return campaign_dispatch.report(engine, name, days)
 
-    # Users
-    @app.get("/users/{user_key}", dependencies=auth, summary="Profile, activity, segments and campaign history")
+    # Users: the key in the path may be any of the user's ids (docs/identity.md)
+    @app.get("/users/{user_key}", dependencies=auth,
+             summary="Profile, activity, segments, campaign history and ids of the user an id belongs to")
     def get_user(user_key: UserKey) -> dict[str, Any]:
         return user_view(engine, user_key)
 
     @app.put("/users/{user_key}/consent", dependencies=auth, summary="Opt a user out of (or back into) campaigns")
     def put_consent(user_key: UserKey, opted_out: bool | None = Body(None, embed=True),
                     time_zone: str | None = Body(None, embed=True, max_length=64)) -> dict:
-        return set_consent(engine, user_key, opted_out, time_zone)
+        return set_consent(engine, resolve_user(engine, user_key), opted_out, time_zone)
 
-    @app.delete("/users/{user_key}", dependencies=auth, summary="Erase a user (PostgreSQL and Faust tables)")
+    @app.delete("/users/{user_key}", dependencies=auth,
+                summary="Erase a user and every id joined to it (PostgreSQL and Faust tables)")
     def erase(user_key: UserKey) -> dict:
         return erase_user(settings, engine, user_key, actor="api")
 
@@ -252,15 +255,25 @@ async def _answer(send, status: int, detail: str, headers: list | None = None) -
     await send({"type": "http.response.body", "body": body})
 
 
-def user_view(engine: Engine, user_key: str) -> dict:
+def resolve_user(engine: Engine, any_id: str) -> str:
+    """The key of the user ``any_id`` belongs to (``any_id`` itself when it was merged into no one)."""
+    with engine.connect() as conn:
+        return canonical_key(conn, any_id) or any_id
+
+
+def user_view(engine: Engine, any_id: str) -> dict:
+    """The one profile of the user ``any_id`` belongs to (any of their ids finds it), with their ids."""
     from spoor.storage.segment_tables import UserConsent
     with engine.connect() as conn:
+        user_key = canonical_key(conn, any_id) or any_id
         profile = conn.execute(select(UserProfile.__table__).where(UserProfile.user_key == user_key)).first()
         activity = conn.execute(select(UserActivity.__table__).where(UserActivity.user_key == user_key)).first()
         consent = conn.execute(select(UserConsent.__table__).where(UserConsent.user_key == user_key)).first()
+        ids = ids_of(conn, user_key)
     if profile is None and consent is None:
         raise HTTPException(404, "no such user")
-    return {"user_key": user_key, "profile": dict(profile._mapping) if profile else None,
+    return {"user_key": user_key, "looked_up_by": any_id, "ids": ids,
+            "profile": dict(profile._mapping) if profile else None,
             "activity": dict(activity._mapping) if activity else None,
             "consent": dict(consent._mapping) if consent else None,
             "segments": membership.user_segments(engine, user_key),

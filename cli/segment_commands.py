@@ -51,14 +51,16 @@ def add_commands(commands) -> None:
 
     users = commands.add_parser("users", help="a user's profile, segments and campaigns; consent; erasure") \
         .add_subparsers(dest="action", required=True)
-    users.add_parser("show").add_argument("user_key")
+    users.add_parser("show", help="the user an id belongs to (any of their ids): profile, ids, segments, "
+                                  "campaigns").add_argument("user_key")
     consent = users.add_parser("consent", help="record consent and time zone")
     consent.add_argument("user_key")
     group = consent.add_mutually_exclusive_group()
     group.add_argument("--opt-out", action="store_true")
     group.add_argument("--opt-in", action="store_true")
     consent.add_argument("--time-zone", help="IANA name, e.g. Europe/Paris (for quiet hours)")
-    erase = users.add_parser("erase", help="remove the user from PostgreSQL and the Faust tables")
+    erase = users.add_parser("erase", help="remove the user and every id joined to it from PostgreSQL and the "
+                                           "Faust tables")
     erase.add_argument("user_key")
     erase.add_argument("--actor", default="cli")
 
@@ -194,8 +196,9 @@ def _users(settings: Settings, engine, args) -> None:
         except HTTPException:
             sys.exit(f"error: no user {args.user_key!r}")
     elif args.action == "consent":
+        from spoor.cli.admin_api import resolve_user
         opted_out = True if args.opt_out else False if args.opt_in else None
-        _print(set_consent(engine, args.user_key, opted_out, args.time_zone))
+        _print(set_consent(engine, resolve_user(engine, args.user_key), opted_out, args.time_zone))
     elif args.action == "erase":
         from spoor.privacy.erasure import erase_user
         _print(erase_user(settings, engine, args.user_key, actor=args.actor))

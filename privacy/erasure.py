@@ -16,25 +16,28 @@ In this order, so nothing of the user's past survives anywhere once it returns:
 When no worker is running (the group has no members), step 1 does not wait, and a worker that
 stops during the wait ends it: the worker applies the record when it next reads the partition, and
 the result says the worker had not confirmed it yet. The wait is bounded in any case.
+
+A user is one shopper with several ids (storage/identities.py, docs/identity.md): the key given may be
+any of them. The user it belongs to is found, with every id merged into that user or linked to it and
+merged nowhere else, and each of them is erased the same way: its erasure record, its rows, its
+``user_identities`` rows (as the id and as the user), its tombstones. The audit log counts the ids and
+keeps their SHA-256 only.
 """
 
 import hashlib
 import time
 
 from kafka.admin import KafkaAdminClient
-from sqlalchemy import Engine, MetaData, Table, delete, or_, text
+from sqlalchemy import Engine, MetaData, Table, delete, or_
 
 from spoor.events import erasure_record
 from spoor.settings import Settings
+from spoor.storage.identities import TABLES_WITH_USER_KEY, erasable_ids
 from spoor.storage.segment_tables import AuditLog
+from spoor.storage.tables import UserIdentity
 from spoor.topics import create_producer, partition_for
 
-TABLES_WITH_USER_KEY = text("""
-    SELECT c.table_name FROM information_schema.columns c
-      JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name
-     WHERE c.table_schema = current_schema() AND c.column_name = 'user_key' AND t.table_type = 'BASE TABLE'
-     ORDER BY c.table_name
-""")
+IDENTITIES = UserIdentity.__table__
 
 
 def changelog_topics(admin: KafkaAdminClient, worker_app_id: str) -> list[str]:
@@ -42,17 +45,23 @@ def changelog_topics(admin: KafkaAdminClient, worker_app_id: str) -> list[str]:
     return sorted(t for t in admin.list_topics() if t.startswith(prefix) and t.endswith("-changelog"))
 
 
-def erase_in_worker(settings: Settings, producer, admin: KafkaAdminClient, user_key: str) -> bool:
-    """Step 1 of the module docstring; True once the worker group committed past the erasure record."""
+def erase_in_worker(settings: Settings, producer, admin: KafkaAdminClient, user_key: str, *more_keys: str) -> bool:
+    """Step 1 of the module docstring, for each key (the records are all sent first, then waited for
+    together); True once the worker group committed past every erasure record."""
     partitions = len(producer.partitions_for(settings.events_topic) or ())
     if not partitions:
         raise RuntimeError(f"topic {settings.events_topic} does not exist")
-    written = producer.send(settings.events_topic, value=erasure_record(user_key),
-                            partition=partition_for(user_key, partitions)).get(timeout=30)
+    futures = [producer.send(settings.events_topic, value=erasure_record(key), partition=partition_for(key, partitions))
+               for key in dict.fromkeys((user_key, *more_keys))]
+    written = {}  # the last record sent to each partition
+    for future in futures:
+        metadata = future.get(timeout=30)
+        if metadata.offset >= written.get(metadata.topic_partition, -1):
+            written[metadata.topic_partition] = metadata.offset
     deadline = time.monotonic() + settings.erase_worker_wait_s
     while True:
-        committed = _committed_offsets(admin, settings.worker_app_id).get(written.topic_partition)
-        if committed is not None and committed.offset > written.offset:
+        committed = _committed_offsets(admin, settings.worker_app_id)
+        if all(committed.get(tp) is not None and committed[tp].offset > offset for tp, offset in written.items()):
             return True
         if time.monotonic() > deadline or not _has_members(admin, settings.worker_app_id):
             return False
@@ -82,27 +91,41 @@ def erase_user(settings: Settings, engine: Engine, user_key: str, actor: str) ->
         admin.close()
 
 
+def _sha256(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def _erase(settings: Settings, engine: Engine, producer, admin: KafkaAdminClient, user_key: str, actor: str) -> dict:
-    worker_confirmed = erase_in_worker(settings, producer, admin, user_key)
-    key_hash = hashlib.sha256(user_key.encode()).hexdigest()
+    with engine.connect() as conn:
+        _user, keys = erasable_ids(conn, user_key)
+    if user_key not in keys:  # the id asked for goes whatever its graph says (an id refused to everyone)
+        keys.append(user_key)
+    worker_confirmed = erase_in_worker(settings, producer, admin, *keys)
+    key_hash = _sha256(user_key)
     audit = AuditLog.__table__
     removed: dict[str, int] = {}
     with engine.begin() as conn:  # the rows and the audit record of their removal commit together
         metadata = MetaData()
         for name in conn.execute(TABLES_WITH_USER_KEY).scalars():
             table = Table(name, metadata, autoload_with=conn)
-            removed[name] = conn.execute(delete(table).where(table.c.user_key == user_key)).rowcount
+            removed[name] = conn.execute(delete(table).where(table.c.user_key.in_(keys))).rowcount
+        # Rows naming an erased id as the linked id (the user_key side went above).
+        removed["user_identities"] = removed.get("user_identities", 0) + conn.execute(
+            delete(IDENTITIES).where(IDENTITIES.c.id.in_(keys))).rowcount
         dead = Table("dead_letters", metadata, autoload_with=conn)
         removed["dead_letters"] = conn.execute(delete(dead).where(or_(
-            dead.c.payload["userId"].astext == user_key, dead.c.payload["anonymousId"].astext == user_key,
-            dead.c.payload["user_key"].astext == user_key))).rowcount
+            dead.c.payload["userId"].astext.in_(keys), dead.c.payload["anonymousId"].astext.in_(keys),
+            dead.c.payload["user_key"].astext.in_(keys)))).rowcount
         rows_removed = {k: v for k, v in removed.items() if v}
         conn.execute(audit.insert().values(action="erase_rows", user_key_sha256=key_hash, actor=actor[:128],
-                                           details={"rows_removed": rows_removed}))
+                                           details={"rows_removed": rows_removed, "ids_erased": len(keys),
+                                                    "ids_sha256": sorted(map(_sha256, keys))}))
     topics = changelog_topics(admin, settings.worker_app_id)
-    for future in [producer.send(topic, key=user_key.encode(), value=None) for topic in topics]:
+    for future in [producer.send(topic, key=key.encode(), value=None) for topic in topics for key in keys]:
         future.get(timeout=30)
     with engine.begin() as conn:
         conn.execute(audit.insert().values(action="erase_state", user_key_sha256=key_hash, actor=actor[:128],
-                                           details={"tombstones": topics, "worker_state_erased": worker_confirmed}))
-    return {"worker_state_erased": worker_confirmed, "rows_removed": rows_removed, "tombstones": topics}
+                                           details={"tombstones": topics, "worker_state_erased": worker_confirmed,
+                                                    "ids_erased": len(keys)}))
+    return {"worker_state_erased": worker_confirmed, "rows_removed": rows_removed, "tombstones": topics,
+            "ids_erased": len(keys)}

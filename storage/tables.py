@@ -151,3 +151,23 @@ class WriteKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class UserIdentity(Base):
+    """An id joined to a user (migration 0015, docs/identity.md): ``linked`` when the user's events named
+    it, ``merged`` once its rows moved into the user's (into one user at most), ``refused`` with a reason.
+    The primary key (id, user_key) answers a lookup by id; refusals may name several users."""
+
+    __tablename__ = "user_identities"
+
+    id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # anonymous | alias | user
+    status: Mapped[str] = mapped_column(String(16))  # linked | merged | refused
+    reason: Mapped[str | None] = mapped_column(Text)
+    linked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        Index("user_identities_user", "user_key"),
+        Index("user_identities_merged", "id", unique=True, postgresql_where="status = 'merged'"),
+    )

@@ -8,6 +8,10 @@ A batch travels as one JSON document per table, expanded by PostgreSQL
 (``json_populate_recordset``) and merged with one INSERT ... ON CONFLICT:
 per-row parameter binding in Python cost more than the rest of the worker.
 ``json``, not ``jsonb``: the text is parsed once instead of converted first (-9% of the events merge).
+
+Identities (storage/identities.py, docs/identity.md): a batch that joins ids to users records its links
+and moves each merged id's rows to its user in the same transaction, before the merged user's profile,
+activity and sessions are upserted: the user's merged rows and the id's rows never both show.
 """
 
 from collections.abc import Sequence
@@ -19,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from spoor.events import Event, encode_events
 from spoor.storage.analytics_writer import write_analytics
+from spoor.storage.identities import move_rows, record_links, user_key_tables
 from spoor.storage.tables import DeadLetter, UserProfile
 from spoor.storage.tables import Event as EventRow
 
@@ -57,16 +62,26 @@ class StreamWriter:
         self.engine = engine
 
     def write_batch(self, profiles: Sequence[dict], events: list[Event], analytics=None,
-                    erased_users: Sequence[str] = ()) -> None:
+                    erased_users: Sequence[str] = (), *, merges: Sequence[tuple[str, str]] = (),
+                    links: Sequence[dict] = ()) -> None:
         """``analytics``: a batch's sessions, activity rows and triggers (storage/analytics_writer.py).
-        ``erased_users``: users whose erasure record the batch held; their earlier rows are deleted."""
+        ``erased_users``: users whose erasure record the batch held; their earlier rows are deleted.
+        ``links``: rows of ``user_identities`` to upsert (``identities.record_links``); ``merges``:
+        (from_key, into_key) whose rows move to ``into_key`` (``identities.move_rows``), after the
+        batch's events and before the profiles and analytics, which hold ``into_key``'s merged rows."""
         events_json = encode_events(events).decode()
         profiles_json = orjson.dumps(profiles, default=_decimal_as_text).decode()
         with self.engine.begin() as conn:
             cursor = conn.connection.dbapi_connection.cursor()
             for statement in ERASE_USERS if erased_users else ():
                 cursor.execute(statement, (list(erased_users),))
+            if links:
+                record_links(conn, links)
             cursor.execute(MERGE_EVENTS, (events_json,))
+            if merges:
+                tables = user_key_tables(conn)
+                for from_key, into_key in dict.fromkeys(merges):  # in order: a -> b then b -> c ends in c
+                    move_rows(conn, from_key, into_key, tables=tables)
             cursor.execute(MERGE_PROFILES, (profiles_json,))
             if analytics is not None:
                 write_analytics(cursor, analytics, _decimal_as_text)
