@@ -14,6 +14,9 @@ that passed since):
 - ``lifecycle_stage`` from the days without any event before ``as_of`` (``idle``) and the first
   event: churned if idle >= 180, dormant if idle >= 90, at_risk if idle >= 30, else new if the first
   event is less than 30 days old, else active. The worker refreshes the row when a threshold passes.
+
+``Activity.absorb`` folds another key's activity of the same shopper in (issue 21); each remembered
+order id keeps its time and revenue for it.
 """
 
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from spoor.events import Event, EventKind
+from spoor.stream_processors.profile import aligned, duplicate_orders, order_revenue, purchase_times
 
 DAY = 86400.0
 WINDOWS = {"1d": 1, "7d": 7, "30d": 30}
@@ -62,6 +66,9 @@ class Activity:
     last_purchase: float | None = None
     refreshed_to: float | None = None  # latest lifecycle threshold the row was refreshed at
     recent_order_ids: list = field(default_factory=list)
+    # Beside each of recent_order_ids: [time, revenue str] of the order, or None (unknown: states
+    # written before issue 21).
+    order_facts: list = field(default_factory=list)
 
     def is_repeated_order(self, event: Event) -> bool:
         return event.kind == EventKind.PURCHASE and event.order_id is not None \
@@ -76,7 +83,9 @@ class Activity:
         if event.kind == EventKind.PURCHASE:
             if event.order_id is not None:
                 self.recent_order_ids.append(event.order_id)
+                self.order_facts.append([at, str(event.revenue or Decimal(0))])
                 del self.recent_order_ids[:-order_dedupe]
+                del self.order_facts[:-order_dedupe]
             self.orders += 1
             signed_revenue = event.revenue or Decimal(0)
             self.last_purchase = at if self.last_purchase is None else max(self.last_purchase, at)
@@ -106,6 +115,92 @@ class Activity:
         for category in categories:
             if category and (category in counts or len(counts) < MAX_CATEGORIES_PER_DAY):
                 counts[category] = counts.get(category, 0) + 1
+
+    def repeated_orders(self, other: "Activity") -> list[tuple[bool, float | None, str | None]]:
+        """Orders both keys counted (an order id both remember): for each, (whether the occurrence an
+        in-order fold skips, the later one, is this key's, its time, the revenue it added twice)."""
+        repeated = duplicate_orders(dict(zip(self.recent_order_ids, self.order_facts)),
+                                    dict(zip(other.recent_order_ids, other.order_facts)))
+        return [(mine_twice, None if duplicate is None else duplicate[0], order_revenue(duplicate, kept))
+                for _oid, mine_twice, duplicate, kept in repeated]
+
+    def absorb(self, other: "Activity", order_dedupe: int = 512) -> None:
+        """Fold another key's activity of the same shopper into this one (issue 21), as the in-order
+        fold of both keys' events would have built it. The caller applies a merge once.
+
+        Exact: the day buckets (counts, revenue and category counts add), first/last seen, ``frequency``
+        and ``monetary`` (an order id both keys remember counts once, the later occurrence left out of
+        its day too), and ``last_purchase`` (without that occurrence, when its key remembers all its
+        orders). The lifecycle refresh goes as far as either key's went: the thresholds of the merged
+        times up to the later of their ``as_of``. Order ids: the key last seen earlier first, the newest
+        ``order_dedupe`` kept.
+
+        Approximate: the categories of a repeated order's later occurrence stay counted (the state
+        keeps an order's time and revenue, not its lines); its revenue is the other occurrence's when
+        its own is unknown (older states), and its time unknown leaves its day as it was;
+        ``last_purchase`` keeps it when its key counted orders it no longer remembers; past
+        ``MAX_CATEGORIES_PER_DAY`` categories in a day, the ones kept are this key's first.
+        """
+        if other.last_seen is None:
+            return
+        repeated = duplicate_orders(dict(zip(self.recent_order_ids, self.order_facts)),
+                                    dict(zip(other.recent_order_ids, other.order_facts)))
+        known_now = other.as_of if self.last_seen is None else max(self.as_of, other.as_of)
+        self_older = self.last_seen is not None and self.last_seen < other.last_seen
+        older, newer = (self, other) if self_older else (other, self)
+        last_purchases = []
+        for side, mine in ((self, True), (other, False)):
+            skipped = {oid for oid, mine_twice, _d, _k in repeated if mine_twice == mine}
+            times = None if not skipped else \
+                purchase_times(side.recent_order_ids, side.order_facts, side.orders, skipped)
+            last_purchases.append(side.last_purchase if times is None else max(times, default=None))
+
+        for day, bucket in other.days.items():
+            held = self.days.get(day)
+            if held is None:
+                self.days[day] = [*bucket[:6], dict(bucket[6])]
+                continue
+            for i in range(5):
+                held[i] += bucket[i]
+            if bucket[5] != "0":
+                held[5] = str(Decimal(held[5]) + Decimal(bucket[5]))
+            counts = held[6]
+            for category, n in bucket[6].items():
+                if category in counts or len(counts) < MAX_CATEGORIES_PER_DAY:
+                    counts[category] = counts.get(category, 0) + n
+        twice = Decimal(0)
+        for _oid, _mine, duplicate, kept in repeated:
+            revenue = order_revenue(duplicate, kept)
+            twice += Decimal(revenue) if revenue is not None else 0
+            bucket = self.days.get(_day(duplicate[0])) if duplicate is not None else None
+            if bucket is not None and bucket[4] > 0:
+                bucket[4] -= 1
+                if revenue is not None and Decimal(revenue):
+                    bucket[5] = str(Decimal(bucket[5]) - Decimal(revenue))
+
+        self.first_seen = other.first_seen if self.first_seen is None else min(self.first_seen, other.first_seen)
+        self.last_seen = other.last_seen if self.last_seen is None else max(self.last_seen, other.last_seen)
+        oldest = _day(self.last_seen) - (WINDOWS["30d"] - 1)
+        for old in [d for d in self.days if d < oldest]:
+            del self.days[old]
+        self.orders += other.orders - len(repeated)
+        self.revenue = str(Decimal(self.revenue) + Decimal(other.revenue) - twice)
+        self.last_purchase = max((t for t in last_purchases if t is not None), default=None)
+
+        kept = {oid: kept_fact for oid, _mine, _duplicate, kept_fact in repeated}
+        orders: dict = {}
+        for oid, fact in [*zip(older.recent_order_ids, older.order_facts),
+                          *zip(newer.recent_order_ids, newer.order_facts)]:
+            if oid not in orders:
+                orders[oid] = kept.get(oid, fact)
+        self.recent_order_ids = list(orders)[-order_dedupe:] if order_dedupe > 0 else []
+        self.order_facts = [orders[oid] for oid in self.recent_order_ids]
+
+        self.refreshed_to = None
+        refresh = self.next_refresh()
+        while refresh is not None and refresh <= known_now:
+            self.refresh(refresh)
+            refresh = self.next_refresh()
 
     @property
     def as_of(self) -> float:
@@ -159,9 +254,11 @@ class Activity:
 
     def encode(self) -> list:
         return [[[d, *b] for d, b in self.days.items()], self.first_seen, self.last_seen, self.orders,
-                self.revenue, self.last_purchase, self.refreshed_to, self.recent_order_ids]
+                self.revenue, self.last_purchase, self.refreshed_to, self.recent_order_ids, self.order_facts]
 
     @classmethod
     def decode(cls, data: list) -> "Activity":
-        days, first, last, orders, revenue, last_purchase, refreshed, order_ids = data
-        return cls({d[0]: d[1:] for d in days}, first, last, orders, revenue, last_purchase, refreshed, order_ids)
+        days, first, last, orders, revenue, last_purchase, refreshed, order_ids = data[:8]
+        facts = aligned(data[8] if len(data) > 8 else (), len(order_ids))  # absent before issue 21
+        return cls({d[0]: d[1:] for d in days}, first, last, orders, revenue, last_purchase, refreshed, order_ids,
+                   facts)

@@ -4,6 +4,7 @@
 event is never seen twice), and ``fire_due`` advances the user to an event time without an event.
 Fired triggers stay in ``pending`` until the worker has delivered them (Kafka + PostgreSQL), so a
 crash between the state's changelog and the delivery re-delivers them on restart.
+``UserBehaviour.absorb`` folds another key's behaviour of the same shopper in (issue 21).
 """
 
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import orjson
 
 from spoor.events import Event
 from spoor.stream_processors.activity import DAY, NEW_DAYS, Activity
-from spoor.stream_processors.behaviour_triggers import TriggerRules, Triggers
+from spoor.stream_processors.behaviour_triggers import Seen, TriggerRules, Triggers
 from spoor.stream_processors.sessions import SessionLog
 
 
@@ -66,6 +67,33 @@ class UserBehaviour:
             self.activity.refresh(refresh)
             refresh = self.activity.next_refresh()
 
+    def absorb(self, other: "UserBehaviour", user_key: str, rules: AnalyticsRules) -> None:
+        """Fold another key's behaviour of the same shopper (an anonymous id joined to user
+        ``user_key``) into this one, as nearly as the bounded state allows as an in-order fold of both
+        keys' events would have built it: sessions (``SessionLog.absorb``), activity windows and
+        lifecycle (``Activity.absorb``), trigger episodes (``Triggers.absorb``; what they fire on the
+        way goes to ``pending``). An order id both keys counted counts once: its later occurrence is
+        taken back from its session too, when one session of its key holds its time. Then what is due
+        at the latest event of both keys (minus the trigger lateness) fires, as ``apply`` fired it
+        before that event in the in-order fold: an episode of one key that the other key's later
+        events made due is not left open for a late event to close. ``other``'s fired-but-undelivered
+        records come along, re-keyed to ``user_key`` with their trigger ids and episodes unchanged
+        (what was delivered under the old key keeps referring to it). The next deadline is recomputed
+        by the next ``apply``. The caller applies a merge once; ``other`` is not to be used after it.
+        What is approximate is said by each part's ``absorb``."""
+        for mine, at, revenue in self.activity.repeated_orders(other.activity):
+            if at is not None:
+                (self.sessions if mine else other.sessions).forget_purchase(at, revenue)
+        self.pending += self.triggers.absorb(other.triggers, user_key, rules.triggers, rules.trigger_lateness_s,
+                                             _seen(self.activity), _seen(other.activity))
+        self.activity.absorb(other.activity, rules.order_dedupe)
+        self.too_late_for_session += other.too_late_for_session + self.sessions.absorb(
+            other.sessions, rules.session_inactivity_s, rules.session_lateness_s)
+        self.pending += [{**trigger, "user_key": user_key} for trigger in other.pending]
+        if self.triggers.last_activity is not None:
+            self.fire_due(user_key, self.triggers.last_activity - rules.trigger_lateness_s, rules)
+        self.next_deadline_at_least = None
+
     def _next_deadline(self, rules: AnalyticsRules) -> float:
         candidates = [t for t in (self.triggers.next_deadline(rules.triggers), self.activity.next_refresh())
                       if t is not None]
@@ -83,6 +111,14 @@ class UserBehaviour:
     def decode(cls, raw: bytes) -> "UserBehaviour":
         sessions, activity, triggers, pending = orjson.loads(raw)
         return cls(SessionLog.decode(sessions), Activity.decode(activity), Triggers.decode(triggers), pending)
+
+
+def _seen(activity: Activity) -> Seen:
+    """A key's first event and the purchase times it remembers, for ``Triggers.absorb``."""
+    purchases = [fact[0] for fact in activity.order_facts if fact is not None]
+    if activity.last_purchase is not None:
+        purchases.append(activity.last_purchase)
+    return Seen(activity.first_seen, tuple(purchases))
 
 
 # One table value holds a user's profile and behaviour, so one changelog record makes both durable

@@ -13,6 +13,10 @@ Rules (what the ``sessions`` table means):
 - Lateness is bounded: an event more than ``lateness_s`` older than the user's latest event is not
   placed in a session (``SessionLog.add`` returns False; the worker counts it in a metric). Sessions
   that can no longer receive an event are dropped from the state; their rows stay in PostgreSQL.
+- Two keys of one shopper made one (issue 21, ``SessionLog.absorb``): the sessions are those of both
+  keys' events together, by the same rules. Sessions with the same client id are one (a browser keeps
+  its session id across a login); inactivity sessions that overlap or are at most ``inactivity_s``
+  apart are one, with the id of its start; every id that goes is retired.
 
 Times are epoch seconds (floats): this module does no clock reading and no I/O.
 """
@@ -170,6 +174,92 @@ class SessionLog:
     def _retire(self, session_id: str) -> None:
         self.retired_ids.append(session_id)
         del self.retired_ids[:-RETIRED_IDS]
+
+    def absorb(self, other: "SessionLog", inactivity_s: float, lateness_s: float) -> int:
+        """Fold the sessions of another key of the same user into this log (issue 21), as if its events
+        had been added here; returns how many of its events could not be placed (as ``add``'s False).
+        The caller applies a merge once; ``other`` is not to be used after it.
+
+        Exact while the sessions of both keys are still in their states (the lateness bound and the
+        inactivity gap behind each key's latest event): the sessions, their counts, revenue, times,
+        entry page and campaign, and their ids by the module's rules. Every session taken from
+        ``other`` or changed is written again (``changed``); an id that goes, this key's or ``other``'s
+        (its rows move to this key in PostgreSQL), is retired, so its row is deleted; then the sessions
+        that the later of the two latest events leaves behind are sealed.
+
+        Approximate: a session one key had sealed (dropped, its row final) is not merged with the
+        other key's (a live session of a client id this key sealed is not placed: its events are
+        counted as too late; this key's live session of a client id the other key sealed stays
+        open); the category lists keep this key's first (the state holds no times for them) and stop
+        at ``MAX_CATEGORIES``.
+        """
+        if other.latest is not None:
+            self.latest = other.latest if self.latest is None else max(self.latest, other.latest)
+        not_placed = 0
+        inactivity = [s for s in self.sessions if not s.client]
+        theirs = [Session.decode(s.encode()) for s in other.sessions]  # other's objects stay other's
+        for session in theirs:
+            if not session.client:
+                inactivity.append(session)
+                continue
+            if session.session_id in self.sealed_client_ids:
+                not_placed += session.events
+                continue
+            mine = next((s for s in self.sessions if s.client and s.session_id == session.session_id), None)
+            if mine is None:
+                self.sessions.append(session)
+            else:
+                mine.absorb(session)
+            self.changed.add(session.session_id)
+        live_clients = {s.session_id for s in self.sessions if s.client}
+        for client_id in other.sealed_client_ids:
+            if client_id not in self.sealed_client_ids and client_id not in live_clients:
+                self.sealed_client_ids.append(client_id)
+        del self.sealed_client_ids[:-SEALED_CLIENT_IDS]
+
+        ours = {id(s) for s in self.sessions}
+        merged, retired, end = [], [], None
+        for session in sorted(inactivity, key=lambda s: (s.started_at, id(s) not in ours)):
+            if merged and session.started_at <= end + inactivity_s:  # overlapping, or the gap is short
+                merged[-1].append(session)
+                end = max(end, session.ended_at)
+            else:
+                merged.append([session])
+                end = session.ended_at
+        kept = [s for s in self.sessions if s.client]
+        for group in merged:
+            base = group[0]
+            for session in group[1:]:
+                base.absorb(session)
+            new_id = inactivity_id(base.started_at)
+            retired += [s.session_id for s in group if s.session_id != new_id]
+            if len(group) > 1 or id(base) not in ours or base.session_id != new_id:
+                self.changed.add(new_id)
+            base.session_id = new_id
+            kept.append(base)
+        self.sessions = kept
+        live = {s.session_id for s in self.sessions}
+        retired = list(dict.fromkeys(retired))
+        self.retired_ids = [sid for sid in self.retired_ids if sid not in retired] + retired
+        self.retired_ids = [sid for sid in self.retired_ids if sid not in live]
+        del self.retired_ids[:-max(RETIRED_IDS, len(retired))]  # all of this merge's, until the next retires
+        if self.latest is not None:
+            self._seal(inactivity_s, lateness_s)
+        return not_placed
+
+    def forget_purchase(self, at: float, revenue: str | None) -> bool:
+        """Take back an order counted in the session holding time ``at`` (an order id another key of
+        the user counted first: ``UserBehaviour.absorb``). False when no one session can be told (the
+        session was sealed, or client sessions overlap there): then it stays counted."""
+        found = [s for s in self.sessions if s.started_at <= at <= s.ended_at and s.purchases > 0]
+        if len(found) != 1:
+            return False
+        session = found[0]
+        session.purchases -= 1
+        if revenue is not None:
+            session.revenue = str(Decimal(session.revenue) - Decimal(revenue))
+        self.changed.add(session.session_id)
+        return True
 
     def _seal(self, inactivity_s: float, lateness_s: float) -> None:
         """Drop sessions no acceptable event can reach any more (their rows are final)."""
