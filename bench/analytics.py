@@ -33,7 +33,7 @@ from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.pipeline import make_batches, persisted_events, post_all  # noqa: E402
-from spoor.settings import Settings  # noqa: E402
+from spoor.settings import Settings, environment  # noqa: E402
 from spoor.storage.migrate import upgrade  # noqa: E402
 from spoor.storage.write_keys import create_key  # noqa: E402
 from spoor.topics import create_topics  # noqa: E402
@@ -141,7 +141,7 @@ class ScratchRun:
         create_topics(self.settings)
         self.key = create_key(create_engine(self.settings.database_url), "bench", "web")
         self.env = dict(os.environ)
-        self.env.update({f"SPOOR_{k.upper()}": str(v) for k, v in self.settings.model_dump().items()})
+        self.env.update(environment(self.settings))
         self.env.update({f"SPOOR_{k.upper()}": v for k, v in overrides.items()})
 
     def drop(self) -> None:

@@ -31,7 +31,7 @@ from sqlalchemy import create_engine
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from spoor.settings import Settings  # noqa: E402
+from spoor.settings import Settings, environment  # noqa: E402
 from spoor.storage.migrate import upgrade  # noqa: E402
 from spoor.storage.write_keys import create_key  # noqa: E402
 from spoor.topics import create_topics  # noqa: E402
@@ -171,7 +171,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def start_collector(settings: Settings, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **{f"SPOOR_{k.upper()}": str(v) for k, v in settings.model_dump().items()}}
+    env = {**os.environ, **environment(settings)}
     process = subprocess.Popen([sys.executable, "-m", "spoor.cli", "collector"], cwd=REPO, env=env,
                                stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60

@@ -4,7 +4,7 @@ import argparse
 import logging
 import sys
 
-from spoor.settings import Settings
+from spoor.settings import Settings, env_value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,9 +161,7 @@ def _add_config_parser(commands) -> None:
 
 def config_value(value) -> str:
     """A setting's value as its environment variable would spell it (read back to the same value)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    return env_value(value)
 
 
 def _config(settings: Settings, args) -> None:

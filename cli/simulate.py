@@ -13,15 +13,19 @@ def catalog(size: int = 200, seed: int = 7) -> list[dict]:
              "price": round(rng.uniform(5, 250), 2)} for i in range(size)]
 
 
-def shopper_journey(rng: random.Random, user: str, products: list[dict], start: datetime) -> list[dict]:
-    """One visit: pages, product views, some clicks, maybe a cart, maybe an order."""
+def shopper_journey(rng: random.Random, user: str, products: list[dict], start: datetime,
+                    login_at_checkout: bool = False) -> list[dict]:
+    """One visit: pages, product views, some clicks, maybe a cart, maybe an order. With
+    ``login_at_checkout`` the shopper browses under an anonymous id and logs in (``identify``) when
+    checking out, as in most shops; the messages after it carry both ids."""
     at = start
     messages: list[dict] = []
+    ids = {"anonymousId": f"anon-{user}"} if login_at_checkout else {"userId": user}
 
     def emit(msg_type: str, **fields) -> None:
         nonlocal at
         at += timedelta(seconds=rng.randint(2, 90))
-        messages.append({"type": msg_type, "userId": user, "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
+        messages.append({"type": msg_type, **ids, "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
                          "timestamp": at.isoformat(), **fields})
 
     emit("page", name="Home", properties={"url": "https://shop.example/", "path": "/"})
@@ -38,6 +42,9 @@ def shopper_journey(rng: random.Random, user: str, products: list[dict], start: 
             removed = cart.pop()
             emit("track", event="Product Removed", properties={**removed, "quantity": 1})
         if rng.random() < 0.6:
+            if login_at_checkout:
+                ids["userId"] = user
+                emit("identify", traits={"plan": "member"})
             emit("track", event="Checkout Started", properties={"currency": "EUR"})
             if rng.random() < 0.7:
                 lines = [{**p, "quantity": 1} for p in cart]
@@ -47,13 +54,14 @@ def shopper_journey(rng: random.Random, user: str, products: list[dict], start: 
     return messages
 
 
-def simulate(users: int, seed: int = 42, start: datetime | None = None, spread_s: int = 3600) -> list[dict]:
+def simulate(users: int, seed: int = 42, start: datetime | None = None, spread_s: int = 3600,
+             login_at_checkout: bool = False) -> list[dict]:
     """Messages of ``users`` shoppers arriving over ``spread_s``, interleaved as a collector would receive them."""
     rng = random.Random(seed)
     products = catalog()
     start = start or datetime.now(timezone.utc) - timedelta(hours=2)
-    journeys = [shopper_journey(rng, f"user-{seed}-{i}", products, start + timedelta(seconds=rng.randint(0, spread_s)))
-                for i in range(users)]
+    journeys = [shopper_journey(rng, f"user-{seed}-{i}", products, start + timedelta(seconds=rng.randint(0, spread_s)),
+                                login_at_checkout) for i in range(users)]
     messages = [m for journey in journeys for m in journey]
     messages.sort(key=lambda m: m["timestamp"])
     return messages

@@ -86,6 +86,7 @@ def normalize(message: Any, *, received_at: datetime, source: str,
         "user_key": user_key,
         "user_id": user_id,
         "anonymous_id": anonymous_id,
+        "previous_id": _optional_id(message, "previousId") if msg_type == "alias" else None,
         "event_time": event_time(message, received_at, batch_sent_at, max_future_s),
         "received_at": received_at,
         "source": source,
@@ -317,7 +318,7 @@ def _parse_time(message: dict, key: str) -> datetime | None:
 def _message_path(model_field: str) -> str:
     """Map a canonical field back to where it came from in the Segment message."""
     top_level = {"event_id": "messageId", "user_key": "userId", "user_id": "userId",
-                 "anonymous_id": "anonymousId", "name": "event", "event_time": "timestamp",
+                 "anonymous_id": "anonymousId", "previous_id": "previousId", "name": "event", "event_time": "timestamp",
                  "page_url": "context.page.url", "referrer": "context.page.referrer",
                  "session_id": "context.sessionId", "utm_source": "context.campaign.source",
                  "utm_campaign": "context.campaign.name"}

@@ -85,6 +85,7 @@ class Event(BaseModel):
     user_key: Id
     user_id: Id | None = None
     anonymous_id: Id | None = None
+    previous_id: Id | None = None  # an alias message's previousId: an earlier id of this user
     event_time: datetime
     received_at: datetime
     source: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "unknown"
@@ -153,6 +154,54 @@ def erasure_record(user_key: str) -> bytes:
     """The events-topic record ``spoor users erase`` sends on the user's partition: the worker drops
     the user's state and rows when it reads it, in order with the user's events."""
     return orjson.dumps({ERASURE_FIELD: user_key})
+
+
+# Identity records (docs/identity.md), written by the worker itself. A link goes to the partition of
+# an id the worker has just seen on a user's event ("id is now user_key"); a merge goes to the user's
+# partition with the id's state, to be folded into the user's exactly once.
+IDENTITY_LINK = "identity_link"
+IDENTITY_MERGE = "identity_merge"
+IDENTITY_KINDS = ("anonymous", "alias", "user")
+
+
+def identity_link_record(linked_id: str, user_key: str, kind: str) -> bytes:
+    return orjson.dumps({IDENTITY_LINK: {"id": linked_id, "user_key": user_key, "kind": kind}})
+
+
+def identity_merge_record(from_key: str, into_key: str, kind: str, state: bytes | None, ids: dict[str, str]) -> bytes:
+    """``state``: the id's table value (None: it had none); ``ids``: the ids joined to it (id -> linked or
+    merged), which follow it: a merged one is in ``state`` already, a linked one's merge is on its way."""
+    return orjson.dumps({IDENTITY_MERGE: {"from": from_key, "into": into_key, "kind": kind,
+                                          "state": None if state is None else state.decode(), "ids": ids}})
+
+
+def identity_record(raw: bytes) -> tuple[str, dict] | None:
+    """(IDENTITY_LINK or IDENTITY_MERGE, its fields) of an identity record; None for anything else.
+    Raises ``InvalidRecord`` for a record that names itself one but is malformed."""
+    if not raw.startswith((b'{"' + IDENTITY_LINK.encode(), b'{"' + IDENTITY_MERGE.encode())):
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or len(value) != 1:
+        return None
+    kind, fields = next(iter(value.items()))
+    if kind not in (IDENTITY_LINK, IDENTITY_MERGE) or not isinstance(fields, dict):
+        return None
+    names = ("id", "user_key") if kind == IDENTITY_LINK else ("from", "into")
+    for name in names:
+        if not isinstance(fields.get(name), str) or not 0 < len(fields[name]) <= 256:
+            raise InvalidRecord(f"{kind}.{name}", "must be an id of 1 to 256 characters")
+    if fields.get("kind") not in IDENTITY_KINDS:
+        raise InvalidRecord(f"{kind}.kind", f"must be one of {', '.join(IDENTITY_KINDS)}")
+    if kind == IDENTITY_MERGE:
+        if fields.get("state") is not None and not isinstance(fields["state"], str):
+            raise InvalidRecord(f"{kind}.state", "must be a text or null")
+        ids = fields.get("ids")
+        if not isinstance(ids, dict) or not all(0 < len(i) <= 256 and s in ("linked", "merged") for i, s in ids.items()):
+            raise InvalidRecord(f"{kind}.ids", "must map ids to linked or merged")
+    return kind, fields
 
 
 def erased_user(raw: bytes) -> str | None:

@@ -9,6 +9,8 @@ from it (``python -m spoor.cli.config_doc > docs/configuration.md``), grouped by
 below; tests/unit/test_configuration_doc.py fails when the page and this file disagree.
 """
 
+import json
+
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -153,6 +155,16 @@ class Settings(BaseSettings):
         description="Records in a row that raised unexpectedly (processing errors, not schema "
                     "violations) after which the worker fail-stops instead of dead-lettering them: a bad "
                     "deploy turns every record into one.")
+    identity_max_ids_per_user: int = Field(
+        25, ge=1, le=1000,
+        description="Most ids (anonymous ids of devices, aliases) joined to one user: a link past it is "
+                    "refused and counted, so a shared or hostile id cannot merge thousands of shoppers "
+                    "into one profile (docs/identity.md).")
+    identity_denylist: list[str] = Field(
+        ["null", "undefined", "none", "nil", "nan", "0", "-1", "anonymous", "unknown", "guest",
+         "[object object]", "true", "false", "00000000-0000-0000-0000-000000000000"],
+        description="Ids never joined to a user, compared case-insensitively: placeholders a broken client "
+                    "sends for everyone. Events keyed by them still count, on a profile of their own.")
 
     # The local demo (deploy/stack.sh reads it with `spoor config get`).
     demo_write_key: str = Field(
@@ -314,6 +326,20 @@ class Settings(BaseSettings):
             raise ValueError(f"SPOOR_DEDUPE_WINDOW ({self.dedupe_window}) must be at least SPOOR_MAX_BATCH_EVENTS "
                              f"({self.max_batch_events}), or a retried request of one user is counted twice")
         return self
+
+
+def env_value(value) -> str:
+    """A setting's value as its environment variable spells it (pydantic-settings reads it back the same)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):  # complex values are read as JSON
+        return json.dumps(value)
+    return str(value)
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """Every setting as the ``SPOOR_`` variable that reads back to it: the environment of a child process."""
+    return {f"SPOOR_{name.upper()}": env_value(value) for name, value in settings.model_dump().items()}
 
 
 # How docs/configuration.md groups the settings: (first field, title, what the group is), in the

@@ -136,6 +136,20 @@ class AnalyticsTracker:
         return self._finish(user_key, profile_json, behaviour, partition,
                             rewrite_sessions=len(new_events) < len(all_events))
 
+    def absorb(self, user_key: str, profile_json: bytes, behaviour_json: bytes | None,
+               other_json: bytes | None) -> bytes:
+        """The user's next table value with another id's behaviour folded in (identities.py, step 3);
+        every session of the merged state is written again."""
+        behaviour = UserBehaviour.decode(behaviour_json) if behaviour_json else UserBehaviour()
+        self._forget_delivered(user_key, behaviour)
+        if other_json is not None:
+            behaviour.absorb(UserBehaviour.decode(other_json), user_key, self.rules)
+        if behaviour.too_late_for_session:
+            worker_metrics.SESSION_TOO_LATE.inc(behaviour.too_late_for_session)
+            behaviour.too_late_for_session = 0
+        return self._finish(user_key, profile_json, behaviour, key_partition(user_key.encode(), self.partitions),
+                            rewrite_sessions=True)
+
     def _finish(self, user_key: str, profile_json: bytes, behaviour: UserBehaviour, partition: int,
                 rewrite_sessions: bool = False) -> bytes:
         due_at = behaviour.due_at(self.rules)

@@ -24,10 +24,12 @@ from spoor.stream_processors.continuity import OffsetContinuity
 from spoor.stream_processors.durable_table import DurableTable
 from spoor.stream_processors.faust_internals import committed_offset
 from spoor.stream_processors.gc_control import collection_deferred
+from spoor.stream_processors.identities import IdentityGraph
 from spoor.stream_processors.kafka_transport import FetchWaitApp
 from spoor.stream_processors.metric_agent import register_metric_windows
 from spoor.stream_processors.profile_tracker import ProfileTracker
 from spoor.stream_processors.stall import StallWatch
+from spoor.topics import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,18 @@ def create_app(settings: Settings) -> faust.App:
         use_partitioner=True, key_type=bytes, value_type=bytes,  # bytes -> "raw" codec
         options=ROCKSDB_OPTIONS if settings.worker_store.startswith("rocksdb") else None))
 
+    # Who is who (identities.py): keyed by id, so an id's entry is on the partition of its events.
+    identity_table = app.tables.add(DurableTable(
+        app, name="identities", default=None, beacon=app.tables.beacon, partitions=settings.topic_partitions,
+        use_partitioner=True, key_type=bytes, value_type=bytes,
+        options=ROCKSDB_OPTIONS if settings.worker_store.startswith("rocksdb") else None))
+    identities = IdentityGraph(identity_table, settings.identity_max_ids_per_user, settings.identity_denylist)
+
+    async def send_record(key: str, value: bytes):
+        """A record on the events topic, on the key's partition; returns its delivery (awaited by the tracker)."""
+        return await events_topic.send(key=key.encode(), value=value,
+                                       partition=partition_for(key, settings.topic_partitions))
+
     engine = create_engine(settings.database_url, pool_size=2, pool_pre_ping=True)
     writer = StreamWriter(engine)
 
@@ -104,7 +118,8 @@ def create_app(settings: Settings) -> faust.App:
     analytics = create_analytics(settings, app) if settings.analytics_enabled else None
     tracker = ProfileTracker(profiles, writer, settings.dedupe_window, send_bad_row, analytics,
                              max_future_s=settings.max_future_event_s, max_state_bytes=settings.worker_max_state_bytes,
-                             max_processing_errors_in_a_row=settings.worker_max_consecutive_processing_errors)
+                             max_processing_errors_in_a_row=settings.worker_max_consecutive_processing_errors,
+                             identities=identities, send_record=send_record)
 
     # Faust acks a take() batch even when the agent body raises, and acked offsets
     # get committed. So a batch that cannot be persisted must stop the process

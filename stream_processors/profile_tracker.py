@@ -20,6 +20,10 @@ An erasure record (``spoor users erase``, privacy/erasure.py) drops the user's
 state, and their rows go in the batch's transaction; the user's events before
 it in the batch are left out, later ones start a new profile. Redelivered, it
 does the same again.
+
+Identity records join a user's ids into one profile (identities.py): the batch's
+link, merge and forwarded-event records go out after step 2, acked before step 3,
+and an id whose state was shipped in a merge is dropped only after that.
 """
 
 import asyncio
@@ -27,18 +31,31 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
+from functools import partial
 
 import orjson
 from pydantic import ValidationError
 
 from spoor.bad_rows import PARSE_ERROR, PROCESSING_ERROR, SCHEMA_VIOLATION, SIZE_VIOLATION, InvalidRecord, describe
-from spoor.events import EARLIEST_EVENT_TIME, MONEY_LIMIT, Event, decode_record, erased_user
+from spoor.events import (
+    EARLIEST_EVENT_TIME,
+    IDENTITY_LINK,
+    MONEY_LIMIT,
+    Event,
+    decode_record,
+    encode_events,
+    erased_user,
+    identity_link_record,
+    identity_merge_record,
+    identity_record,
+)
 from spoor.storage.writers import StreamWriter
 from spoor.stream_processors import WorkerError, worker_metrics
 from spoor.stream_processors.analytics_tracker import AnalyticsOutput, AnalyticsTracker
 from spoor.stream_processors.behaviour import unpack
 from spoor.stream_processors.blocking import YieldEvery, run_blocking
 from spoor.stream_processors.fault_points import crash_point
+from spoor.stream_processors.identities import LINKED, MERGED, IdentityGraph, Link
 from spoor.stream_processors.profile import UserProfile
 
 log = logging.getLogger(__name__)
@@ -79,7 +96,8 @@ class ProfileTracker:
     def __init__(self, table, writer: StreamWriter, dedupe_window: int,
                  send_bad_row: Callable[..., Awaitable], analytics: AnalyticsTracker | None = None, *,
                  max_future_s: float = 300.0, max_state_bytes: int = 900_000,
-                 max_processing_errors_in_a_row: int = 200):
+                 max_processing_errors_in_a_row: int = 200, identities: IdentityGraph | None = None,
+                 send_record: Callable[[str, bytes], Awaitable] | None = None):
         self.table = table  # Faust table: user key (bytes) -> encoded UserProfile (+ behaviour)
         self.writer = writer
         self.dedupe_window = dedupe_window
@@ -90,6 +108,8 @@ class ProfileTracker:
         self.errors = ProcessingErrorLimit(max_processing_errors_in_a_row)
         self.bad_row_deliveries: list = []  # Kafka acks of this batch's bad rows, awaited before its write
         self.pause = YieldEvery(YIELD_EVERY_EVENTS)
+        self.identities = identities  # None: every key is a profile of its own
+        self.send_record = send_record  # (key, value) -> the delivery of a record on the events topic
 
     async def process(self, records: Sequence[Record]) -> list[tuple[int, Event]]:
         """Fold (partition, record value[, record timestamp]) tuples; returns the events seen for the
@@ -100,16 +120,23 @@ class ProfileTracker:
         and each event that still raises is dead-lettered (its failure is data); the rest go on."""
         if not records:
             return []
-        decoded, erasures = await self._decode(records)
-        erased_events = 0
-        if erasures:  # a user's events before their erasure record go with the rest of their data
-            kept = [(p, e) for i, (p, e) in enumerate(decoded) if i >= erasures.get(e.user_key, 0)]
-            erased_events, decoded = len(decoded) - len(kept), kept
+        decoded, erasures, identity_records = await self._decode(records)
+        claims, refusals = self._claim(identity_records) if self.identities else ({}, [])
+        kept, forwarded, erased_events, targets = [], [], 0, {}
+        for index, (partition, event) in enumerate(decoded):
+            if index < erasures.get(event.user_key, 0):  # goes with the rest of the erased user's data
+                erased_events += 1
+            elif self.identities and (target := self._target(event.user_key, index, claims, targets)):
+                forwarded.append(event.model_copy(update={"user_key": target}))
+            else:
+                kept.append((partition, event))
+        decoded = kept
         by_user: dict[str, list[Event]] = {}
         for _partition, event in decoded:
             by_user.setdefault(event.user_key, []).append(event)
 
-        rows, first_seen, failed = [], set(), set()  # ids (object identity) of the events applied / failed
+        rows, first_seen, failed = {}, set(), set()  # ids (object identity) of the events applied / failed
+        links = list(refusals)
         for user_key in erasures:
             self._forget(user_key)
         for user_key, user_events in by_user.items():
@@ -127,8 +154,12 @@ class ProfileTracker:
                 self.errors.succeeded()
             if value is not None:
                 self.table[key] = value
-                rows.append(profile.row())
+                rows[user_key] = profile.row()
             first_seen.update(map(id, new_events))
+            if self.identities and user_key not in erasures:
+                links += self.identities.discover(user_key, user_events)
+        passed_on: list[dict] = []  # merge records for users joined to another since
+        merges = await self._merge(identity_records, rows, links, passed_on) if self.identities else []
         if failed:
             decoded = [(p, e) for p, e in decoded if id(e) not in failed]
         events = [event for _partition, event in decoded]
@@ -138,11 +169,14 @@ class ProfileTracker:
             derived = self.analytics.take_output()
 
         await self._bad_rows_acknowledged()
-        await self._persist(rows, events, derived, sorted(erasures))
+        await self._persist(list(rows.values()), events, derived, sorted(erasures), merges, links)
+        if self.identities:
+            await self._send_identity_records(links, claims, forwarded, passed_on)
         worker_metrics.BATCH_EVENTS.observe(len(events))
         worker_metrics.EVENTS.labels("applied").inc(len(first_seen))
         worker_metrics.EVENTS.labels("duplicate").inc(len(events) - len(first_seen))
         worker_metrics.EVENTS.labels("erased").inc(erased_events)
+        worker_metrics.EVENTS.labels("forwarded").inc(len(forwarded))
         now = datetime.now(timezone.utc)
         for event in events:
             worker_metrics.FRESHNESS_SECONDS.observe((now - event.received_at).total_seconds())
@@ -167,6 +201,122 @@ class ProfileTracker:
             raise InvalidRecord("$", f"the user's state would grow to {len(value)} bytes, over "
                                      f"{self.max_state_bytes} (SPOOR_WORKER_MAX_STATE_BYTES)", SIZE_VIOLATION)
         return value, profile, new_events
+
+    def _claim(self, identity_records: list) -> tuple[dict[str, tuple[int, Link]], list[Link]]:
+        """The links of the batch, read on the linked id's partition: (where each id was claimed, its
+        link) and the refused links. An id's first link in the batch is the one that counts."""
+        claims, refused = {}, []
+        for index, kind, fields in identity_records:
+            if kind != IDENTITY_LINK or fields["id"] in claims:
+                continue
+            linked_id = fields["id"]
+            stored = self.table.get(linked_id.encode())
+            identified = stored is not None and orjson.loads(unpack(stored)[0]).get("user_id") is not None
+            link = self.identities.claim(linked_id, fields["user_key"], fields["kind"], identified)
+            worker_metrics.IDENTITY_LINKS.labels("claimed" if link.status == MERGED else "refused").inc()
+            if link.status == MERGED:
+                claims[linked_id] = (index, link)
+            else:
+                log.info("link of %r to %r refused: %s", linked_id[:64], link.user_key[:64], link.reason)
+                refused.append(link)
+        return claims, refused
+
+    def _target(self, key: str, index: int, claims: dict, targets: dict) -> str | None:
+        """Where an event of ``key`` at ``index`` in the batch goes: its user's key when ``key`` was
+        joined to one (by this batch's link only for the events after it), else None (it stays)."""
+        claim = claims.get(key)
+        if claim is not None:
+            claimed_at, link = claim
+            return link.user_key if index >= claimed_at else None
+        if key not in targets:
+            targets[key] = self.identities.target(key)
+        return targets[key]
+
+    async def _merge(self, identity_records: list, rows: dict, links: list,
+                     passed_on: list) -> list[tuple[str, str]]:
+        """Fold each merge record's state into its user's, once; (from, into) of those folded. A merge
+        for a user who was joined to another since goes on to that one (``passed_on``), as events do."""
+        merges = []
+        for _index, kind, fields in identity_records:
+            if kind == IDENTITY_LINK:
+                continue
+            from_key, user_key = fields["from"], fields["into"]
+            target = self.identities.target(user_key)
+            if target is not None:
+                passed_on.append({**fields, "into": target})
+                continue
+            if self.identities.absorbed(user_key, from_key):
+                worker_metrics.IDENTITY_MERGES.labels("duplicate").inc()
+                continue
+            key = user_key.encode()
+            try:
+                value, profile = self._absorb(user_key, self.table.get(key), fields["state"])
+            except Exception as err:  # noqa: BLE001 - this record's failure is data
+                summary = {"identity_merge": {**fields, "state": f"<{len(fields['state'] or '')} characters>"}}
+                await self._reject(summary, "identity_merge.state", describe(err), PROCESSING_ERROR)
+                continue
+            if value is not None:
+                self.table[key] = value
+                rows[user_key] = profile.row()
+            self.identities.mark_merged(user_key, from_key, fields["ids"])
+            merges.append((from_key, user_key))
+            links.append(Link(user_key, from_key, fields["kind"], MERGED))
+            worker_metrics.IDENTITY_MERGES.labels("merged").inc()
+        return merges
+
+    def _absorb(self, user_key: str, stored: bytes | None, other_state: str | None) -> tuple[bytes | None, UserProfile | None]:
+        """The user's table value with another id's state folded in (identities.py, step 3)."""
+        if other_state is None and stored is None:
+            return None, None
+        profile_json, behaviour_json = unpack(stored) if stored else (None, None)
+        profile = UserProfile.decode(profile_json) if profile_json else UserProfile(user_key)
+        other_behaviour = None
+        if other_state is not None:
+            other_profile_json, other_behaviour = unpack(other_state.encode())
+            profile.absorb(UserProfile.decode(other_profile_json), self.dedupe_window)
+        if self.analytics:
+            value = self.analytics.absorb(user_key, profile.encode(), behaviour_json, other_behaviour)
+        else:
+            value = profile.encode()
+        if len(value) > self.max_state_bytes:
+            raise InvalidRecord("$", f"the merged state would grow to {len(value)} bytes, over "
+                                     f"{self.max_state_bytes} (SPOOR_WORKER_MAX_STATE_BYTES)", SIZE_VIOLATION)
+        return value, profile
+
+    async def _send_identity_records(self, links: list[Link], claims: dict, forwarded: list[Event],
+                                     passed_on: list[dict]) -> None:
+        """After the batch's write: link records to the ids' partitions, the claimed ids' states to
+        their users' (before the events forwarded there, so a user's partition reads a merge before
+        the events that follow it), then, acked, the claimed ids' states go."""
+        deliveries = []
+        for link in links:
+            if link.status == LINKED:
+                deliveries.append(await self.send_record(
+                    link.linked_id, identity_link_record(link.linked_id, link.user_key, link.kind)))
+        for linked_id, (_index, link) in claims.items():
+            state = self.table.get(linked_id.encode())
+            deliveries.append(await self.send_record(link.user_key, identity_merge_record(
+                linked_id, link.user_key, link.kind, state, self.identities.carried_ids(linked_id))))
+        for fields in passed_on:
+            state = None if fields["state"] is None else fields["state"].encode()
+            deliveries.append(await self.send_record(fields["into"], identity_merge_record(
+                fields["from"], fields["into"], fields["kind"], state, fields["ids"])))
+        by_user: dict[str, list[Event]] = {}
+        for event in forwarded:
+            by_user.setdefault(event.user_key, []).append(event)
+        for user_key, events in by_user.items():
+            deliveries.append(await self.send_record(user_key, encode_events(events)))
+        if deliveries:
+            await asyncio.gather(*deliveries)
+        dropped = False
+        for linked_id in claims:
+            if self.table.get(linked_id.encode()) is not None:
+                del self.table[linked_id.encode()]
+                dropped = True
+            if self.analytics:
+                self.analytics.forget(linked_id)
+        if dropped:
+            await self.table.changelog_durable()
 
     async def _fold_one_by_one(self, user_key: str, stored: bytes | None, events: list[Event],
                                failed: set) -> tuple[bytes | None, UserProfile | None, list]:
@@ -208,17 +358,25 @@ class ProfileTracker:
             await self._persist([], [], derived)
 
     async def _persist(self, rows: list[dict], events: list[Event], derived: AnalyticsOutput | None,
-                       erased: Sequence[str] = ()) -> None:
+                       erased: Sequence[str] = (), merges: Sequence[tuple[str, str]] = (),
+                       links: Sequence[Link] = ()) -> None:
         """Steps 1 and 2 of the module docstring, side by side: the changelog and trigger acks
         take as long as a PostgreSQL write, and neither needs the other's result."""
         async def changelog_then_triggers() -> None:
             await self.table.changelog_durable()
+            if self.identities:
+                await self.identities.table.changelog_durable()
             if derived:
                 await self.analytics.deliver(derived)
 
         async def write() -> None:
             started = time.perf_counter()
-            await run_blocking(self.writer.write_batch, rows, events, derived, erased)
+            if merges or links:  # the merged users' rows move in this transaction (storage/identities.py)
+                now = datetime.now(timezone.utc)
+                await run_blocking(partial(self.writer.write_batch, merges=list(merges),
+                                           links=[link.row(now) for link in links]), rows, events, derived, erased)
+            else:
+                await run_blocking(self.writer.write_batch, rows, events, derived, erased)
             worker_metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
 
         await asyncio.gather(changelog_then_triggers(), write())
@@ -226,10 +384,11 @@ class ProfileTracker:
         if derived:
             self.analytics.delivered_ok(derived)
 
-    async def _decode(self, records: Sequence[Record]) -> tuple[list[tuple[int, Event]], dict[str, int]]:
-        """(partition, event) of the batch's records, and where each erased user's last erasure record
-        came (its index in that list); an invalid record or event is dead-lettered, never dropped."""
-        events, erasures = [], {}
+    async def _decode(self, records: Sequence[Record]) -> tuple[list[tuple[int, Event]], dict[str, int], list]:
+        """(partition, event) of the batch's records; where each erased user's last erasure record
+        came (its index in that list); and the identity records, (index, kind, fields) in order. An
+        invalid record or event is dead-lettered, never dropped."""
+        events, erasures, identity_records = [], {}, []
         for record in records:
             partition, raw = record[0], record[1]
             try:
@@ -238,6 +397,14 @@ class ProfileTracker:
                 erased = erased_user(raw)
                 if erased is not None:
                     erasures[erased] = len(events)
+                    continue
+                try:
+                    identity = identity_record(raw)
+                except InvalidRecord as err:
+                    await self._reject(raw, err.field, err.reason, err.failure_type)
+                    continue
+                if identity is not None:
+                    identity_records.append((len(events), *identity))
                     continue
                 valid = await self._salvage(raw)
             except InvalidRecord as err:
@@ -258,7 +425,7 @@ class ProfileTracker:
                 valid = [event for event, field in impossible if field is None]
             events.extend((partition, event) for event in valid)
             await self.pause.after(len(valid))
-        return events, erasures
+        return events, erasures, identity_records
 
     def _impossible_time(self, event: Event, appended_at: float) -> str | None:
         """The first of the event's times that a record which reached Kafka at ``appended_at`` cannot
@@ -283,6 +450,8 @@ class ProfileTracker:
             del self.table[key]
         if self.analytics:
             self.analytics.forget(user_key)
+        if self.identities:
+            self.identities.forget(user_key)
         worker_metrics.ERASURES.inc()
 
     async def _salvage(self, raw: bytes) -> list[Event]:

@@ -4,8 +4,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("spoor_worker_events_total",
                  "Events read from the events topic, by outcome: applied, duplicate (same event id "
-                 "seen before for that user), invalid (dead-lettered) or erased (read in the same batch "
-                 "as, and before, the user's erasure record).", ["outcome"])
+                 "seen before for that user), invalid (dead-lettered), erased (read in the same batch "
+                 "as, and before, the user's erasure record) or forwarded (an id joined to a user: sent on "
+                 "to the user's partition, counted there).", ["outcome"])
 BATCH_EVENTS = Histogram("spoor_worker_batch_events", "Events per processed batch.",
                          buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 WRITE_SECONDS = Histogram("spoor_worker_write_seconds", "Time to write one batch to PostgreSQL.",
@@ -16,6 +17,13 @@ FRESHNESS_SECONDS = Histogram("spoor_worker_freshness_seconds",
                               buckets=(.05, .1, .25, .5, 1, 2, 5, 10, 30, 60, 300))
 DEAD_LETTERS = Counter("spoor_worker_dead_letters_total", "Bad rows stored in PostgreSQL.")
 ERASURES = Counter("spoor_worker_erasures_total", "Erasure records applied (a user's state and rows removed).")
+IDENTITY_LINKS = Counter("spoor_worker_identity_links_total",
+                         "Ids joined to a user (docs/identity.md), by outcome: linked (seen on the user's event), "
+                         "claimed (on the id's partition), refused (denylist, cap, claimed by another user).",
+                         ["outcome"])
+IDENTITY_MERGES = Counter("spoor_worker_identity_merges_total",
+                          "Merge records read: merged (an id's state folded into its user's) or duplicate.",
+                          ["outcome"])
 BAD_RECORDS = Counter("spoor_worker_bad_records_total",
                       "Records or events the worker dead-lettered instead of processing, by failure type: "
                       "schema_violation, size_violation, parse_error, processing_error (a step raised), "

@@ -8,6 +8,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from spoor.settings import environment
 from spoor.storage.write_keys import create_key
 from tests.support.local_stack import REPO, wait_until
 
@@ -40,7 +41,7 @@ def dead_letters(engine) -> list[dict]:
 
 
 def spoor(settings, *args: str, **overrides) -> subprocess.CompletedProcess:
-    env = {**os.environ, **{f"SPOOR_{k.upper()}": str(v) for k, v in settings.model_dump().items()},
+    env = {**os.environ, **environment(settings),
            **{f"SPOOR_{k.upper()}": str(v) for k, v in overrides.items()}}
     done = subprocess.run([sys.executable, "-m", "spoor.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120)

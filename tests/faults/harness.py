@@ -21,7 +21,7 @@ import httpx
 import orjson
 import pytest
 
-from spoor.settings import Settings
+from spoor.settings import Settings, environment
 from tests.support.local_stack import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,7 +127,7 @@ def wait_with_progress(done, progress, what: str, stall_s: float, limit_s: float
 
 def spoor_env(settings: Settings, extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOR_FAULT_")}
-    env.update({f"SPOOR_{name.upper()}": str(value) for name, value in settings.model_dump().items()})
+    env.update(environment(settings))
     env.update(extra or {})
     return env
 

@@ -7,6 +7,7 @@ import sys
 import httpx
 import pytest
 
+from spoor.settings import environment
 from spoor.storage.write_key_origins import set_origins
 from spoor.storage.write_keys import create_key
 from tests.support.local_stack import REPO, wait_until
@@ -103,7 +104,7 @@ def test_requests_without_an_origin_are_not_affected(url, keys):
 
 
 def spoor(settings, *args):
-    env = {f"SPOOR_{k.upper()}": str(v) for k, v in settings.model_dump().items()}
+    env = environment(settings)
     return subprocess.run([sys.executable, "-m", "spoor.cli", *args], cwd=REPO, env={**env, "PATH": ""},
                           capture_output=True, text=True, timeout=60)
 

@@ -17,8 +17,7 @@ from sqlalchemy import text
 
 from spoor.cli.admin_api import create_api, user_view
 from spoor.privacy.erasure import erase_user
-from spoor.storage.identities import (TABLES_WITH_USER_KEY, canonical_key, erasable_ids, ids_of, move_rows,
-                                      record_links)
+from spoor.storage.identities import TABLES_WITH_USER_KEY, canonical_key, erasable_ids, ids_of, move_rows, record_links
 from spoor.storage.writers import StreamWriter
 from spoor.topics import partition_for
 from tests.support.local_stack import REPO

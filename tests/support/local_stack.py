@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from spoor.settings import Settings
+from spoor.settings import Settings, environment
 from spoor.storage.migrate import upgrade
 from spoor.topics import create_topics
 from tests.support.scratch_db import ScratchDatabase
@@ -69,7 +69,7 @@ class SpoorProcess:
 
     def env(self) -> dict:
         env = dict(os.environ)
-        env.update({f"SPOOR_{name.upper()}": str(value) for name, value in self.settings.model_dump().items()})
+        env.update(environment(self.settings))
         return env
 
     def start(self, health_url: str, timeout: float = 90) -> "SpoorProcess":
