@@ -168,11 +168,14 @@ def identity_link_record(linked_id: str, user_key: str, kind: str) -> bytes:
     return orjson.dumps({IDENTITY_LINK: {"id": linked_id, "user_key": user_key, "kind": kind}})
 
 
-def identity_merge_record(from_key: str, into_key: str, kind: str, state: bytes | None, ids: dict[str, str]) -> bytes:
+def identity_merge_record(from_key: str, into_key: str, kind: str, state: bytes | None, ids: dict[str, str],
+                          refused: str | None = None) -> bytes:
     """``state``: the id's table value (None: it had none); ``ids``: the ids joined to it (id -> linked or
-    merged), which follow it: a merged one is in ``state`` already, a linked one's merge is on its way."""
-    return orjson.dumps({IDENTITY_MERGE: {"from": from_key, "into": into_key, "kind": kind,
-                                          "state": None if state is None else state.decode(), "ids": ids}})
+    merged), which follow it: a merged one is in ``state`` already, a linked one's merge is on its way.
+    ``refused``: the id's partition refused the link, and why (no state then)."""
+    fields = {"from": from_key, "into": into_key, "kind": kind, "state": None if state is None else state.decode(),
+              "ids": ids}
+    return orjson.dumps({IDENTITY_MERGE: fields if refused is None else {**fields, "refused": refused}})
 
 
 def identity_record(raw: bytes) -> tuple[str, dict] | None:
@@ -201,6 +204,9 @@ def identity_record(raw: bytes) -> tuple[str, dict] | None:
         ids = fields.get("ids")
         if not isinstance(ids, dict) or not all(0 < len(i) <= 256 and s in ("linked", "merged") for i, s in ids.items()):
             raise InvalidRecord(f"{kind}.ids", "must map ids to linked or merged")
+        refused = fields.get("refused")
+        if refused is not None and (not isinstance(refused, str) or len(refused) > 300):
+            raise InvalidRecord(f"{kind}.refused", "must be a reason of at most 300 characters")
     return kind, fields
 
 

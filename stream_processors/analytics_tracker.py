@@ -161,8 +161,11 @@ class AnalyticsTracker:
 
     def _collect(self, user_key: str, behaviour: UserBehaviour, rewrite_sessions: bool) -> None:
         out = self.output
+        # "after": how many session rows came before the retirement; a row collected earlier in the
+        # batch for a session retired since (a merge moved its start) is not written (take_output).
+        out.retired_sessions += [{"user_key": user_key, "session_id": sid, "after": len(out.sessions)}
+                                 for sid in behaviour.sessions.retired_ids]
         out.sessions += [session_row(user_key, s) for s in behaviour.sessions.to_write(rewrite_sessions)]
-        out.retired_sessions += [{"user_key": user_key, "session_id": sid} for sid in behaviour.sessions.retired_ids]
         if behaviour.activity.last_seen is not None:
             out.activity.append(behaviour.activity.row(user_key))
         out.triggers += behaviour.pending
@@ -251,8 +254,15 @@ class AnalyticsTracker:
 
     def take_output(self) -> AnalyticsOutput:
         out, self.output = self.output, AnalyticsOutput()
-        # A user touched twice in a batch (event, then a timer) appears twice: keep the last rows.
-        out.sessions = list({(r["user_key"], r["session_id"]): r for r in out.sessions}.values())
+        retired_at: dict[tuple, int] = {}
+        for r in out.retired_sessions:
+            key = (r.pop("user_key"), r.pop("session_id"))
+            retired_at[key] = max(retired_at.get(key, 0), r.pop("after", 0))
+        out.retired_sessions = [{"user_key": user, "session_id": sid} for user, sid in retired_at]
+        # A user touched twice in a batch (event, then a timer, or a merge) appears twice: keep the last
+        # rows, and none of a session retired after its row was collected.
+        out.sessions = list({(r["user_key"], r["session_id"]): r for i, r in enumerate(out.sessions)
+                             if i >= retired_at.get((r["user_key"], r["session_id"]), 0)}.values())
         out.activity = list({r["user_key"]: r for r in out.activity}.values())
         out.triggers = list({t["trigger_id"]: t for t in out.triggers}.values())
         live = {(r["user_key"], r["session_id"]) for r in out.sessions}

@@ -82,15 +82,22 @@ class IdentityGraph:
         return linked_id.strip().lower() in self.denylist
 
     def discover(self, user_key: str, events: list[Event]) -> list[Link]:
-        """New ids on ``user_key``'s events: joined as "linked" (a link record is owed for each), or
-        refused. An id seen before, joined or refused, gives nothing."""
+        """Ids on ``user_key``'s events: new ones joined as "linked" or refused; a link record is owed
+        for each linked one, and again for one still "linked" (its merge has not come back: the record
+        may have been lost with a crash, its state with the local store kept). A merged or refused id
+        gives nothing."""
         entry = self._entry(user_key)
         ids = entry.setdefault("ids", {})
         refused = entry.setdefault("refused", [])
-        found = []
+        found, seen = [], set()
         for event in events:
             for linked_id, kind in candidate_ids(event):
-                if linked_id in ids or linked_id in refused:
+                if linked_id in seen or linked_id in refused:
+                    continue
+                seen.add(linked_id)
+                if linked_id in ids:
+                    if ids[linked_id] == LINKED:
+                        found.append(Link(user_key, linked_id, kind, LINKED))
                     continue
                 if self.denied(linked_id):
                     reason = "denylisted id (SPOOR_IDENTITY_DENYLIST)"
@@ -124,6 +131,15 @@ class IdentityGraph:
                         "the id is a known user of its own: merging two users takes an alias")
         self._store(linked_id, {"into": user_key, "ids": entry.get("ids", {})})
         return Link(user_key, linked_id, kind, MERGED)
+
+    def refused_by_id(self, user_key: str, linked_id: str) -> None:
+        """The id's partition refused the link: the id leaves the user's ids (no more link records)."""
+        entry = self._entry(user_key)
+        if entry.get("ids", {}).pop(linked_id, None) is not None:
+            refused = entry.setdefault("refused", [])
+            if linked_id not in refused and len(refused) < self.max_ids:
+                refused.append(linked_id)
+            self._store(user_key, entry)
 
     def absorbed(self, user_key: str, from_key: str) -> bool:
         return self.joined(user_key).get(from_key) == MERGED

@@ -169,9 +169,11 @@ class ProfileTracker:
             derived = self.analytics.take_output()
 
         await self._bad_rows_acknowledged()
+        if self.identities:  # before the write that makes the new links durable: see _send_links
+            await self._send_links(links)
         await self._persist(list(rows.values()), events, derived, sorted(erasures), merges, links)
         if self.identities:
-            await self._send_identity_records(links, claims, forwarded, passed_on)
+            await self._send_identity_records(claims, forwarded, passed_on, refusals)
         worker_metrics.BATCH_EVENTS.observe(len(events))
         worker_metrics.EVENTS.labels("applied").inc(len(first_seen))
         worker_metrics.EVENTS.labels("duplicate").inc(len(events) - len(first_seen))
@@ -204,7 +206,8 @@ class ProfileTracker:
 
     def _claim(self, identity_records: list) -> tuple[dict[str, tuple[int, Link]], list[Link]]:
         """The links of the batch, read on the linked id's partition: (where each id was claimed, its
-        link) and the refused links. An id's first link in the batch is the one that counts."""
+        link) and the refused links (each user is told, after the write). An id's first link in the
+        batch is the one that counts."""
         claims, refused = {}, []
         for index, kind, fields in identity_records:
             if kind != IDENTITY_LINK or fields["id"] in claims:
@@ -212,10 +215,12 @@ class ProfileTracker:
             linked_id = fields["id"]
             stored = self.table.get(linked_id.encode())
             identified = stored is not None and orjson.loads(unpack(stored)[0]).get("user_id") is not None
+            claimed_before = self.identities.target(linked_id) == fields["user_key"]
             link = self.identities.claim(linked_id, fields["user_key"], fields["kind"], identified)
             worker_metrics.IDENTITY_LINKS.labels("claimed" if link.status == MERGED else "refused").inc()
             if link.status == MERGED:
-                claims[linked_id] = (index, link)
+                # A link sent again for an id claimed before: every event of the id in the batch goes on.
+                claims[linked_id] = (0 if claimed_before else index, link)
             else:
                 log.info("link of %r to %r refused: %s", linked_id[:64], link.user_key[:64], link.reason)
                 refused.append(link)
@@ -241,6 +246,9 @@ class ProfileTracker:
             if kind == IDENTITY_LINK:
                 continue
             from_key, user_key = fields["from"], fields["into"]
+            if fields.get("refused") is not None:  # the id's partition said no: stop asking it
+                self.identities.refused_by_id(user_key, from_key)
+                continue
             target = self.identities.target(user_key)
             if target is not None:
                 passed_on.append({**fields, "into": target})
@@ -283,16 +291,24 @@ class ProfileTracker:
                                      f"{self.max_state_bytes} (SPOOR_WORKER_MAX_STATE_BYTES)", SIZE_VIOLATION)
         return value, profile
 
-    async def _send_identity_records(self, links: list[Link], claims: dict, forwarded: list[Event],
-                                     passed_on: list[dict]) -> None:
-        """After the batch's write: link records to the ids' partitions, the claimed ids' states to
-        their users' (before the events forwarded there, so a user's partition reads a merge before
-        the events that follow it), then, acked, the claimed ids' states go."""
-        deliveries = []
-        for link in links:
-            if link.status == LINKED:
-                deliveries.append(await self.send_record(
-                    link.linked_id, identity_link_record(link.linked_id, link.user_key, link.kind)))
+    async def _send_links(self, links: list[Link]) -> None:
+        """Link records for the ids this batch joined, acked before the batch is written: once the user's
+        entry says "linked" durably, a redelivered batch finds nothing new to send (a crash between the
+        write and a send after it lost the link). A link sent twice is claimed once."""
+        deliveries = [await self.send_record(link.linked_id, identity_link_record(link.linked_id, link.user_key,
+                                                                                  link.kind))
+                      for link in links if link.status == LINKED]
+        if deliveries:
+            await asyncio.gather(*deliveries)
+
+    async def _send_identity_records(self, claims: dict, forwarded: list[Event], passed_on: list[dict],
+                                     refusals: list[Link]) -> None:
+        """After the batch's write (so the claims they carry out are durable, and a redelivered batch
+        sends them again): the claimed ids' states to their users' partitions, merges passed on, then
+        the events forwarded there (so a user's partition reads a merge before the events that follow
+        it); then, acked, the claimed ids' states go."""
+        deliveries = [await self.send_record(link.user_key, identity_merge_record(
+            link.linked_id, link.user_key, link.kind, None, {}, refused=link.reason)) for link in refusals]
         for linked_id, (_index, link) in claims.items():
             state = self.table.get(linked_id.encode())
             deliveries.append(await self.send_record(link.user_key, identity_merge_record(

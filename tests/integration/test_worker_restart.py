@@ -35,7 +35,8 @@ def diagnose(settings, engine) -> str:
                            auto_offset_reset="earliest", consumer_timeout_ms=3000, group_id=None)
     location = {}
     for record in reader:
-        for e in orjson.loads(record.value):
+        value = orjson.loads(record.value)
+        for e in value if isinstance(value, list) else []:  # identity and erasure records are objects
             location[e["event_id"]] = (record.partition, record.offset)
     reader.close()
     with engine.connect() as conn:

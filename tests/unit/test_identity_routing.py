@@ -42,10 +42,16 @@ class Database:
             self.profiles[row["user_key"]] = row
 
 
+class Crash(Exception):
+    pass
+
+
 class Worker:
     """One tracker owning every partition; what it sends is read back in the next batches."""
 
-    def __init__(self, max_ids: int = 25, denylist=("null", "undefined")):
+    def __init__(self, max_ids: int = 25, denylist=("null", "undefined"), crash_at_send: int | None = None):
+        self.crash_at_send = crash_at_send  # the n-th send fails, as if the process died there
+        self.sends = 0
         self.db = Database()
         self.sent: list[tuple[int, bytes]] = []
         self.graph = IdentityGraph(DictTable(), max_ids, denylist)
@@ -55,6 +61,9 @@ class Worker:
         self.batches: list[list] = []
 
     async def _send(self, key: str, value: bytes):
+        self.sends += 1
+        if self.sends == self.crash_at_send:
+            raise Crash(f"send {self.sends}")
         self.sent.append((partition_for(key, PARTITIONS), value))
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
@@ -64,11 +73,15 @@ class Worker:
         self.bad_rows.append((field, reason))
 
     def run(self, records: list[tuple[int, bytes]]) -> None:
-        """Process ``records`` as one batch, then what the worker sent, until nothing is left."""
+        """Process ``records`` as one batch, then what the worker sent, until nothing is left. A batch
+        that crashed is processed again (its offsets were not committed); what it sent stays sent."""
         batch = records
         while batch:
             self.batches.append(batch)
-            asyncio.run(self.tracker.process(batch))
+            try:
+                asyncio.run(self.tracker.process(batch))
+            except Crash:
+                self.sent = [*batch, *self.sent]  # read again from the last commit, then what was sent
             batch, self.sent = self.sent, []
 
     def profile(self, user_key: str) -> dict | None:
@@ -202,6 +215,71 @@ def test_a_link_in_flight_when_its_user_is_merged_into_another_is_merged_there_t
     assert worker.db.profiles == {"cy": joined_profile("cy", [device, login, alias])}
 
 
+@pytest.mark.parametrize("crash_at_send", range(1, 6))
+def test_a_crash_at_any_send_loses_and_doubles_nothing(crash_at_send):
+    """The worker dies at one send (a link, a merge, a forwarded record): the batch comes again."""
+    worker = Worker(crash_at_send=crash_at_send)
+    events = browse_then_buy("anon-1", "user-1") + [
+        event(10, EventKind.PAGE_VIEW, anonymous_id="phone-1", minutes=20),
+        event(11, EventKind.IDENTIFY, user_id="user-1", anonymous_id="phone-1", minutes=21)]
+    late = event(12, EventKind.PAGE_VIEW, anonymous_id="anon-1", minutes=3.5)
+    worker.run([record(e) for e in events])
+    worker.run([record(late)])
+
+    assert worker.sends >= crash_at_send, "the journey sends fewer records than the crash point"
+    assert worker.profile("user-1") == joined_profile("user-1", events + [late])
+    assert worker.db.profiles == {"user-1": joined_profile("user-1", events + [late])}
+
+
+def test_a_crash_at_any_send_of_an_alias_chain_loses_and_doubles_nothing():
+    phone = browse_then_buy("phone", "user-1")
+    later = [event(20, EventKind.PAGE_VIEW, anonymous_id="laptop", minutes=10),
+             event(21, EventKind.IDENTIFY, user_id="user-1", anonymous_id="laptop", minutes=11),
+             event(30, EventKind.CUSTOM, user_id="user-1b", previous_id="user-1", minutes=20),
+             event(31, EventKind.PAGE_VIEW, anonymous_id="phone", minutes=21)]
+
+    def journey(worker: Worker) -> None:
+        worker.run([record(e) for e in phone])
+        for e in later:
+            worker.run([record(e)])
+
+    clean = Worker()
+    journey(clean)
+    want = joined_profile("user-1b", phone + later)
+    assert clean.profile("user-1b") == want and clean.sends > 5
+    for crash_at_send in range(1, clean.sends + 1):
+        worker = Worker(crash_at_send=crash_at_send)
+        journey(worker)
+        assert (crash_at_send, worker.profile("user-1b")) == (crash_at_send, want)
+        assert (crash_at_send, worker.db.profiles) == (crash_at_send, {"user-1b": want})
+
+
+def test_a_link_sent_again_does_not_hold_back_events_of_an_id_claimed_before():
+    """Links go out again while a merge is on its way; a late event of the id read before such a link
+    in one batch is still forwarded, not folded into a fresh state of the id."""
+    worker = Worker()
+
+    def step(records: list) -> list:
+        asyncio.run(worker.tracker.process(records))
+        sent, worker.sent = worker.sent, []
+        return sent
+
+    browse = event(1, EventKind.PAGE_VIEW, anonymous_id="a1")
+    login = event(2, EventKind.IDENTIFY, user_id="u1", anonymous_id="a1", minutes=1)
+    again = event(3, EventKind.CHECKOUT, user_id="u1", anonymous_id="a1", minutes=2)
+    late = event(4, EventKind.PAGE_VIEW, anonymous_id="a1", minutes=0.5)
+    step([record(browse)])
+    first_link = step([record(login)])
+    merge = step(first_link)  # a1 is claimed; its merge is not read yet
+    second_link = step([record(again)])  # u1 still sees a1 as linked: the link goes again
+    assert second_link
+    then = step([record(late), *second_link])  # the late event comes before that link
+    worker.run(merge + then)
+
+    assert worker.profile("u1") == joined_profile("u1", [browse, login, again, late])
+    assert worker.profile("a1") is None and "a1" not in worker.db.profiles
+
+
 def test_redelivered_batches_change_nothing():
     worker = Worker()
     events = browse_then_buy("anon-1", "user-1")
@@ -235,6 +313,9 @@ def test_an_id_claimed_by_one_user_is_refused_to_another():
 
     assert worker.graph.target("kiosk") == "user-1"
     assert worker.profile("user-2")["events"] == 1
+    sends = worker.sends  # the kiosk's partition told user-2's: no link is sent for it again
+    worker.run([record(event(51, EventKind.PAGE_VIEW, user_id="user-2", anonymous_id="kiosk", minutes=31))])
+    assert worker.sends == sends and worker.profile("user-2")["events"] == 2
     assert ("user-2", "kiosk", "refused") in [(r["user_key"], r["id"], r["status"]) for r in worker.db.links]
 
 
