@@ -84,6 +84,12 @@ class Worker:
                 self.sent = [*batch, *self.sent]  # read again from the last commit, then what was sent
             batch, self.sent = self.sent, []
 
+    def step(self, records: list) -> list:
+        """One batch alone; returns what it sent instead of reading it back (to replay other orders)."""
+        asyncio.run(self.tracker.process(records))
+        sent, self.sent = self.sent, []
+        return sent
+
     def profile(self, user_key: str) -> dict | None:
         raw = self.tracker.table.get(user_key.encode())
         return UserProfile.decode(raw).row() if raw else None
@@ -193,22 +199,17 @@ def test_a_link_in_flight_when_its_user_is_merged_into_another_is_merged_there_t
     cy-old itself is merged into cy; a-cy's state must still reach cy, once."""
     worker = Worker()
 
-    def step(records: list) -> list:
-        asyncio.run(worker.tracker.process(records))
-        sent, worker.sent = worker.sent, []
-        return sent
-
     device = event(1, EventKind.PAGE_VIEW, anonymous_id="a-cy")
     login = event(2, EventKind.IDENTIFY, user_id="cy-old", anonymous_id="a-cy", minutes=1)
     alias = event(3, EventKind.CUSTOM, user_id="cy", previous_id="cy-old", minutes=2)
-    step([record(device)])
-    link_a_cy = step([record(login)])  # the link a-cy -> cy-old, held back
-    link_cy_old = step([record(alias)])
-    merge_cy_old = step(link_cy_old)
-    assert step(merge_cy_old) == []  # cy-old is cy's now
-    merge_a_cy = step(link_a_cy)  # a-cy is claimed for cy-old ...
-    passed_on = step(merge_a_cy)  # ... whose partition passes the merge on to cy
-    assert step(passed_on) == []
+    worker.step([record(device)])
+    link_a_cy = worker.step([record(login)])  # the link a-cy -> cy-old, held back
+    link_cy_old = worker.step([record(alias)])
+    merge_cy_old = worker.step(link_cy_old)
+    assert worker.step(merge_cy_old) == []  # cy-old is cy's now
+    merge_a_cy = worker.step(link_a_cy)  # a-cy is claimed for cy-old ...
+    passed_on = worker.step(merge_a_cy)  # ... whose partition passes the merge on to cy
+    assert worker.step(passed_on) == []
 
     assert worker.profile("cy") == joined_profile("cy", [device, login, alias])
     assert [key for key in ("a-cy", "cy-old") if worker.profile(key)] == []
@@ -259,21 +260,16 @@ def test_a_link_sent_again_does_not_hold_back_events_of_an_id_claimed_before():
     in one batch is still forwarded, not folded into a fresh state of the id."""
     worker = Worker()
 
-    def step(records: list) -> list:
-        asyncio.run(worker.tracker.process(records))
-        sent, worker.sent = worker.sent, []
-        return sent
-
     browse = event(1, EventKind.PAGE_VIEW, anonymous_id="a1")
     login = event(2, EventKind.IDENTIFY, user_id="u1", anonymous_id="a1", minutes=1)
     again = event(3, EventKind.CHECKOUT, user_id="u1", anonymous_id="a1", minutes=2)
     late = event(4, EventKind.PAGE_VIEW, anonymous_id="a1", minutes=0.5)
-    step([record(browse)])
-    first_link = step([record(login)])
-    merge = step(first_link)  # a1 is claimed; its merge is not read yet
-    second_link = step([record(again)])  # u1 still sees a1 as linked: the link goes again
+    worker.step([record(browse)])
+    first_link = worker.step([record(login)])
+    merge = worker.step(first_link)  # a1 is claimed; its merge is not read yet
+    second_link = worker.step([record(again)])  # u1 still sees a1 as linked: the link goes again
     assert second_link
-    then = step([record(late), *second_link])  # the late event comes before that link
+    then = worker.step([record(late), *second_link])  # the late event comes before that link
     worker.run(merge + then)
 
     assert worker.profile("u1") == joined_profile("u1", [browse, login, again, late])
