@@ -15,7 +15,8 @@ from spoor_sdk.errors import RetryableError
 from spoor_sdk.http import Delivery
 from spoor_sdk.messages import _json_default
 
-# Segment E-commerce spec v2 names -> canonical kinds (the collector's table, ingest/normalize.py).
+# Segment E-commerce spec v2 names -> canonical kinds: a copy of spoor/events.py's TRACK_KINDS (this
+# package installs without Spoor's); tests/unit/test_sdk_track_kinds.py holds the two together.
 TRACK_KINDS = {
     "product viewed": "product_view",
     "product clicked": "click",
@@ -24,6 +25,7 @@ TRACK_KINDS = {
     "product removed": "cart_remove",
     "checkout started": "checkout",
     "order completed": "purchase",
+    "order refunded": "refund",
 }
 
 
