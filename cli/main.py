@@ -159,11 +159,6 @@ def _add_config_parser(commands) -> None:
     get.add_argument("names", nargs="+", metavar="NAME", help="a setting, e.g. collector_port or SPOOR_COLLECTOR_PORT")
 
 
-def config_value(value) -> str:
-    """A setting's value as its environment variable would spell it (read back to the same value)."""
-    return env_value(value)
-
-
 def _config(settings: Settings, args) -> None:
     import shlex
 
@@ -172,7 +167,7 @@ def _config(settings: Settings, args) -> None:
     if args.action != "get":
         # Secrets (admin_token, the webhook secrets) too: the local stack needs them, and an unset one is ''.
         for name, value in values.items():
-            print(f"{env_name(name)}={shlex.quote(config_value(value))}")
+            print(f"{env_name(name)}={shlex.quote(env_value(value))}")
         return
     prefix = env_name("").lower()
     fields = [name.lower().removeprefix(prefix) for name in args.names]
@@ -181,7 +176,7 @@ def _config(settings: Settings, args) -> None:
         print(f"spoor config get: unknown setting {', '.join(map(repr, unknown))} "
               "(`spoor config` lists every setting)", file=sys.stderr)
         sys.exit(2)
-    lines = [config_value(values[field]) for field in fields]
+    lines = [env_value(values[field]) for field in fields]
     multiline = [name for name, line in zip(args.names, lines) if "\n" in line or "\r" in line]
     if multiline:  # one value per line is the contract the shell scripts read by
         sys.exit(f"spoor config get: {', '.join(multiline)} spans lines; read it from `spoor config` instead")

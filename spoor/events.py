@@ -162,6 +162,7 @@ def erasure_record(user_key: str) -> bytes:
 IDENTITY_LINK = "identity_link"
 IDENTITY_MERGE = "identity_merge"
 IDENTITY_KINDS = ("anonymous", "alias", "user")
+MAX_CARRIED_IDS = 1000  # the most a user can hold (SPOOR_IDENTITY_MAX_IDS_PER_USER is at most 1000)
 
 
 def identity_link_record(linked_id: str, user_key: str, kind: str) -> bytes:
@@ -202,8 +203,9 @@ def identity_record(raw: bytes) -> tuple[str, dict] | None:
         if fields.get("state") is not None and not isinstance(fields["state"], str):
             raise InvalidRecord(f"{kind}.state", "must be a text or null")
         ids = fields.get("ids")
-        if not isinstance(ids, dict) or not all(0 < len(i) <= 256 and s in ("linked", "merged") for i, s in ids.items()):
-            raise InvalidRecord(f"{kind}.ids", "must map ids to linked or merged")
+        if not isinstance(ids, dict) or len(ids) > MAX_CARRIED_IDS or not all(
+                0 < len(i) <= 256 and s in ("linked", "merged") for i, s in ids.items()):
+            raise InvalidRecord(f"{kind}.ids", f"must map at most {MAX_CARRIED_IDS} ids to linked or merged")
         refused = fields.get("refused")
         if refused is not None and (not isinstance(refused, str) or len(refused) > 300):
             raise InvalidRecord(f"{kind}.refused", "must be a reason of at most 300 characters")

@@ -342,6 +342,8 @@ def test_erasing_a_user_forgets_its_identities():
     b'{"identity_merge": {"from": "a", "into": "u", "kind": "anonymous", "state": 3, "ids": {}}}',
     b'{"identity_merge": {"from": "a", "into": "u", "kind": "anonymous", "state": "not a state", "ids": {}}}',
     b'{"identity_merge": {"from": "a", "into": "u", "kind": "anonymous", "state": null, "ids": ["b"]}}',
+    b'{"identity_merge": {"from": "a", "into": "u", "kind": "anonymous", "state": null, "ids": {'
+    + b",".join(b'"i%d": "merged"' % n for n in range(1001)) + b'}}}',
 ])
 def test_a_malformed_identity_record_is_a_bad_row_and_the_batch_goes_on(bad):
     worker = Worker()
