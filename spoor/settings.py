@@ -166,6 +166,15 @@ class Settings(BaseSettings):
         description="Ids never joined to a user, compared case-insensitively: placeholders a broken client "
                     "sends for everyone. Events keyed by them still count, on a profile of their own.")
 
+    # Interests and recommendations (issue 22, docs/recommendations.md).
+    interest_half_life_days: float = Field(
+        30.0, ge=1, le=3650,
+        description="Half-life of interests and product affinities: an event this many days old weighs half "
+                    "as much as one now. Changing it applies to events from then on.")
+    trending_half_life_days: float = Field(
+        3.0, ge=0.05, le=365,
+        description="Half-life of trending products (the fallback list of a category and of new users).")
+
     # The local demo (deploy/stack.sh reads it with `spoor config get`).
     demo_write_key: str = Field(
         "spoor-demo-write-key",

@@ -215,6 +215,21 @@ def _user_identities(conn: Connection, table: str, from_key: str, into_key: str,
     return before
 
 
+MOVE_INTERESTS = text("""
+    WITH moved AS (DELETE FROM user_interests WHERE user_key = :from_key RETURNING *)
+    INSERT INTO user_interests AS i (user_key, facet, value, weight, price)
+    SELECT :into_key, facet, value, weight, price FROM moved ORDER BY facet, value
+    ON CONFLICT (user_key, facet, value) DO UPDATE
+       SET weight = spoor_log2_add(i.weight, excluded.weight), price = coalesce(i.price, excluded.price),
+           updated_at = now()
+""")
+
+
+def _user_interests(conn: Connection, table: str, from_key: str, into_key: str, unique: list[list[str]]) -> int:
+    """Interests add up: a facet value both had weighs the sum of both (migration 0016)."""
+    return conn.execute(MOVE_INTERESTS, {"from_key": from_key, "into_key": into_key}).rowcount
+
+
 Rule = Callable[[Connection, str, str, str, list[list[str]]], int]
 # How each table's rows of the merged id move; a table that is not here is re-pointed (``_repoint``).
 RULES: dict[str, Rule] = {
@@ -228,6 +243,7 @@ RULES: dict[str, Rule] = {
     "campaign_deliveries": _repoint,  # (campaign, user_key, episode): the user's own delivery stays
     "user_consent": _user_consent,
     "user_identities": _user_identities,
+    "user_interests": _user_interests,
 }
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from spoor.events import Event, encode_events
 from spoor.storage.analytics_writer import write_analytics
+from spoor.storage.interests import write_interests
 from spoor.storage.identities import move_rows, record_links, user_key_tables
 from spoor.storage.tables import DeadLetter, UserProfile
 from spoor.storage.tables import Event as EventRow
@@ -33,7 +34,7 @@ EVENT_COLUMNS = [c.name for c in EventRow.__table__.columns if c.name != "persis
 MERGE_EVENTS = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
     f"SELECT {', '.join(EVENT_COLUMNS)} FROM json_populate_recordset(NULL::events, %s::json) "
-    "ON CONFLICT (event_id) DO NOTHING"
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 )
 _profile_updates = ", ".join(f"{c} = excluded.{c}" for c in PROFILE_COLUMNS if c != "user_key")
 MERGE_PROFILES = (
@@ -45,7 +46,7 @@ MERGE_PROFILES = (
 )
 INSERT_DEAD_LETTERS = insert(DeadLetter.__table__).on_conflict_do_nothing(index_elements=["id"])
 # What the worker writes about a user; an erased user's rows go before the batch's rows are merged.
-WORKER_TABLES = ("events", "user_profiles", "sessions", "user_activity", "behaviour_triggers")
+WORKER_TABLES = ("events", "user_profiles", "sessions", "user_activity", "behaviour_triggers", "user_interests")
 ERASE_USERS = [f"DELETE FROM {table} WHERE user_key = ANY(%s)" for table in WORKER_TABLES]
 
 
@@ -63,12 +64,14 @@ class StreamWriter:
 
     def write_batch(self, profiles: Sequence[dict], events: list[Event], analytics=None,
                     erased_users: Sequence[str] = (), *, merges: Sequence[tuple[str, str]] = (),
-                    links: Sequence[dict] = ()) -> None:
+                    links: Sequence[dict] = (), interests: dict | None = None) -> None:
         """``analytics``: a batch's sessions, activity rows and triggers (storage/analytics_writer.py).
         ``erased_users``: users whose erasure record the batch held; their earlier rows are deleted.
         ``links``: rows of ``user_identities`` to upsert (``identities.record_links``); ``merges``:
         (from_key, into_key) whose rows move to ``into_key`` (``identities.move_rows``), after the
-        batch's events and before the profiles and analytics, which hold ``into_key``'s merged rows."""
+        batch's events and before the profiles and analytics, which hold ``into_key``'s merged rows.
+        ``interests``: ``stream_processors.interests.interest_batch`` of ``events``; only the events new to
+        the ``events`` table add to interests and affinities (storage/interests.py)."""
         events_json = encode_events(events).decode()
         profiles_json = orjson.dumps(profiles, default=_decimal_as_text).decode()
         with self.engine.begin() as conn:
@@ -78,6 +81,9 @@ class StreamWriter:
             if links:
                 record_links(conn, links)
             cursor.execute(MERGE_EVENTS, (events_json,))
+            new_event_ids = {row[0] for row in cursor.fetchall()}
+            if interests is not None and new_event_ids:
+                write_interests(cursor, interests, events, new_event_ids)
             if merges:
                 tables = user_key_tables(conn)
                 for from_key, into_key in dict.fromkeys(merges):  # in order: a -> b then b -> c ends in c

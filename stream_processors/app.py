@@ -7,6 +7,7 @@ dead-letter agent copies bad rows into PostgreSQL so people can query them.
 import asyncio
 import logging
 import time
+from functools import partial
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,6 +26,7 @@ from spoor.stream_processors.durable_table import DurableTable
 from spoor.stream_processors.faust_internals import committed_offset
 from spoor.stream_processors.gc_control import collection_deferred
 from spoor.stream_processors.identities import IdentityGraph
+from spoor.stream_processors.interests import DAY_S, interest_batch
 from spoor.stream_processors.kafka_transport import FetchWaitApp
 from spoor.stream_processors.metric_agent import register_metric_windows
 from spoor.stream_processors.profile_tracker import ProfileTracker
@@ -119,7 +121,9 @@ def create_app(settings: Settings) -> faust.App:
     tracker = ProfileTracker(profiles, writer, settings.dedupe_window, send_bad_row, analytics,
                              max_future_s=settings.max_future_event_s, max_state_bytes=settings.worker_max_state_bytes,
                              max_processing_errors_in_a_row=settings.worker_max_consecutive_processing_errors,
-                             identities=identities, send_record=send_record)
+                             identities=identities, send_record=send_record,
+                             interests=partial(interest_batch, half_life_s=settings.interest_half_life_days * DAY_S,
+                                               trend_half_life_s=settings.trending_half_life_days * DAY_S))
 
     # Faust acks a take() batch even when the agent body raises, and acked offsets
     # get committed. So a batch that cannot be persisted must stop the process

@@ -97,7 +97,8 @@ class ProfileTracker:
                  send_bad_row: Callable[..., Awaitable], analytics: AnalyticsTracker | None = None, *,
                  max_future_s: float = 300.0, max_state_bytes: int = 900_000,
                  max_processing_errors_in_a_row: int = 200, identities: IdentityGraph | None = None,
-                 send_record: Callable[[str, bytes], Awaitable] | None = None):
+                 send_record: Callable[[str, bytes], Awaitable] | None = None,
+                 interests: Callable[[list[Event]], dict] | None = None):
         self.table = table  # Faust table: user key (bytes) -> encoded UserProfile (+ behaviour)
         self.writer = writer
         self.dedupe_window = dedupe_window
@@ -110,6 +111,7 @@ class ProfileTracker:
         self.pause = YieldEvery(YIELD_EVERY_EVENTS)
         self.identities = identities  # None: every key is a profile of its own
         self.send_record = send_record  # (key, value) -> the delivery of a record on the events topic
+        self.interests = interests  # events -> their interest rows (stream_processors/interests.py)
 
     async def process(self, records: Sequence[Record]) -> list[tuple[int, Event]]:
         """Fold (partition, record value[, record timestamp]) tuples; returns the events seen for the
@@ -387,12 +389,11 @@ class ProfileTracker:
 
         async def write() -> None:
             started = time.perf_counter()
+            options = {"interests": self.interests(events)} if self.interests and events else {}
             if merges or links:  # the merged users' rows move in this transaction (storage/identities.py)
                 now = datetime.now(timezone.utc)
-                await run_blocking(partial(self.writer.write_batch, merges=list(merges),
-                                           links=[link.row(now) for link in links]), rows, events, derived, erased)
-            else:
-                await run_blocking(self.writer.write_batch, rows, events, derived, erased)
+                options.update(merges=list(merges), links=[link.row(now) for link in links])
+            await run_blocking(partial(self.writer.write_batch, **options), rows, events, derived, erased)
             worker_metrics.WRITE_SECONDS.observe(time.perf_counter() - started)
 
         await asyncio.gather(changelog_then_triggers(), write())

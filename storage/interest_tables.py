@@ -1,0 +1,50 @@
+"""Interests and product affinity (migration 0016, storage/interests.py). Weights are forward-decayed
+logarithms, ``log2(w) + t / H``: see stream_processors/interests.py. Change them only with a migration."""
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import DateTime, Float, String, Text, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from spoor.storage.tables import MONEY, Base
+
+WEIGHT = Float(53)
+
+
+class UserInterest(Base):
+    """A user's decayed interest in one value of a facet: product, bought, category, device, hour."""
+
+    __tablename__ = "user_interests"
+
+    user_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    facet: Mapped[str] = mapped_column(String(16), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256), primary_key=True)
+    weight: Mapped[float] = mapped_column(WEIGHT)
+    price: Mapped[Decimal | None] = mapped_column(MONEY)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ProductPopularity(Base):
+    """A product's decayed popularity (``weight``), trend (a short half-life) and purchases."""
+
+    __tablename__ = "product_popularity"
+
+    product_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    category: Mapped[str | None] = mapped_column(Text)
+    price: Mapped[Decimal | None] = mapped_column(MONEY)
+    weight: Mapped[float] = mapped_column(WEIGHT)
+    trend: Mapped[float] = mapped_column(WEIGHT)
+    bought: Mapped[float | None] = mapped_column(WEIGHT)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ProductAffinity(Base):
+    """Two products seen together (same session) or bought together (``bought``), decayed."""
+
+    __tablename__ = "product_affinity"
+
+    product_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    neighbour_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    weight: Mapped[float] = mapped_column(WEIGHT)
+    bought: Mapped[float | None] = mapped_column(WEIGHT)
