@@ -9,6 +9,9 @@ Exactly once per (campaign, user, episode) from the user's point of view:
   before the commit, the retry carries the same key and the receiver drops it.
 Failures are retried with exponential backoff; after ``max_attempts`` (or a permanent 4xx) the row is
 ``dead_letter`` and a bad row goes to the campaigns dead-letter topic.
+
+A campaign with recommendations also records, for its holdout episodes, the list each would have been
+sent (``record_counterfactuals``; campaign_recommendations.py).
 """
 
 from datetime import datetime, timedelta
@@ -18,7 +21,8 @@ from sqlalchemy import Engine, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from spoor.bad_rows import bad_row
-from spoor.campaigns.campaign_rules import decide, idempotency_key, in_holdout, retry_at, zone
+from spoor.campaigns.campaign_recommendations import bought_recommended, recommend
+from spoor.campaigns.campaign_rules import Decision, decide, idempotency_key, in_holdout, retry_at, zone
 from spoor.campaigns.campaign_spec import CampaignDefinitionError, CampaignSpec, parse_campaign
 from spoor.campaigns.lift import lift
 from spoor.campaigns.webhook_delivery import Sender
@@ -133,17 +137,23 @@ def enqueue(engine: Engine, now: datetime) -> int:
                 rows.append({"campaign": spec.name, "user_key": user_key, "episode": episode,
                              "idempotency_key": idempotency_key(spec.name, user_key, episode), "triggered_at": at,
                              "due_at": due, "next_attempt_at": due, "status": status,
-                             "expires_at": at + timedelta(seconds=spec.expires_after) if spec.expires_after else None})
+                             "expires_at": at + timedelta(seconds=spec.expires_after) if spec.expires_after else None,
+                             "recommendations_k": spec.recommendations.k
+                             if spec.recommendations and status != "opted_out" else None})
             created += len(conn.execute(insert(DELIVERIES).values(rows).on_conflict_do_nothing()
                                         .returning(DELIVERIES.c.id)).all())
     return created
 
 
-def _payload(spec: CampaignSpec, delivery, details: dict) -> bytes:
-    return orjson.dumps({"campaign": spec.name, "user_key": delivery.user_key, "episode": delivery.episode,
-                         "triggered_at": delivery.triggered_at.isoformat(), "delivery_id": delivery.id,
-                         "idempotency_key": delivery.idempotency_key, "audience": spec.audience.model_dump(
-                             exclude_none=True), "details": details, "message": spec.message})
+def _payload(spec: CampaignSpec, delivery, details: dict, recommendations: list[dict] | None = None) -> bytes:
+    """The message body. ``recommendations``: ``[{product_id, score, reason}]``, only when the episode has them."""
+    body = {"campaign": spec.name, "user_key": delivery.user_key, "episode": delivery.episode,
+            "triggered_at": delivery.triggered_at.isoformat(), "delivery_id": delivery.id,
+            "idempotency_key": delivery.idempotency_key, "audience": spec.audience.model_dump(exclude_none=True),
+            "details": details, "message": spec.message}
+    if recommendations is not None:
+        body["recommendations"] = recommendations
+    return orjson.dumps(body)
 
 
 def _details(conn, spec: CampaignSpec, episode: str) -> dict:
@@ -167,19 +177,7 @@ def dispatch_due(engine: Engine, sender: Sender, now: datetime, default_time_zon
             if row is None:
                 break
             spec = specs[row.campaign]
-            lock = f"spoor.campaign:{spec.name}:{row.user_key}"  # serialises the cap check per user
-            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(lock))))
-            consent = conn.execute(select(CONSENT.c.opted_out, CONSENT.c.time_zone)
-                                   .where(CONSENT.c.user_key == row.user_key)).first()
-            sent_recently = 0
-            if spec.frequency_cap:
-                sent_recently = conn.execute(select(func.count()).where(
-                    DELIVERIES.c.campaign == spec.name, DELIVERIES.c.user_key == row.user_key,
-                    DELIVERIES.c.status == "sent",
-                    DELIVERIES.c.sent_at > now - timedelta(seconds=spec.frequency_cap.per))).scalar_one()
-            decision = decide(spec, now, expires_at=row.expires_at, opted_out=bool(consent and consent.opted_out),
-                              sent_in_cap_window=sent_recently,
-                              tz=zone(consent.time_zone if consent else None, default_time_zone))
+            decision = _decision(conn, spec, row, now, default_time_zone)
             outcome_name = decision.status or decision.action
             if decision.action == "drop":
                 _update(conn, row.id, status=decision.status)
@@ -191,18 +189,65 @@ def dispatch_due(engine: Engine, sender: Sender, now: datetime, default_time_zon
     return counts
 
 
+def _decision(conn, spec: CampaignSpec, row, now: datetime, default_time_zone: str) -> Decision:
+    """The rules for a due treated row, or for a holdout row's would-be send: the cap counts the sends
+    (treated), or the would-be sends, of the same arm."""
+    lock = f"spoor.campaign:{spec.name}:{row.user_key}"  # serialises the cap check per user
+    conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(lock))))
+    consent = conn.execute(select(CONSENT.c.opted_out, CONSENT.c.time_zone)
+                           .where(CONSENT.c.user_key == row.user_key)).first()
+    sent_recently = 0
+    if spec.frequency_cap:
+        at = DELIVERIES.c.sent_at if row.status == "pending" else DELIVERIES.c.recommended_at
+        sent_recently = conn.execute(select(func.count()).where(
+            DELIVERIES.c.campaign == spec.name, DELIVERIES.c.user_key == row.user_key,
+            DELIVERIES.c.status == ("sent" if row.status == "pending" else row.status),
+            at > now - timedelta(seconds=spec.frequency_cap.per))).scalar_one()
+    return decide(spec, now, expires_at=row.expires_at, opted_out=bool(consent and consent.opted_out),
+                  sent_in_cap_window=sent_recently, tz=zone(consent.time_zone if consent else None, default_time_zone))
+
+
+def record_counterfactuals(engine: Engine, now: datetime, default_time_zone: str = "UTC", limit: int = 500) -> dict:
+    """For each due holdout episode of an active campaign with recommendations: the list its message would
+    have carried, computed when it would have been sent (the treated rules apply: a would-be send that
+    is postponed waits, one that would be dropped records no list). Nothing is sent. Counts by outcome."""
+    counts: dict[str, int] = {}
+    specs = {spec.name: spec for spec, _ in CampaignStore(engine).active()}
+    for _ in range(limit):
+        with engine.begin() as conn:
+            row = conn.execute(
+                select(DELIVERIES).where(DELIVERIES.c.status == "holdout", DELIVERIES.c.recommendations_k.is_not(None),
+                                         DELIVERIES.c.recommended_at.is_(None), DELIVERIES.c.next_attempt_at <= now,
+                                         DELIVERIES.c.campaign.in_(list(specs)))
+                .order_by(DELIVERIES.c.next_attempt_at, DELIVERIES.c.id).limit(1)
+                .with_for_update(skip_locked=True)).first()
+            if row is None:
+                break
+            decision = _decision(conn, specs[row.campaign], row, now, default_time_zone)
+            if decision.action == "drop":  # the treated twin gets no message: no counterfactual either
+                _update(conn, row.id, recommendations_k=None)
+            elif decision.action == "postpone":
+                _update(conn, row.id, next_attempt_at=decision.until)
+            else:
+                _update(conn, row.id, **recommend(conn, row, now)[1])
+        outcome = decision.status or ("recorded" if decision.action == "send" else decision.action)
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
 def _update(conn, delivery_id: int, **values) -> None:
     conn.execute(update(DELIVERIES).where(DELIVERIES.c.id == delivery_id).values(**values, updated_at=func.now()))
 
 
 def _attempt(conn, sender: Sender, spec: CampaignSpec, row, now: datetime, dead_letter_topic: str | None) -> str:
-    payload = _payload(spec, row, _details(conn, spec, row.episode))
+    recommendations, recommended = recommend(conn, row, now)  # kept with the row, whatever the outcome
+    payload = _payload(spec, row, _details(conn, spec, row.episode), recommendations)
     outcome = sender.send(spec, payload, row.idempotency_key, row.user_key)
     attempt = row.attempts + 1
     conn.execute(ATTEMPTS.insert().values(delivery_id=row.id, attempt=attempt, at=now, status_code=outcome.status_code,
                                           response=outcome.response, error=outcome.error))
     common = {"attempts": attempt, "last_status_code": outcome.status_code,
-              "last_response": outcome.response if outcome.response is not None else outcome.error}
+              "last_response": outcome.response if outcome.response is not None else outcome.error, **recommended}
     if outcome.ok:
         _update(conn, row.id, status="sent", sent_at=now, **common)
         return "sent"
@@ -231,17 +276,22 @@ REPORT = text("""
 
 
 def report(engine: Engine, name: str, days: int | None = None) -> dict:
-    """Conversion (a purchase within N days of the trigger) of treated (sent) vs holdout episodes."""
+    """Conversion (a purchase within N days of the trigger) of treated (sent) vs holdout episodes; for a
+    campaign with recommendations, also ``recommended_products_bought`` (campaign_recommendations.py)."""
     spec, _ = CampaignStore(engine).get(name)
     days = days or spec.conversion_window_days
     with engine.connect() as conn:
         arms = {r.arm: r for r in conn.execute(REPORT, {"campaign": name, "days": days})}
         statuses = dict(conn.execute(select(DELIVERIES.c.status, func.count()).where(DELIVERIES.c.campaign == name)
                                      .group_by(DELIVERIES.c.status)).all())
+        bought = bought_recommended(conn, name, days)
     sent, hold = arms.get("sent"), arms.get("holdout")
-    return {"campaign": name, "conversion_window_days": days, "deliveries_by_status": statuses,
-            **lift(sent.episodes if sent else 0, sent.converted if sent else 0,
-                   hold.episodes if hold else 0, hold.converted if hold else 0)}
+    out = {"campaign": name, "conversion_window_days": days, "deliveries_by_status": statuses,
+           **lift(sent.episodes if sent else 0, sent.converted if sent else 0,
+                  hold.episodes if hold else 0, hold.converted if hold else 0)}
+    if spec.recommendations or bought["treated"] or bought["holdout"]:
+        out["recommended_products_bought"] = bought
+    return out
 
 
 def user_history(engine: Engine, user_key: str, limit: int = 100) -> list[dict]:

@@ -9,3 +9,7 @@ DELIVERIES = Counter("spoor_campaigns_deliveries_total",
                      "Dispatcher decisions: sent, retry, dead_letter, postpone, opted_out, capped, expired.",
                      ["outcome"])
 ENQUEUED = Counter("spoor_campaigns_enqueued_total", "Audience episodes given a delivery row.")
+COUNTERFACTUALS = Counter("spoor_campaigns_counterfactuals_total",
+                          "Holdout episodes of campaigns with recommendations, by outcome: recorded (the list "
+                          "the message would have carried), postpone, opted_out, capped, expired.",
+                          ["outcome"])

@@ -8,7 +8,7 @@ from kafka import KafkaConsumer
 from sqlalchemy import Engine
 
 from spoor.campaigns import campaign_metrics
-from spoor.campaigns.campaign_dispatch import dispatch_due, enqueue
+from spoor.campaigns.campaign_dispatch import dispatch_due, enqueue, record_counterfactuals
 from spoor.campaigns.trigger_intake import TriggerIngest
 from spoor.campaigns.webhook_delivery import Sender
 from spoor.segments.membership import utcnow
@@ -38,6 +38,8 @@ def run_campaigns(settings: Settings, engine: Engine, stop: threading.Event | No
                               settings.campaigns_dead_letter_topic)
         for outcome, n in counts.items():
             campaign_metrics.DELIVERIES.labels(outcome).inc(n)
+        for outcome, n in record_counterfactuals(engine, now, settings.campaign_default_time_zone).items():
+            campaign_metrics.COUNTERFACTUALS.labels(outcome).inc(n)
         if counts:
             log.info("dispatched: %s", counts)
 

@@ -12,6 +12,7 @@
     max_attempts: 5
     retry_backoff: 30s        # doubled after each failed attempt, at most 1 h
     message: {template: cart-reminder}           # passed through to the receiver
+    recommendations: {k: 5}   # the user's top 5 products, computed at send time, in the payload
 """
 
 import re
@@ -26,6 +27,7 @@ from spoor.segments.segment_language import NAME_PATTERN, load_definition, parse
 
 TRIGGER_KINDS = ("cart_abandonment", "browse_abandonment", "win_back")
 MAX_MESSAGE_BYTES = 10_000
+MAX_RECOMMENDATIONS = 20
 
 
 class CampaignDefinitionError(CampaignsError):
@@ -91,6 +93,28 @@ class FrequencyCap(BaseModel):
     _duration = field_validator("per", mode="before")(lambda v: parse_duration(v))
 
 
+class Recommendations(BaseModel):
+    """``{k: N}``: each message carries the user's top ``N`` products (storage/recommendations.py), and the
+    holdout's would-be lists are kept too, for the report."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    k: int
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _whole_number_in_range(cls, value: Any) -> int:
+        if type(value) is int and 1 <= value <= MAX_RECOMMENDATIONS:  # 5, not "5", 5.0 or true
+            return value
+        raise ValueError(f"k is a whole number from 1 to {MAX_RECOMMENDATIONS}, not {repr(value)[:40]}")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _a_mapping(cls, value: Any, handler):
+        if isinstance(value, (dict, cls)):
+            return handler(value)
+        raise ValueError(f"recommendations is {{k: 1..{MAX_RECOMMENDATIONS}}} (how many products per message)")
+
+
 class CampaignSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=NAME_PATTERN)
@@ -106,6 +130,7 @@ class CampaignSpec(BaseModel):
     max_attempts: int = Field(5, ge=1, le=20)
     retry_backoff: int = 30
     message: dict = Field(default_factory=dict)
+    recommendations: Recommendations | None = None
 
     _durations = field_validator("delay", "retry_backoff", mode="before")(lambda v: _duration_or_zero(v))
 

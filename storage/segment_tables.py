@@ -1,10 +1,10 @@
-"""Tables of segments and campaigns (migration 0006). Reads user_profiles, user_activity,
+"""Tables of segments and campaigns (migrations 0006, 0014, 0018). Reads user_profiles, user_activity,
 behaviour_triggers and events; writes only the tables below."""
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, func
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, SmallInteger, String, Text, func
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from spoor.storage.tables import Base
@@ -117,11 +117,19 @@ class CampaignDelivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(TS)
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    # Recommendations (migration 0018): how many the message carries (fixed when enqueued; NULL: none), and
+    # the list computed at the first send attempt, or for a holdout episode when it would have been sent.
+    recommendations_k: Mapped[int | None] = mapped_column(SmallInteger)
+    recommended_at: Mapped[datetime | None] = mapped_column(TS)
+    recommendations: Mapped[list | None] = mapped_column(JSONB)  # [{product_id, score, reason}]
+    recommended_products: Mapped[list[str] | None] = mapped_column(ARRAY(String(256)))
 
     __table_args__ = (
         Index("campaign_deliveries_episode", "campaign", "user_key", "episode", unique=True),
         Index("campaign_deliveries_due", "next_attempt_at", postgresql_where="status = 'pending'"),
         Index("campaign_deliveries_user", "user_key", "sent_at"),
+        Index("campaign_deliveries_counterfactual_due", "next_attempt_at", postgresql_where=(
+            "status = 'holdout' AND recommendations_k IS NOT NULL AND recommended_at IS NULL")),
     )
 
 

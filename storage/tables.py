@@ -103,6 +103,9 @@ class Event(Base):
     order_id: Mapped[str | None] = mapped_column(String(256))
     revenue: Mapped[Decimal | None] = mapped_column(MONEY)
     currency: Mapped[str | None] = mapped_column(String(3))
+    # The event's product lines as it carried them (an order's lines), [{product_id, category, price, quantity}]
+    # (migration 0018): what campaign reports match recommended products against. NULL when none.
+    products: Mapped[list | None] = mapped_column(JSONB)
     # Edge enrichment (migration 0004): parsed user agent, anonymised IP, bot flag.
     browser: Mapped[str | None] = mapped_column(String(128))
     browser_version: Mapped[str | None] = mapped_column(String(32))
