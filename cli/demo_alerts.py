@@ -1,7 +1,9 @@
 """The demo's alert story: steady shoppers with checkout broken for a while, time-compressed.
 
 Event timestamps carry the story, so 50 minutes of shop traffic take seconds
-to send: shoppers arrive all along, and between ``OUTAGE`` minutes no order
+to send: shoppers arrive all along (from ``WARM_UP_MINUTES`` before the story, so that its first
+windows see the orders of earlier carts: a shop that has just opened has carts but no orders yet, which
+the rule took for a collapse in about 2% of runs), and between ``OUTAGE`` minutes no order
 completes (the "Order Completed" calls fail: checkout is broken). The
 ``checkout-conversion-collapse`` rule (alerts/rules.yaml) fires on the 5-minute
 windows of the outage and resolves once orders come back. The story ends now: no
@@ -21,6 +23,7 @@ from spoor.alerts.store import list_alerts
 from spoor.cli.simulate import catalog, shopper_journey, simulate
 
 STORY_MINUTES = 50
+WARM_UP_MINUTES = 15  # steady shoppers arrive this long before the story, so its first windows have orders
 SHOPPERS_PER_MINUTE = 12
 OUTAGE = (15, 30)  # minutes into the story
 
@@ -53,7 +56,7 @@ def demo_traffic(engine: Engine, users: int, seed: int) -> tuple[list[dict], Sto
     rng = random.Random(f"steady-{seed}")  # not simulate()'s stream: message ids must differ
     products = catalog()
     messages = simulate(users, seed=seed, start=start, spread_s=40 * 60, login_at_checkout=True)
-    for minute in range(STORY_MINUTES):
+    for minute in range(-WARM_UP_MINUTES, STORY_MINUTES):
         for i in range(SHOPPERS_PER_MINUTE):
             at = start + timedelta(minutes=minute, seconds=rng.randint(0, 59))
             messages += shopper_journey(rng, f"steady-{seed}-{minute}-{i}", products, at, login_at_checkout=True)
