@@ -20,9 +20,11 @@ from sqlalchemy import (
     DateTime,
     Integer,
     Numeric,
+    Float,
     Text,
     and_,
     bindparam,
+    column,
     false,
     func,
     literal,
@@ -30,6 +32,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    table,
     true,
 )
 from sqlalchemy.sql import ColumnElement, Select
@@ -49,10 +52,14 @@ from spoor.segments.segment_language import (
     SegmentSpec,
     check_limits,
 )
+from spoor.storage.interest_tables import UserInterestProfile
 from spoor.storage.tables import Event, UserActivity, UserProfile
 
 PROFILES = UserProfile.__table__
 ACTIVITY = UserActivity.__table__
+INTERESTS = UserInterestProfile.__table__
+# One row: the catalogue's price terciles (migration 0019), joined only by segments using price_band.
+PRICE_TERCILES = table("product_price_terciles", column("low_below", Float), column("high_from", Float))
 EVENTS = Event.__table__
 SECONDS_PER_DAY = 86400.0
 EVENT_COUNTS = "event_counts"  # the LATERAL subquery of a definition's event condition counts
@@ -64,7 +71,7 @@ Resolver = Callable[[str], SegmentSpec | None]
 class CompiledSegment:
     name: str
     query: Select  # SELECT user_key FROM ... WHERE ...; add .where(...) to restrict it
-    depends_on_population: bool  # uses RFM scores: other users' purchases move membership
+    depends_on_population: bool  # RFM scores, price bands: other users' events move membership
     depends_on_time: bool  # uses now (windows, days since): membership drifts without new events
     references: set[str] = field(default_factory=set)
 
@@ -77,6 +84,8 @@ class _Compiler:
         self.resolve = resolve
         self.now = bindparam("now", now, type_=DateTime(timezone=True))
         self.rfm = None
+        self.interests = False  # joins user_interest_profiles
+        self.terciles = False  # joins product_price_terciles (price_band)
         self.uses_time = False
         self.references: set[str] = set()
         self.event_conditions: list[EventCondition] = []
@@ -118,6 +127,13 @@ class _Compiler:
         if spec.source == "rfm":
             self.rfm = USER_RFM
             return USER_RFM.c[FIELD_COLUMNS[name]]
+        if spec.source == "interests":
+            self.interests = True
+            if name != "price_band":
+                return INTERESTS.c[name]
+            self.terciles = True  # the same function as the view user_interest_profile
+            return func.spoor_price_band(INTERESTS.c.price, PRICE_TERCILES.c.low_below, PRICE_TERCILES.c.high_from,
+                                         type_=Text)
         self.uses_time = True
         if name == "average_order_value":
             return PROFILES.c.revenue / func.nullif(PROFILES.c.orders, 0)
@@ -186,8 +202,13 @@ def compile_segment(spec: SegmentSpec, resolve: Resolver, now: datetime,
         source = source.join(compiler.event_counts(), true())
     if compiler.rfm is not None:
         source = source.outerjoin(compiler.rfm, compiler.rfm.c.user_key == PROFILES.c.user_key)
+    if compiler.interests:
+        source = source.outerjoin(INTERESTS, INTERESTS.c.user_key == PROFILES.c.user_key)
+    if compiler.terciles:
+        source = source.join(PRICE_TERCILES, true())  # always one row (nulls for a catalogue without prices)
     query = select(PROFILES.c.user_key).select_from(source).where(condition)
     if user_keys is not None:
         query = query.where(PROFILES.c.user_key.in_(list(user_keys)))
-    return CompiledSegment(spec.name, query, depends_on_population=compiler.rfm is not None,
+    population = compiler.rfm is not None or compiler.terciles
+    return CompiledSegment(spec.name, query, depends_on_population=population,
                            depends_on_time=compiler.uses_time, references=compiler.references)

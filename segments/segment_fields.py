@@ -3,7 +3,10 @@
 Only names listed here reach SQL, so a field name can never inject anything. Sources:
 ``profile`` = user_profiles, ``activity`` = user_activity (rolling windows from the stream; a user
 without a row counts as 0), ``derived`` = computed against the evaluation time (``now``), ``rfm`` =
-scores relative to all customers, from the view ``user_rfm`` (see ``segments.rfm``).
+scores relative to all customers, from the view ``user_rfm`` (see ``segments.rfm``), ``interests`` =
+the interest profile ``user_interest_profiles`` (migration 0019, docs/recommendations.md; a user
+without interests has nulls). ``price_band`` compares the user's price with the catalogue's terciles,
+which other users' events move, so like RFM it depends on the population.
 """
 
 from dataclasses import dataclass
@@ -21,14 +24,14 @@ class FieldType(StrEnum):
 class FieldSpec:
     name: str
     type: FieldType
-    source: str  # profile | activity | derived | rfm
+    source: str  # profile | activity | derived | rfm | interests
     description: str
 
     @property
     def depends_on_population(self) -> bool:
-        """RFM scores move when *other* users buy, so membership must be recomputed over everyone."""
-        return self.source == "rfm"
-
+        """RFM scores move when *other* users buy, and price bands when the catalogue's prices move, so
+        membership must be recomputed over everyone."""
+        return self.source == "rfm" or self.name == "price_band"
 
 
 _specs: list[FieldSpec] = [
@@ -55,5 +58,12 @@ _specs: list[FieldSpec] = [
     FieldSpec("monetary_score", FieldType.NUMBER, "rfm", "RFM monetary score 1-5"),
     FieldSpec("rfm_group", FieldType.STRING, "rfm", "champions, loyal, potential_loyalists, at_risk, "
                                                     "hibernating or lost"),
+    FieldSpec("top_category", FieldType.STRING, "interests",
+              "category of the user's largest decayed interest (views, clicks, cart adds, purchases)"),
+    FieldSpec("price_band", FieldType.STRING, "interests",
+              "low, mid or high: the user's interest-weighted price against the catalogue's price terciles"),
+    FieldSpec("preferred_device", FieldType.STRING, "interests", "device of most of the user's recent events"),
+    FieldSpec("preferred_hour", FieldType.NUMBER, "interests", "hour of the day (0-23, UTC) of most of the "
+                                                                "user's recent events"),
 ]
 FIELDS: dict[str, FieldSpec] = {spec.name: spec for spec in _specs}

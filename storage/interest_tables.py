@@ -4,7 +4,7 @@ logarithms, ``log2(w) + t / H``: see stream_processors/interests.py. Change them
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import DateTime, Float, String, Text, func
+from sqlalchemy import DateTime, Float, SmallInteger, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from spoor.storage.tables import MONEY, Base
@@ -22,6 +22,20 @@ class UserInterest(Base):
     value: Mapped[str] = mapped_column(String(256), primary_key=True)
     weight: Mapped[float] = mapped_column(WEIGHT)
     price: Mapped[Decimal | None] = mapped_column(MONEY)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class UserInterestProfile(Base):
+    """A user's top category, device and hour and weighted price, rewritten by triggers on user_interests
+    whenever a statement changes the user's rows (migration 0019); segments read it."""
+
+    __tablename__ = "user_interest_profiles"
+
+    user_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    top_category: Mapped[str | None] = mapped_column(String(256))
+    preferred_device: Mapped[str | None] = mapped_column(String(256))
+    preferred_hour: Mapped[int | None] = mapped_column(SmallInteger)
+    price: Mapped[float | None] = mapped_column(WEIGHT)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
