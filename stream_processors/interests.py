@@ -23,6 +23,7 @@ From each event (storage/interests.py applies them once, for the events new to P
 
 import math
 from collections.abc import Iterable
+from datetime import timezone
 
 from spoor.events import Event, EventKind
 
@@ -79,8 +80,8 @@ def _lines(event: Event) -> list[tuple[str, str | None, str | None]]:
 def interest_rows(event: Event, half_life_s: float) -> list[tuple]:
     """(event id, user key, facet, value, log weight, price) rows; rows of one facet value add up."""
     at_s = event.event_time.timestamp()
-    rows = [(event.event_id, event.user_key, "hour", str(event.event_time.hour), forward_log2(1.0, at_s, half_life_s),
-             None)]
+    hour = event.event_time.astimezone(timezone.utc).hour  # an event may carry any offset
+    rows = [(event.event_id, event.user_key, "hour", str(hour), forward_log2(1.0, at_s, half_life_s), None)]
     if event.device:
         rows.append((event.event_id, event.user_key, "device", event.device, forward_log2(1.0, at_s, half_life_s),
                      None))
