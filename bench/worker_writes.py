@@ -7,6 +7,9 @@ are then written to both with ``StreamWriter``, alternating which goes first, an
 is compared. With no variant the run is an A/A: the ratio shows the noise.
 
     .venv/bin/python bench/worker_writes.py --variant-sql "ALTER TABLE sessions SET (fillfactor = 50)"
+
+``--b-interests`` gives B's batches their interest rows (issue 22: user_interests, product_popularity,
+product_affinity), as the worker writes them; A writes without: the ratio is what interests cost.
 """
 
 import argparse
@@ -28,6 +31,7 @@ from spoor.storage.migrate import upgrade  # noqa: E402
 from spoor.storage.writers import StreamWriter  # noqa: E402
 from spoor.stream_processors.analytics_tracker import AnalyticsTracker  # noqa: E402
 from spoor.stream_processors.app import analytics_rules  # noqa: E402
+from spoor.stream_processors.interests import DAY_S, interest_batch  # noqa: E402
 from spoor.stream_processors.profile_tracker import ProfileTracker  # noqa: E402
 from tests.support.scratch_db import ScratchDatabase  # noqa: E402
 
@@ -52,7 +56,7 @@ def captured_batches(settings: Settings, users: int, batch_events: int) -> tuple
     tracker = ProfileTracker(DictTable(), None, settings.dedupe_window, None, analytics)
     captured = []
 
-    async def capture(rows, batch_events_, derived, _erased) -> None:
+    async def capture(rows, batch_events_, derived, _erased=(), _merges=(), _links=()) -> None:
         captured.append((rows, batch_events_, derived))
         analytics.delivered_ok(derived)
 
@@ -71,6 +75,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=12_500, help="simulated shoppers (~7 events each)")
     parser.add_argument("--batch-events", type=int, default=3000)
     parser.add_argument("--variant-sql", default="", help="statements (separated by ;) run on database B")
+    parser.add_argument("--b-interests", action="store_true", help="B also writes the batches' interests")
     args = parser.parse_args()
     settings = Settings()
 
@@ -90,10 +95,13 @@ def main() -> None:
                     conn.execute(text(statement))
         writers = [StreamWriter(engine) for engine in engines]
         seconds = [0.0, 0.0]
+        half_lives = settings.interest_half_life_days * DAY_S, settings.trending_half_life_days * DAY_S
+        recent = {}  # users' recent activity across batches, as the worker's profiles keep it
         for index, (rows, events, derived) in enumerate(batches):
             for which in ((0, 1) if index % 2 == 0 else (1, 0)):
                 started = time.perf_counter()
-                writers[which].write_batch(rows, events, derived)
+                options = {"interests": interest_batch(events, *half_lives, recent=recent)} if which and args.b_interests else {}
+                writers[which].write_batch(rows, events, derived, **options)
                 seconds[which] += time.perf_counter() - started
         for name, engine, spent in zip("AB", engines, seconds):
             with engine.connect() as conn:

@@ -83,7 +83,7 @@ class StreamWriter:
             cursor.execute(MERGE_EVENTS, (events_json,))
             new_event_ids = {row[0] for row in cursor.fetchall()}
             if interests is not None and new_event_ids:
-                write_interests(cursor, interests, events, new_event_ids)
+                write_interests(cursor, interests, new_event_ids)
             if merges:
                 tables = user_key_tables(conn)
                 for from_key, into_key in dict.fromkeys(merges):  # in order: a -> b then b -> c ends in c

@@ -56,6 +56,7 @@ from spoor.stream_processors.behaviour import unpack
 from spoor.stream_processors.blocking import YieldEvery, run_blocking
 from spoor.stream_processors.fault_points import crash_point
 from spoor.stream_processors.identities import LINKED, MERGED, IdentityGraph, Link
+from spoor.stream_processors.interests import RecentActivity, recent_activity
 from spoor.stream_processors.profile import UserProfile
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class ProfileTracker:
         self.identities = identities  # None: every key is a profile of its own
         self.send_record = send_record  # (key, value) -> the delivery of a record on the events topic
         self.interests = interests  # events -> their interest rows (stream_processors/interests.py)
+        self.recent: dict[str, RecentActivity] = {}  # the batch's users before it, for the interest rows
 
     async def process(self, records: Sequence[Record]) -> list[tuple[int, Event]]:
         """Fold (partition, record value[, record timestamp]) tuples; returns the events seen for the
@@ -122,6 +124,7 @@ class ProfileTracker:
         and each event that still raises is dead-lettered (its failure is data); the rest go on."""
         if not records:
             return []
+        self.recent = {}
         decoded, erasures, identity_records = await self._decode(records)
         claims, refusals = self._claim(identity_records) if self.identities else ({}, [])
         kept, forwarded, erased_events, targets = [], [], 0, {}
@@ -192,6 +195,8 @@ class ProfileTracker:
         Raises when the result cannot be stored (``mark``: the analytics output before the fold)."""
         profile_json, behaviour_json = unpack(stored) if stored else (None, None)
         profile = UserProfile.decode(profile_json) if profile_json else UserProfile(user_key)
+        if self.interests:
+            self.recent[user_key] = recent_activity(profile)
         new_events = [event for event in events if profile.apply(event, self.dedupe_window)]
         if self.analytics:
             value = self.analytics.fold(user_key, profile.encode(), behaviour_json, new_events, events)
@@ -389,7 +394,7 @@ class ProfileTracker:
 
         async def write() -> None:
             started = time.perf_counter()
-            options = {"interests": self.interests(events)} if self.interests and events else {}
+            options = {"interests": self.interests(events, recent=self.recent)} if self.interests and events else {}
             if merges or links:  # the merged users' rows move in this transaction (storage/identities.py)
                 now = datetime.now(timezone.utc)
                 options.update(merges=list(merges), links=[link.row(now) for link in links])
