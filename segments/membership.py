@@ -345,6 +345,19 @@ def changed_users(engine: Engine, since: datetime) -> list[str]:
         return sorted(set(conn.execute(query).scalars()))
 
 
+REFRESH_INTEREST_PROFILES = text("SELECT spoor_refresh_interest_profiles(CAST(:keys AS text[]))")
+INTEREST_PROFILE_CHUNK = 5000
+
+
+def refresh_interest_profiles(engine: Engine, keys: list[str]) -> None:
+    """Rewrite the interest profiles (top category, device, hour, price; migration 0020) of ``keys``:
+    the incremental pass does it for the users changed since the last, before judging them. A user's
+    interests change only with their profile (the worker writes both in one transaction)."""
+    for start in range(0, len(keys), INTEREST_PROFILE_CHUNK):
+        with engine.begin() as conn:
+            conn.execute(REFRESH_INTEREST_PROFILES, {"keys": keys[start:start + INTEREST_PROFILE_CHUNK]})
+
+
 def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: str = "incremental",
                      refresh_population: bool = True, pace: Pace | None = None) -> dict:
     """Refresh every active segment for the users changed since the last pass; returns what changed
@@ -361,6 +374,7 @@ def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: st
     next_since = min(started, oldest_open) if oldest_open is not None else started
     since = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)) - timedelta(seconds=overlap_s)
     keys = changed_users(engine, since)
+    refresh_interest_profiles(engine, keys)
     catalogue = SegmentStore(engine).load()
     specs = catalogue.specs
     result, failed = {}, {}

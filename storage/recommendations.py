@@ -34,8 +34,12 @@ class Blend:
 
 
 USER_INTERESTS = text("""
-    SELECT facet, value, weight FROM user_interests
-     WHERE user_key = :user_key AND facet IN ('product', 'bought', 'category')
+    SELECT facet, value, weight FROM user_interests WHERE user_key = :user_key AND facet IN ('product', 'bought')
+    UNION ALL  -- a category weighs the user's summed interest in its products (migration 0020)
+    SELECT 'category', c.category, spoor_log2_sum(i.weight)
+      FROM user_interests i JOIN product_popularity c ON c.product_id = i.value
+     WHERE i.user_key = :user_key AND i.facet = 'product' AND c.category IS NOT NULL
+     GROUP BY c.category
 """)
 OPTED_OUT = text("SELECT opted_out FROM user_consent WHERE user_key = :user_key")
 NEIGHBOURS = text("""

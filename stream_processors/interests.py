@@ -12,8 +12,9 @@ Every weight is time-decayed with a half-life ``H``: an event of weight ``w`` at
 From each event (storage/interests.py applies them once, for the events new to PostgreSQL):
 
 - ``interest_rows``: the user's facets: ``product`` (views 1, clicks 0.5, cart adds 3, order lines 5),
-  ``bought`` (one per order line: what "buy again" reads), ``category``, and ``device`` and ``hour`` (of
-  the day, UTC) once per session;
+  ``bought`` (one per order line: what "buy again" reads), and ``device`` and ``hour`` (of the day, UTC)
+  once per session. Categories are the products' (``product_popularity``): a user's interest in a
+  category is their summed interest in its products, worked out where it is read;
 - ``popularity_rows``: each product's popularity (the same weights), with a second, short half-life for
   trending, and its latest category and price;
 - ``order_pairs``: the products bought in one order, pairwise (weight 4, ``bought`` together);
@@ -99,15 +100,11 @@ def interest_rows(event: Event, half_life_s: float, session_start: bool = True) 
     if weight is None:
         return rows
     log_weight = forward_log2(weight, at_s, half_life_s)
-    categories = set()
-    for product_id, category, price in _lines(event):
+    for product_id, _category, price in _lines(event):
         rows.append((event.event_id, event.user_key, "product", product_id, log_weight, price))
         if event.kind == EventKind.PURCHASE:
             rows.append((event.event_id, event.user_key, "bought", product_id, forward_log2(1.0, at_s, half_life_s),
                          price))
-        if category and category not in categories:
-            categories.add(category)
-            rows.append((event.event_id, event.user_key, "category", category, log_weight, None))
     return rows
 
 
