@@ -10,11 +10,11 @@ Rows are locked in key order in every statement, so two workers writing the same
 
 import orjson
 
+from spoor.decay import log2_add
+
 MERGE_INTERESTS = """
     INSERT INTO user_interests AS i (user_key, facet, value, weight, price)
-    SELECT r.u, r.f, r.v, spoor_log2_sum(r.w), (array_agg(r.p ORDER BY r.w DESC) FILTER (WHERE r.p IS NOT NULL))[1]
-      FROM json_to_recordset(%s::json) AS r(u text, f text, v text, w float8, p numeric)
-     GROUP BY r.u, r.f, r.v
+    SELECT r.u, r.f, r.v, r.w, r.p FROM json_to_recordset(%s::json) AS r(u text, f text, v text, w float8, p numeric)
      ORDER BY r.u, r.f, r.v
     ON CONFLICT (user_key, facet, value) DO UPDATE
        SET weight = spoor_log2_add(i.weight, excluded.weight), price = coalesce(excluded.price, i.price),
@@ -22,11 +22,8 @@ MERGE_INTERESTS = """
 """
 MERGE_POPULARITY = """
     INSERT INTO product_popularity AS p (product_id, category, price, weight, trend, bought)
-    SELECT r.i, (array_agg(r.c ORDER BY r.w DESC) FILTER (WHERE r.c IS NOT NULL))[1],
-           (array_agg(r.p ORDER BY r.w DESC) FILTER (WHERE r.p IS NOT NULL))[1],
-           spoor_log2_sum(r.w), spoor_log2_sum(r.t), spoor_log2_sum(r.b)
+    SELECT r.i, r.c, r.p, r.w, r.t, r.b
       FROM json_to_recordset(%s::json) AS r(i text, c text, p numeric, w float8, t float8, b float8)
-     GROUP BY r.i
      ORDER BY r.i
     ON CONFLICT (product_id) DO UPDATE
        SET category = coalesce(excluded.category, p.category), price = coalesce(excluded.price, p.price),
@@ -35,9 +32,7 @@ MERGE_POPULARITY = """
 """
 MERGE_AFFINITY = """
     INSERT INTO product_affinity AS x (product_id, neighbour_id, weight, bought)
-    SELECT r.a, r.b, spoor_log2_sum(r.w), spoor_log2_sum(r.o)
-      FROM json_to_recordset(%s::json) AS r(a text, b text, w float8, o float8)
-     GROUP BY r.a, r.b
+    SELECT r.a, r.b, r.w, r.o FROM json_to_recordset(%s::json) AS r(a text, b text, w float8, o float8)
      ORDER BY r.a, r.b
     ON CONFLICT (product_id, neighbour_id) DO UPDATE
        SET weight = spoor_log2_add(x.weight, excluded.weight), bought = spoor_log2_add(x.bought, excluded.bought)
@@ -46,16 +41,42 @@ MERGE_AFFINITY = """
 
 def write_interests(cursor, batch: dict, new_event_ids: set[str]) -> None:
     """``batch``: ``stream_processors.interests.interest_batch`` of the batch's events (rows led by their id);
-    ``new_event_ids``: the events the batch added to the ``events`` table, the only ones that count."""
-    interests = [{"u": u, "f": f, "v": v, "w": w, "p": p}
-                 for e, u, f, v, w, p in batch["interests"] if e in new_event_ids]
-    popularity = [{"i": i, "c": c, "p": p, "w": w, "t": t, "b": b}
-                  for e, i, c, p, w, t, b in batch["popularity"] if e in new_event_ids]
-    pairs = [{"a": a, "b": b, "w": w, "o": w} for e, a, b, w in batch["pairs"] if e in new_event_ids]
-    pairs += [{"a": a, "b": b, "w": w} for e, a, b, w in batch.get("seen_pairs", ()) if e in new_event_ids]
+    ``new_event_ids``: the events the batch added to the ``events`` table, the only ones that count. Rows of
+    one key are added up here first (one upserted row per key: PostgreSQL's aggregate costs more)."""
+    interests: dict[tuple, list] = {}
+    for e, u, f, v, w, p in batch["interests"]:
+        if e in new_event_ids:
+            summed = interests.get((u, f, v))
+            if summed is None:
+                interests[(u, f, v)] = [w, p, w]
+            else:
+                summed[0] = log2_add(summed[0], w)
+                if p is not None and (summed[1] is None or w >= summed[2]):  # the latest event's price
+                    summed[1], summed[2] = p, w
+    popularity: dict[str, list] = {}
+    for e, i, c, p, w, t, b in batch["popularity"]:
+        if e in new_event_ids:
+            summed = popularity.get(i)
+            if summed is None:
+                popularity[i] = [c, p, w, t, b]
+            else:
+                if w >= summed[2]:  # the latest event's category and price, when it has them
+                    summed[0], summed[1] = c or summed[0], p or summed[1]
+                summed[2], summed[3], summed[4] = log2_add(summed[2], w), log2_add(summed[3], t), log2_add(summed[4], b)
+    pairs: dict[tuple, list] = {}
+    for rows, bought in ((batch["pairs"], True), (batch.get("seen_pairs", ()), False)):
+        for e, a, b, w in rows:
+            if e in new_event_ids:
+                summed = pairs.setdefault((a, b), [None, None])
+                summed[0] = log2_add(summed[0], w)
+                if bought:
+                    summed[1] = log2_add(summed[1], w)
     if interests:
-        cursor.execute(MERGE_INTERESTS, (orjson.dumps(interests).decode(),))
+        cursor.execute(MERGE_INTERESTS, (orjson.dumps([{"u": u, "f": f, "v": v, "w": w, "p": p}
+                                                       for (u, f, v), (w, p, _) in interests.items()]).decode(),))
     if popularity:
-        cursor.execute(MERGE_POPULARITY, (orjson.dumps(popularity).decode(),))
+        cursor.execute(MERGE_POPULARITY, (orjson.dumps([{"i": i, "c": c, "p": p, "w": w, "t": t, "b": b}
+                                                        for i, (c, p, w, t, b) in popularity.items()]).decode(),))
     if pairs:
-        cursor.execute(MERGE_AFFINITY, (orjson.dumps(pairs).decode(),))
+        cursor.execute(MERGE_AFFINITY, (orjson.dumps([{"a": a, "b": b, "w": w, "o": o}
+                                                      for (a, b), (w, o) in pairs.items()]).decode(),))

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from datetime import timezone
 
+from spoor.decay import FLOOR_EXPONENT, log2_add
 from spoor.events import Event, EventKind
 
 PRODUCT_WEIGHTS = {EventKind.PRODUCT_VIEW: 1.0, EventKind.CLICK: 0.5, EventKind.CART_ADD: 3.0,
@@ -41,22 +42,11 @@ SESSION_PAIR_WEIGHTS = {EventKind.PRODUCT_VIEW: 1.0, EventKind.CART_ADD: 2.0}
 SESSION_GAP_S = 30 * 60.0  # the default session inactivity (SPOOR_SESSION_INACTIVITY_S)
 RECENT_PRODUCTS = 3  # a product is paired with this many viewed or added just before it
 DAY_S = 86_400.0
-FLOOR_EXPONENT = -1000.0  # 2^-1000 is still a float; smaller differences count as nothing
 
 
 def forward_log2(weight: float, at_s: float, half_life_s: float) -> float:
     """The forward-decayed logarithm of ``weight`` at epoch second ``at_s``."""
     return math.log2(weight) + at_s / half_life_s
-
-
-def log2_add(a: float | None, b: float | None) -> float | None:
-    """log2(2^a + 2^b); None stands for a weight of zero."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    high, low = (a, b) if a >= b else (b, a)
-    return high + math.log2(1.0 + 2.0 ** max(FLOOR_EXPONENT, low - high))
 
 
 def log2_sum(values: Iterable[float | None]) -> float | None:
