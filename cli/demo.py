@@ -3,11 +3,12 @@
 import sys
 import time
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from spoor.cli.collector_client import CollectorClient
 from spoor.cli.demo_alerts import demo_traffic, print_alerts, wait_for_alerts
 from spoor.storage.queries import count_dead_letters, count_events, summary
+from spoor.storage.recommendations import for_product, for_user
 
 BATCH = 100
 
@@ -29,6 +30,19 @@ def invalid_messages(seed: int) -> list[dict]:
          "properties": {"product_id": "P0002"}},
         {"type": "track", "userId": f"user-{seed}-bad", "messageId": f"bad-name-{seed}", "properties": {}},
     ]
+
+
+TOP_BUYER = text("SELECT user_key, orders FROM user_profiles WHERE orders > 0 ORDER BY orders DESC, user_key LIMIT 1")
+TOP_PRODUCT = text("SELECT product_id FROM product_popularity ORDER BY weight DESC LIMIT 1")
+
+
+def sample_recommendations(engine: Engine, k: int = 3) -> dict:
+    """What the recommendation API would answer for the most frequent buyer and the most popular product."""
+    with engine.connect() as conn:
+        buyer = conn.execute(TOP_BUYER).first()
+        product = conn.execute(TOP_PRODUCT).scalar()
+        return {"user": buyer and {**for_user(conn, buyer.user_key, k), "orders": buyer.orders},
+                "product": product and for_product(conn, product, k)}
 
 
 def run_demo(engine: Engine, collector_url: str, write_key: str, users: int, timeout_s: float = 180) -> dict:
@@ -70,9 +84,10 @@ def run_demo(engine: Engine, collector_url: str, write_key: str, users: int, tim
                              "see the worker log (make logs)")
         time.sleep(0.5)
     if not story.windows_open:
-        return {**summary(engine), "alerts": [], "story": story}
+        return {**summary(engine), "recommendations": sample_recommendations(engine), "alerts": [], "story": story}
     print("  waiting for the checkout alert to fire and resolve (event time)", flush=True)
-    return {**summary(engine), "alerts": wait_for_alerts(engine, story), "story": story}
+    alerts = wait_for_alerts(engine, story)
+    return {**summary(engine), "recommendations": sample_recommendations(engine), "alerts": alerts, "story": story}
 
 
 def print_summary(result: dict) -> None:
@@ -90,5 +105,16 @@ def print_summary(result: dict) -> None:
     print("  top products        product    views  cart adds")
     for row in result["top_products"]:
         print(f"                      {row['product_id']:<10} {row['views']:>5}  {row['cart_adds']:>9}")
+    samples = result.get("recommendations") or {}
+    if samples.get("user"):
+        user = samples["user"]
+        print(f"  recommended for     {user['user_key']} ({user['orders']} orders): " + _items(user["items"]))
+    if samples.get("product"):
+        product = samples["product"]
+        print(f"  also bought with    {product['product_id']}: " + _items(product["items"]))
     if "story" in result:
         print_alerts(result["alerts"], result["story"])
+
+
+def _items(items: list[dict]) -> str:
+    return ", ".join(f"{item['product_id']} ({item['reason']})" for item in items) or "none yet"

@@ -22,3 +22,9 @@ def test_demo_shows_the_checkout_alert_firing_and_resolving(collector, start_pro
     print_summary(result)
     out = capsys.readouterr().out
     assert "checkout-conversion-collapse (global): fired" in out and "resolved" in out
+    # The shoppers' interests reached PostgreSQL: the summary shows lists made of them, not only fallbacks.
+    samples = result["recommendations"]
+    assert samples["user"]["personal"] and any(" with " in item["reason"] or item["reason"] == "buy again"
+                                              for item in samples["user"]["items"]), samples
+    assert any(item["reason"].startswith(("bought with", "viewed with")) for item in samples["product"]["items"])
+    assert "recommended for" in out and "also bought with" in out
