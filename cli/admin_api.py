@@ -1,22 +1,27 @@
-"""HTTP API for segments, campaigns and users (FastAPI; OpenAPI at /openapi.json, docs at /docs).
+"""HTTP API for segments, campaigns, users and recommendations (FastAPI; OpenAPI at /openapi.json, docs at /docs).
 
-Every route except /healthz (and the OpenAPI documents) needs ``Authorization: Bearer <SPOOR_ADMIN_TOKEN>``.
+Every route except /healthz (and the OpenAPI documents) needs ``Authorization: Bearer <SPOOR_ADMIN_TOKEN>``;
+the recommendation routes (``/v1/recommendations/...``) also take an API key of scope ``recommendations``
+(storage/api_keys.py, ``spoor keys create-reader``), which every other route refuses with a 403.
 Definitions are the same YAML/JSON documents as the CLI takes (docs/segments.md); errors in them are answered 400
 with the reason.
 
-``AdminGuard`` checks the token before a byte of the body is read, and reads at most
+``AdminGuard`` checks the credential before a byte of the body is read, and reads at most
 ``SPOOR_ADMIN_MAX_BODY_BYTES`` of it (413 past that, or when Content-Length says more), chunked or not.
 """
 
 import hmac
 import json
+import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, select
+from starlette.concurrency import run_in_threadpool
 
 from spoor.campaigns import campaign_dispatch
 from spoor.campaigns.campaign_dispatch import CampaignStore, UnknownCampaign
@@ -30,13 +35,23 @@ from spoor.segments.membership import SegmentStore, UnknownSegment, utcnow
 from spoor.segments.segment_fields import FIELDS
 from spoor.segments.segment_language import parse_segment
 from spoor.settings import Settings
+from spoor.storage import recommendations
+from spoor.storage.api_keys import ApiKeyCache, Principal
 from spoor.storage.identities import canonical_key, ids_of
+from spoor.storage.recommendation_reads import ServingCache, reads_engine
 from spoor.storage.tables import UserActivity, UserProfile
 
 # PostgreSQL text cannot hold U+0000: a name or key with it would fail its query (a 500).
 NO_NUL = r"^[^\x00]*$"
 Name = Annotated[str, Path(max_length=64, pattern=NO_NUL)]
 UserKey = Annotated[str, Path(min_length=1, max_length=256, pattern=NO_NUL)]
+ProductId = Annotated[str, Path(min_length=1, max_length=256, pattern=NO_NUL)]
+TopK = Annotated[int, Query(ge=1, le=recommendations.MAX_K, description="How many products: 1 to 100.")]
+ADMIN = Principal("admin", "admin")
+# What each API key scope may call, and nothing else: the method, the whole path matched, in words.
+SCOPE_ROUTES = {"recommendations": ("GET", re.compile(r"/v1/recommendations/(users|products)/[^/]+"),
+                                    "GET /v1/recommendations/users/{user_key} and /v1/recommendations/products/"
+                                    "{product_id}")}
 SEGMENT_EXAMPLE = {"name": "shoe_fans", "description": "frequent shoe buyers",
                    "where": {"all": ["purchases_30d >= 2", 'favourite_category == "shoes"',
                                      'did "Product Added" in last 24h and not "Order Completed"']}}
@@ -46,7 +61,36 @@ CAMPAIGN_EXAMPLE = {"name": "cart_rescue", "audience": {"trigger": "cart_abandon
                     "expires_after": "2d", "holdout_percent": 10}
 
 
-def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
+class Recommendation(BaseModel):
+    product_id: str
+    score: float = Field(description="Higher is better; comparable within one list only.")
+    reason: str = Field(description='"bought with P", "viewed with P", "buy again", "popular in C", "trending now"')
+
+
+class UserRecommendations(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "user_key": "17850", "personal": True, "items": [
+            {"product_id": "71053", "score": 1.42, "reason": "buy again"},
+            {"product_id": "84029G", "score": 0.87, "reason": "bought with 85123A"},
+            {"product_id": "22423", "score": 0.0005, "reason": "trending now"}]}]})
+
+    user_key: str = Field(description="The id asked for (any of the user's ids finds the user).")
+    personal: bool = Field(description="False when the user's own data was not used: unknown, new, erased, "
+                                       "or opted out; the list is then what is popular and trending.")
+    items: list[Recommendation]
+
+
+class ProductRecommendations(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "product_id": "85123A", "items": [
+            {"product_id": "84029G", "score": 1.0, "reason": "bought with 85123A"},
+            {"product_id": "22752", "score": 0.61, "reason": "viewed with 85123A"}]}]})
+
+    product_id: str
+    items: list[Recommendation]
+
+
+def create_api(settings: Settings, engine: Engine, clock=utcnow, api_keys: ApiKeyCache | None = None) -> FastAPI:
     if not settings.admin_token:
         raise SegmentsError("SPOOR_ADMIN_TOKEN is not set: the API does not run without authentication")
     app = FastAPI(title="Spoor segments and campaigns", version="1",
@@ -60,11 +104,16 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
                                                           settings.admin_token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
+    async def recommendation_reader(request: Request, _credentials=Depends(bearer)) -> None:
+        # AdminGuard let through the admin token or a key of scope "recommendations", and said which.
+        if request.scope.get("state", {}).get("principal") is None:
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
     auth = [Depends(authenticated)]
     segment_store, campaign_store = SegmentStore(engine), CampaignStore(engine)
     open_paths = {"/healthz", app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
     app.add_middleware(AdminGuard, token=settings.admin_token, max_body_bytes=settings.admin_max_body_bytes,
-                       open_paths=frozenset(p for p in open_paths if p))
+                       open_paths=frozenset(p for p in open_paths if p), api_keys=api_keys or ApiKeyCache(engine))
 
     @app.exception_handler(SpoorError)  # a refusal of the request's content: bad definitions, unknown names
     async def definition_error(_request, err: SpoorError):
@@ -196,6 +245,25 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow) -> FastAPI:
     def erase(user_key: UserKey) -> dict:
         return erase_user(settings, engine, user_key, actor="api")
 
+    # Recommendations (docs/recommendations.md#serving): the admin token or a key of scope "recommendations".
+    # Product-level reads come from a cache of a few seconds (storage/recommendation_reads.py), the others
+    # from a pool of their own (storage/recommendation_reads.py: read_engine).
+    reader = [Depends(recommendation_reader)]
+    serving, read_engine = ServingCache(), reads_engine(engine)
+
+    @app.get("/v1/recommendations/users/{user_key}", dependencies=reader, response_model=UserRecommendations,
+             tags=["recommendations"], summary="A user's top k products (an unknown user gets the fallback)")
+    def recommend_for_user(user_key: UserKey, k: TopK = 10) -> dict:
+        with read_engine.connect() as conn:
+            return recommendations.for_user(serving.reads(conn), user_key, k)
+
+    @app.get("/v1/recommendations/products/{product_id}", dependencies=reader,
+             response_model=ProductRecommendations, tags=["recommendations"],
+             summary="Products seen or bought with a product (customers also bought)")
+    def recommend_for_product(product_id: ProductId, k: TopK = 10) -> dict:
+        with read_engine.connect() as conn:
+            return recommendations.for_product(serving.reads(conn), product_id, k)
+
     return app
 
 
@@ -205,18 +273,25 @@ class AdminGuard:
     whole, at most ``max_body_bytes`` of it, and handed to the app. A request whose Content-Length is
     larger, or whose (chunked) body grows past the limit, is answered 413 without reading further."""
 
-    def __init__(self, app, token: str, max_body_bytes: int, open_paths: frozenset[str]):
+    def __init__(self, app, token: str, max_body_bytes: int, open_paths: frozenset[str], api_keys: ApiKeyCache):
         self.app = app
         self.token = token.encode()
         self.max_body_bytes = max_body_bytes
         self.open_paths = open_paths
+        self.api_keys = api_keys
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
-        if scope["path"] not in self.open_paths and not self._authorized(headers.get("authorization", b"")):
-            return await _answer(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+        if scope["path"] not in self.open_paths:
+            principal = await self._principal(headers.get("authorization", b""))
+            if principal is None:
+                return await _answer(send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
+            if principal is not ADMIN and not _allowed(principal.scope, scope["method"], scope["path"]):
+                return await _answer(send, 403, f"this key (scope {principal.scope}) may only call "
+                                                f"{SCOPE_ROUTES[principal.scope][2]}")
+            scope.setdefault("state", {})["principal"] = principal
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return await _answer(send, 413, f"body over {self.max_body_bytes} bytes")
@@ -241,9 +316,22 @@ class AdminGuard:
 
         await self.app(scope, replay, send)
 
-    def _authorized(self, authorization: bytes) -> bool:
+    async def _principal(self, authorization: bytes) -> Principal | None:
+        """ADMIN for the admin token, the key's principal for an active API key, else None."""
         scheme, _, credentials = authorization.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
+        credentials = credentials.strip()
+        if scheme.lower() != b"bearer" or not credentials:
+            return None
+        if hmac.compare_digest(credentials, self.token):
+            return ADMIN
+        if not self.api_keys.fresh():
+            await run_in_threadpool(self.api_keys.refresh)
+        return self.api_keys.lookup(credentials.decode("latin-1"))
+
+
+def _allowed(scope_name: str, method: str, path: str) -> bool:
+    allowed_method, pattern, _ = SCOPE_ROUTES.get(scope_name, (None, None, None))
+    return method == allowed_method and pattern.fullmatch(path) is not None
 
 
 async def _answer(send, status: int, detail: str, headers: list | None = None) -> None:

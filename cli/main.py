@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("migrate", help="apply database migrations")
     topics = commands.add_parser("topics", help="Kafka topics").add_subparsers(dest="action", required=True)
     topics.add_parser("create", help="create Spoor's topics if missing")
-    keys = commands.add_parser("keys", help="write keys").add_subparsers(dest="action", required=True)
+    keys = commands.add_parser("keys", help="write keys, and API keys that may only read recommendations"
+                               ).add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a write key and print it (shown once)")
     create.add_argument("--name", required=True)
     create.add_argument("--source", required=True, help="web, ios, android, backend...")
@@ -26,9 +27,16 @@ def main(argv: list[str] | None = None) -> None:
     origins = keys.add_parser("origins", help="show or replace the browser origins of a write key (CORS)")
     origins.add_argument("name")
     origins.add_argument("--origin", action="append", help="the new list (repeatable); none: show the current list")
-    keys.add_parser("list", help="list write keys (names and sources, never values)")
-    revoke = keys.add_parser("revoke", help="revoke a write key")
+    reader = keys.add_parser("create-reader", help="create an admin API key that may only read recommendations "
+                                                   "(a shop backend's) and print it (shown once)")
+    reader.add_argument("name")
+    reader.add_argument("--scope", default="recommendations", choices=["recommendations"],
+                        help="what the key may call: recommendations (GET /v1/recommendations/...)")
+    reader.add_argument("--key", help="use this value instead of a random one (16+ printable ASCII characters)")
+    keys.add_parser("list", help="list write keys and reader keys (names, sources, scopes, never values)")
+    revoke = keys.add_parser("revoke", help="revoke a write key (--reader: a reader key)")
     revoke.add_argument("name")
+    revoke.add_argument("--reader", action="store_true", help="revoke the reader key NAME (refused within seconds)")
     demo = commands.add_parser("demo", help="send simulated shoppers through the collector and summarise")
     demo.add_argument("--users", type=int, default=300)
     demo.add_argument("--collector-url", default=None)
@@ -98,9 +106,14 @@ def _topics(settings: Settings, _args) -> None:
 def _keys(settings: Settings, args) -> None:
     from sqlalchemy import create_engine
 
-    from spoor.storage import write_keys
+    from spoor.storage import api_keys, write_keys
     engine = create_engine(settings.database_url)
-    if args.action == "create":
+    if args.action == "create-reader":
+        try:
+            print(api_keys.create_key(engine, args.name, args.scope, args.key))
+        except ValueError as err:
+            sys.exit(f"spoor keys create-reader: {err}")
+    elif args.action == "create":
         from spoor.storage.write_key_origins import normalize_origin
         try:
             [normalize_origin(origin) for origin in args.origin]  # before the key exists
@@ -116,8 +129,16 @@ def _keys(settings: Settings, args) -> None:
         for key in write_keys.list_keys(engine):
             state = f"revoked {key['revoked_at']:%Y-%m-%d}" if key["revoked_at"] else "active"
             print(f"{key['name']:<24} {key['source']:<12} {state}")
+        for key in api_keys.list_keys(engine):
+            state = f"revoked {key['revoked_at']:%Y-%m-%d}" if key["revoked_at"] else "active"
+            print(f"{key['name']:<24} {'reader':<12} {state:<18} scope {key['scope']}")
+    elif args.reader:
+        if not api_keys.revoke_key(engine, args.name):
+            sys.exit(f"no active reader key named {args.name!r}")
     elif not write_keys.revoke_key(engine, args.name):
-        sys.exit(f"no active write key named {args.name!r}")
+        hint = " (a reader key has that name: --reader)" if any(
+            k["name"] == args.name and not k["revoked_at"] for k in api_keys.list_keys(engine)) else ""
+        sys.exit(f"no active write key named {args.name!r}{hint}")
 
 
 def _key_origins(engine, name: str, origins: list[str] | None) -> None:
