@@ -244,7 +244,7 @@ RULES: dict[str, Rule] = {
     "user_consent": _user_consent,
     "user_identities": _user_identities,
     "user_interests": _user_interests,
-    "user_interest_profiles": _delete,  # derived: the triggers on user_interests rewrite into_key's (0019)
+    "user_interest_profiles": _delete,  # derived: the segments runner's pass refreshes into_key's (0020)
 }
 
 

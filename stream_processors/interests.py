@@ -124,7 +124,8 @@ def order_pairs(event: Event, half_life_s: float) -> list[tuple]:
 @dataclass
 class RecentActivity:
     """What pairing needs of a user's past: the time of their latest event and the products they viewed
-    or added last (most recent last). The worker takes it from the user's profile before the batch."""
+    or added last in their current session (most recent last). The worker takes it from the user's
+    profile before the batch."""
 
     last_seen_s: float | None = None
     products: list = field(default_factory=list)
@@ -133,6 +134,10 @@ class RecentActivity:
         return self.last_seen_s is not None and abs(at_s - self.last_seen_s) <= SESSION_GAP_S
 
     def saw(self, at_s: float, product_id: str | None) -> None:
+        if not self.session_continues(at_s):
+            if self.last_seen_s is not None and at_s < self.last_seen_s:
+                return  # late, from an earlier session: neither the latest event nor a recent product
+            self.products.clear()  # a new session: the products before the gap are not in it
         self.last_seen_s = at_s if self.last_seen_s is None else max(self.last_seen_s, at_s)
         if product_id:
             if product_id in self.products:

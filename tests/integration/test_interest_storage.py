@@ -1,8 +1,10 @@
 """Interests, popularity and product affinity as the worker's batch write keeps them (storage/interests.py,
-migrations 0016 and 0019), on the real PostgreSQL: redelivery adds nothing, batches in any order give the
-weights of one batch, co-viewed products pair once per pair of events within 30 minutes of one user,
-identity merges add interests up, erasure removes them, hostile values are written, two writers over the
-same products in opposite orders do not deadlock, and the segment fields read the interest profile."""
+migrations 0016, 0019 and 0020), on the real PostgreSQL: redelivery adds nothing; interests, popularity and
+order pairs are sums that any batching or order gives alike, while session pairs, hours and devices follow
+the session rule in arrival order (tests/support/interest_reference.py); identity merges add interests up,
+erasure removes them, hostile values are written, two writers over the same products in opposite orders do
+not deadlock; and the segment fields read the interest profiles the segments runner refreshes, with a
+user's categories those of their products in the catalogue."""
 
 import math
 import threading
@@ -15,11 +17,14 @@ from sqlalchemy import text
 
 from spoor.events import Event, EventKind, ProductLine
 from spoor.privacy.erasure import erase_user
+from spoor.segments import membership
+from spoor.segments.membership import SegmentStore, refresh_interest_profiles
 from spoor.segments.segment_compiler import compile_segment
 from spoor.segments.segment_language import SegmentSpec
 from spoor.storage.identities import move_rows
 from spoor.storage.writers import StreamWriter
 from spoor.stream_processors.interests import DAY_S, forward_log2, interest_batch, log2_add, log2_sum
+from tests.support.interest_reference import walk
 from tests.support.segments_data import profile, put_profiles
 
 pytestmark = pytest.mark.integration
@@ -34,8 +39,18 @@ def ev(event_id: str, user: str, kind: EventKind = EventKind.PRODUCT_VIEW, minut
                  source="web", **fields)
 
 
-def write(writer: StreamWriter, events: list[Event], **options) -> None:
-    writer.write_batch([], events, interests=interest_batch(events, H, TREND_H), **options)
+def write(writer: StreamWriter, events: list[Event], recent: dict | None = None, **options) -> None:
+    """The worker's write of one batch; ``recent``: the users' activity carried from the batches before."""
+    writer.write_batch([], events, interests=interest_batch(events, H, TREND_H, recent=recent), **options)
+
+
+def refresh(engine, prefix: str) -> None:
+    """What the segments runner's pass does for the users changed since the last one (migration 0020)."""
+    with engine.connect() as conn:
+        keys = sorted(conn.execute(text("SELECT DISTINCT user_key FROM user_interests WHERE user_key LIKE :p "
+                                        "UNION SELECT user_key FROM user_interest_profiles WHERE user_key LIKE :p"),
+                                   {"p": prefix + "%"}).scalars())
+    refresh_interest_profiles(engine, keys)
 
 
 def interests(conn, user: str) -> dict[tuple[str, str], float]:
@@ -49,19 +64,42 @@ def affinity(conn, prefix: str) -> dict[tuple[str, str], tuple[float, float | No
     return {(a, b): (w, bought) for a, b, w, bought in rows}
 
 
-def snapshot(conn, prefix: str) -> dict:
-    """Every row the interest write keeps for users and products whose keys start with ``prefix``."""
+def profiles(conn, prefix: str) -> dict[str, tuple]:
+    return {row[0]: tuple(row[1:]) for row in conn.execute(text(
+        "SELECT user_key, top_category, preferred_device, preferred_hour FROM user_interest_profiles "
+        "WHERE user_key LIKE :p"), {"p": prefix + "%"})}
+
+
+SUMS = {  # what any batching and order of the same events gives alike
+    "user_interests": ("user_key, facet, value, weight, price", "user_key",
+                       "facet IN ('product', 'bought')"),
+    "product_popularity": ("product_id, category, price, weight, trend, bought", "product_id", "true"),
+    "product_affinity": ("product_id, neighbour_id, bought", "product_id", "bought IS NOT NULL"),
+}
+EVERYTHING = {
+    "user_interests": ("user_key, facet, value, weight, price", "user_key", "true"),
+    "product_popularity": SUMS["product_popularity"],
+    "product_affinity": ("product_id, neighbour_id, weight, bought", "product_id", "true"),
+    "user_interest_profiles": ("user_key, top_category, preferred_device, preferred_hour, price", "user_key", "true"),
+}
+
+
+def snapshot(conn, prefix: str, tables: dict = EVERYTHING) -> dict:
+    """The rows of ``tables`` for users and products whose keys start with ``prefix``."""
     return {table: sorted(tuple(row) for row in conn.execute(text(
-        f"SELECT {columns} FROM {table} WHERE {key} LIKE :p"), {"p": prefix + "%"}))
-        for table, columns, key in (
-            ("user_interests", "user_key, facet, value, weight, price", "user_key"),
-            ("product_popularity", "product_id, category, price, weight, trend, bought", "product_id"),
-            ("product_affinity", "product_id, neighbour_id, weight, bought", "product_id"),
-            ("user_interest_profiles", "user_key, top_category, preferred_device, preferred_hour, price", "user_key"))}
+        f"SELECT {columns} FROM {table} WHERE {key} LIKE :p AND {where}"), {"p": prefix + "%"}))
+        for table, (columns, key, where) in tables.items()}
 
 
 def close(a: float | None, b: float | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-12))
+
+
+def same_rows(got: list[tuple], expected: list[tuple]) -> bool:
+    return len(got) == len(expected) and all(
+        len(mine) == len(theirs) and all(close(a, b) if isinstance(a, float) or isinstance(b, float) else a == b
+                                         for a, b in zip(mine, theirs))
+        for mine, theirs in zip(got, expected))
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +108,8 @@ def writer(engine) -> StreamWriter:
 
 
 def shoppers(tag: str) -> list[Event]:
-    """Two shoppers' week: views, clicks, cart adds, orders, devices and hours; no more than 10 events of one
-    user within 30 minutes, so the pairing's nearest-10 limit never decides."""
+    """Two shoppers' week: views, clicks, cart adds, orders, devices and hours, sessions over and under
+    30 minutes apart."""
     u1, u2, p = f"{tag}u1", f"{tag}u2", f"{tag}p"
     return [
         ev(f"{tag}e1", u1, minutes=0, product_id=f"{p}1", category="dresses", price=Decimal("80"), device="mobile"),
@@ -98,112 +136,165 @@ def renamed(rows: list[tuple], tag: str) -> list[tuple]:
     return [tuple(v.replace(tag, "#", 1) if isinstance(v, str) else v for v in row) for row in rows]
 
 
+def expected_by_the_rule(arrived: list[Event]) -> tuple[dict, dict]:
+    """The affinity weights ((product, neighbour) -> log weight: session pairs by the rule in arrival order,
+    plus every two distinct products of one order at 4) and the hour and device weights
+    ((user, facet, value) -> log weight, once per session start) that ``arrived`` should leave."""
+    pairs, starts = walk(arrived)
+    weights: dict[tuple, list[float]] = {}
+    for _e, a, b, w, t in pairs:
+        weights.setdefault((a, b), []).append(forward_log2(w, t, H))
+    for e in arrived:
+        if e.kind == EventKind.PURCHASE:
+            products = list(dict.fromkeys(line.product_id for line in e.products))
+            for a in products:
+                for b in products:
+                    if a != b:
+                        weights.setdefault((a, b), []).append(forward_log2(4.0, e.event_time.timestamp(), H))
+    at = {e.event_id: e.event_time.timestamp() for e in arrived}
+    activity: dict[tuple, list[float]] = {}
+    for event_id, user, hour, device in starts:
+        activity.setdefault((user, "hour", str(hour)), []).append(forward_log2(1.0, at[event_id], H))
+        if device:
+            activity.setdefault((user, "device", device), []).append(forward_log2(1.0, at[event_id], H))
+    return ({k: log2_sum(v) for k, v in weights.items()}, {k: log2_sum(v) for k, v in activity.items()})
+
+
+def assert_the_rule(engine, prefix: str, arrived: list[Event]) -> None:
+    pairs, activity = expected_by_the_rule(arrived)
+    with engine.connect() as conn:
+        got_pairs = {k: w for k, (w, _b) in affinity(conn, prefix).items()}
+        got_activity = {(u, f, v): w for u, f, v, w in conn.execute(text(
+            "SELECT user_key, facet, value, weight FROM user_interests WHERE user_key LIKE :p "
+            "AND facet IN ('hour', 'device')"), {"p": prefix + "%"})}
+    assert set(got_pairs) == set(pairs)
+    assert all(close(got_pairs[k], w) for k, w in pairs.items()), (got_pairs, pairs)
+    assert set(got_activity) == set(activity)
+    assert all(close(got_activity[k], w) for k, w in activity.items()), (got_activity, activity)
+
+
 def test_a_redelivered_batch_adds_nothing(engine, writer):
     events = shoppers("redo-")
-    write(writer, events)
+    recent = {}
+    write(writer, events[:7], recent)
+    write(writer, events[7:], recent)
+    refresh(engine, "redo-")
     with engine.connect() as conn:
         first = snapshot(conn, "redo-")
     assert all(first.values()), first
-    write(writer, events)
-    write(writer, events[3:7])  # a part of it, in another batch
+    newcomer = ev("redx-1", "redx-u", product_id="redx-p")  # one new event: the batch is written
+    write(writer, [*events, newcomer])  # with no activity before it: the rows it makes differ, and count not
+    write(writer, [ev("redx-2", "redx-u", minutes=1, product_id="redx-q"), *events[3:7]], recent)  # a part of it
+    refresh(engine, "redo-")
     with engine.connect() as conn:
         assert snapshot(conn, "redo-") == first
 
 
-@pytest.mark.parametrize("split", [[12], [6, 6], [1] * 12, [5, 4, 3]], ids=["one", "halves", "singles", "uneven"])
-def test_batches_in_any_order_give_the_weights_of_one_batch(engine, writer, split):
-    tag = f"order{len(split)}{split[0]}-"
+ARRIVALS = {  # batches of indexes into shoppers(), in the order they arrive
+    "one": [list(range(12))],
+    "one-reversed": [list(range(11, -1, -1))],
+    "halves-last-first": [list(range(6, 12)), list(range(6))],
+    "singles-shuffled": [[i] for i in (5, 3, 0, 8, 11, 1, 6, 2, 10, 4, 9, 7)],
+    "uneven": [[9, 10, 11, 0, 1], [7, 8, 2, 3], [4, 5, 6]],
+}
+
+
+@pytest.mark.parametrize("arrival", list(ARRIVALS))
+def test_sums_ignore_order_and_batching_and_sessions_follow_arrival(engine, writer, arrival):
+    tag = f"arr-{arrival}-"
     events = shoppers(tag)
-    batches, start = [], 0
-    for size in split:
-        batches.append(events[start:start + size])
-        start += size
-    for batch in reversed(batches):  # the last events first: a replay, a lagging partition
-        write(writer, batch[::-1])
+    recent, arrived = {}, []
+    for batch in ARRIVALS[arrival]:
+        write(writer, [events[i] for i in batch], recent)
+        arrived += [events[i] for i in batch]
     with engine.connect() as conn:
-        got = {table: renamed(rows, tag) for table, rows in snapshot(conn, tag).items()}
-    one = shoppers("order-one-")
+        got = {table: renamed(rows, tag) for table, rows in snapshot(conn, tag, SUMS).items()}
+    one = shoppers("arr-reference-")
     write(writer, one)
     with engine.connect() as conn:
-        expected = {table: renamed(rows, "order-one-") for table, rows in snapshot(conn, "order-one-").items()}
+        expected = {table: renamed(rows, "arr-reference-") for table, rows in snapshot(conn, "arr-reference-",
+                                                                                       SUMS).items()}
     for table, rows in expected.items():
-        assert len(got[table]) == len(rows), table
-        for mine, theirs in zip(got[table], rows):  # sorted by their keys, which are equal
-            assert all(close(a, b) if isinstance(a, float) or isinstance(b, float) else a == b
-                       for a, b in zip(mine, theirs)), (table, mine, theirs)
+        assert rows and same_rows(got[table], rows), (table, got[table], rows)
+    # Session pairs, hours and devices: the rule, walked in the order the events came.
+    assert_the_rule(engine, tag, arrived)
 
 
-def test_the_weights_are_the_event_weights_summed(engine):
+def test_the_weights_are_the_event_weights_summed(engine, writer):
+    events = shoppers("sum-")
+    write(writer, events)
+    refresh(engine, "sum-")
     with engine.connect() as conn:
-        mine = interests(conn, "order-one-u1")
+        mine = interests(conn, "sum-u1")
+        theirs = interests(conn, "sum-u2")
+        tops = profiles(conn, "sum-")
     t = NOW.timestamp()
 
     def at(minutes: float, weight: float = 1.0) -> float:
         return forward_log2(weight, t + minutes * 60, H)
 
-    assert close(mine[("product", "order-one-p2")], log2_sum([at(5), at(9, 3.0), at(25, 5.0)]))
-    assert close(mine[("category", "dresses")], log2_sum([at(0), at(5), at(9, 3.0), at(25, 5.0), at(3 * 24 * 60 + 29)]))
-    assert close(mine[("bought", "order-one-p3")], at(25))
-    assert close(mine[("device", "mobile")], log2_sum([at(0), at(5), at(6), at(9)]))
-    assert close(mine[("hour", "12")], log2_sum([at(m) for m in (0, 5, 6, 9, 20, 25, 3 * 24 * 60, 3 * 24 * 60 + 29)]))
-    assert ("product", "order-one-p9") not in mine and ("category", "bags") in mine
+    later = 3 * 24 * 60
+    assert close(mine[("product", "sum-p2")], log2_sum([at(5), at(9, 3.0), at(25, 5.0)]))
+    assert close(mine[("bought", "sum-p3")], at(25))
+    # Once per session: 0-25 min (mobile at its start; the desktop cart add at 20 is inside it), then 3 days on.
+    assert close(mine[("device", "mobile")], at(0)) and ("device", "desktop") not in mine
+    assert close(mine[("hour", "12")], log2_sum([at(0), at(later)]))
+    # u2: views 39 minutes apart are two sessions, the page view a minute later none, the order a third.
+    assert close(theirs[("hour", "12")], log2_sum([at(1), at(40), at(2 * 24 * 60)]))
+    assert close(theirs[("device", "tablet")], log2_sum([at(1), at(40)]))
+    assert not any(facet == "category" for facet, _v in [*mine, *theirs])  # categories come from the catalogue
+    assert ("product", "sum-p9") not in mine
+    # u1's categories by their products: dresses p1 + p2, shoes p3, bags p4.
+    by_category = {"dresses": log2_add(mine[("product", "sum-p1")], mine[("product", "sum-p2")]),
+                   "shoes": mine[("product", "sum-p3")], "bags": mine[("product", "sum-p4")]}
+    assert max(by_category, key=by_category.get) == "dresses"
+    assert tops == {"sum-u1": ("dresses", "mobile", 12), "sum-u2": ("bags", "tablet", 12)}
 
 
 # -- pairs of products -------------------------------------------------------------------------------
-
-def reference_pairs(events: list[Event]) -> dict[tuple[str, str], float]:
-    """The rule, the obvious way: every two view or cart-add events of one user at most 30 minutes apart,
-    of different products, give both ordered pairs their weight (2 for two cart adds, else 1) at the
-    later event's time."""
-    paired = [e for e in events if e.kind in (EventKind.PRODUCT_VIEW, EventKind.CART_ADD) and e.product_id]
-    logs: dict[tuple[str, str], list[float]] = {}
-    for i, x in enumerate(paired):
-        for y in paired[i + 1:]:
-            if x.user_key == y.user_key and x.product_id != y.product_id \
-                    and abs(x.event_time - y.event_time) <= timedelta(minutes=30):
-                weight = 2.0 if x.kind == y.kind == EventKind.CART_ADD else 1.0
-                log = forward_log2(weight, max(x.event_time, y.event_time).timestamp(), H)
-                logs.setdefault((x.product_id, y.product_id), []).append(log)
-                logs.setdefault((y.product_id, x.product_id), []).append(log)
-    return {pair: log2_sum(values) for pair, values in logs.items()}
-
 
 def co_views(tag: str) -> list[Event]:
     u1, u2, p = f"{tag}u1", f"{tag}u2", f"{tag}p"
     return [
         ev(f"{tag}1", u1, minutes=0, product_id=f"{p}a"),
         ev(f"{tag}2", u1, minutes=10, product_id=f"{p}b"),
-        ev(f"{tag}3", u1, EventKind.CART_ADD, minutes=12, product_id=f"{p}a"),  # a again: a pair of its own with b
+        ev(f"{tag}3", u1, EventKind.CART_ADD, minutes=12, product_id=f"{p}a"),  # a again: with b, and the latest
         ev(f"{tag}4", u1, EventKind.CART_ADD, minutes=42, product_id=f"{p}c"),  # exactly 30 min after a@12
-        ev(f"{tag}5", u1, EventKind.CART_ADD, minutes=50, product_id=f"{p}d"),  # two cart adds: weight 2
-        ev(f"{tag}6", u1, minutes=80 + 1 / 60, product_id=f"{p}e"),  # 30 min 1 s after d: alone
-        ev(f"{tag}7", u1, EventKind.CLICK, minutes=51, product_id=f"{p}f"),  # clicks do not pair
-        ev(f"{tag}8", u2, minutes=11, product_id=f"{p}g"),  # another user's view pairs with none of u1's
-        ev(f"{tag}9", u2, minutes=100, product_id=f"{p}b"),  # nor does u2's b, 90 minutes after its g
+        ev(f"{tag}5", u1, EventKind.CART_ADD, minutes=50, product_id=f"{p}d"),  # a cart add: weight 2
+        ev(f"{tag}6", u1, minutes=51, product_id=f"{p}e"),  # 4 products before it: b is not among the 3 latest
+        ev(f"{tag}7", u1, minutes=81 + 1 / 60, product_id=f"{p}f"),  # 30 min 1 s after e: a new session, alone
+        ev(f"{tag}8", u1, minutes=82, product_id=f"{p}g"),  # with f only
+        ev(f"{tag}9", u1, EventKind.CLICK, minutes=83, product_id=f"{p}h"),  # clicks do not pair
+        ev(f"{tag}10", u2, minutes=11, product_id=f"{p}i"),  # another user's view pairs with none of u1's
+        ev(f"{tag}11", u2, minutes=100, product_id=f"{p}b"),  # nor does u2's b, 89 minutes after its i
     ]
 
 
-@pytest.mark.parametrize("batches", [[range(9)], [range(8, -1, -1)], [[i] for i in (5, 3, 0, 8, 1, 6, 2, 4, 7)],
-                                     [[4, 5, 6], [0, 7, 8], [1, 2, 3]]],
-                         ids=["one", "one-reversed", "singles-out-of-order", "three-out-of-order"])
-def test_products_viewed_within_30_minutes_pair_once_per_pair_of_events(engine, writer, batches):
-    tag = f"co{len(batches)}{len(batches[0])}-"
+@pytest.mark.parametrize("batches", [[range(11)], [range(3), range(3, 6), range(6, 11)], [[i] for i in range(11)],
+                                     [range(10, -1, -1)], [[4, 5, 6], [0, 7, 8], [1, 2, 3], [9, 10]]],
+                         ids=["one", "three", "singles", "reversed", "out-of-order"])
+def test_products_viewed_in_one_session_pair_by_the_rule_in_arrival_order(engine, writer, batches):
+    tag = f"co-{len(batches)}-{list(batches[0])[0]}-"
     events = co_views(tag)
+    recent, arrived = {}, []
     for batch in batches:
-        write(writer, [events[i] for i in batch])
-    write(writer, events[2:5])  # redelivered: nothing more
+        write(writer, [events[i] for i in batch], recent)
+        arrived += [events[i] for i in batch]
+    write(writer, [*events[2:5], ev(f"{tag}new", f"other-{tag}u3", product_id="other")], recent)  # redelivered: no more
+    assert_the_rule(engine, tag, arrived)
     with engine.connect() as conn:
         pairs = affinity(conn, tag)
-    expected = reference_pairs(events)
-    p = f"{tag}p"
-    assert set(pairs) == set(expected) == {(p + x, p + y) for x, y in ("ab", "ba", "ac", "ca", "cd", "dc")}
-    for pair, log in expected.items():
-        assert close(pairs[pair][0], log), pair
-        assert pairs[pair][1] is None  # seen together, not bought together
-    t = NOW.timestamp()
-    # (a@0, b@10) and (b@10, a@12): two pairs of events, one weight each at the later one's time.
-    assert close(pairs[(p + "a", p + "b")][0], log2_add(forward_log2(1.0, t + 600, H), forward_log2(1.0, t + 720, H)))
-    assert close(pairs[(p + "c", p + "d")][0], forward_log2(2.0, t + 50 * 60, H))
+    assert all(bought is None for _w, bought in pairs.values())  # seen together, not bought together
+    assert not any(a.endswith(("h", "i")) or b.endswith(("h", "i")) for a, b in pairs)
+    if batches == [range(11)]:  # in time order, worked out by hand
+        p, t = f"{tag}p", NOW.timestamp()
+        assert set(pairs) == {(p + x, p + y) for x, y in ("ab", "ba", "ac", "ca", "bc", "cb", "ad", "da", "bd", "db",
+                                                          "cd", "dc", "ae", "ea", "ce", "ec", "de", "ed",
+                                                          "fg", "gf")}
+        # (a@0, b@10) and (b@10, a@12): two pairs of events, one weight each at the later one's time.
+        assert close(pairs[(p + "a", p + "b")][0], log2_add(forward_log2(1.0, t + 600, H),
+                                                              forward_log2(2.0, t + 720, H)))
+        assert close(pairs[(p + "c", p + "d")][0], forward_log2(2.0, t + 50 * 60, H))
 
 
 def test_products_of_one_order_pair(engine, writer):
@@ -234,40 +325,44 @@ def test_merging_an_anonymous_id_adds_its_interests_to_the_users(engine, writer)
     write(writer, [ev("m-3", "m-user", minutes=-60, product_id="m-p2", category="shoes", price=Decimal("20"),
                       device="desktop"),
                    ev("m-4", "m-user", minutes=-50, product_id="m-p1", category="dresses", device="desktop")])
+    refresh(engine, "m-")
     with engine.connect() as conn:
         anon, user = interests(conn, "m-anon"), interests(conn, "m-user")
-        before = dict(conn.execute(text("SELECT user_key, preferred_device FROM user_interest_profiles "
-                                        "WHERE user_key LIKE 'm-%'")).all())
-    assert before == {"m-anon": "mobile", "m-user": "desktop"}
+        before = profiles(conn, "m-")
+    assert before == {"m-anon": ("dresses", "mobile", 12), "m-user": ("dresses", "desktop", 11)}
     with engine.begin() as conn:
         moved = move_rows(conn, "m-anon", "m-user")
-    assert moved["user_interests"] > 0
+    assert moved["user_interests"] > 0 and moved["user_interest_profiles"] == 1
     with engine.connect() as conn:
         merged = interests(conn, "m-user")
         assert interests(conn, "m-anon") == {}
-        profiles = dict(conn.execute(text("SELECT user_key, top_category FROM user_interest_profiles "
-                                          "WHERE user_key LIKE 'm-%'")).all())
-        device = conn.execute(text("SELECT preferred_device FROM user_interest_profiles WHERE user_key = 'm-user'")
-                              ).scalar_one()
+        assert profiles(conn, "m-") == {"m-user": ("dresses", "desktop", 11)}  # until the runner's next pass
     assert set(merged) == set(anon) | set(user)
     for key in merged:
         assert close(merged[key], log2_add(anon.get(key), user.get(key))), key
-    assert profiles == {"m-user": "dresses"}  # the anonymous id's profile went with its interests
-    assert device == "mobile"  # two recent mobile events outweigh two desktop ones an hour older
+    refresh_interest_profiles(engine, ["m-user"])  # the merged user's profile row changed: the pass refreshes it
+    with engine.connect() as conn:
+        # Dresses: the anonymous view and cart add of p1 and the user's view of it; the mobile session is the
+        # more recent one (each session counts its device once).
+        assert profiles(conn, "m-") == {"m-user": ("dresses", "mobile", 12)}
 
 
 def test_erasure_removes_the_users_interests(test_settings, engine, writer):
     for user in ("er-1", "er-2", "er-3"):
         write(writer, [ev(f"{user}-e1", user, product_id="er-p1", category="toys", price=Decimal("5"))])
+    refresh(engine, "er-")
     settings = test_settings.model_copy(update={"erase_worker_wait_s": 0.1})
     report = erase_user(settings, engine, "er-1", actor="test")  # what `spoor users erase` runs
-    assert report["rows_removed"]["user_interests"] == 3 and report["rows_removed"]["user_interest_profiles"] == 1
+    assert report["rows_removed"]["user_interests"] == 2  # the product and the session's hour
+    assert report["rows_removed"]["user_interest_profiles"] == 1
     write(writer, [], erased_users=["er-2"])  # an erasure record reaching the worker
     with engine.connect() as conn:
         left = conn.execute(text("SELECT DISTINCT user_key FROM user_interests WHERE user_key LIKE 'er-%'")).scalars()
         profiles = conn.execute(text(
             "SELECT user_key FROM user_interest_profiles WHERE user_key LIKE 'er-%'")).scalars()
         assert sorted(left) == ["er-3"] and sorted(profiles) == ["er-3"]
+        assert conn.execute(text("SELECT category FROM product_popularity WHERE product_id = 'er-p1'")
+                            ).scalar_one() == "toys"  # products, not users: they stay
 
 
 # -- hostile values ----------------------------------------------------------------------------------
@@ -291,16 +386,24 @@ def test_the_extremes_an_event_may_hold_are_written(engine, writer):
               event_time=datetime(2099, 12, 31, 11, 59, 59, tzinfo=timezone(timedelta(hours=-12))), received_at=NOW),
     ]
     write(writer, events)
+    refresh_interest_profiles(engine, [long_user])
     with engine.connect() as conn:
         mine = interests(conn, long_user)
+        categories = dict(conn.execute(text("SELECT product_id, category FROM product_popularity "
+                                            "WHERE product_id IN (:a, 'h-late')"), {"a": long_product}).all())
         pairs = conn.execute(text("SELECT count(*) FROM product_affinity WHERE product_id LIKE 'h-0%'")).scalar_one()
         row = conn.execute(text("SELECT top_category, preferred_device, preferred_hour, price, price_band "
                                 "FROM user_interest_profile WHERE user_key = :u"), {"u": long_user}).one()
     assert len([k for k in mine if k[0] == "product"]) == 1000 + 3
     assert len([k for k in mine if k[0] == "bought"]) == 1000
-    assert ("category", unicode_category) in mine and all(math.isfinite(w) for w in mine.values())
+    assert categories == {long_product: unicode_category, "h-late": "\u200b\u0301" * 128}
+    assert all(math.isfinite(w) for w in mine.values())
+    # One session from h-1 to h-3 (its device), the event of 1970 late, the one of 2099 a session of its own.
+    assert {v for f, v in mine if f == "hour"} == {"12", "0", "23"} and {v for f, v in mine if f == "device"} == {
+        "d" * 128}
     assert pairs == 30 * 29
-    # The event in 2099 outweighs everything else, and its hour is UTC's (23:59, not 11:59).
+    # The event in 2099 outweighs everything else, its product's category is the top one, and its hour is
+    # UTC's (23:59, not 11:59).
     assert row.top_category == "\u200b\u0301" * 128 and row.preferred_hour == 23
     assert row.preferred_device == "d" * 128 and math.isfinite(row.price)
 
@@ -325,9 +428,12 @@ def test_ids_past_256_characters_are_refused_upstream():
 # -- two writers -------------------------------------------------------------------------------------
 
 def test_two_writers_over_the_same_products_in_opposite_orders_do_not_deadlock(engine, writer):
+    """... nor with the segments runner refreshing their users' profiles meanwhile."""
     products = [f"dl-p{i}" for i in range(12)]
+    users = sorted(f"dl-u{side}-{n}" for side in (0, 1) for n in range(5))
     errors: list[BaseException] = []
     rounds = 150
+    writing = threading.Event()
 
     def run(side: int) -> None:
         order = products if side == 0 else products[::-1]
@@ -343,20 +449,32 @@ def test_two_writers_over_the_same_products_in_opposite_orders_do_not_deadlock(e
         except BaseException as err:  # noqa: BLE001 - reported by the main thread
             errors.append(err)
 
+    def refresh_meanwhile() -> None:
+        try:
+            while writing.is_set():
+                refresh_interest_profiles(engine, users)
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    writing.set()
     threads = [threading.Thread(target=run, args=(side,)) for side in (0, 1)]
-    for thread in threads:
+    refresher = threading.Thread(target=refresh_meanwhile)
+    for thread in [*threads, refresher]:
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
+    writing.clear()
+    refresher.join(timeout=60)
     assert not errors, errors[0]
-    assert not any(thread.is_alive() for thread in threads)
+    assert not any(thread.is_alive() for thread in [*threads, refresher])
+    refresh_interest_profiles(engine, users)
     with engine.connect() as conn:
         events = conn.execute(text("SELECT count(*) FROM events WHERE event_id LIKE 'dl-%'")).scalar_one()
         popularity = conn.execute(text("SELECT count(*) FROM product_popularity WHERE product_id LIKE 'dl-%'")
                                   ).scalar_one()
-        profiles = conn.execute(text("SELECT count(*) FROM user_interest_profiles WHERE user_key LIKE 'dl-%'")
-                                ).scalar_one()
-    assert events == 2 * rounds * 13 and popularity == 12 and profiles == 10
+        refreshed = conn.execute(text("SELECT count(*) FROM user_interest_profiles WHERE user_key LIKE 'dl-%'")
+                                 ).scalar_one()
+    assert events == 2 * rounds * 13 and popularity == 12 and refreshed == 10
 
 
 # -- segment fields ----------------------------------------------------------------------------------
@@ -381,6 +499,7 @@ def test_segment_fields_read_the_interest_profile(engine, writer):
            device="desktop"),
         ev("seg-4", "seg-nothing", EventKind.PAGE_VIEW, minutes=60 * 9)])  # interests: only an hour
     put_profiles(engine, [profile(key, NOW) for key in ("seg-rich", "seg-thrifty", "seg-nothing", "seg-new")])
+    refresh(engine, "seg-")
     with engine.connect() as conn:
         band = dict(conn.execute(text("SELECT user_key, price_band FROM user_interest_profile "
                                       "WHERE user_key LIKE 'seg-%'")).all())
@@ -391,7 +510,7 @@ def test_segment_fields_read_the_interest_profile(engine, writer):
     assert members(engine, 'price_band == "high"') == {"seg-rich"}
     assert members(engine, {"field": "price_band", "op": "in", "value": ["low", "mid"]}) == {"seg-thrifty"}
     assert members(engine, 'preferred_device == "desktop"') == {"seg-thrifty"}
-    assert members(engine, "preferred_hour == 21") == {"seg-thrifty", "seg-nothing"}
+    assert members(engine, "preferred_hour == 21") == {"seg-thrifty", "seg-nothing"}  # thrifty: 2 sessions
     assert members(engine, "preferred_hour >= 20") == {"seg-rich", "seg-thrifty", "seg-nothing"}
     # A user without interests has nulls: == null matches, any comparison does not.
     assert members(engine, "top_category == null") == {"seg-nothing", "seg-new"}
@@ -406,3 +525,60 @@ def test_segment_fields_read_the_interest_profile(engine, writer):
     assert compile_segment(spec, lambda name: None, NOW).depends_on_population
     spec = SegmentSpec.model_validate({"name": "s", "where": 'top_category == "dresses"'})
     assert not compile_segment(spec, lambda name: None, NOW).depends_on_population
+
+
+def test_a_users_categories_are_those_of_their_products_in_the_catalogue(engine, writer):
+    write(writer, [ev("cat-1", "cat-u1", product_id="cat-p1", category="cat-lamps"),
+                   ev("cat-2", "cat-u1", minutes=1, product_id="cat-p2", category="cat-rugs"),
+                   ev("cat-3", "cat-u1", minutes=2, product_id="cat-p3", category="cat-rugs"),
+                   ev("cat-4", "cat-u2", EventKind.CART_ADD, minutes=3, product_id="cat-p1")])  # no category sent
+    refresh(engine, "cat-")
+    with engine.connect() as conn:
+        # Two rug views outweigh one lamp view; u2's product is a lamp by the catalogue.
+        assert {u: top for u, (top, _d, _h) in profiles(conn, "cat-").items()} == {"cat-u1": "cat-rugs",
+                                                                                   "cat-u2": "cat-lamps"}
+    # The catalogue says p1 is a rug now: u1's interest is the same, its categories are not.
+    write(writer, [ev("cat-5", "cat-u3", minutes=4, product_id="cat-p1", category="cat-rugs")])
+    write(writer, [ev("cat-6", "cat-u1", EventKind.PURCHASE, minutes=5, products=(
+        ProductLine(product_id="cat-p4", category="cat-vases"),))])  # 5 for vases, against 3 for rugs
+    refresh(engine, "cat-")
+    with engine.connect() as conn:
+        assert {u: top for u, (top, _d, _h) in profiles(conn, "cat-").items()} == {
+            "cat-u1": "cat-vases", "cat-u2": "cat-rugs", "cat-u3": "cat-rugs"}
+    # A user whose products have no category in the catalogue has no top category.
+    write(writer, [ev("cat-7", "cat-u4", minutes=6, product_id="cat-p5")])
+    refresh(engine, "cat-")
+    with engine.connect() as conn:
+        assert profiles(conn, "cat-")["cat-u4"] == (None, None, 12)
+
+
+def test_the_incremental_pass_refreshes_the_profiles_of_changed_users(engine, writer):
+    store = SegmentStore(engine)
+    store.save(SegmentSpec.model_validate({"name": "inc_lamp_fans", "where": 'top_category == "inc-lamps"'}),
+               status="active")
+    passes = iter(range(100))
+
+    def next_pass() -> dict:
+        return membership.incremental_pass(engine, NOW, overlap_s=0, cursor=f"inc-{next(passes)}")
+
+    def fans() -> set[str]:
+        return {m["user_key"] for m in membership.members(engine, "inc_lamp_fans")}
+
+    # The worker writes a user's interests and profile in one transaction (here: one after the other).
+    write(writer, [ev("inc-1", "inc-u1", product_id="inc-p1", category="inc-lamps"),
+                   ev("inc-2", "inc-u2", product_id="inc-p2", category="inc-rugs")])
+    put_profiles(engine, [profile(key, NOW) for key in ("inc-u1", "inc-u2")])
+    with engine.connect() as conn:
+        assert profiles(conn, "inc-") == {}  # the write refreshes no profile: the runner's pass does
+    assert next_pass()["segments"]["inc_lamp_fans"] == (1, 0) and fans() == {"inc-u1"}
+    # New events: u2 adds a lamp to the cart (3 against a 1 for the rug), u1 two rugs.
+    write(writer, [ev("inc-3", "inc-u2", EventKind.CART_ADD, minutes=1, product_id="inc-p1"),
+                   ev("inc-4", "inc-u1", EventKind.CART_ADD, minutes=2, product_id="inc-p2"),
+                   ev("inc-5", "inc-u1", minutes=3, product_id="inc-p2")])
+    put_profiles(engine, [profile(key, NOW) for key in ("inc-u1", "inc-u2")])
+    assert fans() == {"inc-u1"}
+    assert next_pass()["segments"]["inc_lamp_fans"] == (1, 1) and fans() == {"inc-u2"}
+    with engine.connect() as conn:
+        assert {u: top for u, (top, _d, _h) in profiles(conn, "inc-").items()} == {"inc-u1": "inc-rugs",
+                                                                                   "inc-u2": "inc-lamps"}
+    store.set_status("inc_lamp_fans", "paused")

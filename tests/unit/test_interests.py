@@ -1,6 +1,8 @@
 """The interest math of stream_processors/interests.py, without a database: forward-decayed logarithms
 sum to the decayed weights exactly, in any order and grouping; extreme differences neither raise nor
-poison a sum; and each kind of event gives the rows docs/recommendations.md says it does."""
+poison a sum; each kind of event gives the rows docs/recommendations.md says it does; and session pairs,
+hours and devices follow the session rule in arrival order (tests/support/interest_reference.py, the rule
+worked out the obvious way), however the events are cut into batches."""
 
 import math
 from datetime import datetime, timedelta, timezone
@@ -12,11 +14,16 @@ from hypothesis import strategies as st
 
 from spoor.events import Event, EventKind, ProductLine
 from spoor.stream_processors.interests import (
+    ACTIVITY_FACETS,
     BOUGHT_TOGETHER_WEIGHT,
     DAY_S,
     FLOOR_EXPONENT,
     MAX_ORDER_LINES,
     PRODUCT_WEIGHTS,
+    RECENT_PRODUCTS,
+    SESSION_GAP_S,
+    SESSION_PAIR_WEIGHTS,
+    RecentActivity,
     decayed,
     forward_log2,
     interest_batch,
@@ -25,7 +32,11 @@ from spoor.stream_processors.interests import (
     log2_sum,
     order_pairs,
     popularity_rows,
+    recent_activity,
+    session_pairs,
 )
+from spoor.stream_processors.profile import UserProfile
+from tests.support.interest_reference import walk
 
 H = 30 * DAY_S
 TREND_H = 3 * DAY_S
@@ -146,15 +157,15 @@ def facets(rows: list[tuple]) -> dict[tuple[str, str], tuple[float, str | None]]
 
 
 @pytest.mark.parametrize("kind", [EventKind.PRODUCT_VIEW, EventKind.CLICK, EventKind.CART_ADD])
-def test_a_product_event_counts_its_product_category_device_and_hour(kind):
+def test_a_product_event_counts_its_product_and_a_session_start_its_device_and_hour(kind):
     e = event(kind, product_id="p1", category="dresses", price=Decimal("49.90"), device="mobile")
-    rows = facets(interest_rows(e, H))
     at = T0.timestamp()
     weight = forward_log2(PRODUCT_WEIGHTS[kind], at, H)
-    assert rows == {("hour", "9"): (forward_log2(1.0, at, H), None),
-                    ("device", "mobile"): (forward_log2(1.0, at, H), None),
-                    ("product", "p1"): (weight, "49.90"),
-                    ("category", "dresses"): (weight, None)}
+    assert facets(interest_rows(e, H)) == {("hour", "9"): (forward_log2(1.0, at, H), None),
+                                           ("device", "mobile"): (forward_log2(1.0, at, H), None),
+                                           ("product", "p1"): (weight, "49.90")}  # no category row
+    assert facets(interest_rows(e, H, session_start=False)) == {("product", "p1"): (weight, "49.90")}
+    # The category goes with the product's popularity: the catalogue a user's categories are read from.
     assert popularity_rows(e, H, TREND_H) == [("e1", "p1", "dresses", "49.90", weight,
                                                forward_log2(PRODUCT_WEIGHTS[kind], at, TREND_H), None)]
     assert order_pairs(e, H) == []
@@ -163,6 +174,8 @@ def test_a_product_event_counts_its_product_category_device_and_hour(kind):
 def test_the_weights_of_kinds():
     assert {k.value: w for k, w in PRODUCT_WEIGHTS.items()} == {"product_view": 1.0, "click": 0.5, "cart_add": 3.0,
                                                                 "purchase": 5.0}
+    assert {k.value: w for k, w in SESSION_PAIR_WEIGHTS.items()} == {"product_view": 1.0, "cart_add": 2.0}
+    assert (SESSION_GAP_S, RECENT_PRODUCTS) == (1800.0, 3)
 
 
 def test_an_order_counts_each_product_once_and_what_was_bought():
@@ -177,8 +190,7 @@ def test_an_order_counts_each_product_once_and_what_was_bought():
     assert facets(interest_rows(e, H)) == {
         ("hour", "9"): (one, None),
         ("product", "a"): (five, "10"), ("product", "b"): (five, "20.5"), ("product", "c"): (five, None),
-        ("bought", "a"): (one, "10"), ("bought", "b"): (one, "20.5"), ("bought", "c"): (one, None),
-        ("category", "shoes"): (five, None)}
+        ("bought", "a"): (one, "10"), ("bought", "b"): (one, "20.5"), ("bought", "c"): (one, None)}
     popularity = popularity_rows(e, H, TREND_H)
     assert [(r[1], r[2], r[3], r[6]) for r in popularity] == [("a", "shoes", "10", one), ("b", "shoes", "20.5", one),
                                                               ("c", None, None, one)]
@@ -190,11 +202,11 @@ def test_an_order_counts_each_product_once_and_what_was_bought():
 
 def test_a_purchase_without_lines_counts_its_own_product_or_only_the_visit():
     with_product = event(EventKind.PURCHASE, product_id="p9", category="hats", price=Decimal("5"))
-    assert set(facets(interest_rows(with_product, H))) == {("hour", "9"), ("product", "p9"), ("bought", "p9"),
-                                                           ("category", "hats")}
+    assert set(facets(interest_rows(with_product, H))) == {("hour", "9"), ("product", "p9"), ("bought", "p9")}
     assert len(popularity_rows(with_product, H, TREND_H)) == 1 and order_pairs(with_product, H) == []
     bare = event(EventKind.PURCHASE, order_id="o1", revenue=Decimal("12"))
     assert set(facets(interest_rows(bare, H))) == {("hour", "9")}
+    assert set(facets(interest_rows(bare, H, session_start=False))) == set()
     assert popularity_rows(bare, H, TREND_H) == [] and order_pairs(bare, H) == []
 
 
@@ -209,11 +221,13 @@ def test_a_purchase_without_lines_counts_its_own_product_or_only_the_visit():
 def test_events_without_a_weighted_product_count_only_the_visit(e):
     assert set(facets(interest_rows(e, H))) == {("hour", "9")}
     assert popularity_rows(e, H, TREND_H) == [] and order_pairs(e, H) == []
+    assert session_pairs(e, RecentActivity(T0.timestamp(), ["p0", "p2"]), H) == []
 
 
-def test_an_empty_category_is_no_category():
-    e = event(EventKind.PRODUCT_VIEW, product_id="p1", category="")
-    assert set(facets(interest_rows(e, H))) == {("hour", "9"), ("product", "p1")}
+def test_no_category_is_ever_an_interest_row():
+    for category in ("", "dresses"):
+        e = event(EventKind.PRODUCT_VIEW, product_id="p1", category=category)
+        assert set(facets(interest_rows(e, H))) == {("hour", "9"), ("product", "p1")}
 
 
 def test_the_hour_is_the_hour_in_utc():
@@ -234,12 +248,162 @@ def test_order_pairs_are_n_times_n_minus_one_up_to_30_products(distinct, expecte
 
 
 def test_a_batch_is_the_rows_of_its_events():
-    events = [event(EventKind.PRODUCT_VIEW, "e1", product_id="a", category="c"),
-              event(EventKind.PURCHASE, "e2", products=(ProductLine(product_id="a"), ProductLine(product_id="b")))]
+    events = [event(EventKind.PRODUCT_VIEW, "e1", product_id="a", category="c", device="web"),
+              event(EventKind.PURCHASE, "e2", at=T0 + timedelta(minutes=3),
+                    products=(ProductLine(product_id="a"), ProductLine(product_id="b")))]
     batch = interest_batch(events, H, TREND_H)
     assert batch["half_life_s"] == H
-    assert len(batch["interests"]) == 3 + 5 and len(batch["popularity"]) == 3 and len(batch["pairs"]) == 2
+    # e1: hour, device, product; e2 (same session): two products, two bought.
+    assert len(batch["interests"]) == 3 + 4 and len(batch["popularity"]) == 3 and len(batch["pairs"]) == 2
     assert {r[0] for r in batch["interests"]} == {"e1", "e2"}
+    assert batch["seen_pairs"] == []  # a purchase does not pair as a view
+
+
+# -- sessions: pairs, hour and device ------------------------------------------------------------------
+
+def view(event_id: str, minutes: float, product: str | None = None, user: str = "u1",
+         kind: EventKind = EventKind.PRODUCT_VIEW, device: str | None = None) -> Event:
+    at = T0 + timedelta(minutes=minutes)
+    return Event(event_id=event_id, kind=kind, name=kind.value, user_key=user, event_time=at, received_at=at,
+                 product_id=product, device=device)
+
+
+def pairs_of(events: list[Event], batches: list[int] | None = None) -> set[tuple[str, str, str]]:
+    """(event id, product, neighbour) of the session pairs, the events cut into ``batches`` (sizes) with
+    each user's recent activity carried from one to the next, as the worker's profile carries it."""
+    recent, rows, start = {}, [], 0
+    for size in batches or [len(events)]:
+        rows += interest_batch(events[start:start + size], H, TREND_H, recent=recent)["seen_pairs"]
+        start += size
+    assert start == len(events)
+    return {(e, a, b) for e, a, b, _w in rows}
+
+
+def both(event_id: str, product: str, *others: str) -> set[tuple[str, str, str]]:
+    return {(event_id, product, o) for o in others} | {(event_id, o, product) for o in others}
+
+
+def test_a_view_pairs_with_the_products_before_it_in_the_session_both_ways_at_its_time():
+    events = [view("v1", 0, "a"), view("v2", 10, "b"), view("v3", 12, "a", kind=EventKind.CART_ADD)]
+    rows = interest_batch(events, H, TREND_H)["seen_pairs"]
+    t = T0.timestamp()
+    assert sorted(rows) == sorted([("v2", "b", "a", forward_log2(1.0, t + 600, H)),
+                                   ("v2", "a", "b", forward_log2(1.0, t + 600, H)),
+                                   ("v3", "a", "b", forward_log2(2.0, t + 720, H)),  # a cart add weighs 2
+                                   ("v3", "b", "a", forward_log2(2.0, t + 720, H))])
+
+
+def test_a_gap_over_30_minutes_ends_the_session_and_its_products():
+    events = [view("v1", 0, "a"), view("v2", 30, "b"),  # 30:00 after a: the same session
+              view("v3", 60 + 1 / 60, "c"),  # 30:01 after b: a new session, paired with nothing
+              view("v4", 61, "d"),  # with c only: a and b were in the session before the gap
+              view("v5", 62, None, kind=EventKind.PAGE_VIEW), view("v6", 91, "e"),  # a page view keeps it going
+              view("v7", 200, "f", kind=EventKind.CART_ADD)]
+    assert pairs_of(events) == both("v2", "b", "a") | both("v4", "d", "c") | both("v6", "e", "c", "d")
+
+
+def test_at_most_the_3_latest_distinct_products_and_a_repeat_moves_to_the_latest():
+    events = [view(f"v{i}", i, p) for i, p in enumerate("abca")]  # a again: with b and c, then the latest
+    events += [view("v4", 4, "d"),  # with b, c, a (the latest 3: c, a, d after it)
+               view("v5", 5, "e"),  # with c, a, d; not b, the 4th latest
+               view("v6", 6, "e"),  # e again: with a, d (its own product skipped), the latest 3 being a, d, e
+               view("v7", 7, "b", kind=EventKind.CLICK), view("v8", 8, None, kind=EventKind.CART_ADD)]  # not paired
+    assert pairs_of(events) == (both("v1", "b", "a") | both("v2", "c", "a", "b") | both("v3", "a", "b", "c")
+                                | both("v4", "d", "b", "c", "a") | both("v5", "e", "c", "a", "d")
+                                | both("v6", "e", "a", "d"))
+
+
+def test_users_never_pair_with_each_other():
+    events = [view("v1", 0, "a", "u1"), view("v2", 1, "b", "u2"), view("v3", 2, "c", "u1"), view("v4", 3, "d", "u2"),
+              view("v5", 4, "a", "u3")]
+    assert pairs_of(events) == both("v3", "c", "a") | both("v4", "d", "b")
+
+
+def test_a_late_event_pairs_with_what_was_recent_when_it_came():
+    events = [view("v1", 100, "a"), view("v2", 110, "b"),
+              view("v3", 90, "c"),  # 20 minutes before b but after it: with a and b; then the latest
+              view("v4", 40, "d"),  # over 30 minutes before the latest event: no session, no pairs, not recent
+              view("v5", 120, "e")]  # with a, b, c
+    assert pairs_of(events) == both("v2", "b", "a") | both("v3", "c", "a", "b") | both("v5", "e", "a", "b", "c")
+    # Arriving newest first: c (30:00 before e) still pairs; d does not; b and a pair with all before them.
+    assert pairs_of(events[::-1]) == both("v3", "c", "e") | both("v2", "b", "e", "c") | both("v1", "a", "e", "c", "b")
+
+
+def test_the_hour_and_device_count_once_per_session():
+    events = [view("v1", 0, "a", device="mobile"), view("v2", 5, "b", device="desktop"),
+              view("v3", 29, None, kind=EventKind.PAGE_VIEW, device="mobile"),
+              view("v4", 80, "c", device="desktop"),  # a new session at 10:50
+              view("v5", 81, "c", user="u2")]  # another user's first event
+    rows = interest_batch(events, H, TREND_H)["interests"]
+    t = T0.timestamp()
+    assert sorted((e, u, f, v, w) for e, u, f, v, w, _p in rows if f in ACTIVITY_FACETS) == [
+        ("v1", "u1", "device", "mobile", forward_log2(1.0, t, H)), ("v1", "u1", "hour", "9", forward_log2(1.0, t, H)),
+        ("v4", "u1", "device", "desktop", forward_log2(1.0, t + 80 * 60, H)),
+        ("v4", "u1", "hour", "10", forward_log2(1.0, t + 80 * 60, H)),
+        ("v5", "u2", "hour", "10", forward_log2(1.0, t + 81 * 60, H))]
+
+
+def test_the_recent_activity_carried_between_batches_is_the_batch_as_one():
+    events = [view("v1", 0, "a", device="web"), view("v2", 1, "b"), view("v3", 2, "c"), view("v4", 3, "d")]
+    whole = interest_batch(events, H, TREND_H)
+    recent = {}
+    first = interest_batch(events[:2], H, TREND_H, recent=recent)
+    assert recent["u1"] == RecentActivity(T0.timestamp() + 60, ["a", "b"])
+    second = interest_batch(events[2:], H, TREND_H, recent=recent)
+    assert recent["u1"] == RecentActivity(T0.timestamp() + 180, ["b", "c", "d"])
+    for rows in ("interests", "popularity", "pairs", "seen_pairs"):
+        assert first[rows] + second[rows] == whole[rows], rows
+    # Without it, the second batch starts a session of its own: it counts its hour and pairs only d with c.
+    alone = interest_batch(events[2:], H, TREND_H)
+    assert {r[2] for r in alone["interests"] if r[0] == "v3"} == {"product", "hour"}
+    assert {(e, a, b) for e, a, b, _w in alone["seen_pairs"]} == both("v4", "d", "c")
+
+
+def test_the_worker_takes_the_recent_activity_from_the_profile():
+    profile = UserProfile("u1")
+    for i, p in enumerate(["a", "b", "c", "d", "b", "x" * 200]):  # a long id is kept as a digest
+        profile.apply(view(f"v{i}", i, p), dedupe_window=100)
+    profile.apply(view("v9", 9, "e", kind=EventKind.CART_ADD), dedupe_window=100)
+    recent = recent_activity(profile)
+    # The profile's viewed products, in the order first viewed, digests left out: b's second view and the
+    # cart add are not among them (docs/recommendations.md: limits of the pairing).
+    assert recent == RecentActivity(T0.timestamp() + 9 * 60, ["c", "d"])
+    assert recent_activity(UserProfile("u2")) == RecentActivity(None, [])
+
+
+events_in_any_order = st.lists(
+    st.tuples(st.sampled_from(["u1", "u2", "u3"]),
+              st.sampled_from([EventKind.PRODUCT_VIEW, EventKind.PRODUCT_VIEW, EventKind.CART_ADD, EventKind.CLICK,
+                               EventKind.PAGE_VIEW, EventKind.PURCHASE]),
+              st.sampled_from(["a", "b", "c", "d", "e", None]),
+              st.integers(min_value=0, max_value=240),  # minutes: gaps over and under 30, any arrival order
+              st.sampled_from(["mobile", "desktop", None])),
+    max_size=40)
+
+
+@given(events_in_any_order, st.lists(st.integers(min_value=1, max_value=8), max_size=40))
+def test_pairs_and_session_starts_are_the_rule_in_arrival_order_in_any_batches(drawn, sizes):
+    events = [view(f"v{i}", minutes, product, user, kind, device)
+              for i, (user, kind, product, minutes, device) in enumerate(drawn)]
+    batches, left = [], len(events)
+    for size in sizes:
+        if left:
+            batches.append(min(size, left))
+            left -= batches[-1]
+    if left:
+        batches.append(left)
+    recent, seen, interests = {}, [], []
+    start = 0
+    for size in batches:
+        batch = interest_batch(events[start:start + size], H, TREND_H, recent=recent)
+        seen += batch["seen_pairs"]
+        interests += batch["interests"]
+        start += size
+    expected_pairs, starts = walk(events)
+    assert sorted(seen) == sorted((e, a, b, forward_log2(w, t, H)) for e, a, b, w, t in expected_pairs)
+    activity = sorted((e, u, f, v) for e, u, f, v, _w, _p in interests if f in ACTIVITY_FACETS)
+    assert activity == sorted([(e, u, "hour", str(hour)) for e, u, hour, _d in starts]
+                              + [(e, u, "device", d) for e, u, _h, d in starts if d])
 
 
 # -- segment fields ----------------------------------------------------------------------------------
