@@ -245,6 +245,24 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow, api_keys: ApiKe
     def erase(user_key: UserKey) -> dict:
         return erase_user(settings, engine, user_key, actor="api")
 
+    @app.get("/users/{user_key}/export", dependencies=auth, response_model=None,
+             summary="Everything held about the person an id belongs to, as one JSON document (right of access)",
+             description="Streamed: subject (ids, generated_at), tables {name: rows}, derived, not_included "
+                         "(docs/privacy.md#export-right-of-access). 404 when nothing is held about the id, "
+                         "400 for a malformed id or a placeholder id that is many shoppers'.",
+             responses={200: {"content": {"application/json": {}}}, 400: {"description": "id refused"},
+                        404: {"description": "nothing is held about the id"}})
+    def export_user(user_key: UserKey):
+        from fastapi.responses import StreamingResponse
+
+        from spoor.privacy.export import UnknownSubject, stream_export
+        try:
+            pieces = stream_export(engine, user_key, denylist=settings.identity_denylist)
+        except UnknownSubject as err:
+            raise HTTPException(404, "nothing is held about this id") from err
+        return StreamingResponse(pieces, media_type="application/json", headers={
+            "Content-Disposition": 'attachment; filename="export.json"', "Cache-Control": "no-store"})
+
     # Recommendations (docs/recommendations.md#serving): the admin token or a key of scope "recommendations".
     # Product-level reads come from a cache of a few seconds (storage/recommendation_reads.py), the others
     # from a pool of their own (storage/recommendation_reads.py: read_engine).

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     _add_replay_parser(commands)
     from spoor.cli.segment_commands import add_commands as add_segments_commands  # segments, campaigns, users
     add_segments_commands(commands)
+    _add_users_export_parser(commands)
     _add_dead_letter_commands(commands)
     from spoor.cli.alert_commands import add_commands as add_alerts_commands
     add_alerts_commands(commands)
@@ -240,7 +241,89 @@ def _segments(settings: Settings, args) -> None:
     run(settings, args)
 
 
-_campaigns = _users = _segments
+_campaigns = _segments
+
+
+def _users(settings: Settings, args) -> None:
+    if args.action == "export":
+        _users_export(settings, args)
+    else:
+        _segments(settings, args)
+
+
+# --- users export: a subject's export, right of access (issue 24, docs/privacy.md) ---
+
+# Exit codes of `spoor users export`, from sysexits.h as spoor/exit_codes.py's are.
+EX_DATAERR, EX_NOUSER, EX_CANTCREAT = 65, 67, 73
+EXPORT_PROGRESS_ROWS = 10_000
+
+
+def _add_users_export_parser(commands) -> None:
+    users = commands.choices["users"]  # spoor/cli/segment_commands.py made it; argparse has no public getter
+    actions = next(a for a in users._actions if isinstance(a, argparse._SubParsersAction))
+    export = actions.add_parser("export", help="everything held about the person an id belongs to, as one JSON "
+                                               "document (right of access)")
+    export.add_argument("user_key", help="any of the person's ids")
+    export.add_argument("--output", "-o", help="write the document to this file (mode 600, written whole or not "
+                                               "at all); default: standard output")
+
+
+def _users_export(settings: Settings, args) -> None:
+    """Exit 0 with the document; 65 for an id that cannot be exported (malformed, or a placeholder that
+    is many shoppers'), 67 when nothing is held about the id, 73 when the file cannot be written."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from sqlalchemy import create_engine
+
+    from spoor.privacy import PrivacyError
+    from spoor.privacy.export import UnknownSubject, stream_export
+
+    totals: dict[str, int] = {}
+
+    def progress(section: str, rows: int) -> None:
+        if rows and rows % EXPORT_PROGRESS_ROWS == 0 and totals.get(section) != rows:
+            print(f"spoor users export: {section}: {rows} rows", file=sys.stderr)
+        totals[section] = rows
+
+    engine = create_engine(settings.database_url)
+    try:
+        pieces = stream_export(engine, args.user_key, denylist=settings.identity_denylist, progress=progress)
+    except UnknownSubject as err:
+        sys.stderr.write(f"spoor users export: {err}\n")
+        sys.exit(EX_NOUSER)
+    except PrivacyError as err:
+        sys.stderr.write(f"spoor users export: {err}\n")
+        sys.exit(EX_DATAERR)
+    if not args.output:
+        for piece in pieces:
+            sys.stdout.buffer.write(piece)
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+        return
+    target = Path(args.output)
+    try:
+        handle, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    except OSError as err:
+        pieces.close()
+        sys.stderr.write(f"spoor users export: cannot write {target}: {err}\n")
+        sys.exit(EX_CANTCREAT)
+    try:
+        with os.fdopen(handle, "wb") as out:  # mkstemp's file is the owner's only (0600)
+            for piece in pieces:
+                out.write(piece)
+            out.write(b"\n")
+        os.replace(partial, target)
+    except OSError as err:
+        Path(partial).unlink(missing_ok=True)
+        sys.stderr.write(f"spoor users export: cannot write {target}: {err}\n")
+        sys.exit(EX_CANTCREAT)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    held = {name: rows for name, rows in totals.items() if rows}
+    print(f"spoor users export: wrote {sum(held.values())} rows of {len(held)} tables to {target}", file=sys.stderr)
 
 
 # --- dead letters: list and replay (issue 3) ---
