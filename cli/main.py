@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> None:
     _add_replay_parser(commands)
     from spoor.cli.segment_commands import add_commands as add_segments_commands  # segments, campaigns, users
     add_segments_commands(commands)
-    _add_users_export_parser(commands)
     _add_dead_letter_commands(commands)
     from spoor.cli.alert_commands import add_commands as add_alerts_commands
     add_alerts_commands(commands)
@@ -256,16 +255,6 @@ def _users(settings: Settings, args) -> None:
 # Exit codes of `spoor users export`, from sysexits.h as spoor/exit_codes.py's are.
 EX_DATAERR, EX_NOUSER, EX_CANTCREAT = 65, 67, 73
 EXPORT_PROGRESS_ROWS = 10_000
-
-
-def _add_users_export_parser(commands) -> None:
-    users = commands.choices["users"]  # spoor/cli/segment_commands.py made it; argparse has no public getter
-    actions = next(a for a in users._actions if isinstance(a, argparse._SubParsersAction))
-    export = actions.add_parser("export", help="everything held about the person an id belongs to, as one JSON "
-                                               "document (right of access)")
-    export.add_argument("user_key", help="any of the person's ids")
-    export.add_argument("--output", "-o", help="write the document to this file (mode 600, written whole or not "
-                                               "at all); default: standard output")
 
 
 def _users_export(settings: Settings, args) -> None:

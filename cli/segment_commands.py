@@ -63,6 +63,11 @@ def add_commands(commands) -> None:
                                            "Faust tables")
     erase.add_argument("user_key")
     erase.add_argument("--actor", default="cli")
+    export = users.add_parser("export", help="everything held about the person an id belongs to, as one JSON "
+                                             "document (right of access; cli/main.py runs it)")
+    export.add_argument("user_key", help="any of the person's ids")
+    export.add_argument("--output", "-o", help="write the document to this file (mode 600, written whole or not "
+                                               "at all); default: standard output")
 
 
 def _print(value) -> None:
