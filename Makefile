@@ -55,6 +55,11 @@ sdk-js: sdk/js/node_modules/.installed
 bench: up            ## throughput and freshness figures (make bench N=1000000)
 	$(VENV)/bin/python bench/pipeline.py --events $(N)
 
+.PHONY: bench-recommendations
+bench-recommendations: install  ## Spoor's recommendations against three baselines on Online Retail's purchases
+	@deploy/stack.sh infra
+	$(VENV)/bin/python bench/recommendations.py
+
 logs:
 	@tail -n 50 $(SPOOR_RUN_DIR)/logs/*.log
 

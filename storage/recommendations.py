@@ -1,18 +1,24 @@
 """Recommendations read from the interests the worker keeps (migration 0016, storage/interests.py).
 
-For a user (``for_user``), candidates come from two sources, each scaled to at most 1 and blended:
+For a user (``for_user``), candidates come from two sources, blended, then weighed by demand:
 
+- **buy again**: the user's own decayed purchases of each product, relative to the most bought (1.0),
+  times ``buy_again_weight``;
 - **neighbours** of the user's strongest products (``SEEDS``, weighted by the user's decayed interest):
   ``similarity(p, q) = together(p, q) / sqrt(popularity(p) * popularity(q))``, a cosine over decayed
-  co-occurrence that keeps best-sellers from being everyone's neighbour. Reason "bought with P" when p and
-  q were bought together, else "viewed with P" (p: the seed that gave q most);
-- **buy again**: the user's own decayed purchases of each product, times ``buy_again_weight``.
+  co-occurrence that keeps best-sellers from being everyone's neighbour, averaged over the seeds (so at
+  most 1, and a product close to several seeds gains from each). Reason "bought with P" when p and q were
+  bought together, else "viewed with P" (p: the seed that gave q most);
+- **demand**: the blend times ``popularity(q) ^ demand_exponent`` (relative to the most popular candidate):
+  of two products the user is as close to, the one that sells now comes first. On Online Retail it is
+  what lifts the lists above buy-again alone (bench/recommendations.py, docs/recommendations.md).
 
 Every weight is a forward-decayed logarithm with the same half-life, so ``2^(a - b)`` compares two of
 them at any common time: no clock is read. When the user has nothing (unknown, erased, new) or opted out,
 or has fewer than ``k`` candidates, the list is filled with what is popular in the user's top category
-("popular in C"), then what is trending ("trending now"); ``personal`` says whether the user's own data
-was used. For a product (``for_product``): its neighbours, then popular products of its category.
+("popular in C"), then what is trending ("trending now"), below every personal score; ``personal`` says
+whether the user's own data was used. For a product (``for_product``): its neighbours, then popular
+products of its category.
 """
 
 from dataclasses import dataclass
@@ -29,14 +35,20 @@ FLOOR = -1000.0
 
 @dataclass(frozen=True)
 class Blend:
-    buy_again_weight: float = 1.0  # buy-again scores against neighbour scores (both scaled to at most 1)
+    """How ``for_user`` weighs its sources; the defaults were chosen on a validation split of Online Retail
+    inside the training period (bench/recommendations.py --validation), not on the reported one."""
+
+    buy_again_weight: float = 4.0  # the user's most bought product against a neighbour of every seed
     seeds: int = SEEDS
+    demand_exponent: float = 0.5  # 0: popularity plays no part; 1: in proportion to it
 
 
 USER_INTERESTS = text("""
-    SELECT facet, value, weight FROM user_interests WHERE user_key = :user_key AND facet IN ('product', 'bought')
+    SELECT i.facet, i.value, i.weight, p.weight AS popularity
+      FROM user_interests i LEFT JOIN product_popularity p ON p.product_id = i.value
+     WHERE i.user_key = :user_key AND i.facet IN ('product', 'bought')
     UNION ALL  -- a category weighs the user's summed interest in its products (migration 0020)
-    SELECT 'category', c.category, spoor_log2_sum(i.weight)
+    SELECT 'category', c.category, spoor_log2_sum(i.weight), NULL
       FROM user_interests i JOIN product_popularity c ON c.product_id = i.value
      WHERE i.user_key = :user_key AND i.facet = 'product' AND c.category IS NOT NULL
      GROUP BY c.category
@@ -44,7 +56,7 @@ USER_INTERESTS = text("""
 OPTED_OUT = text("SELECT opted_out FROM user_consent WHERE user_key = :user_key")
 NEIGHBOURS = text("""
     SELECT s.product_id AS seed, a.neighbour_id, a.weight - (ps.weight + pn.weight) / 2 AS similarity,
-           a.bought IS NOT NULL AS bought
+           a.bought IS NOT NULL AS bought, pn.weight AS popularity
       FROM unnest(CAST(:seeds AS text[])) AS s(product_id)
       JOIN product_popularity ps ON ps.product_id = s.product_id
      CROSS JOIN LATERAL (SELECT neighbour_id, weight, bought FROM product_affinity
@@ -66,9 +78,15 @@ def _scaled(logs: dict[str, float]) -> dict[str, float]:
     return {key: 2.0 ** max(FLOOR, value - top) for key, value in logs.items()}
 
 
+def _rounded(score: float) -> float:
+    """Nine decimals, and at least three significant digits for the smallest scores."""
+    return round(score, 9) if score >= 1e-6 else float(f"{score:.3g}")
+
+
 def _fill(conn: Connection, items: list[dict], k: int, category: str | None, exclude: str | None = None) -> list[dict]:
     """``items`` topped up to ``k`` with the popular products of ``category``, then trending ones."""
     have = {item["product_id"] for item in items} | ({exclude} if exclude else set())
+    below = min([1.0] + [item["score"] for item in items]) * 1e-3
     sources = [(POPULAR_IN, {"category": category}, f"popular in {category}")] if category else []
     sources.append((TRENDING, {}, "trending now"))
     for query, params, reason in sources:
@@ -80,8 +98,8 @@ def _fill(conn: Connection, items: list[dict], k: int, category: str | None, exc
                 break
             if product_id not in have:
                 have.add(product_id)
-                # Below every personal score (those are > 0 up to 2), by popularity rank.
-                items.append({"product_id": product_id, "score": round(0.5 / (place + 1) * 1e-3, 9),
+                # Below every listed score, by popularity rank.
+                items.append({"product_id": product_id, "score": _rounded(below * 0.5 / (place + 1)),
                               "reason": reason})
     return items
 
@@ -93,25 +111,34 @@ def for_user(conn: Connection, user_key: str, k: int = 10, blend: Blend = Blend(
     opted_out = bool(conn.execute(OPTED_OUT, {"user_key": key}).scalar())
     rows = [] if opted_out else conn.execute(USER_INTERESTS, {"user_key": key}).all()
     facets: dict[str, dict[str, float]] = {"product": {}, "bought": {}, "category": {}}
-    for facet, value, weight in rows:
+    popularity: dict[str, float] = {}  # product -> its popularity's forward-decayed logarithm
+    for facet, value, weight, product_popularity in rows:
         facets[facet][value] = weight
+        if product_popularity is not None:
+            popularity[value] = product_popularity
     category = max(facets["category"], key=facets["category"].get) if facets["category"] else None
     seeds = _scaled(dict(sorted(facets["product"].items(), key=lambda kv: -kv[1])[:blend.seeds]))
     similar: dict[str, float] = {}
     via: dict[str, tuple[float, str]] = {}  # product -> (largest gain, its reason)
     if seeds:
-        for seed, neighbour, similarity, bought in conn.execute(
-                NEIGHBOURS, {"seeds": list(seeds), "per_seed": NEIGHBOURS_PER_SEED}):
-            gain = seeds[seed] * 2.0 ** max(FLOOR, similarity)
-            similar[neighbour] = similar.get(neighbour, 0.0) + gain
-            if gain > via.get(neighbour, (0.0, ""))[0]:
-                via[neighbour] = (gain, f"{'bought' if bought else 'viewed'} with {seed}")
-    top = max(similar.values(), default=1.0)
+        for row in conn.execute(NEIGHBOURS, {"seeds": list(seeds), "per_seed": NEIGHBOURS_PER_SEED}):
+            gain = seeds[row.seed] * 2.0 ** max(FLOOR, row.similarity)
+            similar[row.neighbour_id] = similar.get(row.neighbour_id, 0.0) + gain
+            popularity[row.neighbour_id] = row.popularity
+            if gain > via.get(row.neighbour_id, (0.0, ""))[0]:
+                via[row.neighbour_id] = (gain, f"{'bought' if row.bought else 'viewed'} with {row.seed}")
+    seeds_total = sum(seeds.values()) or 1.0
+    near = {p: gain / seeds_total for p, gain in similar.items()}
     again = {p: blend.buy_again_weight * w for p, w in _scaled(facets["bought"]).items()}
-    scores = {p: similar.get(p, 0.0) / top + again.get(p, 0.0) for p in similar.keys() | again.keys()}
+    candidates = near.keys() | again.keys()
+    known = [popularity[p] for p in candidates if p in popularity]
+    top = max(known, default=0.0)
+    least = min(known, default=0.0)  # a product not in product_popularity yet counts as the least popular
+    scores = {p: (near.get(p, 0.0) + again.get(p, 0.0))
+              * 2.0 ** max(FLOOR, blend.demand_exponent * (popularity.get(p, least) - top)) for p in candidates}
     ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-    items = [{"product_id": p, "score": round(s, 9),
-              "reason": "buy again" if again.get(p, 0.0) >= similar.get(p, 0.0) / top else via[p][1]}
+    items = [{"product_id": p, "score": _rounded(s),
+              "reason": "buy again" if again.get(p, 0.0) >= near.get(p, 0.0) else via[p][1]}
              for p, s in ranked]
     return {"user_key": user_key, "personal": bool(items), "items": _fill(conn, items, k, category)}
 
