@@ -16,8 +16,9 @@ import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, select
@@ -38,7 +39,7 @@ from spoor.settings import Settings
 from spoor.storage import recommendations
 from spoor.storage.api_keys import ApiKeyCache, Principal
 from spoor.storage.identities import canonical_key, ids_of
-from spoor.storage.recommendation_reads import ServingCache, reads_engine
+from spoor.storage.recommendation_reads import RecommendationService
 from spoor.storage.tables import UserActivity, UserProfile
 
 # PostgreSQL text cannot hold U+0000: a name or key with it would fail its query (a 500).
@@ -264,25 +265,30 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow, api_keys: ApiKe
             "Content-Disposition": 'attachment; filename="export.json"', "Cache-Control": "no-store"})
 
     # Recommendations (docs/recommendations.md#serving): the admin token or a key of scope "recommendations".
-    # Product-level reads come from a cache of a few seconds (storage/recommendation_reads.py), the others
-    # from a pool of their own (storage/recommendation_reads.py: read_engine).
+    # RecommendationService keeps what changes slowly in memory; answers go out as JSON already made (the
+    # response models document them: validating what the service built would cost more than building it).
     reader = [Depends(recommendation_reader)]
-    serving, read_engine = ServingCache(), reads_engine(engine)
+    service = RecommendationService(engine)
 
     @app.get("/v1/recommendations/users/{user_key}", dependencies=reader, response_model=UserRecommendations,
              tags=["recommendations"], summary="A user's top k products (an unknown user gets the fallback)")
-    def recommend_for_user(user_key: UserKey, k: TopK = 10) -> dict:
-        with read_engine.connect() as conn:
-            return recommendations.for_user(serving.reads(conn), user_key, k)
+    def recommend_for_user(user_key: UserKey, k: TopK = 10) -> Response:
+        return Response(orjson.dumps(service.for_user(user_key, k)), media_type="application/json")
 
     @app.get("/v1/recommendations/products/{product_id}", dependencies=reader,
              response_model=ProductRecommendations, tags=["recommendations"],
              summary="Products seen or bought with a product (customers also bought)")
-    def recommend_for_product(product_id: ProductId, k: TopK = 10) -> dict:
-        with read_engine.connect() as conn:
-            return recommendations.for_product(serving.reads(conn), product_id, k)
+    def recommend_for_product(product_id: ProductId, k: TopK = 10) -> Response:
+        return Response(orjson.dumps(service.for_product(product_id, k)), media_type="application/json")
 
     return app
+
+
+def api_from_environment() -> FastAPI:
+    """The API as ``spoor segments api`` serves it, in each of its worker processes."""
+    from sqlalchemy import create_engine
+    settings = Settings()
+    return create_api(settings, create_engine(settings.database_url, pool_pre_ping=True))
 
 
 class AdminGuard:

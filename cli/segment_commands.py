@@ -148,9 +148,11 @@ def _segments(settings: Settings, engine, args) -> None:
     elif args.action == "api":
         import uvicorn
 
-        from spoor.cli.admin_api import create_api
-        uvicorn.run(create_api(settings, engine), host=settings.admin_api_host, port=settings.admin_api_port,
-                    log_level="warning")
+        # Each worker process builds the app from the environment's settings (uvicorn needs an import string).
+        uvicorn.run("spoor.cli.admin_api:api_from_environment", factory=True, workers=settings.admin_api_workers,
+                    host=settings.admin_api_host, port=settings.admin_api_port, log_level="warning",
+                    timeout_keep_alive=75)  # a shop's backend keeps its connections: closing idle ones after
+        # uvicorn's 5 s default raced its next request on them (IncompleteRead in bench/recommendation_latency.py)
 
 
 def _campaigns(settings: Settings, engine, args) -> None:

@@ -31,6 +31,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import ArgumentError, CompileError, DBAPIError, StatementError
 
 from spoor.segments import SegmentsError
+from spoor.storage.recommendation_reads import make_lists
 from spoor.segments.builtin_segments import BUILTIN_SEGMENTS
 from spoor.segments.segment_compiler import compile_segment
 from spoor.segments.segment_language import SegmentDefinitionError, SegmentSpec, check_limits, parse_stored
@@ -375,6 +376,7 @@ def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: st
     since = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)) - timedelta(seconds=overlap_s)
     keys = changed_users(engine, since)
     refresh_interest_profiles(engine, keys)
+    make_lists(engine, keys)  # their recommendations, made ahead of requests (migration 0021)
     catalogue = SegmentStore(engine).load()
     specs = catalogue.specs
     result, failed = {}, {}

@@ -236,6 +236,10 @@ class Settings(BaseSettings):
                     "refuses to start without it.")
     admin_api_host: str = Field("127.0.0.1", description="Address the admin HTTP API listens on.")
     admin_api_port: int = Field(8090, description="Port of the admin HTTP API.")
+    admin_api_workers: int = Field(
+        2, ge=1, le=64,
+        description="Processes serving the admin API (each with its own recommendation caches). One answers "
+                    "~300-400 recommendation requests per second on one core (docs/recommendations.md#serving).")
     admin_max_body_bytes: int = Field(
         1024 * 1024, ge=1024,
         description="Largest request body to the admin API, chunked or not (larger: 413).")

@@ -244,6 +244,7 @@ RULES: dict[str, Rule] = {
     "user_consent": _user_consent,
     "user_identities": _user_identities,
     "user_interests": _user_interests,
+    "user_recommendations": _delete,  # made again for the merged user (its interests changed)
     "user_interest_profiles": _delete,  # derived: the segments runner's pass refreshes into_key's (0020)
 }
 

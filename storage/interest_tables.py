@@ -4,7 +4,8 @@ logarithms, ``log2(w) + t / H``: see stream_processors/interests.py. Change them
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import DateTime, Float, SmallInteger, String, Text, func
+from sqlalchemy import Boolean, DateTime, Float, SmallInteger, String, Text, func
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from spoor.storage.tables import MONEY, Base
@@ -62,3 +63,15 @@ class ProductAffinity(Base):
     neighbour_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     weight: Mapped[float] = mapped_column(WEIGHT)
     bought: Mapped[float | None] = mapped_column(WEIGHT)
+
+
+class UserRecommendations(Base):
+    """A user's list, made by the segments runner ahead of requests (migration 0021)."""
+
+    __tablename__ = "user_recommendations"
+
+    user_key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    items: Mapped[list] = mapped_column(JSONB)
+    personal: Mapped[bool] = mapped_column(Boolean)
+    interests_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

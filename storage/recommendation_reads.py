@@ -1,148 +1,216 @@
-"""Recommendation reads for serving: storage/recommendations.py's functions, with the reads about products
-kept for a moment, so that a request costs the database only the reads about its user.
+"""Recommendations at request rates: storage/recommendations.py's answers, with what does not change at
+every event kept in memory for a moment. The admin API serves its two recommendation routes with it.
 
-``ServingCache.reads(conn)`` wraps a connection for ``recommendations.for_user`` / ``for_product``: their
-reads of a product's neighbours (``NEIGHBOURS``, one list per seed product), of its category and of the
-popular and trending lists are answered from memory when younger than ``ttl_s`` (``TTL_S``), else read
-(the missing seeds of a request in one query) and kept. Everything else, the user's ids, consent and
-interests, goes to the database every time. So the scoring is recommendations.py's alone, on the same
-rows; a user's list follows the user's events at once and other shoppers' events within ``ttl_s``.
+- **Per product** (``ProductCache``): each product's neighbour rows, the popular products of a category,
+  the trending ones and a product's category are read once and kept ``ttl_s`` (``PRODUCT_TTL_S``), so a
+  request costs the database only what is about its user; the neighbours of several seeds missing from
+  memory are read in one query.
+- **Made ahead** (migration 0021): the segments runner makes the lists (``STORED_K`` long) of the users
+  changed since its last pass, then of users whose list is missing or older than ``STORED_LIST_MAX_AGE_S``
+  (``make_lists``); a request is answered from the stored list, in one query (``USER_STATE``), while it was
+  made from the user's interests as they are now: the user's own events, merges, opt-outs and erasure
+  show at once, other shoppers' events (neighbours, what sells) within that age.
+- **Else per user** (``RecommendationService.for_user``): the list is worked out, and kept ``list_ttl_s``
+  (``LIST_TTL_S``) and given again only while the user is the same: one query (``USER_STATE``) reads the
+  user the id belongs to, their consent and when their interests last changed, so the user's own events,
+  a merge of ids, an opt-out or an erasure change the answer at once; other shoppers' events (the
+  neighbours, what sells) reach a kept answer within ``list_ttl_s``.
 
-A statement the wrapper does not know passes through, so a change to recommendations.py's statements
-costs speed, never correctness. The cache holds at most ``max_entries`` lists (about 50 rows each), and
-is emptied when full: unknown product ids sent on purpose cannot grow it without bound.
+The scoring is recommendations.py's alone (``rank_for_user``), on the same rows: tests hold the answers
+equal. Memory is bounded: each cache is emptied when it reaches ``max_entries``, so ids sent on purpose
+cannot grow it. Reads go through a pool of their own: autocommit (no BEGIN/ROLLBACK round trips) and joins
+planned in the order written (``join_collapse_limit=1``; left to itself PostgreSQL planned ``NEIGHBOURS``
+with a scan of ``product_popularity`` per seed, 3-4 times slower).
 """
 
-import collections
-import functools
 import threading
 import time
-from collections.abc import Iterable
 
-from sqlalchemy import Connection, Engine, create_engine
+import orjson
 
-from spoor.storage import recommendations as rec
+from sqlalchemy import Connection, Engine, create_engine, text
 
-TTL_S = 2.0
+from spoor.storage.identities import MAX_CHAIN
+from spoor.storage.recommendations import MAX_K, Blend, DatabaseReads, fill_up, for_product, for_user, rank_for_user
+
+PRODUCT_TTL_S = 2.0
+LIST_TTL_S = 30.0
 MAX_ENTRIES = 50_000
-RANKED_DEPTH = 2 * rec.MAX_K + 1  # what _fill may ask for at most: k + the k already listed + one excluded
+RANKED_DEPTH = 2 * MAX_K + 1  # what fill_up may ask for at most: k + the k already listed + one excluded
+
+STORED_K = 20  # the length of a list made ahead (migration 0021); longer ones are worked out on request
+MAX_LISTS_PER_PASS = 2_000  # lists the segments runner makes per pass; the others are made on request
+STORED_LIST_MAX_AGE_S = 3600.0  # a list made ahead is served this long while its user does not change
+# Users whose list is missing or older than the above, for a pass with capacity left (the user_interests
+# primary key gives its users in order without reading them all).
+LISTS_DUE = text("""
+    SELECT u.user_key FROM (SELECT DISTINCT user_key FROM user_interests) u
+      LEFT JOIN user_recommendations r ON r.user_key = u.user_key
+     WHERE r.user_key IS NULL OR r.computed_at < now() - make_interval(secs => :max_age_s)
+     LIMIT :n
+""")
+USER_STATE = text("""
+    WITH RECURSIVE chain(key, depth, path) AS (
+        SELECT CAST(:id AS text), 0, ARRAY[CAST(:id AS text)]
+        UNION ALL
+        SELECT u.user_key::text, c.depth + 1, c.path || u.user_key::text
+          FROM chain c JOIN user_identities u ON u.id = c.key AND u.status = 'merged'
+         WHERE c.depth < :max_depth AND NOT u.user_key::text = ANY(c.path))
+    SELECT key, coalesce((SELECT opted_out FROM user_consent WHERE user_key = key), false) AS opted_out,
+           (SELECT max(updated_at) FROM user_interests WHERE user_key = key) AS changed_at,
+           r.items, r.personal, r.interests_changed_at, r.computed_at > now() - make_interval(secs => :max_age_s) AS fresh
+      FROM (SELECT key FROM chain ORDER BY depth DESC LIMIT 1) resolved
+      LEFT JOIN user_recommendations r ON r.user_key = resolved.key
+""")
+STORE_LIST = text("""
+    INSERT INTO user_recommendations (user_key, items, personal, interests_changed_at, computed_at)
+    VALUES (:user_key, CAST(:items AS jsonb), :personal, :changed_at, now())
+    ON CONFLICT (user_key) DO UPDATE
+       SET items = excluded.items, personal = excluded.personal, interests_changed_at = excluded.interests_changed_at,
+           computed_at = excluded.computed_at
+""")
+CHANGED_AT = text("SELECT max(updated_at) FROM user_interests WHERE user_key = :user_key")
 
 
 def reads_engine(engine: Engine, pool_size: int = 10) -> Engine:
-    """A pool of connections to ``engine``'s database for recommendation reads: autocommit (every read is a
-    SELECT: no BEGIN and ROLLBACK round trips), and joins planned in the order the statements write them
-    (``join_collapse_limit=1``): left to itself, PostgreSQL plans ``NEIGHBOURS`` with a scan of the whole
-    of ``product_popularity`` for every seed product, 3-4 times slower."""
     return create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=pool_size, max_overflow=pool_size,
                          pool_pre_ping=False, connect_args={"options": "-c join_collapse_limit=1"})
 
 
-class Rows(list):
-    """A result read from memory: iterable rows, ``all()``, ``scalar()``, ``scalars().all()``."""
+class BoundedCache:
+    """key -> (stored at, value), emptied when full; safe to share between threads."""
 
-    def all(self) -> list:
-        return list(self)
-
-    def scalar(self):
-        return self[0][0] if self else None
-
-    def scalars(self) -> "Rows":
-        return Rows(row[0] for row in self)
-
-
-class ServingCache:
-    """Product-level reads of recommendations.py kept for ``ttl_s``; safe to share between threads."""
-
-    def __init__(self, ttl_s: float = TTL_S, max_entries: int = MAX_ENTRIES, clock=time.monotonic):
-        self.ttl_s = ttl_s
+    def __init__(self, max_entries: int):
         self.max_entries = max_entries
-        self.clock = clock
-        self._entries: dict[tuple, tuple[float, list]] = {}  # key -> (read at, rows)
-        self._lock = threading.Lock()
+        self.entries: dict = {}
+        self.lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def reads(self, conn: Connection) -> "CachedReads":
-        return CachedReads(conn, self)
-
-    def _get(self, key: tuple, now: float) -> list | None:
-        entry = self._entries.get(key)
-        if entry is not None and now - entry[0] < self.ttl_s:
+    def get(self, key, newer_than: float):
+        entry = self.entries.get(key)
+        if entry is not None and entry[0] > newer_than:
             self.hits += 1
             return entry[1]
         self.misses += 1
         return None
 
-    def _put(self, items: Iterable[tuple[tuple, list]], now: float) -> None:
-        with self._lock:
-            if len(self._entries) >= self.max_entries:
-                self._entries.clear()
-            for key, rows in items:
-                self._entries[key] = (now, rows)
+    def put(self, key, value, at: float) -> None:
+        with self.lock:
+            if len(self.entries) >= self.max_entries:
+                self.entries.clear()
+            self.entries[key] = (at, value)
 
-    def neighbours(self, conn: Connection, seeds: list[str], per_seed: int) -> Rows:
-        now = self.clock()
-        found = {seed: self._get(("neighbours", seed, per_seed), now) for seed in dict.fromkeys(seeds)}
+
+class ProductCache(BoundedCache):
+    def __init__(self, ttl_s: float = PRODUCT_TTL_S, max_entries: int = MAX_ENTRIES, clock=time.monotonic):
+        super().__init__(max_entries)
+        self.ttl_s = ttl_s
+        self.clock = clock
+
+    def reads(self, conn: Connection) -> "CachedReads":
+        return CachedReads(conn, self)
+
+
+class CachedReads(DatabaseReads):
+    """``DatabaseReads`` with the product-level reads answered from a ``ProductCache``."""
+
+    def __init__(self, conn: Connection, cache: ProductCache):
+        super().__init__(conn)
+        self.cache = cache
+
+    def neighbours(self, seeds: list[str], per_seed: int) -> list:
+        now = self.cache.clock()
+        fresh_after = now - self.cache.ttl_s
+        found = {seed: self.cache.get(("neighbours", seed, per_seed), fresh_after) for seed in dict.fromkeys(seeds)}
         missing = [seed for seed, rows in found.items() if rows is None]
         if missing:
             read: dict[str, list] = {seed: [] for seed in missing}
-            for row in _fetch(conn, rec.NEIGHBOURS, {"seeds": missing, "per_seed": per_seed}):
-                read[row.seed].append(row)
-            self._put(((("neighbours", seed, per_seed), rows) for seed, rows in read.items()), now)
+            for row in super().neighbours(missing, per_seed):
+                read[row[0]].append(row)
+            for seed, rows in read.items():
+                self.cache.put(("neighbours", seed, per_seed), rows, now)
             found.update(read)
-        return Rows(row for seed in found for row in found[seed])
+        return [row for rows in found.values() for row in rows]
 
-    def read(self, conn: Connection, statement, params: dict, key: tuple) -> Rows:
+    def ranked(self, category: str | None, n: int) -> list[str]:
+        if n > RANKED_DEPTH:
+            return super().ranked(category, n)
+        now = self.cache.clock()
+        ranked = self.cache.get(("ranked", category), now - self.cache.ttl_s)
+        if ranked is None:
+            ranked = super().ranked(category, RANKED_DEPTH)
+            self.cache.put(("ranked", category), ranked, now)
+        return ranked[:n]
+
+    def category_of(self, product_id: str) -> str | None:
+        now = self.cache.clock()
+        entry = self.cache.get(("category", product_id), now - self.cache.ttl_s)
+        if entry is None:
+            entry = (super().category_of(product_id),)
+            self.cache.put(("category", product_id), entry, now)
+        return entry[0]
+
+
+class RecommendationService:
+    """What the admin API's recommendation routes answer (docs/recommendations.md#serving)."""
+
+    def __init__(self, engine: Engine, *, product_ttl_s: float = PRODUCT_TTL_S, list_ttl_s: float = LIST_TTL_S,
+                 max_entries: int = MAX_ENTRIES, clock=time.monotonic, blend: Blend = Blend()):
+        self.engine = reads_engine(engine)
+        self.products = ProductCache(product_ttl_s, max_entries, clock)
+        self.lists = BoundedCache(max_entries)
+        self.list_ttl_s = list_ttl_s
+        self.clock = clock
+        self.blend = blend
+
+    def for_user(self, user_key: str, k: int = 10) -> dict:
+        k = max(1, min(k, MAX_K))
         now = self.clock()
-        rows = self._get(key, now)
-        if rows is None:
-            rows = conn.execute(statement, params).all()
-            self._put([(key, rows)], now)
-        return Rows(rows)
+        with self.engine.connect() as conn:
+            key, opted_out, changed_at, items, personal, made_from, fresh = conn.execute(
+                USER_STATE, {"id": user_key, "max_depth": MAX_CHAIN, "max_age_s": STORED_LIST_MAX_AGE_S}).one()
+            if items is not None and fresh and not opted_out and made_from == changed_at and k <= STORED_K:
+                return {"user_key": user_key, "personal": personal, "items": items[:k]}  # made ahead
+            state = (key, opted_out, changed_at)
+            kept = self.lists.get((user_key, k), now - self.list_ttl_s)
+            if kept is not None and kept[0] == state:
+                return kept[1]
+            reads = self.products.reads(conn)
+            items, category = rank_for_user([] if opted_out else reads.interests(key), reads.neighbours, self.blend, k)
+            answer = {"user_key": user_key, "personal": bool(items), "items": fill_up(reads, items, k, category)}
+        self.lists.put((user_key, k), (state, answer), now)
+        return answer
+
+    def make_lists(self, keys: list[str]) -> int:
+        """Make and store the lists of ``keys`` (users, not other ids), then of users whose list is missing
+        or old, ``MAX_LISTS_PER_PASS`` in all; returns how many. The segments runner calls it each pass with
+        the users changed since the last."""
+        made = 0
+        with self.engine.connect() as conn:
+            reads = self.products.reads(conn)
+            keys = keys[:MAX_LISTS_PER_PASS]
+            if len(keys) < MAX_LISTS_PER_PASS:
+                keys += conn.execute(LISTS_DUE, {"n": MAX_LISTS_PER_PASS - len(keys),
+                                                 "max_age_s": STORED_LIST_MAX_AGE_S}).scalars().all()
+            for key in dict.fromkeys(keys):
+                changed_at = conn.execute(CHANGED_AT, {"user_key": key}).scalar()
+                if changed_at is None:
+                    continue
+                answer = for_user(reads, key, STORED_K, self.blend)
+                conn.execute(STORE_LIST, {"user_key": key, "items": orjson.dumps(answer["items"]).decode(),
+                                          "personal": answer["personal"], "changed_at": changed_at})
+                made += 1
+        return made
+
+    def for_product(self, product_id: str, k: int = 10) -> dict:
+        with self.engine.connect() as conn:
+            return for_product(self.products.reads(conn), product_id, k)
 
 
-_compiled: dict[int, tuple] = {}  # id(statement) -> (the statement, its SQL for the driver)
-
-
-def _fetch(conn: Connection, statement, params: dict) -> list:
-    """``conn.execute(statement, params).all()`` as named tuples, straight from the driver's cursor: the
-    hundreds of neighbour rows of a request cost several times less than as SQLAlchemy rows."""
-    statement_and_sql = _compiled.get(id(statement))
-    if statement_and_sql is None or statement_and_sql[0] is not statement:
-        statement_and_sql = _compiled[id(statement)] = (statement, str(statement.compile(dialect=conn.dialect)))
-    cursor = conn.connection.dbapi_connection.cursor()
+def make_lists(engine: Engine, keys: list[str]) -> int:
+    """``RecommendationService.make_lists`` with a service of its own (its caches last the call)."""
+    service = RecommendationService(engine)
     try:
-        cursor.execute(statement_and_sql[1], params)
-        row_type = _row_type(tuple(column.name for column in cursor.description))
-        return [row_type._make(row) for row in cursor.fetchall()]
+        return service.make_lists(keys)
     finally:
-        cursor.close()
-
-
-@functools.cache
-def _row_type(names: tuple[str, ...]):
-    return collections.namedtuple("Row", names)
-
-
-class CachedReads:
-    """The connection recommendations.py is given: product-level statements from the cache, the rest
-    passed to ``conn``."""
-
-    def __init__(self, conn: Connection, cache: ServingCache):
-        self.conn = conn
-        self.cache = cache
-
-    def execute(self, statement, params: dict | None = None):
-        params = params or {}
-        if statement is rec.NEIGHBOURS:
-            return self.cache.neighbours(self.conn, list(params["seeds"]), params["per_seed"])
-        if statement is rec.TRENDING and params["k"] <= RANKED_DEPTH:
-            return self._ranked(statement, {}, ("trending",), params["k"])
-        if statement is rec.POPULAR_IN and params["k"] <= RANKED_DEPTH:
-            category = params["category"]
-            return self._ranked(statement, {"category": category}, ("popular", category), params["k"])
-        if statement is rec.PRODUCT_CATEGORY:
-            return self.cache.read(self.conn, statement, params, ("category", params["product_id"]))
-        return self.conn.execute(statement, params)
-
-    def _ranked(self, statement, params: dict, key: tuple, k: int) -> Rows:
-        return Rows(self.cache.read(self.conn, statement, {**params, "k": RANKED_DEPTH}, key)[:k])
+        service.engine.dispose()

@@ -55,7 +55,8 @@ USER_INTERESTS = text("""
 """)
 OPTED_OUT = text("SELECT opted_out FROM user_consent WHERE user_key = :user_key")
 NEIGHBOURS = text("""
-    SELECT s.product_id AS seed, a.neighbour_id, a.weight - (ps.weight + pn.weight) / 2 AS similarity,
+    SELECT s.product_id AS seed, a.neighbour_id,
+           power(2::float8, greatest(-1000::float8, a.weight - (ps.weight + pn.weight) / 2)) AS similarity,
            a.bought IS NOT NULL AS bought, pn.weight AS popularity
       FROM unnest(CAST(:seeds AS text[])) AS s(product_id)
       JOIN product_popularity ps ON ps.product_id = s.product_id
@@ -83,17 +84,52 @@ def _rounded(score: float) -> float:
     return round(score, 9) if score >= 1e-6 else float(f"{score:.3g}")
 
 
-def _fill(conn: Connection, items: list[dict], k: int, category: str | None, exclude: str | None = None) -> list[dict]:
+class DatabaseReads:
+    """Every read ``for_user`` and ``for_product`` make, from ``conn``. storage/recommendation_reads.py
+    serves the product-level ones from memory instead (``neighbours``, ``ranked``, ``category_of``)."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+
+    def user(self, user_key: str) -> tuple[str, bool]:
+        """(the user ``user_key`` is an id of, whether that user opted out)."""
+        key = canonical_key(self.conn, user_key) or user_key
+        return key, bool(self.conn.execute(OPTED_OUT, {"user_key": key}).scalar())
+
+    def interests(self, key: str) -> list[tuple]:
+        """(facet, value, weight, the product's popularity) of the user's products, purchases, categories."""
+        return self.conn.execute(USER_INTERESTS, {"user_key": key}).all()
+
+    def neighbours(self, seeds: list[str], per_seed: int) -> list[tuple]:
+        """(seed, neighbour id, similarity (not its logarithm), bought together, popularity) of each seed's
+        strongest neighbours,
+        as plain tuples (a request reads up to a thousand: SQLAlchemy rows cost several times more)."""
+        return [tuple(row) for row in self.conn.execute(NEIGHBOURS, {"seeds": seeds, "per_seed": per_seed}).all()]
+
+    def ranked(self, category: str | None, n: int) -> list[str]:
+        """The ``n`` most popular products of ``category``; with no category, the ``n`` trending now."""
+        if category is None:
+            return self.conn.execute(TRENDING, {"k": n}).scalars().all()
+        return self.conn.execute(POPULAR_IN, {"category": category, "k": n}).scalars().all()
+
+    def category_of(self, product_id: str) -> str | None:
+        return self.conn.execute(PRODUCT_CATEGORY, {"product_id": product_id}).scalar()
+
+
+def _reads(source) -> DatabaseReads:
+    return source if hasattr(source, "neighbours") else DatabaseReads(source)
+
+
+def fill_up(reads, items: list[dict], k: int, category: str | None, exclude: str | None = None) -> list[dict]:
     """``items`` topped up to ``k`` with the popular products of ``category``, then trending ones."""
     have = {item["product_id"] for item in items} | ({exclude} if exclude else set())
     below = min([1.0] + [item["score"] for item in items]) * 1e-3
-    sources = [(POPULAR_IN, {"category": category}, f"popular in {category}")] if category else []
-    sources.append((TRENDING, {}, "trending now"))
-    for query, params, reason in sources:
+    sources = [(category, f"popular in {category}")] if category else []
+    sources.append((None, "trending now"))
+    for source, reason in sources:
         if len(items) >= k:
             break
-        ranked = conn.execute(query, {**params, "k": k + len(have)}).scalars().all()
-        for place, product_id in enumerate(ranked):
+        for place, product_id in enumerate(reads.ranked(source, k + len(have))):
             if len(items) >= k:
                 break
             if product_id not in have:
@@ -104,29 +140,26 @@ def _fill(conn: Connection, items: list[dict], k: int, category: str | None, exc
     return items
 
 
-def for_user(conn: Connection, user_key: str, k: int = 10, blend: Blend = Blend()) -> dict:
-    """The user's top ``k`` products (any of the user's ids finds them), best first."""
-    k = max(1, min(k, MAX_K))
-    key = canonical_key(conn, user_key) or user_key
-    opted_out = bool(conn.execute(OPTED_OUT, {"user_key": key}).scalar())
-    rows = [] if opted_out else conn.execute(USER_INTERESTS, {"user_key": key}).all()
+def rank_for_user(interests: list[tuple], neighbours_of, blend: Blend, k: int) -> tuple[list[dict], str | None]:
+    """The user's personal top ``k`` (no fill) and top category, from their ``interests`` rows; pure but for
+    ``neighbours_of(seeds, per_seed)``, which reads the seeds' neighbour rows."""
     facets: dict[str, dict[str, float]] = {"product": {}, "bought": {}, "category": {}}
     popularity: dict[str, float] = {}  # product -> its popularity's forward-decayed logarithm
-    for facet, value, weight, product_popularity in rows:
+    for facet, value, weight, product_popularity in interests:
         facets[facet][value] = weight
         if product_popularity is not None:
             popularity[value] = product_popularity
     category = max(facets["category"], key=facets["category"].get) if facets["category"] else None
     seeds = _scaled(dict(sorted(facets["product"].items(), key=lambda kv: -kv[1])[:blend.seeds]))
     similar: dict[str, float] = {}
-    via: dict[str, tuple[float, str]] = {}  # product -> (largest gain, its reason)
+    via: dict[str, tuple] = {}  # product -> (largest gain, the seed that gave it, bought together)
     if seeds:
-        for row in conn.execute(NEIGHBOURS, {"seeds": list(seeds), "per_seed": NEIGHBOURS_PER_SEED}):
-            gain = seeds[row.seed] * 2.0 ** max(FLOOR, row.similarity)
-            similar[row.neighbour_id] = similar.get(row.neighbour_id, 0.0) + gain
-            popularity[row.neighbour_id] = row.popularity
-            if gain > via.get(row.neighbour_id, (0.0, ""))[0]:
-                via[row.neighbour_id] = (gain, f"{'bought' if row.bought else 'viewed'} with {row.seed}")
+        for seed, neighbour, similarity, bought, neighbour_popularity in neighbours_of(list(seeds), NEIGHBOURS_PER_SEED):
+            gain = seeds[seed] * similarity
+            similar[neighbour] = similar.get(neighbour, 0.0) + gain
+            popularity[neighbour] = neighbour_popularity
+            if gain > via.get(neighbour, (0.0, None))[0]:
+                via[neighbour] = (gain, seed, bought)
     seeds_total = sum(seeds.values()) or 1.0
     near = {p: gain / seeds_total for p, gain in similar.items()}
     again = {p: blend.buy_again_weight * w for p, w in _scaled(facets["bought"]).items()}
@@ -138,18 +171,30 @@ def for_user(conn: Connection, user_key: str, k: int = 10, blend: Blend = Blend(
               * 2.0 ** max(FLOOR, blend.demand_exponent * (popularity.get(p, least) - top)) for p in candidates}
     ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
     items = [{"product_id": p, "score": _rounded(s),
-              "reason": "buy again" if again.get(p, 0.0) >= near.get(p, 0.0) else via[p][1]}
+              "reason": "buy again" if again.get(p, 0.0) >= near.get(p, 0.0)
+              else f"{'bought' if via[p][2] else 'viewed'} with {via[p][1]}"}
              for p, s in ranked]
-    return {"user_key": user_key, "personal": bool(items), "items": _fill(conn, items, k, category)}
+    return items, category
 
 
-def for_product(conn: Connection, product_id: str, k: int = 10) -> dict:
-    """Products seen or bought with ``product_id`` ("customers also bought"), best first."""
+def for_user(source, user_key: str, k: int = 10, blend: Blend = Blend()) -> dict:
+    """The user's top ``k`` products (any of the user's ids finds them), best first. ``source``: a
+    connection, or reads like ``DatabaseReads``."""
+    reads = _reads(source)
     k = max(1, min(k, MAX_K))
-    rows = conn.execute(NEIGHBOURS, {"seeds": [product_id], "per_seed": max(k, NEIGHBOURS_PER_SEED)}).all()
-    ranked = sorted(rows, key=lambda r: (-r.similarity, r.neighbour_id))[:k]
-    top = ranked[0].similarity if ranked else 0.0
-    items = [{"product_id": r.neighbour_id, "score": round(2.0 ** max(FLOOR, r.similarity - top), 9),
-              "reason": f"{'bought' if r.bought else 'viewed'} with {product_id}"} for r in ranked]
-    category = conn.execute(PRODUCT_CATEGORY, {"product_id": product_id}).scalar()
-    return {"product_id": product_id, "items": _fill(conn, items, k, category, exclude=product_id)}
+    key, opted_out = reads.user(user_key)
+    items, category = rank_for_user([] if opted_out else reads.interests(key), reads.neighbours, blend, k)
+    return {"user_key": user_key, "personal": bool(items), "items": fill_up(reads, items, k, category)}
+
+
+def for_product(source, product_id: str, k: int = 10) -> dict:
+    """Products seen or bought with ``product_id`` ("customers also bought"), best first."""
+    reads = _reads(source)
+    k = max(1, min(k, MAX_K))
+    rows = reads.neighbours([product_id], max(k, NEIGHBOURS_PER_SEED))
+    ranked = sorted(rows, key=lambda r: (-r[2], r[1]))[:k]  # (seed, neighbour, similarity, bought, popularity)
+    top = ranked[0][2] if ranked else 1.0
+    items = [{"product_id": neighbour, "score": round(similarity / top, 9),
+              "reason": f"{'bought' if bought else 'viewed'} with {product_id}"}
+             for _seed, neighbour, similarity, bought, _popularity in ranked]
+    return {"product_id": product_id, "items": fill_up(reads, items, k, reads.category_of(product_id), exclude=product_id)}
