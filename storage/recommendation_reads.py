@@ -69,7 +69,12 @@ STORE_LIST = text("""
        SET items = excluded.items, personal = excluded.personal, interests_changed_at = excluded.interests_changed_at,
            computed_at = excluded.computed_at
 """)
-CHANGED_AT = text("SELECT max(updated_at) FROM user_interests WHERE user_key = :user_key")
+# None: no list to make. No interests, or opted out: a list made then is not personal, and would still be
+# served after an opt-in, since consent is not part of what makes a stored list current.
+CHANGED_AT = text("""
+    SELECT max(updated_at) FROM user_interests WHERE user_key = :user_key
+       AND NOT EXISTS (SELECT 1 FROM user_consent WHERE user_key = :user_key AND opted_out)
+""")
 
 
 def reads_engine(engine: Engine, pool_size: int = 10) -> Engine:

@@ -65,9 +65,9 @@ NEIGHBOURS = text("""
       JOIN product_popularity pn ON pn.product_id = a.neighbour_id
 """)
 POPULAR_IN = text("""
-    SELECT product_id FROM product_popularity WHERE category = :category ORDER BY weight DESC LIMIT :k
+    SELECT product_id FROM product_popularity WHERE category = :category ORDER BY weight DESC, product_id LIMIT :k
 """)
-TRENDING = text("SELECT product_id FROM product_popularity ORDER BY trend DESC LIMIT :k")
+TRENDING = text("SELECT product_id FROM product_popularity ORDER BY trend DESC, product_id LIMIT :k")
 PRODUCT_CATEGORY = text("SELECT category FROM product_popularity WHERE product_id = :product_id")
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from spoor.cli.collector_client import CollectorClient
 from spoor.storage.api_keys import create_key
+from spoor.storage.recommendation_reads import LIST_TTL_S
 from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -95,11 +96,12 @@ def test_a_purchase_changes_the_lists_within_seconds(collector, write_key, engin
                "ann's list to offer M1 again")
     ann = http.get("/v1/recommendations/users/ann").json()
     assert ann["personal"] is True and {"M1", "M2"} <= {i["product_id"] for i in ann["items"]}
-    # bob viewed M1: what was bought with it is now on his list, for that reason.
-    wait_until(lambda: items("/v1/recommendations/users/bob").get("M2") == "bought with M1", WITHIN_S,
+    # bob viewed M1: what was bought with it is now on his list, for that reason. His own interests did not
+    # change, so the API may give his list as worked out before for LIST_TTL_S (recommendation_reads.py).
+    wait_until(lambda: items("/v1/recommendations/users/bob").get("M2") == "bought with M1", WITHIN_S + LIST_TTL_S,
                "M2 on bob's list, bought with M1")
     elapsed = time.monotonic() - accepted
-    assert elapsed < WITHIN_S
+    assert elapsed < WITHIN_S + LIST_TTL_S
     print(f"purchase visible in both lists {elapsed:.1f} s after the collector's 200")
     # The admin token reads the same routes; the reader key nothing else.
     assert httpx.get(f"{api}/v1/recommendations/users/ann", headers={"Authorization": f"Bearer {TOKEN}"}

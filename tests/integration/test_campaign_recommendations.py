@@ -131,8 +131,22 @@ def test_recommendations_in_the_payload_and_bought_in_the_report(engine, setting
         assert [i["product_id"] for i in call["payload"]["recommendations"]] == rows[user].recommended_products
     payload = receiver.calls_for(buyer)[0]["payload"]
     assert payload["recommendations"] == expected[buyer]
-    assert payload["recommendations"][0] == {"product_id": "P2", "score": pytest.approx(2.0, abs=1.0),
-                                             "reason": "bought with P1"}
+    # The buyer's one seed is P1 (their view) and P1's one neighbour P2: the list's top score is the cosine
+    # together(P1, P2) / sqrt(popularity(P1) * popularity(P2)) (the demand term is 1 for the only candidate),
+    # each weight decayed to a common instant (T0): 5 orders of P1 and P2 (4 each as a pair, 5 each as a
+    # line) 2 days before, the five users' views of P1 (1 each) an hour before, the bystander's P2 at +5 min.
+    half_life_s = settings.interest_half_life_days * 86_400.0
+
+    def decayed(weight: float, at: datetime) -> float:
+        return weight * 2.0 ** ((at - T0).total_seconds() / half_life_s)
+
+    bought_at = T0 - timedelta(days=2)
+    together = decayed(5 * 4.0, bought_at)
+    popularity_p1 = decayed(5 * 5.0, bought_at) + decayed(5 * 1.0, T0 - timedelta(hours=1))
+    popularity_p2 = decayed(5 * 5.0, bought_at) + decayed(5.0, T0 + timedelta(minutes=5))
+    assert payload["recommendations"][0] == {
+        "product_id": "P2", "score": pytest.approx(together / (popularity_p1 * popularity_p2) ** 0.5, abs=1e-8),
+        "reason": "bought with P1"}
     for user in (held_buyer, held_late):
         assert receiver.calls_for(user) == []
 

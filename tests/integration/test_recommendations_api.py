@@ -16,8 +16,8 @@ from spoor.cli.admin_api import create_api
 from spoor.privacy.consent import set_consent
 from spoor.storage import api_keys
 from spoor.storage.api_keys import ApiKeyCache
-from spoor.storage.recommendation_reads import ServingCache
-from spoor.storage.recommendations import for_product, for_user
+from spoor.storage.recommendation_reads import CachedReads, ProductCache
+from spoor.storage.recommendations import DatabaseReads, for_product, for_user
 from tests.support.local_stack import REPO, SpoorProcess, wait_until
 
 pytestmark = pytest.mark.integration
@@ -69,10 +69,16 @@ def test_both_routes_with_the_admin_token_and_a_reader_key(client, reader, engin
     for headers in (admin(), admin(reader)):
         user = client.get("/v1/recommendations/users/ann", params={"k": 3}, headers=headers)
         assert user.status_code == 200, user.text
+        # storage/recommendations.py's scoring on the rows above: ann's one seed P1 (1.0); similarity(P1, q) =
+        # 2^(together - (popularity(P1) + popularity(q)) / 2); buy again = 4 x ann's purchases relative to the
+        # most bought (P1: 1); each score times 2^(0.5 (popularity(q) - 12)), 12 the most popular candidate's.
+        demand = {p: 2.0 ** (0.5 * (weight - 12.0)) for p, _category, weight, _trend in POPULARITY}
         assert user.json() == {"user_key": "ann", "personal": True, "items": [
-            {"product_id": "P1", "score": 1.0, "reason": "buy again"},
-            {"product_id": "P2", "score": 1.0, "reason": "bought with P1"},
-            {"product_id": "P3", "score": pytest.approx(0.5 ** 0.5, abs=1e-9), "reason": "viewed with P1"}]}
+            {"product_id": "P1", "score": pytest.approx(4.0 * demand["P1"], abs=1e-9), "reason": "buy again"},
+            {"product_id": "P2", "score": pytest.approx(2.0 ** (10 - (12 + 11) / 2) * demand["P2"], abs=1e-9),
+             "reason": "bought with P1"},
+            {"product_id": "P3", "score": pytest.approx(2.0 ** (9 - (12 + 10) / 2) * demand["P3"], abs=1e-9),
+             "reason": "viewed with P1"}]}
         product = client.get("/v1/recommendations/products/P1", headers=headers).json()
         assert [(i["product_id"], i["reason"]) for i in product["items"]] == [
             ("P2", "bought with P1"), ("P3", "viewed with P1"), ("P4", "trending now"), ("P5", "trending now")]
@@ -181,20 +187,39 @@ def test_opted_out_and_erased_users_get_no_personal_list(client, reader, test_se
     assert erased["personal"] is False and {i["reason"] for i in erased["items"]} == {"trending now"}
 
 
-def test_the_serving_cache_answers_as_the_database_does(engine):
-    """Product-level reads served from memory equal the database's, and expire after ``ttl_s``."""
+def test_the_product_cache_answers_as_the_database_does(engine):
+    """Product-level reads served from a ``ProductCache`` equal ``DatabaseReads``', and expire after ``ttl_s``."""
     now = [0.0]
-    cache = ServingCache(ttl_s=2.0, clock=lambda: now[0])
+    cache = ProductCache(ttl_s=2.0, clock=lambda: now[0])
     with engine.connect() as conn:
+        database = DatabaseReads(conn)
         direct = for_user(conn, "ann", 5), for_product(conn, "P1", 5), for_product(conn, "P3", 100)
+        reads = (database.neighbours(["P1", "P3", "NOPE"], 50), database.ranked(None, 3),
+                 database.ranked("mugs", 2), database.category_of("P5"), database.category_of("NOPE"))
+        assert reads[0] and reads[3] == "lamps" and reads[4] is None
         for _ in range(2):
             assert (for_user(cache.reads(conn), "ann", 5), for_product(cache.reads(conn), "P1", 5),
                     for_product(cache.reads(conn), "P3", 100)) == direct
+            cached = cache.reads(conn)
+            assert isinstance(cached, CachedReads)
+            assert (sorted(cached.neighbours(["P1", "P3", "NOPE"], 50)), cached.ranked(None, 3),
+                    cached.ranked("mugs", 2), cached.category_of("P5"), cached.category_of("NOPE")) == (
+                sorted(reads[0]),) + reads[1:]
         assert cache.hits > 0
         conn.execute(text("UPDATE product_affinity SET bought = NULL WHERE product_id = 'P1' AND neighbour_id = 'P2'"))
-        assert for_product(cache.reads(conn), "P1", 1)["items"][0]["reason"] == "bought with P1"  # kept
-        now[0] = 2.5
-        assert for_product(cache.reads(conn), "P1", 1)["items"][0]["reason"] == "viewed with P1"  # read again
+        conn.execute(text("UPDATE product_popularity SET category = 'mugs', trend = 99 WHERE product_id = 'P5'"))
+        now[0] = 1.9  # within ttl: what was read is kept
+        kept = cache.reads(conn)
+        assert for_product(kept, "P1", 1)["items"][0]["reason"] == "bought with P1"
+        assert (kept.category_of("P5"), kept.ranked(None, 1), kept.ranked("mugs", 3)) == (
+            "lamps", ["P4"], ["P1", "P2", "P3"])
+        now[0] = 2.5  # past it: read again
+        fresh = cache.reads(conn)
+        assert for_product(fresh, "P1", 1)["items"][0]["reason"] == "viewed with P1"
+        assert (fresh.category_of("P5"), fresh.ranked(None, 1), fresh.ranked("mugs", 4)) == (
+            "mugs", ["P5"], ["P1", "P2", "P3", "P5"])
+        assert (fresh.neighbours(["P1"], 50), fresh.ranked("mugs", 4)) == (
+            DatabaseReads(conn).neighbours(["P1"], 50), DatabaseReads(conn).ranked("mugs", 4))
         conn.rollback()
 
 
