@@ -40,7 +40,8 @@ RANKED_DEPTH = 2 * MAX_K + 1  # what fill_up may ask for at most: k + the k alre
 
 STORED_K = 20  # the length of a list made ahead (migration 0021); longer ones are worked out on request
 MAX_LISTS_PER_PASS = 2_000  # lists the segments runner makes per pass; the others are made on request
-STORED_LIST_MAX_AGE_S = 3600.0  # a list made ahead is served this long while its user does not change
+STORED_LIST_MAX_AGE_S = 600.0  # a list made ahead is served this long while its user does not change
+DUE_LISTS_SECONDS_PER_PASS = 1.0  # time a pass may spend remaking missing or old lists (changed users first)
 # Users whose list is missing or older than the above, for a pass with capacity left (the user_interests
 # primary key gives its users in order without reading them all).
 LISTS_DUE = text("""
@@ -188,16 +189,22 @@ class RecommendationService:
 
     def make_lists(self, keys: list[str]) -> int:
         """Make and store the lists of ``keys`` (users, not other ids), then of users whose list is missing
-        or old, ``MAX_LISTS_PER_PASS`` in all; returns how many. The segments runner calls it each pass with
-        the users changed since the last."""
+        or old for ``DUE_LISTS_SECONDS_PER_PASS`` at most, ``MAX_LISTS_PER_PASS`` in all; returns how many.
+        The segments runner calls it each pass with the users changed since the last."""
         made = 0
         with self.engine.connect() as conn:
             reads = self.products.reads(conn)
-            keys = keys[:MAX_LISTS_PER_PASS]
-            if len(keys) < MAX_LISTS_PER_PASS:
-                keys += conn.execute(LISTS_DUE, {"n": MAX_LISTS_PER_PASS - len(keys),
-                                                 "max_age_s": STORED_LIST_MAX_AGE_S}).scalars().all()
-            for key in dict.fromkeys(keys):
+            changed = list(dict.fromkeys(keys[:MAX_LISTS_PER_PASS]))
+            due = []
+            if len(changed) < MAX_LISTS_PER_PASS:
+                due = conn.execute(LISTS_DUE, {"n": MAX_LISTS_PER_PASS - len(changed),
+                                               "max_age_s": STORED_LIST_MAX_AGE_S}).scalars().all()
+            deadline, listed = None, set(changed)
+            for index, key in enumerate(changed + [key for key in due if key not in listed]):
+                if index >= len(changed):  # a due list: within the pass's time for them
+                    deadline = deadline or time.monotonic() + DUE_LISTS_SECONDS_PER_PASS
+                    if time.monotonic() > deadline:
+                        break
                 changed_at = conn.execute(CHANGED_AT, {"user_key": key}).scalar()
                 if changed_at is None:
                     continue
