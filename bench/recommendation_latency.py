@@ -180,6 +180,30 @@ FIGURES = ["users_p50_ms", "users_p95_ms", "users_p99_ms", "users_max_ms", "prod
            "bench_cpu_ms_per_request", "machine_cpu_percent"]
 
 
+def wait_for_lists(database_url: str, timeout_s: float = 300.0) -> None:
+    """Wait until the segments runner has made (storage/recommendation_reads.py: make_lists) a list for
+    nearly every user with interests, as in a shop running for more than STORED_LIST_MAX_AGE_S: a freshly
+    seeded or restarted stack serves worked-out lists (several times the CPU) until then."""
+    from sqlalchemy import create_engine, text
+
+    from spoor.storage.recommendation_reads import STORED_LIST_MAX_AGE_S
+    engine = create_engine(database_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            with engine.connect() as conn:
+                users, made = conn.execute(text(
+                    "SELECT (SELECT count(DISTINCT user_key) FROM user_interests), (SELECT count(*) FROM "
+                    "user_recommendations WHERE computed_at > now() - make_interval(secs => :age))"),
+                    {"age": STORED_LIST_MAX_AGE_S}).one()
+            print(f"lists made ahead by the segments runner: {made}/{users}", flush=True)
+            if made >= 0.98 * users or time.monotonic() > deadline:
+                return
+            time.sleep(5)
+    finally:
+        engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=500.0, help="requests per second, both routes together")
@@ -202,6 +226,7 @@ def main() -> None:
     run_dir = Path(os.environ.get("SPOOR_RUN_DIR", "/var/tmp/spoor"))
     args.api_pid = args.api_pid or int((run_dir / "admin-api.pid").read_text())
     users, products = sample_ids(database_url, 5000, 5000, args.seed)
+    wait_for_lists(database_url)
     rng = random.Random(args.seed)
     paths = []
     for i in range(20_000):

@@ -6,10 +6,12 @@ every event kept in memory for a moment. The admin API serves its two recommenda
   request costs the database only what is about its user; the neighbours of several seeds missing from
   memory are read in one query.
 - **Made ahead** (migration 0021): the segments runner makes the lists (``STORED_K`` long) of the users
-  changed since its last pass, then of users whose list is missing or older than ``STORED_LIST_MAX_AGE_S``
-  (``make_lists``); a request is answered from the stored list, in one query (``USER_STATE``), while it was
-  made from the user's interests as they are now: the user's own events, merges, opt-outs and erasure
-  show at once, other shoppers' events (neighbours, what sells) within that age.
+  changed since its last pass, then, for ``DUE_LISTS_SECONDS_PER_PASS`` at most, of users without one and
+  of lists older than ``STORED_LIST_MAX_AGE_S``, oldest first (``make_lists``). A request is answered from
+  the stored list, in one query (``USER_STATE``), while it was made from the user's interests as they are
+  now: the user's own events, merges, opt-outs and erasure show at once; other shoppers' events (the
+  neighbours, what sells) when the list is remade. Age alone never sends a request down the slow path,
+  so a runner that falls behind makes lists staler, not requests slower.
 - **Else per user** (``RecommendationService.for_user``): the list is worked out, and kept ``list_ttl_s``
   (``LIST_TTL_S``) and given again only while the user is the same: one query (``USER_STATE``) reads the
   user the id belongs to, their consent and when their interests last changed, so the user's own events,
@@ -40,15 +42,18 @@ RANKED_DEPTH = 2 * MAX_K + 1  # what fill_up may ask for at most: k + the k alre
 
 STORED_K = 20  # the length of a list made ahead (migration 0021); longer ones are worked out on request
 MAX_LISTS_PER_PASS = 2_000  # lists the segments runner makes per pass; the others are made on request
-STORED_LIST_MAX_AGE_S = 600.0  # a list made ahead is served this long while its user does not change
-DUE_LISTS_SECONDS_PER_PASS = 1.0  # time a pass may spend remaking missing or old lists (changed users first)
+STORED_LIST_MAX_AGE_S = 600.0  # a list made ahead is remade when this old, as a pass has time for it
+DUE_LISTS_SECONDS_PER_PASS = 0.5  # time a pass may spend remaking missing or old lists (changed users first)
 # Users whose list is missing or older than the above, for a pass with capacity left (the user_interests
 # primary key gives its users in order without reading them all).
-LISTS_DUE = text("""
+LISTS_MISSING = text("""
     SELECT u.user_key FROM (SELECT DISTINCT user_key FROM user_interests) u
-      LEFT JOIN user_recommendations r ON r.user_key = u.user_key
-     WHERE r.user_key IS NULL OR r.computed_at < now() - make_interval(secs => :max_age_s)
+     WHERE NOT EXISTS (SELECT 1 FROM user_recommendations r WHERE r.user_key = u.user_key)
      LIMIT :n
+""")
+LISTS_OLD = text("""
+    SELECT user_key FROM user_recommendations WHERE computed_at < now() - make_interval(secs => :max_age_s)
+     ORDER BY computed_at LIMIT :n
 """)
 USER_STATE = text("""
     WITH RECURSIVE chain(key, depth, path) AS (
@@ -59,7 +64,7 @@ USER_STATE = text("""
          WHERE c.depth < :max_depth AND NOT u.user_key::text = ANY(c.path))
     SELECT key, coalesce((SELECT opted_out FROM user_consent WHERE user_key = key), false) AS opted_out,
            (SELECT max(updated_at) FROM user_interests WHERE user_key = key) AS changed_at,
-           r.items, r.personal, r.interests_changed_at, r.computed_at > now() - make_interval(secs => :max_age_s) AS fresh
+           r.items, r.personal, r.interests_changed_at
       FROM (SELECT key FROM chain ORDER BY depth DESC LIMIT 1) resolved
       LEFT JOIN user_recommendations r ON r.user_key = resolved.key
 """)
@@ -173,9 +178,9 @@ class RecommendationService:
         k = max(1, min(k, MAX_K))
         now = self.clock()
         with self.engine.connect() as conn:
-            key, opted_out, changed_at, items, personal, made_from, fresh = conn.execute(
-                USER_STATE, {"id": user_key, "max_depth": MAX_CHAIN, "max_age_s": STORED_LIST_MAX_AGE_S}).one()
-            if items is not None and fresh and not opted_out and made_from == changed_at and k <= STORED_K:
+            key, opted_out, changed_at, items, personal, made_from = conn.execute(
+                USER_STATE, {"id": user_key, "max_depth": MAX_CHAIN}).one()
+            if items is not None and not opted_out and made_from == changed_at and k <= STORED_K:
                 return {"user_key": user_key, "personal": personal, "items": items[:k]}  # made ahead
             state = (key, opted_out, changed_at)
             kept = self.lists.get((user_key, k), now - self.list_ttl_s)
@@ -197,8 +202,10 @@ class RecommendationService:
             changed = list(dict.fromkeys(keys[:MAX_LISTS_PER_PASS]))
             due = []
             if len(changed) < MAX_LISTS_PER_PASS:
-                due = conn.execute(LISTS_DUE, {"n": MAX_LISTS_PER_PASS - len(changed),
-                                               "max_age_s": STORED_LIST_MAX_AGE_S}).scalars().all()
+                due = conn.execute(LISTS_MISSING, {"n": MAX_LISTS_PER_PASS - len(changed)}).scalars().all()
+            if len(changed) + len(due) < MAX_LISTS_PER_PASS:
+                due += conn.execute(LISTS_OLD, {"n": MAX_LISTS_PER_PASS - len(changed) - len(due),
+                                                "max_age_s": STORED_LIST_MAX_AGE_S}).scalars().all()
             deadline, listed = None, set(changed)
             for index, key in enumerate(changed + [key for key in due if key not in listed]):
                 if index >= len(changed):  # a due list: within the pass's time for them
