@@ -278,15 +278,16 @@ def move_rows(conn: Connection, from_key: str, into_key: str, *,
 
 # -- lookups -----------------------------------------------------------------------------------------
 
-CHAIN = text("""
+# The merges that lead from the id :id to its user, :max_depth at most; other statements start with it.
+CHAIN_FROM_ID = """
     WITH RECURSIVE chain(key, depth, path) AS (
         SELECT CAST(:id AS text), 0, ARRAY[CAST(:id AS text)]
         UNION ALL
         SELECT u.user_key::text, c.depth + 1, c.path || u.user_key::text
           FROM chain c JOIN user_identities u ON u.id = c.key AND u.status = 'merged'
          WHERE c.depth < :max_depth AND NOT u.user_key::text = ANY(c.path))
-    SELECT key, depth FROM chain ORDER BY depth DESC LIMIT 1
-""")
+"""
+CHAIN = text(CHAIN_FROM_ID + "SELECT key, depth FROM chain ORDER BY depth DESC LIMIT 1")
 IS_A_USER = text("SELECT EXISTS (SELECT 1 FROM user_profiles WHERE user_key = :id) "
                  "OR EXISTS (SELECT 1 FROM user_identities WHERE user_key = :id AND status = 'merged')")
 

@@ -32,7 +32,7 @@ import orjson
 
 from sqlalchemy import Connection, Engine, create_engine, text
 
-from spoor.storage.identities import MAX_CHAIN
+from spoor.storage.identities import CHAIN_FROM_ID, MAX_CHAIN
 from spoor.storage.recommendations import MAX_K, Blend, DatabaseReads, fill_up, for_product, for_user, rank_for_user
 
 PRODUCT_TTL_S = 2.0
@@ -55,13 +55,7 @@ LISTS_OLD = text("""
     SELECT user_key FROM user_recommendations WHERE computed_at < now() - make_interval(secs => :max_age_s)
      ORDER BY computed_at LIMIT :n
 """)
-USER_STATE = text("""
-    WITH RECURSIVE chain(key, depth, path) AS (
-        SELECT CAST(:id AS text), 0, ARRAY[CAST(:id AS text)]
-        UNION ALL
-        SELECT u.user_key::text, c.depth + 1, c.path || u.user_key::text
-          FROM chain c JOIN user_identities u ON u.id = c.key AND u.status = 'merged'
-         WHERE c.depth < :max_depth AND NOT u.user_key::text = ANY(c.path))
+USER_STATE = text(CHAIN_FROM_ID + """
     SELECT key, coalesce((SELECT opted_out FROM user_consent WHERE user_key = key), false) AS opted_out,
            (SELECT max(updated_at) FROM user_interests WHERE user_key = key) AS changed_at,
            r.items, r.personal, r.interests_changed_at

@@ -4,7 +4,6 @@ product. Events go in through the worker's own batch write (order lines and inte
 
 Time is injected: each step passes the instant the dispatcher should believe it is."""
 
-import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -25,6 +24,7 @@ from spoor.storage.segment_tables import CampaignDelivery
 from spoor.storage.writers import StreamWriter
 from spoor.stream_processors.interests import interest_batch
 from spoor.topics import create_producer, create_segment_topics
+from tests.support.campaign_settings import campaign_settings
 from tests.support.segments_data import put_trigger
 
 pytestmark = pytest.mark.integration
@@ -35,13 +35,7 @@ CAMPAIGN = "recs_rescue"
 
 @pytest.fixture(scope="module")
 def settings(test_settings):
-    run = uuid.uuid4().hex[:8]
-    settings = test_settings.model_copy(update={
-        "campaign_webhook_secret": SECRET, "triggers_topic": f"spoor.test-{run}.triggers",
-        "segments_topic": f"spoor.test-{run}.segments", "campaigns_dead_letter_topic": f"spoor.test-{run}.cdlq",
-        "webhook_allow_private_addresses": True})  # the receiver is on 127.0.0.1
-    create_segment_topics(settings)
-    return settings
+    return campaign_settings(test_settings, SECRET)
 
 
 @pytest.fixture(scope="module")

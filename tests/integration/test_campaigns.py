@@ -22,6 +22,7 @@ from spoor.segments.membership import SegmentStore
 from spoor.segments.segment_language import parse_segment
 from spoor.storage.segment_tables import CampaignAttempt, CampaignDelivery
 from spoor.topics import create_producer, create_segment_topics
+from tests.support.campaign_settings import campaign_settings
 from tests.support.segments_data import profile, put_events, put_profiles, put_trigger
 
 pytestmark = pytest.mark.integration
@@ -31,13 +32,7 @@ SECRET = "test-webhook-secret"
 
 @pytest.fixture(scope="module")
 def settings(test_settings):
-    run = uuid.uuid4().hex[:8]
-    settings = test_settings.model_copy(update={
-        "campaign_webhook_secret": SECRET, "triggers_topic": f"spoor.test-{run}.triggers",
-        "segments_topic": f"spoor.test-{run}.segments", "campaigns_dead_letter_topic": f"spoor.test-{run}.cdlq",
-        "webhook_allow_private_addresses": True})  # the receiver is on 127.0.0.1
-    create_segment_topics(settings)
-    return settings
+    return campaign_settings(test_settings, SECRET)
 
 
 @pytest.fixture(scope="module")
