@@ -25,6 +25,7 @@ planned in the order written (``join_collapse_limit=1``; left to itself PostgreS
 with a scan of ``product_popularity`` per seed, 3-4 times slower).
 """
 
+import functools
 import threading
 import time
 
@@ -77,7 +78,9 @@ CHANGED_AT = text("""
 """)
 
 
+@functools.lru_cache(maxsize=8)
 def reads_engine(engine: Engine, pool_size: int = 10) -> Engine:
+    """One pool per engine and process: the segments runner's passes reuse its connections."""
     return create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=pool_size, max_overflow=pool_size,
                          pool_pre_ping=False, connect_args={"options": "-c join_collapse_limit=1"})
 
@@ -221,9 +224,6 @@ class RecommendationService:
 
 
 def make_lists(engine: Engine, keys: list[str]) -> int:
-    """``RecommendationService.make_lists`` with a service of its own (its caches last the call)."""
-    service = RecommendationService(engine)
-    try:
-        return service.make_lists(keys)
-    finally:
-        service.engine.dispose()
+    """``RecommendationService.make_lists`` with a service of its own: its caches last the call, its pool
+    (``reads_engine``) the process."""
+    return RecommendationService(engine).make_lists(keys)
