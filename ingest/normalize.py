@@ -96,6 +96,7 @@ def normalize(message: Any, *, received_at: datetime, source: str,
     }
     if msg_type == "track":
         fields.update(_commerce_properties(properties, kind))
+        fields.update(_journey_properties(properties, name))
     if enrichment:
         fields.update(enrichment)
     try:
@@ -207,6 +208,27 @@ def _commerce_properties(props: dict, kind: EventKind) -> dict[str, Any]:
                 raise InvalidEvent("properties.products", "the lines' total is out of range") from None
         out["revenue"] = revenue if revenue is not None else Decimal(0)
     return out
+
+
+SEARCHED = "products searched"  # Segment e-commerce spec: properties.query, and result_count if the shop sends it
+ENGAGEMENT = "page engagement"  # the browser SDK on page hide: properties.visible_ms (docs/analytics.md, Journeys)
+MAX_QUERY_CHARS = 256  # the Event's bound; a longer query is cut (journeys keep fewer characters still)
+
+
+def _journey_properties(props: dict, name: str) -> dict[str, Any]:
+    canonical = " ".join(name.replace("_", " ").split()).lower()
+    if canonical == SEARCHED:
+        out: dict[str, Any] = {"search_query": _text(props.get("query")) and props["query"][:MAX_QUERY_CHARS]}
+        if props.get("result_count") is not None:
+            out["result_count"] = _whole_number(props["result_count"], "properties.result_count",
+                                                "must be a whole number >= 0")
+        return out
+    if canonical == ENGAGEMENT and props.get("visible_ms") is not None:
+        value = props["visible_ms"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidEvent("properties.visible_ms", "must be a number of milliseconds >= 0")
+        return {"visible_ms": round(value)}
+    return {}
 
 
 def _product_lines(products: Any) -> list[dict[str, Any]]:
@@ -321,7 +343,7 @@ def _message_path(model_field: str) -> str:
                  "anonymous_id": "anonymousId", "previous_id": "previousId", "name": "event", "event_time": "timestamp",
                  "page_url": "context.page.url", "referrer": "context.page.referrer",
                  "session_id": "context.sessionId", "utm_source": "context.campaign.source",
-                 "utm_campaign": "context.campaign.name"}
+                 "utm_campaign": "context.campaign.name", "search_query": "properties.query"}
     head, _, rest = model_field.partition(".")
     if head in top_level:
         return top_level[head]

@@ -36,6 +36,7 @@ Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)]
 # What a NUMERIC(18,4) column holds: an aggregate of money (a user's revenue, a cart's value) that
 # would reach it is refused for the event that would take it there, not written to fail the batch.
 MONEY_LIMIT = Decimal(10) ** 14
+VISIBLE_MS_LIMIT = 10**12  # ~30 years: beyond, a visible time is garbage, not a long visit
 
 
 class EventKind(StrEnum):
@@ -107,6 +108,11 @@ class Event(BaseModel):
     session_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     utm_source: Annotated[str, StringConstraints(max_length=256)] | None = None
     utm_campaign: Annotated[str, StringConstraints(max_length=256)] | None = None
+    # Journeys (stream_processors/journeys.py): a "Products Searched" event's query and result count, and
+    # the visible time a "Page Engagement" event reports for its page.
+    search_query: Annotated[str, StringConstraints(max_length=256)] | None = None
+    result_count: int | None = Field(None, ge=0, le=10**12)
+    visible_ms: int | None = Field(None, ge=0, le=VISIBLE_MS_LIMIT)
 
     # Edge enrichment (ingest/enrich.py): parsed user agent, client IP with its last octet
     # (IPv4) or last 80 bits (IPv6) dropped, known bots flagged. None when nothing was sent.

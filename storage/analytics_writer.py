@@ -10,26 +10,33 @@ here): one lock order, so no deadlock.
 import orjson
 
 from spoor.storage.analytics_tables import Session
+from spoor.storage.journey_tables import SessionJourney
 from spoor.storage.tables import BehaviourTrigger, UserActivity
 
 SESSION_COLUMNS = [c.name for c in Session.__table__.columns if c.name not in ("updated_at", "traffic_source")]
 ACTIVITY_COLUMNS = [c.name for c in UserActivity.__table__.columns if c.name != "updated_at"]
 TRIGGER_COLUMNS = [c.name for c in BehaviourTrigger.__table__.columns if c.name != "recorded_at"]
+JOURNEY_COLUMNS = [c.name for c in SessionJourney.__table__.columns if c.name != "updated_at"]
 
 
-def _merge(table: str, columns: list[str], keys: tuple[str, ...], version_rule: str) -> str:
+def _merge(table: str, columns: list[str], keys: tuple[str, ...], version_rule: str, rows: str = "%s::json") -> str:
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
     return (f"INSERT INTO {table} ({', '.join(columns)}) "
-            f"SELECT {', '.join(columns)} FROM json_populate_recordset(NULL::{table}, %s::json) "
+            f"SELECT {', '.join(columns)} FROM json_populate_recordset(NULL::{table}, {rows}) "
             f"ORDER BY {', '.join(keys)} "
             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}, updated_at = now() WHERE {version_rule}")
 
 
 MERGE_SESSIONS = _merge("sessions", SESSION_COLUMNS, ("user_key", "session_id"), "sessions.events <= excluded.events")
 MERGE_ACTIVITY = _merge("user_activity", ACTIVITY_COLUMNS, ("user_key",), "user_activity.as_of <= excluded.as_of")
-DELETE_RETIRED_SESSIONS = (
-    "DELETE FROM sessions s USING json_to_recordset(%s::json) AS r(user_key text, session_id text) "
-    "WHERE s.user_key = r.user_key AND s.session_id = r.session_id")
+# A session row carries its journey row (analytics_tracker.session_row): both come from one JSON document.
+MERGE_JOURNEYS = _merge("session_journeys", JOURNEY_COLUMNS, ("user_key", "session_id"),
+                        "session_journeys.events <= excluded.events",
+                        "(SELECT json_agg(s -> 'journey') FROM json_array_elements(%s::json) s)")
+DELETE_RETIRED = ("DELETE FROM {table} s USING json_to_recordset(%s::json) AS r(user_key text, session_id text) "
+                  "WHERE s.user_key = r.user_key AND s.session_id = r.session_id")
+DELETE_RETIRED_SESSIONS = DELETE_RETIRED.format(table="sessions")
+DELETE_RETIRED_JOURNEYS = DELETE_RETIRED.format(table="session_journeys")
 INSERT_TRIGGERS = (
     f"INSERT INTO behaviour_triggers ({', '.join(TRIGGER_COLUMNS)}) "
     f"SELECT {', '.join(TRIGGER_COLUMNS)} FROM json_populate_recordset(NULL::behaviour_triggers, %s::json) "
@@ -42,9 +49,13 @@ def write_analytics(cursor, out, default) -> None:
         return orjson.dumps(rows, default=default).decode()
 
     if out.retired_sessions:
-        cursor.execute(DELETE_RETIRED_SESSIONS, (dump(out.retired_sessions),))
+        retired = dump(out.retired_sessions)
+        cursor.execute(DELETE_RETIRED_SESSIONS, (retired,))
+        cursor.execute(DELETE_RETIRED_JOURNEYS, (retired,))
     if out.sessions:
-        cursor.execute(MERGE_SESSIONS, (dump(out.sessions),))
+        sessions = dump(out.sessions)
+        cursor.execute(MERGE_SESSIONS, (sessions,))
+        cursor.execute(MERGE_JOURNEYS, (sessions,))
     if out.activity:
         cursor.execute(MERGE_ACTIVITY, (dump(out.activity),))
     if out.triggers:

@@ -60,6 +60,9 @@ def session_row(user_key: str, session) -> dict:
         "entry_page": entry[1], "referrer": entry[2], "utm_source": campaign[1], "utm_campaign": campaign[2],
         "view_categories": session.view_categories, "cart_categories": session.cart_categories,
         "purchase_categories": session.purchase_categories,
+        # The session_journeys row, written from the same rows (storage/analytics_writer.py).
+        "journey": {"user_key": user_key, "session_id": session.session_id, "events": session.events,
+                    **session.journey.summary()},
     }
 
 

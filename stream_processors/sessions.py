@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from spoor.events import Event, EventKind
+from spoor.stream_processors.journeys import Journey
 
 SEALED_CLIENT_IDS = 64  # client ids of dropped sessions remembered, so they are never re-opened
 RETIRED_IDS = 16  # retired ids remembered, so their deletion is repeated after a crash
@@ -48,6 +49,7 @@ class Session:
     view_categories: list = field(default_factory=list)
     cart_categories: list = field(default_factory=list)
     purchase_categories: list = field(default_factory=list)
+    journey: Journey = field(default_factory=Journey)  # its pages, dwell times and searches (journeys.py)
 
     def add(self, event: Event, at: float, repeated_order: bool = False) -> None:
         self.started_at = min(self.started_at, at)
@@ -70,6 +72,7 @@ class Session:
             _add_category(self.purchase_categories, event.category)
             for line in event.products:
                 _add_category(self.purchase_categories, line.category)
+        self.journey.add(event, at, repeated_order)
         if event.page_url and (self.entry is None or at < self.entry[0]):
             self.entry = [at, event.page_url, event.referrer]
         if (event.utm_source or event.utm_campaign) and (self.campaign is None or at < self.campaign[0]):
@@ -89,17 +92,19 @@ class Session:
         for name in ("view_categories", "cart_categories", "purchase_categories"):
             for category in getattr(other, name):
                 _add_category(getattr(self, name), category)
+        self.journey.absorb(other.journey)
 
     def encode(self) -> list:
         return [self.session_id, self.client, self.started_at, self.ended_at,
                 [self.events, self.page_views, self.product_views, self.cart_adds, self.checkouts,
                  self.purchases], self.revenue, self.entry, self.campaign,
-                self.view_categories, self.cart_categories, self.purchase_categories]
+                self.view_categories, self.cart_categories, self.purchase_categories, self.journey.encode()]
 
     @classmethod
     def decode(cls, data: list) -> "Session":
-        sid, client, start, end, counts, revenue, entry, campaign, views, carts, purchases = data
-        return cls(sid, client, start, end, *counts, revenue, entry, campaign, views, carts, purchases)
+        sid, client, start, end, counts, revenue, entry, campaign, views, carts, purchases, *journey = data
+        return cls(sid, client, start, end, *counts, revenue, entry, campaign, views, carts, purchases,
+                   Journey.decode(journey[0] if journey else None))  # a state stored before journeys has none
 
 
 MAX_CATEGORIES = 20  # per session and step: bounds the state of a shopper browsing everything
@@ -256,6 +261,7 @@ class SessionLog:
             return False
         session = found[0]
         session.purchases -= 1
+        session.journey.forget_purchase(at)
         if revenue is not None:
             session.revenue = str(Decimal(session.revenue) - Decimal(revenue))
         self.changed.add(session.session_id)
