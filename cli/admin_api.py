@@ -28,9 +28,11 @@ from spoor.campaigns import campaign_dispatch
 from spoor.campaigns.campaign_dispatch import CampaignStore, UnknownCampaign
 from spoor.campaigns.campaign_spec import parse_campaign
 from spoor.campaigns.webhook_delivery import check_webhook
+from spoor.cli.attribution_api import attribution_router
+from spoor.cli.campaign_experiment_api import campaign_experiment_router
 from spoor.errors import SpoorError
 from spoor.privacy.consent import set_consent
-from spoor.privacy.erasure import erase_user
+from spoor.privacy.erasure import erase_user, require_audit_key
 from spoor.segments import SegmentsError, membership
 from spoor.segments.membership import SegmentStore, UnknownSegment, utcnow
 from spoor.segments.segment_fields import FIELDS
@@ -94,6 +96,7 @@ class ProductRecommendations(BaseModel):
 def create_api(settings: Settings, engine: Engine, clock=utcnow, api_keys: ApiKeyCache | None = None) -> FastAPI:
     if not settings.admin_token:
         raise SegmentsError("SPOOR_ADMIN_TOKEN is not set: the API does not run without authentication")
+    require_audit_key(settings)  # DELETE /users/{key} needs it: refuse at start, not at the first erasure
     app = FastAPI(title="Spoor segments and campaigns", version="1",
                   description="Define, preview, launch and pause segments and campaigns; read a user's profile, "
                               "segments and campaign history; record consent; erase a user.")

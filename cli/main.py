@@ -75,10 +75,16 @@ def _worker(settings: Settings, args) -> None:
             check_settings(settings)
         except ValueError as err:
             sys.exit(f"error: {err}")
-    from spoor.topics import missing_topics
+    from spoor.topics import ensure_topic_configs, missing_topics
     missing = missing_topics(settings)
     if missing:
         sys.exit(f"Kafka topics {missing} do not exist: run `spoor topics create` first")
+    try:  # the retention that is the erasure deadline of the copies on Kafka (docs/privacy.md)
+        changed = ensure_topic_configs(settings)
+    except Exception as err:  # a refusal (ACLs, an old broker): the stated erasure deadline would not hold
+        sys.exit(f"error: cannot set the retention of Spoor's topics (SPOOR_PERSONAL_TOPIC_RETENTION_HOURS): {err}")
+    if changed:
+        print(f"topic configs applied (erasure deadline): {', '.join(changed)}", file=sys.stderr)
     if not args.no_supervise:
         from spoor.cli.supervise import supervise
         sys.exit(supervise([sys.executable, "-m", "spoor.cli", "worker", "--no-supervise"]))

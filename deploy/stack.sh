@@ -145,7 +145,8 @@ case "${1:-}" in
     # The admin API's bearer token and the webhook signing key: the environment's, else generated.
     SPOOR_ADMIN_TOKEN=${SPOOR_ADMIN_TOKEN:-$(local_secret admin_token)}
     SPOOR_CAMPAIGN_WEBHOOK_SECRET=${SPOOR_CAMPAIGN_WEBHOOK_SECRET:-$(local_secret webhook_secret)}
-    export SPOOR_ADMIN_TOKEN SPOOR_CAMPAIGN_WEBHOOK_SECRET
+    SPOOR_AUDIT_HMAC_KEY=${SPOOR_AUDIT_HMAC_KEY:-$(local_secret audit_hmac_key)}  # the erasure audit's HMAC key
+    export SPOOR_ADMIN_TOKEN SPOOR_CAMPAIGN_WEBHOOK_SECRET SPOOR_AUDIT_HMAC_KEY
     start_process segments "$segments_url/healthz" 120 segments run
     start_process campaigns "$campaigns_url/healthz" 120 campaigns run
     start_process admin-api "$admin_api_url/healthz" 60 segments api

@@ -42,8 +42,17 @@ class Settings(BaseSettings):
         4, ge=1, description="Partitions of the events and triggers topics, when `spoor topics create` makes them.")
     topic_retention_ms: int = Field(
         7 * 24 * 3600 * 1000,
-        description="Retention of Spoor's topics in milliseconds (7 days), set when they are created; "
-                    "the dead-letter and alerts topics keep 4 times as long.")
+        description="Retention in milliseconds (7 days) of the alerts topic's base (it keeps 4 times as long); "
+                    "the topics that carry shoppers' data keep `SPOOR_PERSONAL_TOPIC_RETENTION_HOURS`.")
+    # The erasure deadline of the copies on Kafka (docs/privacy.md#erasure-reaches-every-copy).
+    personal_topic_retention_hours: float = Field(
+        72.0, gt=0, le=720,
+        description="Retention of the topics that carry shoppers' data and are not compacted (events, dead "
+                    "letters, triggers, segments, campaign dead letters), and the compaction bound of the "
+                    "worker's changelogs: the erasure deadline of the copies on Kafka is this, plus one "
+                    "segment (`segment.ms`: this or 1 hour, the smaller) and the broker's retention check "
+                    "(5 min by default). `spoor topics create`, the worker and the runners apply it to "
+                    "existing topics too. A stopped worker or runner loses records older than this.")
 
     # Collector (HTTP -> Kafka).
     collector_host: str = Field("127.0.0.1", description="Address the collector listens on.")
@@ -225,6 +234,12 @@ class Settings(BaseSettings):
     campaign_webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one campaign webhook call.")
     campaign_default_time_zone: str = Field(
         "UTC", description="Time zone of quiet hours for users without one in `user_consent`.")
+    audit_hmac_key: str = Field(
+        "",
+        description="Secret key (at least 32 characters: `openssl rand -hex 32`) of the HMAC-SHA256 that "
+                    "`privacy_audit_log` keeps of an erased id instead of the id. Required: `spoor users erase` "
+                    "fails and the admin API does not start without it. Keep it out of the database; changing "
+                    "it makes earlier audit rows unmatchable by id.")
     erase_worker_wait_s: float = Field(
         60.0, ge=0,
         description="How long `spoor users erase` waits for the worker to read the user's erasure record; "

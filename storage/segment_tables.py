@@ -149,13 +149,14 @@ class CampaignAttempt(Base):
 
 
 class AuditLog(Base):
-    """Privacy operations (erasure). The user key is kept only as a SHA-256."""
+    """Privacy operations (erasure). The id is kept only as its HMAC-SHA256 under SPOOR_AUDIT_HMAC_KEY
+    (migration 0026); rows written before it hold no hash at all (``user_key_hmac`` NULL)."""
 
     __tablename__ = "privacy_audit_log"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     action: Mapped[str] = mapped_column(String(32))
-    user_key_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    user_key_hmac: Mapped[str | None] = mapped_column(String(64), index=True)
     actor: Mapped[str] = mapped_column(String(128))
     details: Mapped[dict] = mapped_column(JSONB)
     at: Mapped[datetime] = mapped_column(TS, server_default=func.now())

@@ -3,7 +3,6 @@ segment (kept current by a real `spoor segments run`), cart abandonment triggers
 drive a campaign (a real `spoor campaigns run`) whose webhook receiver gets exactly one signed call per
 user, with the frequency cap, quiet hours, consent and holdout honoured; then a user is erased."""
 
-import hashlib
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from spoor.campaigns.campaign_rules import idempotency_key, in_holdout
 from spoor.campaigns.trigger_intake import trigger_message
 from spoor.campaigns.webhook_delivery import verify
 from spoor.cli.collector_client import CollectorClient
+from spoor.privacy.erasure import audit_hash
 from spoor.topics import create_producer, create_segment_topics
 from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
 
@@ -199,8 +199,8 @@ retry_backoff: 1s
     for table in ("user_profiles", "events", "segment_members", "segment_transitions", "campaign_deliveries",
                   "behaviour_triggers"):
         assert rows(engine, f"SELECT 1 FROM {table} WHERE user_key = :u", u=plain_1) == [], table
-    audit = rows(engine, "SELECT action, actor FROM privacy_audit_log WHERE user_key_sha256 = :h ORDER BY id",
-                 h=hashlib.sha256(plain_1.encode()).hexdigest())
+    audit = rows(engine, "SELECT action, actor FROM privacy_audit_log WHERE user_key_hmac = :h ORDER BY id",
+                 h=audit_hash(settings.audit_hmac_key.encode(), plain_1))
     assert [tuple(a) for a in audit] == [("erase_rows", "cli"), ("erase_state", "cli")]
     consumer = KafkaConsumer(changelog, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
                              consumer_timeout_ms=5000)

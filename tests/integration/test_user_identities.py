@@ -299,7 +299,7 @@ def test_erasing_by_an_anonymous_id_erases_the_user_and_every_id_of_theirs(test_
         assert rows_of(conn, "someone-else") == {"user_identities": 1, "user_profiles": 1}
         audit = conn.execute(text("SELECT action, details::text FROM privacy_audit_log ORDER BY id")).all()
     assert [action for action, _ in audit] == ["erase_rows", "erase_state"]
-    assert json.loads(audit[0][1])["ids_erased"] == 3 and len(json.loads(audit[0][1])["ids_sha256"]) == 3
+    assert json.loads(audit[0][1])["ids_erased"] == 3 and len(json.loads(audit[0][1])["ids_hmac"]) == 3
     assert not any(key in details for _, details in audit for key in ("user-8", "anon-8", "pending-8"))
 
     # An erasure record for each id, on its partition, for the worker to apply when it next runs.

@@ -52,6 +52,7 @@ def scratch_settings(base: Settings, tmp_path_factory, prefix: str) -> tuple[Set
         "worker_data_dir": str(tmp_path_factory.mktemp("faust")),
         "worker_session_timeout_s": 8.0,
         "worker_batch_within_s": 0.1,
+        "audit_hmac_key": "test-audit-hmac-key-" + uuid.uuid4().hex,  # erasure needs one (privacy/erasure.py)
     })
     upgrade(settings.database_url)
     create_topics(settings)
