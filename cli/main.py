@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     from spoor.cli.segment_commands import add_commands as add_segments_commands  # segments, campaigns, users
     add_segments_commands(commands)
     _add_dead_letter_commands(commands)
+    from spoor.cli.retention_commands import add_commands as add_retention_commands
+    add_retention_commands(commands)
     from spoor.cli.alert_commands import add_commands as add_alerts_commands
     add_alerts_commands(commands)
 
@@ -247,6 +249,12 @@ def _segments(settings: Settings, args) -> None:
 
 
 _campaigns = _segments
+_attribution = _segments  # spoor attribution report / refresh (cli/segment_commands.py)
+
+
+def _retention(settings: Settings, args) -> None:
+    from spoor.cli.retention_commands import run
+    run(settings, args)
 
 
 def _users(settings: Settings, args) -> None:

@@ -18,6 +18,7 @@ from spoor.segments import membership, segment_metrics
 from spoor.segments.membership import SegmentStore, utcnow
 from spoor.settings import Settings
 from spoor.topics import create_producer, create_segment_topics
+from spoor.storage.retention import RetentionTurn
 from spoor.turn_loop import Heartbeat, paced_by, run_turns, stop_event
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,10 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
     pace = paced_by(settings.segments_max_busy_share, stop, heartbeat)
     failures = SegmentFailures()
 
+    retention = RetentionTurn(engine, settings, pace)  # every retention_interval_s (storage/retention.py)
     def turn() -> None:
         if time.monotonic() - last_full[0] >= settings.segments_full_recompute_s:
+        retention()
             started = time.monotonic()
             failed: dict[str, str] = {}
             changes = membership.full_recompute(engine, utcnow(), pace=pace, failed=failed)

@@ -368,6 +368,30 @@ def env_value(value) -> str:
 def environment(settings: Settings) -> dict[str, str]:
     """Every setting as the ``SPOOR_`` variable that reads back to it: the environment of a child process."""
     return {f"SPOOR_{name.upper()}": env_value(value) for name, value in settings.model_dump().items()}
+    # Retention (docs/privacy.md#retention): enforced by `spoor retention run` and the segments runner.
+    retention_events_days: int = Field(
+        395, ge=31, le=36500,
+        description="Days an event is kept in `events` (13 months: a year to compare with, and a month to "
+                    "spare). Whole months are dropped: an event goes between this and this plus one month after "
+                    "its time. At least 31 (the 30-day windows read events).")
+    retention_dead_letters_days: int = Field(
+        28, ge=1, le=36500,
+        description="Days a dead letter (the rejected payload, personal data included) is kept in "
+                    "`dead_letters`; whole days are dropped, so one goes between this and one day more after "
+                    "its receipt.")
+    retention_sessions_days: int = Field(
+        395, ge=31, le=36500,
+        description="Days a session is kept in `sessions` after it ended (deleted in bounded batches).")
+    retention_deliveries_days: int = Field(
+        730, ge=31, le=36500,
+        description="Days a campaign delivery (and its attempts) is kept in `campaign_deliveries` after it "
+                    "was created (deleted in bounded batches). Two years: the frequency caps and lift reports "
+                    "read them; an episode older than this could be delivered again.")
+    retention_interval_s: float = Field(
+        3600.0, ge=60, le=86400,
+        description="How often the segments runner runs the retention job (partitions made ahead, expired "
+                    "ones dropped).")
+
 
 
 # How docs/configuration.md groups the settings: (first field, title, what the group is), in the
@@ -384,3 +408,5 @@ SETTINGS_GROUPS: tuple[tuple[str, str, str], ...] = (
     ("metric_lateness_s", "Metric windows and alerts", "Windowed business metrics and alerts, in the worker."),
     ("worker_store", "Behaviour analytics", "Sessions, rolling windows, funnels and triggers, in the worker."),
 )
+    ("retention_events_days", "Retention", "How long each store keeps rows (`spoor retention run`, and the "
+                                           "segments runner every `SPOOR_RETENTION_INTERVAL_S`)."),

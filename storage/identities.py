@@ -33,6 +33,8 @@ TABLES_WITH_USER_KEY = text("""
     SELECT c.table_name FROM information_schema.columns c
       JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name
      WHERE c.table_schema = current_schema() AND c.column_name = 'user_key' AND t.table_type = 'BASE TABLE'
+       AND NOT EXISTS (SELECT FROM pg_class p WHERE p.oid = CAST(quote_ident(c.table_name) AS regclass)
+                          AND p.relispartition)  -- a partition's rows are its table's (migration 0027)
      ORDER BY c.table_name
 """)
 # Each unique index (primary keys too) that includes user_key: its key columns. Partial and expression

@@ -85,7 +85,8 @@ class BehaviourTrigger(Base):
 
 
 class Event(Base):
-    """Every accepted event once (primary key = the client's messageId)."""
+    """Every accepted event once (the client's messageId). Partitioned by month of event_time (migration 0027,
+    storage/retention.py), so the key holds event_time too; storage/writers.py keeps the id unique."""
 
     __tablename__ = "events"
 
@@ -93,7 +94,7 @@ class Event(Base):
     user_key: Mapped[str] = mapped_column(String(256))
     kind: Mapped[str] = mapped_column(String(32))
     name: Mapped[str] = mapped_column(String(256))
-    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     source: Mapped[str] = mapped_column(String(64))
     product_id: Mapped[str | None] = mapped_column(String(256))
@@ -118,22 +119,25 @@ class Event(Base):
 
     __table_args__ = (
         Index("events_user_time", "user_key", "event_time"),
+        {"postgresql_partition_by": "RANGE (event_time)"},
     )
 
 
 class DeadLetter(Base):
-    """A rejected event with its reason and original payload (a "bad row")."""
+    """A rejected event with its reason and original payload (a "bad row"). Partitioned by day of received_at
+    (migration 0027, storage/retention.py)."""
 
     __tablename__ = "dead_letters"
+    __table_args__ = {"postgresql_partition_by": "RANGE (received_at)"}
 
-    # topic/partition/offset of the bad row itself: writing it twice is a no-op.
+    # topic/partition/offset of the bad row itself: writing it twice is a no-op (storage/writers.py).
     id: Mapped[str] = mapped_column(String(300), primary_key=True)
     processor: Mapped[str] = mapped_column(String(64))
     field: Mapped[str | None] = mapped_column(String(256))
     reason: Mapped[str] = mapped_column(Text)
     source: Mapped[str | None] = mapped_column(String(64))
     payload: Mapped[dict] = mapped_column(JSONB)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     # Bad row version 2 (migration 0004): failure type, every message, request facts, replay lineage.
     schema_version: Mapped[int | None] = mapped_column(Integer)
     failure_type: Mapped[str | None] = mapped_column(String(64))

@@ -15,26 +15,37 @@ activity and sessions are upserted: the user's merged rows and the id's rows nev
 """
 
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import orjson
-from sqlalchemy import Engine
+from sqlalchemy import Engine, bindparam, exists, select
 from sqlalchemy.dialects.postgresql import insert
 
 from spoor.events import Event, encode_events
 from spoor.storage.analytics_writer import write_analytics
-from spoor.storage.interests import write_interests
 from spoor.storage.identities import move_rows, record_links, user_key_tables
+from spoor.storage.interests import write_interests
 from spoor.storage.tables import DeadLetter, UserProfile
 from spoor.storage.tables import Event as EventRow
 
 PROFILE_COLUMNS = [c.name for c in UserProfile.__table__.columns if c.name != "updated_at"]
 EVENT_COLUMNS = [c.name for c in EventRow.__table__.columns if c.name != "persisted_at"]
 
+# ``events`` is partitioned by month of event_time (migration 0027, storage/retention.py); its key is
+# (event_id, event_time). A redelivered event carries the time the collector gave it, so it meets its stored
+# copy in the same partition (ON CONFLICT). A client's retry has the same id but a clock-corrected time that
+# may differ by the retry's transit time: an id already stored within DEDUPE_SPAN of the event's time is
+# refused too (one index probe, in one or two partitions), and so is a second copy of an id in the batch.
+DEDUPE_SPAN = "1 day"
 MERGE_EVENTS = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
-    f"SELECT {', '.join(EVENT_COLUMNS)} FROM json_populate_recordset(NULL::events, %s::json) "
-    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    f"SELECT DISTINCT ON (r.event_id) {', '.join('r.' + c for c in EVENT_COLUMNS)} "
+    f"FROM json_populate_recordset(NULL::events, %s::json) WITH ORDINALITY AS r "
+    f"WHERE NOT EXISTS (SELECT FROM events e WHERE e.event_id = r.event_id "
+    f"AND e.event_time > r.event_time - interval '{DEDUPE_SPAN}' AND e.event_time < r.event_time + interval '{DEDUPE_SPAN}') "
+    "ORDER BY r.event_id, r.ordinality "
+    "ON CONFLICT (event_id, event_time) DO NOTHING RETURNING event_id"
 )
 _profile_updates = ", ".join(f"{c} = excluded.{c}" for c in PROFILE_COLUMNS if c != "user_key")
 MERGE_PROFILES = (
@@ -44,7 +55,15 @@ MERGE_PROFILES = (
     f"ON CONFLICT (user_key) DO UPDATE SET {_profile_updates}, updated_at = now() "
     "WHERE user_profiles.events <= excluded.events"
 )
-INSERT_DEAD_LETTERS = insert(DeadLetter.__table__).on_conflict_do_nothing(index_elements=["id"])
+# ``dead_letters`` is partitioned by day of received_at (migration 0027), its key (id, received_at): an id
+# (the bad row's topic/partition/offset) already stored in any partition is refused, whatever its time.
+_DEAD = DeadLetter.__table__
+DEAD_LETTER_FIELDS = ("id", "processor", "field", "reason", "source", "payload", "received_at", "schema_version",
+                      "failure_type", "messages", "request", "replay_of")
+INSERT_DEAD_LETTERS = insert(_DEAD).from_select(
+    DEAD_LETTER_FIELDS,
+    select(*[bindparam(name, type_=_DEAD.c[name].type) for name in DEAD_LETTER_FIELDS]).where(
+        ~exists().where(_DEAD.c.id == bindparam("id", type_=_DEAD.c.id.type)))).on_conflict_do_nothing()
 # What the worker writes about a user; an erased user's rows go before the batch's rows are merged, with the
 # interest profile made from them (refreshed by the segments runner, which never sees an erased user again).
 WORKER_TABLES = ("events", "user_profiles", "sessions", "session_journeys", "user_activity", "behaviour_triggers", "user_interests",
@@ -96,6 +115,11 @@ class StreamWriter:
             cursor.close()
 
     def write_dead_letters(self, rows: Sequence[dict]) -> None:
+        """A bad row cannot have been received after it is stored: a later received_at (a hostile record on
+        the topic) is stored as now, not kept out of retention's reach in the default partition."""
         if rows:
+            now = datetime.now(timezone.utc)
+            rows = [{name: row.get(name) for name in DEAD_LETTER_FIELDS} | {"received_at": min(row["received_at"], now)}
+                    for row in rows]
             with self.engine.begin() as conn:
-                conn.execute(INSERT_DEAD_LETTERS, list(rows))
+                conn.execute(INSERT_DEAD_LETTERS, rows)

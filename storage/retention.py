@@ -1,0 +1,362 @@
+"""Retention: how long each store keeps rows, enforced by dropping whole partitions (docs/privacy.md#retention).
+
+``events`` (one partition a month, on ``event_time``) and ``dead_letters`` (one a day, on ``received_at``) are
+partitioned by time (migration 0027). A run of the job, per store:
+
+1. rows waiting in the store's DEFAULT partition (an event older than every partition, or later than those made
+   ahead) are deleted when past retention, else moved into their own partition, made for them;
+2. the partitions of this month (day) and the next ``ahead`` ones are made, so a write never needs the default
+   partition in normal operation;
+3. every partition whose whole range is older than the retention is dropped (``DROP TABLE``: no row-by-row
+   delete, no dead tuples, the space goes back at once).
+
+``sessions`` and ``campaign_deliveries`` are not partitioned: their keys are not fixed in time (a session's
+start moves with a late event; a delivery's (campaign, user, episode) must stay unique for ever, and
+``campaign_attempts`` points at its id). Their expired rows are deleted in bounded batches instead.
+
+Every DDL statement waits at most ``LOCK_TIMEOUT`` for its lock: a long reader of the table makes the job give
+up on that store until the next run (counted), instead of stalling the worker's writes queued behind it.
+Two runs never overlap (an advisory lock): the second one skips. Everything here is idempotent.
+"""
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
+
+from spoor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT = "2s"
+DELETE_BATCH = 5000
+RUN_LOCK = 0x5370_6F72_5265_74  # pg_advisory_lock key of a run ("SporRet")
+
+# Metric names (docs/operations.md#retention).
+PARTITIONS_CREATED = Counter("spoor_retention_partitions_created_total", "Partitions made by the job.", ["store"])
+PARTITIONS_DROPPED = Counter("spoor_retention_partitions_dropped_total",
+                             "Partitions dropped because their whole range was past retention.", ["store"])
+BYTES_DROPPED = Counter("spoor_retention_bytes_dropped_total", "Bytes (table and indexes) of dropped partitions.",
+                        ["store"])
+ROWS_DELETED = Counter("spoor_retention_rows_deleted_total",
+                       "Rows deleted one batch at a time: expired sessions and deliveries, and rows past retention "
+                       "found in a default partition.", ["store"])
+ROWS_MOVED = Counter("spoor_retention_rows_moved_total",
+                     "Rows moved from a default partition into the partition made for them.", ["store"])
+FAILURES = Counter("spoor_retention_failures_total",
+                   "Runs that could not finish a store (a lock not granted in time, PostgreSQL unreachable); "
+                   "the next run tries again.", ["store"])
+ROWS = Gauge("spoor_retention_rows", "Rows in the store (PostgreSQL's estimate, as of its last ANALYZE).", ["store"])
+BYTES = Gauge("spoor_retention_bytes", "Bytes of the store, its indexes and partitions included.", ["store"])
+PARTITIONS = Gauge("spoor_retention_partitions", "Partitions of the store (its default partition included).",
+                   ["store"])
+DEFAULT_ROWS = Gauge("spoor_retention_default_rows",
+                     "Rows left in the store's default partition after a run (no partition of theirs yet: "
+                     "later than the partitions made ahead).", ["store"])
+OLDEST_AGE = Gauge("spoor_retention_oldest_age_seconds",
+                   "Age of the store's oldest partition (the start of its range), or of its oldest row.", ["store"])
+LAST_RUN = Gauge("spoor_retention_last_run_timestamp_seconds", "Unix time of the job's last completed run.")
+
+
+class RetentionError(Exception):
+    """The store cannot be handled as configured (not partitioned as the job expects)."""
+
+
+# -- partition arithmetic (pure) ---------------------------------------------------------------------------
+
+UNITS = ("day", "month")
+
+
+def unit_start(moment: datetime, unit: str) -> datetime:
+    """The start (UTC) of the day or month holding ``moment``."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: partitions are cut in UTC")
+    day = moment.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    if unit == "day":
+        return day
+    if unit == "month":
+        return day.replace(day=1)
+    raise ValueError(f"unknown partition unit {unit!r}")
+
+
+def next_start(start: datetime, unit: str, steps: int = 1) -> datetime:
+    """The start of the ``steps``-th day or month after ``start`` (a start itself)."""
+    if unit == "day":
+        return start + timedelta(days=steps)
+    months = start.year * 12 + start.month - 1 + steps
+    return start.replace(year=months // 12, month=months % 12 + 1)
+
+
+def partition_name(table: str, start: datetime, unit: str) -> str:
+    return f"{table}_p{start:%Y%m%d}" if unit == "day" else f"{table}_p{start:%Y%m}"
+
+
+def parse_partition_name(table: str, name: str, unit: str) -> datetime | None:
+    """The start of the range named by ``name``, or None for a name the job did not make."""
+    digits = 8 if unit == "day" else 6
+    match = re.fullmatch(re.escape(table) + r"_p(\d{%d})" % digits, name)
+    if not match:
+        return None
+    try:
+        return datetime.strptime(match[1], "%Y%m%d" if unit == "day" else "%Y%m").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def cutoff(now: datetime, days: int) -> datetime:
+    """Rows older than this are past retention."""
+    if days < 1:
+        raise ValueError(f"retention must be at least one day, not {days}")
+    return now - timedelta(days=days)
+
+
+def expired(start: datetime, unit: str, now: datetime, days: int) -> bool:
+    """A partition goes once its whole range is past retention: its end is at or before the cutoff."""
+    return next_start(start, unit) <= cutoff(now, days)
+
+
+def starts_ahead(now: datetime, unit: str, ahead: int) -> list[datetime]:
+    """This unit's start and the next ``ahead`` ones: the partitions that must exist."""
+    first = unit_start(now, unit)
+    return [next_start(first, unit, step) for step in range(ahead + 1)]
+
+
+# -- stores --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Store:
+    name: str
+    column: str
+    days: int
+    unit: str | None = None  # None: not partitioned, deleted in batches
+    ahead: int = 0
+    batch_key: str = ""  # unpartitioned stores: what a batch of expired rows is chosen by (ctid, or an index)
+
+    @property
+    def partitioned(self) -> bool:
+        return self.unit is not None
+
+
+def stores(settings: Settings) -> list[Store]:
+    """Each store with its retention. Partitions made ahead: 3 months of events, 7 days of dead letters (the
+    collector admits events at most ``max_future_event_s`` ahead, so a write never reaches past them)."""
+    return [Store("events", "event_time", settings.retention_events_days, "month", ahead=3),
+            Store("dead_letters", "received_at", settings.retention_dead_letters_days, "day", ahead=7),
+            Store("sessions", "started_at", settings.retention_sessions_days, batch_key="ctid"),
+            Store("campaign_deliveries", "created_at", settings.retention_deliveries_days, batch_key="id")]
+
+
+@dataclass
+class StoreReport:
+    store: str
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    rows_deleted: int = 0
+    rows_moved: int = 0
+    error: str | None = None
+
+
+Pace = Callable[[float], None]
+
+
+def _no_pace(_step_s: float) -> None:
+    pass
+
+
+def run_retention(engine: Engine, settings: Settings, now: datetime | None = None,
+                  pace: Pace = _no_pace) -> list[StoreReport] | None:
+    """One run over every store; None when another run holds the lock. A store that fails (a lock not granted
+    within ``LOCK_TIMEOUT``, say) is reported and counted, and the others go on."""
+    now = now or datetime.now(timezone.utc)
+    with engine.connect() as lock_conn:
+        if not lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": RUN_LOCK}).scalar_one():
+            log.info("retention: another run holds the lock; skipped")
+            return None
+        try:
+            reports = []
+            for store in stores(settings):
+                report = StoreReport(store.name)
+                try:
+                    if store.partitioned:
+                        _run_partitioned(engine, store, now, report, pace)
+                    else:
+                        _run_batched(engine, store, now, report, pace)
+                    observe(engine, store, now)
+                except OperationalError as err:  # a lock timeout, a lost connection: the next run tries again
+                    FAILURES.labels(store.name).inc()
+                    report.error = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+                    log.warning("retention of %s not finished, retried next run: %s", store.name, report.error)
+                reports.append(report)
+            if not any(r.error for r in reports):
+                LAST_RUN.set(time.time())
+            return reports
+        finally:
+            lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": RUN_LOCK})
+
+
+def _begin(engine: Engine):
+    conn = engine.connect()
+    conn.begin()
+    conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+    return conn
+
+
+def partitions(conn: Connection, store: Store) -> tuple[dict[datetime, str], bool]:
+    """The store's partitions the job made (start -> name), and whether its default partition exists."""
+    names = conn.execute(text(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = CAST(:t AS regclass)"), {"t": store.name}).scalars().all()
+    if not names and not conn.execute(text(
+            "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = CAST(:t AS regclass))"),
+            {"t": store.name}).scalar_one():
+        raise RetentionError(f"{store.name} is not a partitioned table: run `spoor migrate` (migration 0027)")
+    found = {}
+    for name in names:
+        start = parse_partition_name(store.name, name, store.unit)
+        if start is not None:
+            found[start] = name
+    return found, f"{store.name}_default" in names
+
+
+def _run_partitioned(engine: Engine, store: Store, now: datetime, report: StoreReport, pace: Pace) -> None:
+    limit = cutoff(now, store.days)
+    default = f"{store.name}_default"
+    with engine.connect() as conn:
+        existing, has_default = partitions(conn, store)
+    horizon = starts_ahead(now, store.unit, store.ahead)
+    wanted = set(horizon)
+    if has_default:
+        report.rows_deleted += _delete_batches(engine, default, store.column, limit, "ctid", pace)
+        with engine.connect() as conn:
+            waiting = conn.execute(text(
+                f"SELECT DISTINCT date_trunc('{store.unit}', {store.column}, 'UTC') FROM {default}")).scalars().all()
+        wanted |= {unit_start(start, store.unit) for start in waiting if start <= horizon[-1]}
+    for start in sorted(wanted - set(existing)):
+        if expired(start, store.unit, now, store.days):
+            continue  # its rows in the default partition are already deleted
+        started = time.monotonic()
+        name = partition_name(store.name, start, store.unit)
+        report.rows_moved += _create_partition(engine, store, start, name, default if has_default else None)
+        report.created.append(name)
+        PARTITIONS_CREATED.labels(store.name).inc()
+        pace(time.monotonic() - started)
+    for start, name in sorted(existing.items()):
+        if expired(start, store.unit, now, store.days):
+            started = time.monotonic()
+            with _begin(engine) as conn:
+                size = conn.execute(text("SELECT pg_total_relation_size(CAST(:p AS regclass))"),
+                                    {"p": name}).scalar_one()
+                conn.execute(text(f"DROP TABLE {name}"))
+                conn.commit()
+            report.dropped.append(name)
+            PARTITIONS_DROPPED.labels(store.name).inc()
+            BYTES_DROPPED.labels(store.name).inc(size)
+            pace(time.monotonic() - started)
+    ROWS_DELETED.labels(store.name).inc(report.rows_deleted)
+    ROWS_MOVED.labels(store.name).inc(report.rows_moved)
+    if report.created or report.dropped or report.rows_deleted:
+        log.info("retention of %s: made %s, dropped %s, %d rows past retention deleted from %s", store.name,
+                 report.created or "none", report.dropped or "none", report.rows_deleted, default)
+
+
+def _create_partition(engine: Engine, store: Store, start: datetime, name: str, default: str | None) -> int:
+    """Makes the partition beside the table, moves its rows out of the default partition, then attaches it:
+    ATTACH takes a lock that lets the worker's writes and the readers go on (CREATE ... PARTITION OF would
+    block them); the CHECK spares it a scan of the new partition. Returns the rows moved."""
+    end = next_start(start, store.unit)
+    bounds = {"a": start, "b": end}
+    with _begin(engine) as conn:
+        conn.execute(text(f"CREATE TABLE {name} (LIKE {store.name} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                          f"INCLUDING STORAGE)"))
+        moved = 0
+        if default:
+            moved = conn.execute(text(
+                f"WITH moved AS (DELETE FROM {default} WHERE {store.column} >= :a AND {store.column} < :b "
+                f"RETURNING *) INSERT INTO {name} SELECT * FROM moved"), bounds).rowcount
+        conn.execute(text(f"ALTER TABLE {name} ADD CONSTRAINT {name}_range "
+                          f"CHECK ({store.column} >= :a AND {store.column} < :b)").bindparams(**bounds))
+        conn.execute(text(f"ALTER TABLE {store.name} ATTACH PARTITION {name} "
+                          f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"))
+        conn.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {name}_range"))
+        conn.commit()
+    return moved
+
+
+def _delete_batches(engine: Engine, table: str, column: str, limit: datetime, key: str, pace: Pace) -> int:
+    """Deletes the rows of ``table`` with ``column`` before ``limit``, ``DELETE_BATCH`` at a time (short
+    transactions, paced), chosen in the order of ``key``."""
+    deleted = 0
+    order = "" if key == "ctid" else f"ORDER BY {key} "  # ctid: any order (sorting would read every old row)
+    statement = text(f"DELETE FROM {table} WHERE {key} = ANY(ARRAY(SELECT {key} FROM {table} "
+                     f"WHERE {column} < :limit {order}LIMIT {DELETE_BATCH}))")
+    while True:
+        started = time.monotonic()
+        with _begin(engine) as conn:
+            count = conn.execute(statement, {"limit": limit}).rowcount
+            conn.commit()
+        deleted += count
+        pace(time.monotonic() - started)
+        if count < DELETE_BATCH:
+            return deleted
+
+
+def _run_batched(engine: Engine, store: Store, now: datetime, report: StoreReport, pace: Pace) -> None:
+    report.rows_deleted = _delete_batches(engine, store.name, store.column, cutoff(now, store.days),
+                                          store.batch_key, pace)
+    ROWS_DELETED.labels(store.name).inc(report.rows_deleted)
+    if report.rows_deleted:
+        log.info("retention of %s: %d rows past %d days deleted", store.name, report.rows_deleted, store.days)
+
+
+# -- what is held -------------------------------------------------------------------------------------------
+
+def observe(engine: Engine, store: Store, now: datetime) -> dict:
+    """The store's size, partitions and oldest data, set on the gauges and returned."""
+    with engine.connect() as conn:
+        size, rows = conn.execute(text(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0), coalesce(sum(greatest(c.reltuples, 0)), 0) "
+            "FROM pg_class c WHERE c.oid = CAST(:t AS regclass) OR c.oid IN "
+            "(SELECT inhrelid FROM pg_inherits WHERE inhparent = CAST(:t AS regclass))"),
+            {"t": store.name}).one()
+        state = {"store": store.name, "retention_days": store.days, "bytes": int(size), "rows_estimate": int(rows)}
+        if store.partitioned:
+            existing, has_default = partitions(conn, store)
+            oldest = min(existing) if existing else None
+            default_rows = conn.execute(text(
+                f"SELECT count(*) FROM {store.name}_default")).scalar_one() if has_default else 0
+            state.update(unit=store.unit, partitions=len(existing) + has_default, default_rows=default_rows,
+                         oldest_partition=existing.get(oldest))
+            PARTITIONS.labels(store.name).set(state["partitions"])
+            DEFAULT_ROWS.labels(store.name).set(default_rows)
+        else:
+            order = "id" if store.batch_key == "id" else store.column
+            oldest = conn.execute(text(
+                f"SELECT {store.column} FROM {store.name} ORDER BY {order} LIMIT 1")).scalar_one_or_none()
+    state["oldest_age_s"] = round((now - oldest).total_seconds()) if oldest else None
+    ROWS.labels(store.name).set(state["rows_estimate"])
+    BYTES.labels(store.name).set(state["bytes"])
+    OLDEST_AGE.labels(store.name).set(state["oldest_age_s"] or 0)
+    return state
+
+
+class RetentionTurn:
+    """The job inside a runner's turn: runs when ``retention_interval_s`` has passed since the last run that
+    completed (at the first turn too, so a restarted stack makes its partitions before anything else)."""
+
+    def __init__(self, engine: Engine, settings: Settings, pace: Pace = _no_pace):
+        self.engine, self.settings, self.pace = engine, settings, pace
+        self.last = float("-inf")
+
+    def __call__(self) -> list[StoreReport] | None:
+        if time.monotonic() - self.last < self.settings.retention_interval_s:
+            return None
+        reports = run_retention(self.engine, self.settings, pace=self.pace)
+        if reports is not None and not any(r.error for r in reports):
+            self.last = time.monotonic()
+        return reports
