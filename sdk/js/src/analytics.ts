@@ -5,6 +5,7 @@
 
 import { pageProperties, watchClicks, watchHistory } from './autocapture';
 import { Delivery } from './delivery';
+import { type Engagement, engagement } from './engagement';
 import { Identity } from './identity';
 import { uuid } from './ids';
 import { EventQueue } from './queue';
@@ -33,6 +34,7 @@ export class Spoor {
   private early: Array<() => void> = [];
   private optedOut = false;
   private lastTimestamp = 0;
+  private engagement: Engagement | null = null;
 
   init(options: SpoorOptions): void {
     if (this.ready) return warn('spoor.init was called twice; the second call is ignored');
@@ -71,6 +73,10 @@ export class Spoor {
     } else if (queue.adoptOrphans(ORPHAN_AFTER_MS, Number(store.get(`${prefix}:opt_in_at`)) || 0) > 0) {
       void delivery.flush();
     }
+    if (options.engagement ?? options.autoPage) {
+      this.engagement = engagement((visible_ms, url) =>
+        this.enqueue({ type: 'track', event: 'Page Engagement', properties: { visible_ms } }, undefined, url));
+    }
     this.watchPageLifecycle(this.ready);
 
     for (const call of this.early.splice(0)) call();
@@ -89,6 +95,7 @@ export class Spoor {
   /** A page view of the current location; `name` and `properties` are optional. */
   page(name?: string | Properties, properties?: Properties): void {
     const props = typeof name === 'object' ? name : properties;
+    this.engagement?.start(typeof props?.url === 'string' ? props.url : location.href);
     this.enqueue({ type: 'page', ...(typeof name === 'string' ? { name } : {}),
                    properties: { ...pageProperties(), ...props } });
   }
@@ -183,8 +190,9 @@ export class Spoor {
              retrying: r ? r.delivery.isBackingOff : false };
   }
 
-  private enqueue(fields: Pick<Message, 'type'> & Partial<Message>, at = Date.now()): void {
-    if (!this.ready) return this.later(() => this.enqueue(fields, at));
+  /** `url`: the page the event is about, when it is not the current location (an engagement report). */
+  private enqueue(fields: Pick<Message, 'type'> & Partial<Message>, at = Date.now(), url?: string): void {
+    if (!this.ready) return this.later(() => this.enqueue(fields, at, url));
     if (this.optedOut) return;
     const { identity, queue, delivery, sessionTimeoutMs } = this.ready;
     // Strictly increasing timestamps keep a burst of events in order downstream.
@@ -199,7 +207,7 @@ export class Spoor {
       properties: { ...fields.properties, session_id: sessionId },
       context: {
         library: { name: 'spoor-js', version: VERSION },
-        page: pageProperties(),
+        page: url ? { ...pageProperties(), url } : pageProperties(),
         userAgent: navigator.userAgent,
         locale: navigator.language,
         screen: { width: screen.width, height: screen.height },
@@ -224,11 +232,13 @@ export class Spoor {
 
   private watchPageLifecycle({ queue, delivery, prefix }: Ready): void {
     const hide = () => {
+      this.engagement?.report(); // before the flush, so the report leaves with it
       delivery.flushOnUnload();
       queue.persistNow();
     };
     addEventListener('visibilitychange', () => {
       if (document.visibilityState === 'hidden') hide();
+      else this.engagement?.shown();
     });
     addEventListener('pagehide', () => {
       hide();

@@ -73,6 +73,8 @@ export interface SpoorOptions {
   sessionTimeoutMs?: number;
   /** Track a page view on init and on history navigation (default false). */
   autoPage?: boolean;
+  /** Send a `Page Engagement` event with the page's visible time when it is hidden or left (default: `autoPage`). */
+  engagement?: boolean;
   /** Track clicks on elements carrying this attribute, e.g. `data-spoor-click` (default: off). */
   clickAttribute?: string | null;
   /** Cookie domain for the anonymous id, e.g. `.your.shop` to share it across subdomains. */

@@ -30,10 +30,15 @@ SELECT j.user_key, j.session_id, s.step, to_timestamp(s.at) AS at, (to_timestamp
        WITH ORDINALITY AS s(at, page_type, product_id, dwell_s, dwell_source, search_term, result_count,
                             cart_add_after, step)"""
 
-DWELL = """count(*) AS views, count(dwell_s) AS timed, count(*) FILTER (WHERE dwell_source = 'visible') AS visible_timed,
-       round(avg(dwell_s)::numeric, 3) AS avg_dwell_s,
+DWELL = """count(*) AS views, count(dwell_s) AS timed,
+       count(*) FILTER (WHERE dwell_source = 'visible') AS visible_timed,
+       round(avg(dwell_s::numeric), 3) AS avg_dwell_s,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY dwell_s) AS median_dwell_s,
        count(*) FILTER (WHERE last_step) AS last_pages"""
+
+
+REPEAT_DAYS = (30, 60, 90)
+WITHIN = "second_at <= first_at + interval '{days} days'"
 
 
 def _share(part: str, whole: str) -> str:
@@ -84,13 +89,11 @@ WITH orders AS (
       FROM numbered WHERE n <= 2 GROUP BY user_key
 )
 SELECT date_trunc('month', first_at AT TIME ZONE 'UTC')::date AS cohort_month, count(*) AS customers,
-       count(*) FILTER (WHERE second_at <= first_at + interval '30 days') AS repeat_30d,
-       count(*) FILTER (WHERE second_at <= first_at + interval '60 days') AS repeat_60d,
-       count(*) FILTER (WHERE second_at <= first_at + interval '90 days') AS repeat_90d,
-       round(count(*) FILTER (WHERE second_at <= first_at + interval '30 days')::numeric / count(*), 4) AS repeat_rate_30d,
-       round(count(*) FILTER (WHERE second_at <= first_at + interval '60 days')::numeric / count(*), 4) AS repeat_rate_60d,
-       round(count(*) FILTER (WHERE second_at <= first_at + interval '90 days')::numeric / count(*), 4) AS repeat_rate_90d
-  FROM customers GROUP BY 1""",
+       {REPEATS}
+  FROM customers GROUP BY 1""".format(REPEATS=",\n       ".join(
+        [f"count(*) FILTER (WHERE {WITHIN.format(days=d)}) AS repeat_{d}d" for d in REPEAT_DAYS]
+        + [f"{_share(f'count(*) FILTER (WHERE {WITHIN.format(days=d)})', 'count(*)')} AS repeat_rate_{d}d"
+           for d in REPEAT_DAYS])),
 }
 
 
@@ -111,7 +114,8 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         postgresql_with={"fillfactor": 70},  # rewritten while the session lasts
     )
-    op.create_index("events_orders", "events", ["user_key", "event_time"], postgresql_where=sa.text("kind = 'purchase'"))
+    op.create_index("events_orders", "events", ["user_key", "event_time"],
+                    postgresql_where=sa.text("kind = 'purchase'"))
     for name, query in VIEWS.items():
         op.execute(f"CREATE VIEW {name} AS {query}")
 
