@@ -22,8 +22,9 @@ from sqlalchemy.dialects.postgresql import insert
 
 from spoor.bad_rows import bad_row
 from spoor.campaigns.campaign_recommendations import bought_recommended, recommend
-from spoor.campaigns.campaign_rules import Decision, decide, idempotency_key, in_holdout, retry_at, zone
+from spoor.campaigns.campaign_rules import Decision, decide, idempotency_key, in_holdout, retry_at, variant_for, zone
 from spoor.campaigns.campaign_spec import CampaignDefinitionError, CampaignSpec, parse_campaign
+from spoor.campaigns.experiment import analyse, user_outcomes
 from spoor.campaigns.lift import lift
 from spoor.campaigns.webhook_delivery import Sender
 from spoor.storage.segment_tables import (
@@ -59,11 +60,25 @@ class CampaignStore:
                 if conn.execute(select(SegmentDefinition.name).where(
                         SegmentDefinition.name == spec.audience.segment_entry)).first() is None:
                     raise CampaignDefinitionError(f"audience: unknown segment {spec.audience.segment_entry!r}")
+        self._keep_variants(spec)
         definition = spec.model_dump(mode="json")
         stmt = insert(CAMPAIGNS).values(name=spec.name, definition=definition, status="draft")
         with self.engine.begin() as conn:
             conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={
                 "definition": definition, "updated_at": func.now()}))
+
+    def _keep_variants(self, spec: CampaignSpec) -> None:
+        """A launched campaign keeps its variants and weights: changing them would move users between arms
+        mid-test (assignment hashes over the weights), mixing the arms' outcomes."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(CAMPAIGNS.c.definition, CAMPAIGNS.c.launched_at)
+                               .where(CAMPAIGNS.c.name == spec.name)).first()
+        if row is None or row.launched_at is None:
+            return
+        arms = [(v.name, v.weight) for v in parse_campaign(row.definition).arms()]
+        if arms != [(v.name, v.weight) for v in spec.arms()]:
+            raise CampaignDefinitionError("variants: a launched campaign keeps its variants and weights (changing "
+                                          "them would move users between arms): define a new campaign")
 
     def get(self, name: str) -> tuple[CampaignSpec, dict]:
         with self.engine.connect() as conn:
@@ -135,6 +150,7 @@ def enqueue(engine: Engine, now: datetime) -> int:
                           else "holdout" if in_holdout(spec.name, user_key, spec.holdout_percent) else "pending")
                 due = at + timedelta(seconds=spec.delay)
                 rows.append({"campaign": spec.name, "user_key": user_key, "episode": episode,
+                             "variant": variant_for(spec.name, user_key, spec.arms()) if status == "pending" else None,
                              "idempotency_key": idempotency_key(spec.name, user_key, episode), "triggered_at": at,
                              "due_at": due, "next_attempt_at": due, "status": status,
                              "expires_at": at + timedelta(seconds=spec.expires_after) if spec.expires_after else None,
@@ -146,11 +162,13 @@ def enqueue(engine: Engine, now: datetime) -> int:
 
 
 def _payload(spec: CampaignSpec, delivery, details: dict, recommendations: list[dict] | None = None) -> bytes:
-    """The message body. ``recommendations``: ``[{product_id, score, reason}]``, only when the episode has them."""
-    body = {"campaign": spec.name, "user_key": delivery.user_key, "episode": delivery.episode,
+    """The message body. ``variant``: the episode's A/B/n variant, whose message it carries (else the campaign's).
+    ``recommendations``: ``[{product_id, score, reason}]``, only when the episode has them."""
+    variant = spec.variant(delivery.variant)
+    body = {"campaign": spec.name, "variant": variant.name, "user_key": delivery.user_key, "episode": delivery.episode,
             "triggered_at": delivery.triggered_at.isoformat(), "delivery_id": delivery.id,
             "idempotency_key": delivery.idempotency_key, "audience": spec.audience.model_dump(exclude_none=True),
-            "details": details, "message": spec.message}
+            "details": details, "message": spec.message if variant.message is None else variant.message}
     if recommendations is not None:
         body["recommendations"] = recommendations
     return orjson.dumps(body)
@@ -277,7 +295,8 @@ REPORT = text("""
 
 def report(engine: Engine, name: str, days: int | None = None) -> dict:
     """Conversion (a purchase within N days of the trigger) of treated (sent) vs holdout episodes; for a
-    campaign with recommendations, also ``recommended_products_bought`` (campaign_recommendations.py)."""
+    campaign with recommendations, also ``recommended_products_bought`` (campaign_recommendations.py);
+    ``experiment``: each variant against the holdout per user, revenue and ROI (experiment.py)."""
     spec, _ = CampaignStore(engine).get(name)
     days = days or spec.conversion_window_days
     with engine.connect() as conn:
@@ -285,12 +304,14 @@ def report(engine: Engine, name: str, days: int | None = None) -> dict:
         statuses = dict(conn.execute(select(DELIVERIES.c.status, func.count()).where(DELIVERIES.c.campaign == name)
                                      .group_by(DELIVERIES.c.status)).all())
         bought = bought_recommended(conn, name, days)
+        outcomes = user_outcomes(conn, spec, days)
     sent, hold = arms.get("sent"), arms.get("holdout")
     out = {"campaign": name, "conversion_window_days": days, "deliveries_by_status": statuses,
            **lift(sent.episodes if sent else 0, sent.converted if sent else 0,
                   hold.episodes if hold else 0, hold.converted if hold else 0)}
     if spec.recommendations or bought["treated"] or bought["holdout"]:
         out["recommended_products_bought"] = bought
+    out["experiment"] = analyse(spec, outcomes)
     return out
 
 

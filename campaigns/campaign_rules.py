@@ -1,11 +1,11 @@
-"""Campaign rules as pure decisions: holdout, consent, expiry, frequency cap, quiet hours, backoff."""
+"""Campaign rules as pure decisions: holdout, variant, consent, expiry, frequency cap, quiet hours, backoff."""
 
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from spoor.campaigns.campaign_spec import CampaignSpec, QuietHours
+from spoor.campaigns.campaign_spec import CampaignSpec, QuietHours, Variant
 
 MAX_BACKOFF_S = 3600
 
@@ -14,6 +14,21 @@ def in_holdout(campaign: str, user_key: str, percent: float) -> bool:
     """Stable per (campaign, user): the same user is always in or out of a campaign's holdout."""
     digest = hashlib.sha256(f"{campaign}\x00{user_key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2 ** 64 * 100 < percent
+
+
+def variant_for(campaign: str, user_key: str, variants: list[Variant]) -> str:
+    """The variant a user gets: ``u = first 8 bytes of sha256("variant" NUL campaign NUL user) / 2^64`` picks the
+    first variant whose cumulative weight share exceeds ``u``. Stable per (campaign, user) across restarts,
+    and independent of the holdout draw (whose hash input has no "variant" prefix)."""
+    if len(variants) == 1:
+        return variants[0].name
+    digest = hashlib.sha256(f"variant\x00{campaign}\x00{user_key}".encode()).digest()
+    u, total, cumulative = int.from_bytes(digest[:8], "big") / 2 ** 64, sum(v.weight for v in variants), 0.0
+    for variant in variants:
+        cumulative += variant.weight / total
+        if u < cumulative:
+            return variant.name
+    return variants[-1].name  # u just under 1 and a rounding short of the last share
 
 
 def idempotency_key(campaign: str, user_key: str, episode: str) -> str:

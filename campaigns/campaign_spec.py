@@ -13,6 +13,11 @@
     retry_backoff: 30s        # doubled after each failed attempt, at most 1 h
     message: {template: cart-reminder}           # passed through to the receiver
     recommendations: {k: 5}   # the user's top 5 products, computed at send time, in the payload
+    variants:                 # A/B/n beside the holdout (none: one implicit variant, "default")
+      - {name: reminder, weight: 50}
+      - {name: discount, weight: 50, message: {template: cart-discount}, cost_per_message: 0.02}
+    cost_per_message: 0.01    # what one sent message costs (the report's ROI), in the shop's currency
+    fixed_cost: 200           # what the campaign costs whatever it sends
 """
 
 import re
@@ -28,6 +33,9 @@ from spoor.segments.segment_language import NAME_PATTERN, load_definition, parse
 TRIGGER_KINDS = ("cart_abandonment", "browse_abandonment", "win_back")
 MAX_MESSAGE_BYTES = 10_000
 MAX_RECOMMENDATIONS = 20
+MAX_VARIANTS = 10
+DEFAULT_VARIANT = "default"  # the one variant of a campaign that defines none
+MAX_COST = 1e9
 
 
 class CampaignDefinitionError(CampaignsError):
@@ -115,6 +123,30 @@ class Recommendations(BaseModel):
         raise ValueError(f"recommendations is {{k: 1..{MAX_RECOMMENDATIONS}}} (how many products per message)")
 
 
+def _small_message(value: dict | None) -> dict | None:
+    if value is not None and len(orjson.dumps(value)) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"message is limited to {MAX_MESSAGE_BYTES} bytes of JSON")
+    return value
+
+
+def _money(default: float | None, most: float):
+    # strict: a number, not "0.01" or true; finite
+    return Field(default, ge=0, le=most, strict=True, allow_inf_nan=False)
+
+
+class Variant(BaseModel):
+    """One arm of an A/B/n test: users not in the holdout are split between variants by ``weight``
+    (campaign_rules.variant_for). A variant may carry its own message and cost per message."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    weight: float = Field(1, gt=0, le=1000, strict=True, allow_inf_nan=False)
+    message: dict | None = None  # None: the campaign's message
+    cost_per_message: float | None = _money(None, 1000)  # None: the campaign's
+
+    _message = field_validator("message")(lambda v: _small_message(v))
+
+
 class CampaignSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(pattern=NAME_PATTERN)
@@ -131,6 +163,9 @@ class CampaignSpec(BaseModel):
     retry_backoff: int = 30
     message: dict = Field(default_factory=dict)
     recommendations: Recommendations | None = None
+    variants: list[Variant] = Field(default_factory=list, max_length=MAX_VARIANTS)
+    cost_per_message: float = _money(0, 1000)
+    fixed_cost: float = _money(0, MAX_COST)
 
     _durations = field_validator("delay", "retry_backoff", mode="before")(lambda v: _duration_or_zero(v))
 
@@ -139,12 +174,25 @@ class CampaignSpec(BaseModel):
     def _expiry(cls, value: Any) -> int | None:
         return None if value is None else parse_duration(value)
 
-    @field_validator("message")
+    _message = field_validator("message")(lambda v: _small_message(v))
+
+    @field_validator("variants")
     @classmethod
-    def _small(cls, value: dict) -> dict:
-        if len(orjson.dumps(value)) > MAX_MESSAGE_BYTES:
-            raise ValueError(f"message is limited to {MAX_MESSAGE_BYTES} bytes of JSON")
+    def _distinct_names(cls, value: list[Variant]) -> list[Variant]:
+        names = [v.name for v in value]
+        if len(set(names)) != len(names):
+            raise ValueError("variant names must differ")
+        if "holdout" in names:
+            raise ValueError("'holdout' names the users who get nothing: choose another variant name")
         return value
+
+    def arms(self) -> list[Variant]:
+        """The variants users are split between: the defined ones, else one implicit ``default``."""
+        return list(self.variants) or [Variant(name=DEFAULT_VARIANT)]
+
+    def variant(self, name: str | None) -> Variant:
+        """The named variant (rows enqueued before variants existed have none: the first)."""
+        return next((v for v in self.arms() if v.name == name), self.arms()[0])
 
 
 def parse_campaign(data: Any) -> CampaignSpec:

@@ -44,9 +44,11 @@ def add_commands(commands) -> None:
     camp.add_parser("list")
     for action in ("preview", "launch", "pause", "show"):
         camp.add_parser(action).add_argument("name")
-    report = camp.add_parser("report", help="conversion of treated vs holdout with lift and 95% CI")
+    report = camp.add_parser("report", help="conversion of treated vs holdout with lift and 95% CI; per variant "
+                                            "conversion, revenue per user, verdicts and ROI")
     report.add_argument("name")
     report.add_argument("--days", type=int, default=None)
+    report.add_argument("--text", action="store_true", help="variants against the holdout, lifts and ROI as text")
     camp.add_parser("run", help="ingest triggers, enqueue and dispatch deliveries")
 
     users = commands.add_parser("users", help="a user's profile, segments and campaigns; consent; erasure") \
@@ -186,7 +188,12 @@ def _campaigns(settings: Settings, engine, args) -> None:
         store.pause(args.name)
         print(f"campaign {args.name} paused")
     elif args.action == "report":
-        _print(campaign_dispatch.report(engine, args.name, args.days))
+        result = campaign_dispatch.report(engine, args.name, args.days)
+        if args.text:
+            from spoor.campaigns.experiment_text import experiment_lines
+            print("\n".join(experiment_lines(result)))
+        else:
+            _print(result)
     elif args.action == "run":
         from spoor.campaigns.campaign_runner import run_campaigns
         run_campaigns(settings, engine)

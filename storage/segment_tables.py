@@ -123,6 +123,9 @@ class CampaignDelivery(Base):
     recommended_at: Mapped[datetime | None] = mapped_column(TS)
     recommendations: Mapped[list | None] = mapped_column(JSONB)  # [{product_id, score, reason}]
     recommended_products: Mapped[list[str] | None] = mapped_column(ARRAY(String(256)))
+    # The A/B/n variant of a treated episode, fixed when enqueued (migration 0024); NULL: holdout, opted out,
+    # or enqueued before variants (the report counts those in the first variant).
+    variant: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         Index("campaign_deliveries_episode", "campaign", "user_key", "episode", unique=True),

@@ -21,7 +21,8 @@ ITEMS = [{"product_id": "P2", "score": 1.25, "reason": "bought with P1"},
 
 def delivery(**fields) -> SimpleNamespace:
     row = {"id": 7, "user_key": "u1", "episode": "cart_abandonment:u1:1", "idempotency_key": "k" * 64,
-           "triggered_at": NOW, "recommendations_k": None, "recommended_at": None, "recommendations": None}
+           "triggered_at": NOW, "recommendations_k": None, "recommended_at": None, "recommendations": None,
+           "variant": None}
     return SimpleNamespace(**{**row, **fields})
 
 
