@@ -30,6 +30,7 @@ from spoor.campaigns.campaign_spec import parse_campaign
 from spoor.campaigns.webhook_delivery import check_webhook
 from spoor.cli.attribution_api import attribution_router
 from spoor.cli.campaign_experiment_api import campaign_experiment_router
+from spoor.cli.attribution_api import attribution_router
 from spoor.errors import SpoorError
 from spoor.privacy.consent import set_consent
 from spoor.privacy.erasure import erase_user, require_audit_key
@@ -268,6 +269,7 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow, api_keys: ApiKe
             "Content-Disposition": 'attachment; filename="export.json"', "Cache-Control": "no-store"})
 
     app.include_router(campaign_experiment_router(engine), dependencies=auth)  # GET /campaigns/{name}/experiment
+    app.include_router(attribution_router(engine, clock), dependencies=auth)  # GET /v1/attribution
     # Recommendations (docs/recommendations.md#serving): the admin token or a key of scope "recommendations".
     # RecommendationService keeps what changes slowly in memory; answers go out as JSON already made (the
     # response models document them: validating what the service built would cost more than building it).

@@ -51,6 +51,8 @@ def add_commands(commands) -> None:
     report.add_argument("--text", action="store_true", help="variants against the holdout, lifts and ROI as text")
     camp.add_parser("run", help="ingest triggers, enqueue and dispatch deliveries")
 
+    _add_attribution_commands(commands)
+
     users = commands.add_parser("users", help="a user's profile, segments and campaigns; consent; erasure") \
         .add_subparsers(dest="action", required=True)
     users.add_parser("show", help="the user an id belongs to (any of their ids): profile, ids, segments, "
@@ -91,7 +93,8 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
         logging.getLogger().setLevel(logging.INFO)
     engine = create_engine(settings.database_url, pool_pre_ping=True)
     try:
-        {"segments": _segments, "campaigns": _campaigns, "users": _users}[args.command](settings, engine, args)
+        {"segments": _segments, "campaigns": _campaigns, "users": _users,
+         "attribution": _attribution}[args.command](settings, engine, args)
     except SpoorError as err:
         sys.exit(f"error: {err}")
 
@@ -216,3 +219,58 @@ def _users(settings: Settings, engine, args) -> None:
     elif args.action == "erase":
         from spoor.privacy.erasure import erase_user
         _print(erase_user(settings, engine, args.user_key, actor=args.actor))
+
+# --- attribution (docs/attribution.md) ---
+
+def _utc_day(value: str):
+    from datetime import date
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+    if not 1970 <= day.year < 2100:
+        raise argparse.ArgumentTypeError("a date between 1970 and 2099")
+    return day
+
+
+def _add_attribution_commands(commands) -> None:
+    from spoor.segments.attribution_models import MODELS
+    attr = commands.add_parser("attribution", help="channel attribution of orders: report, refresh") \
+        .add_subparsers(dest="action", required=True)
+    report = attr.add_parser("report", help="revenue by channel under each model (UTC days, both included)")
+    report.add_argument("--model", choices=MODELS, help="one model (default: all four)")
+    report.add_argument("--since", type=_utc_day, help="first day, YYYY-MM-DD (default: 29 days before --until)")
+    report.add_argument("--until", type=_utc_day, help="last day, YYYY-MM-DD (default: today)")
+    report.add_argument("--per-day", action="store_true", help="one row per day, model and channel")
+    report.add_argument("--limit", type=int, default=1000, help="rows at most (1..10000)")
+    report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    attr.add_parser("refresh", help="attribute every order again now (after changing SPOOR_ATTRIBUTION_WINDOW_DAYS)")
+
+
+def _attribution(settings: Settings, engine, args) -> None:
+    from spoor.segments import attribution
+    if args.action == "refresh":
+        from spoor.segments.membership import changed_users
+        everyone = changed_users(engine, datetime(1970, 1, 1, tzinfo=timezone.utc))
+        rows = attribution.attribute_people(engine, everyone, timedelta(days=settings.attribution_window_days))
+        print(f"orders of {len(everyone)} people attributed: {rows} rows")
+        return
+    until = args.until or datetime.now(timezone.utc).date()
+    since = args.since or until - timedelta(days=29)
+    if not 1 <= args.limit <= attribution.MAX_REPORT_ROWS:
+        sys.exit(f"error: --limit must be 1..{attribution.MAX_REPORT_ROWS}")
+    try:
+        result = attribution.report(engine, since, until, [args.model] if args.model else attribution.MODELS,
+                                    args.per_day, args.limit)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    if args.json:
+        _print(result)
+        return
+    print(f"{'model':<15} {'day':<10} {'channel':<32} {'cur':<4} {'orders':>7} {'revenue':>14} "
+          f"{'refunded':>12} {'net':>14}")
+    for row in result["rows"]:
+        print(f"{row['model']:<15} {row.get('day', '-'):<10} {row['channel'][:32]:<32} {row['currency'] or '-':<4} "
+              f"{row['orders']:>7} {row['revenue']:>14} {row['refunded']:>12} {row['net_revenue']:>14}")
+    if result["truncated"]:
+        print(f"(first {args.limit} rows only: raise --limit or narrow the dates)", file=sys.stderr)

@@ -166,7 +166,7 @@ def _session_and_campaign(context: dict) -> dict[str, Any]:
     elif session_id is not None and not isinstance(session_id, str):
         raise InvalidEvent("context.sessionId", "must be a string or an integer")
     return {"session_id": session_id or None, "utm_source": _text(campaign.get("source")),
-            "utm_campaign": _text(campaign.get("name"))}
+            "utm_campaign": _text(campaign.get("name")), "utm_medium": _text(campaign.get("medium"))}
 
 
 def _name_and_kind(message: dict, msg_type: str) -> tuple[str, EventKind]:
@@ -343,7 +343,8 @@ def _message_path(model_field: str) -> str:
                  "anonymous_id": "anonymousId", "previous_id": "previousId", "name": "event", "event_time": "timestamp",
                  "page_url": "context.page.url", "referrer": "context.page.referrer",
                  "session_id": "context.sessionId", "utm_source": "context.campaign.source",
-                 "utm_campaign": "context.campaign.name", "search_query": "properties.query"}
+                 "utm_campaign": "context.campaign.name", "utm_medium": "context.campaign.medium",
+                 "search_query": "properties.query"}
     head, _, rest = model_field.partition(".")
     if head in top_level:
         return top_level[head]

@@ -11,10 +11,11 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from spoor.segments import membership, segment_metrics
+from spoor.segments import attribution, membership, segment_metrics
 from spoor.segments.membership import SegmentStore, utcnow
 from spoor.settings import Settings
 from spoor.topics import create_producer, create_segment_topics
@@ -63,6 +64,12 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
         segment_metrics.CHANGED_USERS.inc(result["changed_users"])
         _count(result["segments"])
         failures.report(result["failed"], result["segments"])
+        started = time.monotonic()
+        attributed = attribution.attribution_pass(engine, timedelta(days=settings.attribution_window_days),
+                                                  settings.segments_change_overlap_s, pace=pace)
+        if attributed["people"]:
+            log.info("attribution: orders of %d people attributed again in %.1f s", attributed["people"],
+                     time.monotonic() - started)
         started = time.monotonic()
         published = membership.publish_backlog(engine, producer, settings.segments_topic,
                                                budget_s=settings.segments_poll_s, pace=pace)

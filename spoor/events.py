@@ -108,6 +108,7 @@ class Event(BaseModel):
     session_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     utm_source: Annotated[str, StringConstraints(max_length=256)] | None = None
     utm_campaign: Annotated[str, StringConstraints(max_length=256)] | None = None
+    utm_medium: Annotated[str, StringConstraints(max_length=256)] | None = None  # channel attribution
     # Journeys (stream_processors/journeys.py): a "Products Searched" event's query and result count, and
     # the visible time a "Page Engagement" event reports for its page.
     search_query: Annotated[str, StringConstraints(max_length=256)] | None = None

@@ -209,6 +209,10 @@ class Settings(BaseSettings):
         description="An incremental pass reads the changes since the previous pass's start or the oldest "
                     "transaction open then, whichever is older (`segments/membership.py`), minus this "
                     "margin.")
+    attribution_window_days: int = Field(
+        30, ge=1, le=365,
+        description="Channel attribution (docs/attribution.md): an order is attributed to the person's sessions "
+                    "that started this many days before it at most; the segments runner's pass keeps it.")
     segments_population_refresh_s: float = Field(
         300.0, ge=0,
         description="Segments on RFM scores depend on every user's values, so an incremental pass "

@@ -39,6 +39,7 @@ class Session(Base):
     referrer: Mapped[str | None] = mapped_column(Text)
     utm_source: Mapped[str | None] = mapped_column(Text)
     utm_campaign: Mapped[str | None] = mapped_column(Text)
+    utm_medium: Mapped[str | None] = mapped_column(Text)  # migration 0023 (channel attribution)
     view_categories: Mapped[list] = mapped_column(ARRAY(Text))
     cart_categories: Mapped[list] = mapped_column(ARRAY(Text))
     purchase_categories: Mapped[list] = mapped_column(ARRAY(Text))

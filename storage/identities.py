@@ -232,6 +232,17 @@ def _user_interests(conn: Connection, table: str, from_key: str, into_key: str, 
     return conn.execute(MOVE_INTERESTS, {"from_key": from_key, "into_key": into_key}).rowcount
 
 
+LOCK_PROFILE = text("SELECT 1 FROM user_profiles WHERE user_key = :from_key FOR UPDATE")
+
+
+def _order_attribution(conn: Connection, table: str, from_key: str, into_key: str, unique: list[list[str]]) -> int:
+    """Derived: the segments runner attributes ``into_key``'s orders again (its profile changed). Its write
+    holds ``from_key``'s profile FOR KEY SHARE (segments/attribution.py): locked here first, no row of
+    ``from_key`` it writes can outlive the merge."""
+    conn.execute(LOCK_PROFILE, {"from_key": from_key})
+    return _delete(conn, table, from_key, into_key, unique)
+
+
 Rule = Callable[[Connection, str, str, str, list[list[str]]], int]
 # How each table's rows of the merged id move; a table that is not here is re-pointed (``_repoint``).
 RULES: dict[str, Rule] = {
@@ -248,6 +259,7 @@ RULES: dict[str, Rule] = {
     "user_interests": _user_interests,
     "user_recommendations": _delete,  # made again for the merged user (its interests changed)
     "user_interest_profiles": _delete,  # derived: the segments runner's pass refreshes into_key's (0020)
+    "order_attribution": _order_attribution,  # derived: the runner attributes into_key's orders again (0023)
 }
 
 

@@ -58,6 +58,7 @@ def session_row(user_key: str, session) -> dict:
         "revenue": session.revenue, "reached_cart": session.cart_adds > 0,
         "reached_checkout": session.checkouts > 0, "reached_purchase": session.purchases > 0,
         "entry_page": entry[1], "referrer": entry[2], "utm_source": campaign[1], "utm_campaign": campaign[2],
+        "utm_medium": campaign[3] if len(campaign) > 3 else None,  # a state stored before 0023 has none
         "view_categories": session.view_categories, "cart_categories": session.cart_categories,
         "purchase_categories": session.purchase_categories,
         # The session_journeys row, written from the same rows (storage/analytics_writer.py).

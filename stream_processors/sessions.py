@@ -45,7 +45,7 @@ class Session:
     purchases: int = 0
     revenue: str = "0"
     entry: list | None = None  # [time, page url, referrer] of the earliest event with a page url
-    campaign: list | None = None  # [time, utm source, utm campaign] of the earliest event with UTM data
+    campaign: list | None = None  # [time, utm source, utm campaign, utm medium] of the earliest event with UTM data
     view_categories: list = field(default_factory=list)
     cart_categories: list = field(default_factory=list)
     purchase_categories: list = field(default_factory=list)
@@ -75,8 +75,9 @@ class Session:
         self.journey.add(event, at, repeated_order)
         if event.page_url and (self.entry is None or at < self.entry[0]):
             self.entry = [at, event.page_url, event.referrer]
-        if (event.utm_source or event.utm_campaign) and (self.campaign is None or at < self.campaign[0]):
-            self.campaign = [at, event.utm_source, event.utm_campaign]
+        if (event.utm_source or event.utm_campaign or event.utm_medium) and (
+                self.campaign is None or at < self.campaign[0]):
+            self.campaign = [at, event.utm_source, event.utm_campaign, event.utm_medium]
 
     def absorb(self, other: "Session") -> None:
         """Merge another session of the same user into this one."""

@@ -104,11 +104,11 @@ def test_entry_page_referrer_and_campaign_come_from_the_earliest_event():
     log = sessionise([
         ev(EventKind.PAGE_VIEW, 3, page_url="https://s/2", referrer="https://s/1"),
         ev(EventKind.PAGE_VIEW, 1, page_url="https://s/1", referrer="https://news.example/a",
-           utm_source="newsletter", utm_campaign="spring"),
+           utm_source="newsletter", utm_campaign="spring", utm_medium="email"),
         ev(EventKind.PAGE_VIEW, 2, utm_source="other", utm_campaign="x")])
     session = log.sessions[0]
     assert session.entry[1:] == ["https://s/1", "https://news.example/a"]
-    assert session.campaign[1:] == ["newsletter", "spring"]
+    assert session.campaign[1:] == ["newsletter", "spring", "email"]
 
 
 def test_session_log_round_trips_through_its_encoding():

@@ -208,6 +208,7 @@ def test_session_id_and_campaign_come_from_the_context():
         "page": {"url": "https://shop.example/p/1", "referrer": "https://mail.example/"}}}
     event = norm(message)
     assert (event.session_id, event.utm_source, event.utm_campaign) == ("1712345678", "newsletter", "spring-sale")
+    assert event.utm_medium == "email"
     assert (event.page_url, event.referrer) == ("https://shop.example/p/1", "https://mail.example/")
     with pytest.raises(InvalidEvent) as err:
         norm({**track("Product Viewed"), "context": {"sessionId": {"nested": 1}}})
