@@ -42,7 +42,7 @@ from spoor.settings import Settings
 from spoor.storage import recommendations
 from spoor.storage.api_keys import ApiKeyCache, Principal
 from spoor.storage.identities import canonical_key, ids_of
-from spoor.storage.recommendation_reads import RecommendationService
+from spoor.storage.recommendation_reads import RecommendationService, ServedLists
 from spoor.storage.tables import UserActivity, UserProfile
 
 # PostgreSQL text cannot hold U+0000: a name or key with it would fail its query (a 500).
@@ -117,8 +117,9 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow, api_keys: ApiKe
     auth = [Depends(authenticated)]
     segment_store, campaign_store = SegmentStore(engine), CampaignStore(engine)
     open_paths = {"/healthz", app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    api_keys = api_keys or ApiKeyCache(engine)
     app.add_middleware(AdminGuard, token=settings.admin_token, max_body_bytes=settings.admin_max_body_bytes,
-                       open_paths=frozenset(p for p in open_paths if p), api_keys=api_keys or ApiKeyCache(engine))
+                       open_paths=frozenset(p for p in open_paths if p), api_keys=api_keys)
 
     @app.exception_handler(SpoorError)  # a refusal of the request's content: bad definitions, unknown names
     async def definition_error(_request, err: SpoorError):
@@ -271,21 +272,31 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow, api_keys: ApiKe
     app.include_router(campaign_experiment_router(engine), dependencies=auth)  # GET /campaigns/{name}/experiment
     app.include_router(attribution_router(engine, clock), dependencies=auth)  # GET /v1/attribution
     # Recommendations (docs/recommendations.md#serving): the admin token or a key of scope "recommendations".
-    # RecommendationService keeps what changes slowly in memory; answers go out as JSON already made (the
-    # response models document them: validating what the service built would cost more than building it).
+    # Async routes answered from ServedLists' memory, JSON already made (the response models document it):
+    # no database, no thread; only k over STORED_K (or before the first load) is worked out, in a thread.
     reader = [Depends(recommendation_reader)]
     service = RecommendationService(engine)
+    served = ServedLists(engine, api_keys=api_keys)
+    app.router.add_event_handler("startup", served.start)
+    app.router.add_event_handler("shutdown", served.stop)
+    app.state.served_lists = served
 
     @app.get("/v1/recommendations/users/{user_key}", dependencies=reader, response_model=UserRecommendations,
              tags=["recommendations"], summary="A user's top k products (an unknown user gets the fallback)")
-    def recommend_for_user(user_key: UserKey, k: TopK = 10) -> Response:
-        return Response(orjson.dumps(service.for_user(user_key, k)), media_type="application/json")
+    async def recommend_for_user(user_key: UserKey, k: TopK = 10) -> Response:
+        body = served.user(user_key, k)
+        if body is None:
+            body = orjson.dumps(await run_in_threadpool(service.for_user, user_key, k))
+        return Response(body, media_type="application/json")
 
     @app.get("/v1/recommendations/products/{product_id}", dependencies=reader,
              response_model=ProductRecommendations, tags=["recommendations"],
              summary="Products seen or bought with a product (customers also bought)")
-    def recommend_for_product(product_id: ProductId, k: TopK = 10) -> Response:
-        return Response(orjson.dumps(service.for_product(product_id, k)), media_type="application/json")
+    async def recommend_for_product(product_id: ProductId, k: TopK = 10) -> Response:
+        body = served.product(product_id, k)
+        if body is None:
+            body = orjson.dumps(await run_in_threadpool(service.for_product, product_id, k))
+        return Response(body, media_type="application/json")
 
     return app
 

@@ -376,7 +376,7 @@ def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: st
     since = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)) - timedelta(seconds=overlap_s)
     keys = changed_users(engine, since)
     refresh_interest_profiles(engine, keys)
-    make_lists(engine, keys)  # their recommendations, made ahead of requests (migration 0021)
+    make_lists(engine, keys, since)  # recommendations made ahead of requests, paced (recommendation_reads.py)
     catalogue = SegmentStore(engine).load()
     specs = catalogue.specs
     result, failed = {}, {}

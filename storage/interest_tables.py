@@ -5,7 +5,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import Boolean, DateTime, Float, SmallInteger, String, Text, func
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from spoor.storage.tables import MONEY, Base
@@ -74,4 +74,15 @@ class UserRecommendations(Base):
     items: Mapped[list] = mapped_column(JSONB)
     personal: Mapped[bool] = mapped_column(Boolean)
     interests_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    ids: Mapped[list | None] = mapped_column(ARRAY(String(256)))  # merged into the user (migration 0028)
+
+
+class ProductRecommendations(Base):
+    """A product's "customers also bought" list, made by the segments runner ahead of requests (migration 0028)."""
+
+    __tablename__ = "product_recommendations"
+
+    product_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    items: Mapped[list] = mapped_column(JSONB)
     computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

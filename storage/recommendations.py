@@ -53,7 +53,10 @@ USER_INTERESTS = text("""
      WHERE i.user_key = :user_key AND i.facet = 'product' AND c.category IS NOT NULL
      GROUP BY c.category
 """)
-OPTED_OUT = text("SELECT opted_out FROM user_consent WHERE user_key = :user_key")
+# THE place that decides a user gets no personal list (opted out; consent per purpose adds its condition
+# here): every list, made ahead by the segments runner or worked out on request, goes through
+# DatabaseReads.user, and the admin API serves only what was made.
+NO_PERSONAL_LIST = text("SELECT opted_out FROM user_consent WHERE user_key = :user_key")
 NEIGHBOURS = text("""
     SELECT s.product_id AS seed, a.neighbour_id,
            power(2::float8, greatest(-1000::float8, a.weight - (ps.weight + pn.weight) / 2)) AS similarity,
@@ -92,9 +95,9 @@ class DatabaseReads:
         self.conn = conn
 
     def user(self, user_key: str) -> tuple[str, bool]:
-        """(the user ``user_key`` is an id of, whether that user opted out)."""
+        """(the user ``user_key`` is an id of, whether that user gets no personal list: ``NO_PERSONAL_LIST``)."""
         key = canonical_key(self.conn, user_key) or user_key
-        return key, bool(self.conn.execute(OPTED_OUT, {"user_key": key}).scalar())
+        return key, bool(self.conn.execute(NO_PERSONAL_LIST, {"user_key": key}).scalar())
 
     def interests(self, key: str) -> list[tuple]:
         """(facet, value, weight, the product's popularity) of the user's products, purchases, categories."""

@@ -1,12 +1,14 @@
-"""The recommendation routes of the admin API on the real PostgreSQL (in-process ASGI client): the admin
-token and a reader key (scope recommendations) are accepted there, the reader key nowhere else, a revoked
-key within seconds; hostile k and ids get a 4xx with the reason; an unknown user gets the fallback; an
-opted-out or erased user gets no personal list. `spoor keys create-reader / list / revoke --reader` too."""
+"""The recommendation routes of the admin API on the real PostgreSQL (in-process ASGI client), answering
+the lists the segments runner made (``make_lists``) from memory: the admin token and a reader key (scope
+recommendations) are accepted there, the reader key nowhere else, a revoked key within seconds; hostile k
+and ids get a 4xx with the reason; an unknown user gets the fallback; an opted-out or erased user gets no
+personal list once the runner's pass and the API's refresh have run. `spoor keys create-reader / list /
+revoke --reader` too."""
 
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,13 +18,14 @@ from spoor.cli.admin_api import create_api
 from spoor.privacy.consent import set_consent
 from spoor.storage import api_keys
 from spoor.storage.api_keys import ApiKeyCache
-from spoor.storage.recommendation_reads import CachedReads, ProductCache
+from spoor.storage.recommendation_reads import STORED_K, CachedReads, ProductCache, make_lists
 from spoor.storage.recommendations import DatabaseReads, for_product, for_user
 from tests.support.local_stack import REPO, SpoorProcess, wait_until
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-admin-token"
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 REFRESH_S = 0.3
 # Weights are forward-decayed log2 weights (stream_processors/interests.py): only differences matter.
 INTERESTS = [("ann", "product", "P1", 10.0), ("ann", "category", "mugs", 10.0), ("ann", "bought", "P1", 9.0),
@@ -56,6 +59,7 @@ def reader(engine) -> str:
 @pytest.fixture(scope="module")
 def client(test_settings, engine, keys, data):
     settings = test_settings.model_copy(update={"admin_token": TOKEN, "campaign_webhook_secret": "s"})
+    make_lists(engine, [], EPOCH)  # the segments runner's pass: every user's and product's list
     with TestClient(create_api(settings, engine, clock=lambda: NOW, api_keys=keys),
                     raise_server_exceptions=False) as client:
         yield client
@@ -82,10 +86,14 @@ def test_both_routes_with_the_admin_token_and_a_reader_key(client, reader, engin
         product = client.get("/v1/recommendations/products/P1", headers=headers).json()
         assert [(i["product_id"], i["reason"]) for i in product["items"]] == [
             ("P2", "bought with P1"), ("P3", "viewed with P1"), ("P4", "trending now"), ("P5", "trending now")]
-    # The routes answer what storage/recommendations.py answers (the cache changes nothing but the cost).
+    # The routes answer what storage/recommendations.py answers, from memory (k <= STORED_K) or worked out.
     with engine.connect() as conn:
         assert client.get("/v1/recommendations/users/ben", headers=admin()).json() == for_user(conn, "ben")
         assert client.get("/v1/recommendations/products/P3?k=2", headers=admin()).json() == for_product(conn, "P3", 2)
+        for k in (STORED_K, STORED_K + 1):
+            assert client.get(f"/v1/recommendations/users/ann?k={k}", headers=admin()).json() == for_user(conn, "ann", k)
+            assert client.get(f"/v1/recommendations/products/P1?k={k}", headers=admin()).json() == for_product(
+                conn, "P1", k)
     default = client.get("/v1/recommendations/users/ben", headers=admin(reader)).json()
     assert len(default["items"]) == 5  # k=10, but only five products exist
 
@@ -172,17 +180,24 @@ def test_an_unknown_user_gets_the_fallback(client, reader):
 
 
 def test_opted_out_and_erased_users_get_no_personal_list(client, reader, test_settings, engine):
-    before = client.get("/v1/recommendations/users/cy", headers=admin(reader)).json()
+    def cy() -> dict:
+        return client.get("/v1/recommendations/users/cy", headers=admin(reader)).json()
+
+    before = cy()
     assert before["personal"] is True and before["items"][0]["reason"] == "bought with P1"
-    set_consent(engine, "cy", True, None)
-    opted_out = client.get("/v1/recommendations/users/cy", headers=admin(reader)).json()
-    assert opted_out["personal"] is False
-    assert {i["reason"] for i in opted_out["items"]} == {"trending now"}
-    set_consent(engine, "cy", False, None)
-    assert client.get("/v1/recommendations/users/cy", headers=admin(reader)).json()["personal"] is True
+    for opted_out in (True, False):
+        since = datetime.now(timezone.utc) - timedelta(seconds=1)
+        set_consent(engine, "cy", opted_out, None)
+        make_lists(engine, [], since)  # the runner's next pass
+        wait_until(lambda: cy()["personal"] is not opted_out, 5, "cy's list to follow the consent")
+        if opted_out:
+            assert {i["reason"] for i in cy()["items"]} == {"trending now"}
+    assert cy() == before
 
     assert client.get("/v1/recommendations/users/dee", headers=admin(reader)).json()["personal"] is True
     assert client.delete("/users/dee", headers=admin()).status_code == 200
+    wait_until(lambda: client.get("/v1/recommendations/users/dee", headers=admin(reader)).json()["personal"] is False,
+               5, "dee's list gone")
     erased = client.get("/v1/recommendations/users/dee", headers=admin(reader)).json()
     assert erased["personal"] is False and {i["reason"] for i in erased["items"]} == {"trending now"}
 
