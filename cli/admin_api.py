@@ -30,7 +30,6 @@ from spoor.campaigns.campaign_spec import parse_campaign
 from spoor.campaigns.webhook_delivery import check_webhook
 from spoor.cli.attribution_api import attribution_router
 from spoor.cli.campaign_experiment_api import campaign_experiment_router
-from spoor.cli.attribution_api import attribution_router
 from spoor.errors import SpoorError
 from spoor.privacy.consent import set_consent
 from spoor.privacy.erasure import erase_user, require_audit_key
