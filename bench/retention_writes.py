@@ -9,6 +9,7 @@ PostgreSQL backend that ran it (read from /proc, so PostgreSQL must run on this 
     .venv/bin/python bench/retention_writes.py [--users 12500] [--batch-events 3000] [--redeliver]
 
 ``--redeliver`` writes every batch twice (a redelivery: every event of the second write is refused).
+``--same`` makes B like A (an A/A run): its ratio is the noise.
 """
 
 import argparse
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=12_500)
     parser.add_argument("--batch-events", type=int, default=3000)
     parser.add_argument("--redeliver", action="store_true")
+    parser.add_argument("--same", action="store_true", help="B as A: the noise")
     args = parser.parse_args()
     settings = Settings()
     batches, n = captured_batches(settings, args.users, args.batch_events)
@@ -69,13 +71,14 @@ def main() -> None:
     engines = []
     try:
         for which, database in enumerate(databases):
-            migrate(database.url, with_0027=bool(which))
+            migrate(database.url, with_0027=bool(which) and not args.same)
             engines.append(create_engine(database.url, pool_size=1, max_overflow=0))
         pids = []
         for engine in engines:
             with engine.connect() as conn:
                 pids.append(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
-        statements = (BEFORE_0027, writers.MERGE_EVENTS)
+        new_statement = writers.MERGE_EVENTS
+        statements = (BEFORE_0027, BEFORE_0027 if args.same else new_statement)
         stream_writers = [writers.StreamWriter(engine) for engine in engines]
         wall, cpu = [0.0, 0.0], [0.0, 0.0]
         for index, (rows, events, derived) in enumerate(batches):
@@ -86,7 +89,7 @@ def main() -> None:
                     stream_writers[which].write_batch(rows, events, derived)
                     wall[which] += time.perf_counter() - started
                     cpu[which] += backend_cpu_s(pids[which]) - cpu_before
-        writers.MERGE_EVENTS = statements[1]
+        writers.MERGE_EVENTS = new_statement
         for name, engine in zip("AB", engines):
             with engine.connect() as conn:
                 print(name, "events stored:", conn.execute(text("SELECT count(*) FROM events")).scalar_one())

@@ -136,6 +136,7 @@ def test_dashboards_and_rules_only_use_metrics_spoor_exports():
 
     import spoor.alerts.alert_metrics  # noqa: F401 - registers the metrics
     import spoor.ingest.collector_metrics  # noqa: F401
+    import spoor.storage.retention  # noqa: F401 - the retention job's, in the segments runner
     import spoor.stream_processors.worker_metrics  # noqa: F401
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
     exported = {family.name + suffix for family in REGISTRY.collect() for suffix in suffixes.get(family.type, [""])}
