@@ -385,7 +385,7 @@ def environment(settings: Settings) -> dict[str, str]:
                     "its receipt.")
     retention_sessions_days: int = Field(
         395, ge=31, le=36500,
-        description="Days a session is kept in `sessions` after it ended (deleted in bounded batches).")
+        description="Days a session is kept in `sessions` after it started (deleted in bounded batches).")
     retention_deliveries_days: int = Field(
         730, ge=31, le=36500,
         description="Days a campaign delivery (and its attempts) is kept in `campaign_deliveries` after it "
