@@ -6,7 +6,9 @@ them), from their orders, refunds and sessions as they are now (``attribution_mo
 Recomputing a person whole is what makes late sessions and refunds exact: nothing is adjusted by
 difference. One transaction per chunk of people; it holds their profiles FOR KEY SHARE first, so a
 merge or an erasure (which lock or delete the profile) is either wholly before the chunk (the id's rows
-are not written) or wholly after it (it removes what the chunk wrote).
+are not written) or wholly after it (it removes what the chunk wrote). A profile a merge or an erasure
+holds at that moment is skipped, never waited for (no deadlock with the worker): that transaction
+removes the id's rows, and writes the person it merges into, whom the next pass attributes again.
 """
 
 import logging
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 CHUNK = 500  # people per transaction
 
 LIVE_PEOPLE = text("SELECT user_key FROM user_profiles WHERE user_key = ANY(:keys) "
-                   "ORDER BY user_key COLLATE \"C\" FOR KEY SHARE")
+                   "ORDER BY user_key COLLATE \"C\" FOR KEY SHARE SKIP LOCKED")
 CONVERSIONS = text("""
     SELECT user_key, event_id, kind, order_id, event_time, coalesce(revenue, 0) AS amount, currency
       FROM events WHERE user_key = ANY(:keys) AND kind IN ('purchase', 'refund')

@@ -154,29 +154,54 @@ def test_an_anonymous_shoppers_sessions_count_once_merged_into_the_logged_in_use
         assert conn.execute(text("SELECT count(*) FROM order_attribution WHERE user_key = 'anon-dan'")).scalar() == 0
 
 
-def test_a_merge_in_progress_holds_the_pass_back_so_the_merged_ids_rows_never_outlive_it(engine):
+def test_a_merge_in_progress_is_skipped_and_the_merged_ids_rows_never_outlive_it(engine):
     with engine.begin() as conn:
         add_conversion(conn, "anon-eve", "eve-o1", "purchase", "o1", day(0), Decimal("5"))
         add_conversion(conn, "eve", "eve-o2", "purchase", "o2", day(1), Decimal("7"))
-    done = []
     with engine.connect() as merge:
         tx = merge.begin()
-        move_rows(merge, "anon-eve", "eve")  # holds anon-eve's profile FOR UPDATE
-        merge.execute(text("DELETE FROM user_profiles WHERE user_key = 'anon-eve'"))
-        runner = threading.Thread(target=lambda: done.append(attribute_people(engine, ["anon-eve", "eve"], WINDOW)))
-        runner.start()
-        time.sleep(1.0)
-        assert not done  # waiting for the merge
+        move_rows(merge, "anon-eve", "eve")  # holds anon-eve's profile FOR UPDATE, then deletes it
         touch_profile(merge, "eve")
+        started = time.monotonic()
+        attribute_people(engine, ["anon-eve", "eve"], WINDOW)  # skips anon-eve: no wait, no row
+        assert time.monotonic() - started < 5
+        assert rows_of(engine, "anon-eve", "linear") == []
+        assert {r[0] for r in rows_of(engine, "eve", "linear")} == {"eve-o2"}  # as committed so far
         tx.commit()
-    runner.join(30)
-    assert done
-    run_pass(engine)
+    run_pass(engine)  # eve's profile was written by the merge: attributed again
     with engine.connect() as conn:
         owners = conn.execute(text("SELECT DISTINCT user_key FROM order_attribution WHERE conversion_id LIKE 'eve-%'"
                                    )).scalars().all()
     assert owners == ["eve"]
     assert {r[0] for r in rows_of(engine, "eve", "linear")} == {"eve-o1", "eve-o2"}
+
+
+def test_a_chunk_in_progress_holds_a_merge_back_until_it_commits(engine):
+    """The other order: the runner's chunk holds the profile first; the merge's rule waits, then deletes."""
+    with engine.begin() as conn:
+        add_conversion(conn, "anon-hal", "hal-o1", "purchase", "o1", day(0), Decimal("3"))
+        touch_profile(conn, "hal")
+    done = []
+    with engine.connect() as runner:
+        tx = runner.begin()
+        runner.execute(text("SELECT 1 FROM user_profiles WHERE user_key = 'anon-hal' FOR KEY SHARE"))
+        attribute_people(engine, ["anon-hal"], WINDOW)  # another chunk of the runner: shares the lock
+        assert rows_of(engine, "anon-hal", "linear")
+
+        def merge():
+            with engine.begin() as conn:
+                done.append(move_rows(conn, "anon-hal", "hal"))
+                touch_profile(conn, "hal")
+        merging = threading.Thread(target=merge)
+        merging.start()
+        time.sleep(1.0)
+        assert not done  # waiting for the chunk
+        tx.commit()
+    merging.join(30)
+    assert done and done[0].get("order_attribution") == 4  # the chunk's rows, removed by the merge
+    assert rows_of(engine, "anon-hal", "linear") == []
+    run_pass(engine)
+    assert [r[0] for r in rows_of(engine, "hal", "linear")] == ["hal-o1"]
 
 
 def test_erasure_removes_the_rows_and_the_catalogue_lists_the_table(test_settings, engine):
