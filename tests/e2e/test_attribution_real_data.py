@@ -1,5 +1,6 @@
 """Channel attribution on real shoppers' data: collector -> Kafka -> worker -> PostgreSQL -> the segments
-runner's attribution pass, against an independent pandas computation over the same input.
+runner's attribution pass (a real `spoor segments run`, attributing while the events arrive), against an
+independent pandas computation over the same input.
 
 Neither shared data set carries channels, so each is given them by a seeded rule (say so in any figure
 quoted from here): a REES46 session (``user_session``) and an Online Retail invoice minute of a customer
@@ -15,7 +16,9 @@ reference's, and the shares of each conversion add up to its amount.
 import csv
 import gzip
 import hashlib
-import time
+import subprocess
+import sys
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 
@@ -25,9 +28,9 @@ from sqlalchemy import text
 
 from spoor.cli.collector_client import CollectorClient
 from spoor.cli.replay import Tally, online_retail_messages, rees46_messages
-from spoor.segments.attribution import attribution_pass
+from spoor.topics import create_segment_topics
 from tests.support.attribution_reference import KEY, as_set, attribution
-from tests.support.local_stack import REPO, wait_until
+from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -157,14 +160,36 @@ def count_events(engine) -> int:
 
 
 @pytest.fixture(scope="module")
-def replayed(collector, worker, write_key, engine):
+def runner(test_settings, tmp_path_factory):
+    """`spoor segments run`, whose turns attribute the orders of the people changed since the last."""
+    settings = test_settings.model_copy(update={
+        "segments_topic": f"spoor.test-{uuid.uuid4().hex[:8]}.segments", "segments_poll_s": 0.5,
+        "segments_web_port": free_port()})
+    create_segment_topics(settings)
+    log = open(tmp_path_factory.mktemp("runner") / "segments.log", "ab")
+    process = subprocess.Popen([sys.executable, "-m", "spoor.cli", "segments", "run"], cwd=REPO, stdout=log,
+                               stderr=subprocess.STDOUT, env=SpoorProcess("segments", settings, REPO).env())
+    yield process
+    process.terminate()
+    process.wait(30)
+
+
+def caught_up(engine) -> bool:
+    """A turn of the runner started after the last profile was written."""
+    with engine.connect() as conn:
+        return conn.execute(text(
+            "SELECT (SELECT changed_since FROM segment_cursors WHERE name = 'attribution')"
+            " > (SELECT max(updated_at) FROM user_profiles)")).scalar() is True
+
+
+@pytest.fixture(scope="module")
+def replayed(collector, worker, runner, write_key, engine):
     rees46, retail = rees46_input(), online_retail_input()
     send(collector, write_key, rees46 + retail)
     wait_until(lambda: count_events(engine) >= len(rees46) + len(retail), 300,
                "every replayed event in PostgreSQL", interval=1)
-    time.sleep(2)  # the last batch's sessions are written in the same transaction as its events
-    result = attribution_pass(engine, WINDOW, overlap_s=10)
-    assert result["people"] > 4000
+    wait_until(lambda: runner.poll() is None and caught_up(engine), 600, "the runner's attribution to catch up",
+               interval=1)
     return rees46, retail
 
 
