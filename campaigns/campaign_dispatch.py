@@ -27,6 +27,8 @@ from spoor.campaigns.campaign_spec import CampaignDefinitionError, CampaignSpec,
 from spoor.campaigns.experiment import analyse, user_outcomes
 from spoor.campaigns.lift import lift
 from spoor.campaigns.webhook_delivery import Sender
+from spoor.consent import MARKETING, WITHHELD
+from spoor.storage.consent_store import withdrawn
 from spoor.storage.segment_tables import (
     Campaign,
     CampaignAttempt,
@@ -40,7 +42,7 @@ from spoor.storage.tables import BehaviourTrigger
 CAMPAIGNS = Campaign.__table__
 DELIVERIES = CampaignDelivery.__table__
 ATTEMPTS = CampaignAttempt.__table__
-CONSENT = UserConsent.__table__
+CONSENT = UserConsent.__table__  # a user is "opted_out" of campaigns without marketing consent (withdrawn)
 TRIGGERS = BehaviourTrigger.__table__
 TRANSITIONS = SegmentTransition.__table__
 ENQUEUE_BATCH = 1000
@@ -142,8 +144,8 @@ def enqueue(engine: Engine, now: datetime) -> int:
             episodes = _episodes(conn, spec, launched_at, now)
             if not episodes:
                 continue
-            opted_out = set(conn.execute(select(CONSENT.c.user_key).where(
-                CONSENT.c.user_key.in_({e[1] for e in episodes}), CONSENT.c.opted_out)).scalars())
+            opted_out = set(conn.execute(select(CONSENT.c.user_key).where(  # no marketing consent
+                CONSENT.c.user_key.in_({e[1] for e in episodes}), withdrawn(MARKETING))).scalars())
             rows = []
             for episode, user_key, at, _details in episodes:
                 status = ("opted_out" if user_key in opted_out
@@ -156,8 +158,10 @@ def enqueue(engine: Engine, now: datetime) -> int:
                              "expires_at": at + timedelta(seconds=spec.expires_after) if spec.expires_after else None,
                              "recommendations_k": spec.recommendations.k
                              if spec.recommendations and status != "opted_out" else None})
-            created += len(conn.execute(insert(DELIVERIES).values(rows).on_conflict_do_nothing()
-                                        .returning(DELIVERIES.c.id)).all())
+            inserted = conn.execute(insert(DELIVERIES).values(rows).on_conflict_do_nothing()
+                                    .returning(DELIVERIES.c.status)).scalars().all()
+            created += len(inserted)
+            WITHHELD.labels(MARKETING).inc(inserted.count("opted_out"))
     return created
 
 
@@ -212,7 +216,7 @@ def _decision(conn, spec: CampaignSpec, row, now: datetime, default_time_zone: s
     (treated), or the would-be sends, of the same arm."""
     lock = f"spoor.campaign:{spec.name}:{row.user_key}"  # serialises the cap check per user
     conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(lock))))
-    consent = conn.execute(select(CONSENT.c.opted_out, CONSENT.c.time_zone)
+    consent = conn.execute(select(withdrawn(MARKETING).label("opted_out"), CONSENT.c.time_zone)
                            .where(CONSENT.c.user_key == row.user_key)).first()
     sent_recently = 0
     if spec.frequency_cap:
@@ -221,8 +225,12 @@ def _decision(conn, spec: CampaignSpec, row, now: datetime, default_time_zone: s
             DELIVERIES.c.campaign == spec.name, DELIVERIES.c.user_key == row.user_key,
             DELIVERIES.c.status == ("sent" if row.status == "pending" else row.status),
             at > now - timedelta(seconds=spec.frequency_cap.per))).scalar_one()
-    return decide(spec, now, expires_at=row.expires_at, opted_out=bool(consent and consent.opted_out),
-                  sent_in_cap_window=sent_recently, tz=zone(consent.time_zone if consent else None, default_time_zone))
+    decision = decide(spec, now, expires_at=row.expires_at, opted_out=bool(consent and consent.opted_out),
+                      sent_in_cap_window=sent_recently,
+                      tz=zone(consent.time_zone if consent else None, default_time_zone))
+    if decision.status == "opted_out":
+        WITHHELD.labels(MARKETING).inc()
+    return decision
 
 
 def record_counterfactuals(engine: Engine, now: datetime, default_time_zone: str = "UTC", limit: int = 500) -> dict:
@@ -333,7 +341,7 @@ def preview(engine: Engine, spec: CampaignSpec, now: datetime, sample: int = 10)
             users = select(TRIGGERS.c.user_key).where(TRIGGERS.c.kind == spec.audience.trigger,
                                                       TRIGGERS.c.fired_at > now - timedelta(days=7)).distinct()
         users = users.subquery()
-        opted_out = exists().where(CONSENT.c.user_key == users.c.user_key, CONSENT.c.opted_out)
+        opted_out = exists().where(CONSENT.c.user_key == users.c.user_key, withdrawn(MARKETING))
         size = conn.execute(select(func.count()).select_from(users).where(~opted_out)).scalar_one()
         keys = conn.execute(select(users.c.user_key).where(~opted_out).order_by(users.c.user_key)
                             .limit(sample)).scalars().all()

@@ -20,7 +20,7 @@ import orjson
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import Engine, select
 from starlette.concurrency import run_in_threadpool
 
@@ -240,10 +240,16 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow, api_keys: ApiKe
     def get_user(user_key: UserKey) -> dict[str, Any]:
         return user_view(engine, user_key)
 
-    @app.put("/users/{user_key}/consent", dependencies=auth, summary="Opt a user out of (or back into) campaigns")
+    @app.put("/users/{user_key}/consent", dependencies=auth,
+             summary="Record the person's consent per purpose (docs/privacy.md#consent), opt-out and time zone")
     def put_consent(user_key: UserKey, opted_out: bool | None = Body(None, embed=True),
-                    time_zone: str | None = Body(None, embed=True, max_length=64)) -> dict:
-        return set_consent(engine, resolve_user(engine, user_key), opted_out, time_zone)
+                    time_zone: str | None = Body(None, embed=True, max_length=64),
+                    analytics: StrictBool | None = Body(None, embed=True),
+                    marketing: StrictBool | None = Body(None, embed=True),
+                    personalisation: StrictBool | None = Body(None, embed=True)) -> dict:
+        purposes = {name: value for name, value in (("analytics", analytics), ("marketing", marketing),
+                                                     ("personalisation", personalisation)) if value is not None}
+        return set_consent(engine, resolve_user(engine, user_key), opted_out, time_zone, purposes)
 
     @app.delete("/users/{user_key}", dependencies=auth,
                 summary="Erase a user and every id joined to it (PostgreSQL and Faust tables)")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine
 
+from spoor.consent import PURPOSES
 from spoor.settings import Settings
 
 
@@ -57,11 +58,16 @@ def add_commands(commands) -> None:
         .add_subparsers(dest="action", required=True)
     users.add_parser("show", help="the user an id belongs to (any of their ids): profile, ids, segments, "
                                   "campaigns").add_argument("user_key")
-    consent = users.add_parser("consent", help="record consent and time zone")
+    consent = users.add_parser("consent", help="record consent per purpose, opt-out and time zone "
+                                               "(docs/privacy.md#consent)")
     consent.add_argument("user_key")
     group = consent.add_mutually_exclusive_group()
-    group.add_argument("--opt-out", action="store_true")
-    group.add_argument("--opt-in", action="store_true")
+    group.add_argument("--opt-out", action="store_true", help="withdraw every purpose")
+    group.add_argument("--opt-in", action="store_true", help="lift --opt-out (purposes withdrawn one by one stay)")
+    consent.add_argument("--grant", action="append", default=[], choices=PURPOSES, metavar="PURPOSE",
+                         help=f"record consent to a purpose ({', '.join(PURPOSES)}); repeatable")
+    consent.add_argument("--withdraw", action="append", default=[], choices=PURPOSES, metavar="PURPOSE",
+                         help="record that a purpose is withdrawn; repeatable")
     consent.add_argument("--time-zone", help="IANA name, e.g. Europe/Paris (for quiet hours)")
     erase = users.add_parser("erase", help="remove the user and every id joined to it from PostgreSQL and the "
                                            "Faust tables")
@@ -215,7 +221,11 @@ def _users(settings: Settings, engine, args) -> None:
     elif args.action == "consent":
         from spoor.cli.admin_api import resolve_user
         opted_out = True if args.opt_out else False if args.opt_in else None
-        _print(set_consent(engine, resolve_user(engine, args.user_key), opted_out, args.time_zone))
+        both = set(args.grant) & set(args.withdraw)
+        if both:
+            sys.exit(f"error: {', '.join(sorted(both))} both granted and withdrawn")
+        purposes = {p: True for p in args.grant} | {p: False for p in args.withdraw}
+        _print(set_consent(engine, resolve_user(engine, args.user_key), opted_out, args.time_zone, purposes))
     elif args.action == "erase":
         from spoor.privacy.erasure import erase_user
         _print(erase_user(settings, engine, args.user_key, actor=args.actor))

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from spoor.consent import category_index
 from spoor.ingest import IngestError, collector_metrics
 from spoor.ingest.auth import RateLimiter, WriteKeyCache, write_key_from
 from spoor.ingest.cors import CorsMiddleware, OriginPolicy
@@ -74,7 +75,8 @@ class Collector:
         self.partitions = producer.partitions(settings.events_topic)
         self.intake = Intake(settings.events_topic, settings.dead_letter_topic, self.partitions,
                              settings.max_event_bytes, max_future_event_s=settings.max_future_event_s,
-                             max_nesting_depth=settings.max_nesting_depth)
+                             max_nesting_depth=settings.max_nesting_depth,
+                             consent_index=category_index(settings.consent_categories))
 
     async def handle(self, request: Request, endpoint: str) -> Response:
         started = time.perf_counter()

@@ -19,6 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from spoor.bad_rows import FOREIGN_RECORD, bad_row
+from spoor.consent import category_index
 from spoor.events import Event
 from spoor.ingest.intake import Intake, Record, RequestFacts, is_summary
 from spoor.ingest.producer import EventProducer
@@ -67,7 +68,8 @@ def replay(settings: Settings, rows: list[dict], *, dry_run: bool = False) -> Re
     try:
         partitions = producer.partitions(settings.events_topic)
         intake = Intake(settings.events_topic, settings.dead_letter_topic, partitions, settings.max_event_bytes,
-                        max_future_event_s=settings.max_future_event_s, max_nesting_depth=settings.max_nesting_depth)
+                        max_future_event_s=settings.max_future_event_s, max_nesting_depth=settings.max_nesting_depth,
+                        consent_index=category_index(settings.consent_categories))
         records, report = replay_records(rows, intake, settings.events_topic,
                                                        settings.dead_letter_topic, partitions)
         if not dry_run:

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from spoor.bad_rows import PROCESSING_ERROR, SCHEMA_VIOLATION, SIZE_VIOLATION, bad_row, describe, too_deep_at
+from spoor.consent import DEFAULT_INDEX
 from spoor.events import Event, encode_events
 from spoor.ingest.enrich import MAX_USER_AGENT_CHARS, anonymize_ip, anonymize_payload_ip, enrichment
 from spoor.ingest.normalize import CREDENTIAL_FIELDS, DEFAULT_MAX_FUTURE_S, InvalidEvent, normalize, repeated_id
@@ -75,7 +76,7 @@ class RequestFacts:
 class Intake:
     def __init__(self, events_topic: str, dead_letter_topic: str, partitions: int, max_event_bytes: int,
                  processor: str = "collector", *, max_future_event_s: float = DEFAULT_MAX_FUTURE_S,
-                 max_nesting_depth: int = DEFAULT_MAX_NESTING_DEPTH):
+                 max_nesting_depth: int = DEFAULT_MAX_NESTING_DEPTH, consent_index: dict[str, str] = DEFAULT_INDEX):
         self.events_topic = events_topic
         self.dead_letter_topic = dead_letter_topic
         self.partitions = partitions
@@ -83,6 +84,7 @@ class Intake:
         self.processor = processor
         self.max_future_event_s = max_future_event_s
         self.max_nesting_depth = max_nesting_depth
+        self.consent_index = consent_index
         self.max_dead_letter_payload_bytes = min(MAX_DEAD_LETTER_PAYLOAD_BYTES,
                                                  max(4 * max_event_bytes, MIN_DEAD_LETTER_PAYLOAD_BYTES))
 
@@ -116,7 +118,7 @@ class Intake:
                 event = normalize(message, received_at=facts.received_at, source=facts.source,
                                   batch_sent_at=facts.sent_at, default_type=default_type,
                                   enrichment=enrichment(context, facts.user_agent, facts.peer_ip),
-                                  max_future_s=self.max_future_event_s)
+                                  max_future_s=self.max_future_event_s, consent_index=self.consent_index)
                 if message.get("messageId") in (None, ""):
                     seen = derived.get(event.event_id, 0)
                     derived[event.event_id] = seen + 1

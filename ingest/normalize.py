@@ -28,6 +28,7 @@ import orjson
 from pydantic import ValidationError
 
 from spoor.bad_rows import InvalidRecord
+from spoor.consent import DEFAULT_INDEX, ConsentError, statement
 from spoor.events import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, TRACK_KINDS, Event, EventKind
 from spoor.ingest import IngestError
 from spoor.settings import Settings
@@ -53,9 +54,11 @@ class InvalidEvent(IngestError, InvalidRecord):
 
 def normalize(message: Any, *, received_at: datetime, source: str,
               batch_sent_at: Any = None, default_type: str | None = None,
-              enrichment: dict[str, Any] | None = None, max_future_s: float = DEFAULT_MAX_FUTURE_S) -> Event:
+              enrichment: dict[str, Any] | None = None, max_future_s: float = DEFAULT_MAX_FUTURE_S,
+              consent_index: dict[str, str] = DEFAULT_INDEX) -> Event:
     """``enrichment``: fields computed at the edge (ingest.enrich), added as they are.
-    ``max_future_s``: how far after ``received_at`` the event's (corrected) time may be."""
+    ``max_future_s``: how far after ``received_at`` the event's (corrected) time may be.
+    ``consent_index``: consent category id -> purpose (spoor.consent.category_index)."""
     if not isinstance(message, dict):
         raise InvalidEvent("$", "a message must be a JSON object")
     msg_type = message.get("type") or default_type
@@ -93,6 +96,7 @@ def normalize(message: Any, *, received_at: datetime, source: str,
         "page_url": _text(page.get("url")),
         "referrer": _text(page.get("referrer")),
         **_session_and_campaign(context),
+        "consent": _consent(context, consent_index),
     }
     if msg_type == "track":
         fields.update(_commerce_properties(properties, kind))
@@ -167,6 +171,13 @@ def _session_and_campaign(context: dict) -> dict[str, Any]:
         raise InvalidEvent("context.sessionId", "must be a string or an integer")
     return {"session_id": session_id or None, "utm_source": _text(campaign.get("source")),
             "utm_campaign": _text(campaign.get("name")), "utm_medium": _text(campaign.get("medium"))}
+
+
+def _consent(context: dict, index: dict[str, str]):
+    try:
+        return statement(context, index)
+    except ConsentError as err:
+        raise InvalidEvent(err.field, err.reason) from None
 
 
 def _name_and_kind(message: dict, msg_type: str) -> tuple[str, EventKind]:

@@ -21,6 +21,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationInfo, model_validator
 
 from spoor.bad_rows import InvalidRecord
+from spoor.consent import Statement
 
 SCHEMA_VERSION = 1
 # Event times outside this range are client bugs; they would also overflow date arithmetic downstream.
@@ -124,6 +125,10 @@ class Event(BaseModel):
     device: Annotated[str, StringConstraints(max_length=128)] | None = None
     is_bot: bool | None = None
     anonymized_ip: Annotated[str, StringConstraints(max_length=45)] | None = None
+    # The purposes the page granted when the event was sent, e.g. "analytics,personalisation" (from
+    # context.consent.categoryPreferences, spoor/consent.py); None: the event says nothing, the person's
+    # recorded consent applies (docs/privacy.md#consent).
+    consent: Statement | None = None
 
     @model_validator(mode="after")
     def _no_nul_characters(self, info: ValidationInfo) -> "Event":

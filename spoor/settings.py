@@ -175,6 +175,23 @@ class Settings(BaseSettings):
         description="Ids never joined to a user, compared case-insensitively: placeholders a broken client "
                     "sends for everyone. Events keyed by them still count, on a profile of their own.")
 
+    # Consent per purpose (issue 24, docs/privacy.md#consent).
+    consent_categories: dict[str, list[str]] = Field(
+        {"analytics": ["analytics", "performance", "statistics"],
+         "marketing": ["marketing", "advertising", "targeting"],
+         "personalisation": ["personalisation", "personalization"]},
+        description="The consent manager's category ids (keys of a message's context.consent.categoryPreferences) "
+                    "that state each purpose: analytics, marketing, personalisation; compared case-insensitively. "
+                    "A purpose none of whose categories a message names is not granted by it.")
+    consent_refresh_s: float = Field(
+        2.0, gt=0, le=300,
+        description="How often the worker reads the consent recorded in user_consent since its last read: a "
+                    "withdrawal by `spoor users consent` or the API holds for the person's events within this.")
+    consent_book_max_users: int = Field(
+        500_000, ge=1000, le=50_000_000,
+        description="Users with a withdrawn purpose the worker holds in memory (~200 bytes each); past it, it "
+                    "asks PostgreSQL once per batch for the batch's other users.")
+
     # Interests and recommendations (issue 22, docs/recommendations.md).
     interest_half_life_days: float = Field(
         30.0, ge=1, le=3650,
@@ -351,27 +368,6 @@ class Settings(BaseSettings):
     win_back_after_days: float = Field(
         30.0, gt=0, description="A win-back fires this many days after the user's latest event.")
 
-    @model_validator(mode="after")
-    def _retries_are_recognised(self) -> "Settings":
-        # A client's retry of a full request must fall inside the worker's dedupe window.
-        if self.dedupe_window < self.max_batch_events:
-            raise ValueError(f"SPOOR_DEDUPE_WINDOW ({self.dedupe_window}) must be at least SPOOR_MAX_BATCH_EVENTS "
-                             f"({self.max_batch_events}), or a retried request of one user is counted twice")
-        return self
-
-
-def env_value(value) -> str:
-    """A setting's value as its environment variable spells it (pydantic-settings reads it back the same)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):  # complex values are read as JSON
-        return json.dumps(value)
-    return str(value)
-
-
-def environment(settings: Settings) -> dict[str, str]:
-    """Every setting as the ``SPOOR_`` variable that reads back to it: the environment of a child process."""
-    return {f"SPOOR_{name.upper()}": env_value(value) for name, value in settings.model_dump().items()}
     # Retention (docs/privacy.md#retention): enforced by `spoor retention run` and the segments runner.
     retention_events_days: int = Field(
         395, ge=31, le=36500,
@@ -396,6 +392,35 @@ def environment(settings: Settings) -> dict[str, str]:
         description="How often the segments runner runs the retention job (partitions made ahead, expired "
                     "ones dropped).")
 
+    @model_validator(mode="after")
+    def _retries_are_recognised(self) -> "Settings":
+        # A client's retry of a full request must fall inside the worker's dedupe window.
+        if self.dedupe_window < self.max_batch_events:
+            raise ValueError(f"SPOOR_DEDUPE_WINDOW ({self.dedupe_window}) must be at least SPOOR_MAX_BATCH_EVENTS "
+                             f"({self.max_batch_events}), or a retried request of one user is counted twice")
+        return self
+
+    @model_validator(mode="after")
+    def _consent_purposes_are_known(self) -> "Settings":
+        unknown = set(self.consent_categories) - {"analytics", "marketing", "personalisation"}
+        if unknown:
+            raise ValueError(f"SPOOR_CONSENT_CATEGORIES: unknown purposes {sorted(unknown)} "
+                             "(analytics, marketing, personalisation)")
+        return self
+
+
+def env_value(value) -> str:
+    """A setting's value as its environment variable spells it (pydantic-settings reads it back the same)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):  # complex values are read as JSON
+        return json.dumps(value)
+    return str(value)
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """Every setting as the ``SPOOR_`` variable that reads back to it: the environment of a child process."""
+    return {f"SPOOR_{name.upper()}": env_value(value) for name, value in settings.model_dump().items()}
 
 
 # How docs/configuration.md groups the settings: (first field, title, what the group is), in the
@@ -411,6 +436,6 @@ SETTINGS_GROUPS: tuple[tuple[str, str, str], ...] = (
                                                  "`spoor segments api` and `spoor users erase`."),
     ("metric_lateness_s", "Metric windows and alerts", "Windowed business metrics and alerts, in the worker."),
     ("worker_store", "Behaviour analytics", "Sessions, rolling windows, funnels and triggers, in the worker."),
-)
     ("retention_events_days", "Retention", "How long each store keeps rows (`spoor retention run`, and the "
                                            "segments runner every `SPOOR_RETENTION_INTERVAL_S`)."),
+)

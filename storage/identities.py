@@ -177,17 +177,26 @@ def _segment_members(conn: Connection, table: str, from_key: str, into_key: str,
     return doubles + moved
 
 
-MERGE_CONSENT = text("""
-    INSERT INTO user_consent AS c (user_key, opted_out, time_zone, updated_at)
-    SELECT :into_key, opted_out, time_zone, now() FROM user_consent WHERE user_key = :from_key
+_PURPOSES = ("analytics", "marketing", "personalisation")
+_CONSENT_COLUMNS = ", ".join(_PURPOSES + tuple(f"page_{p}" for p in _PURPOSES) + ("page_stated_at",))
+_LATER_PAGE = "(c.page_stated_at IS NULL OR excluded.page_stated_at > c.page_stated_at)"
+MERGE_CONSENT = text(f"""
+    INSERT INTO user_consent AS c (user_key, opted_out, time_zone, {_CONSENT_COLUMNS}, updated_at)
+    SELECT :into_key, opted_out, time_zone, {_CONSENT_COLUMNS}, now() FROM user_consent WHERE user_key = :from_key
     ON CONFLICT (user_key) DO UPDATE
        SET opted_out = c.opted_out OR excluded.opted_out, time_zone = coalesce(c.time_zone, excluded.time_zone),
+           {", ".join(f"{p} = CASE WHEN c.{p} IS false OR excluded.{p} IS false THEN false "
+                      f"ELSE coalesce(c.{p}, excluded.{p}) END" for p in _PURPOSES)},
+           {", ".join(f"page_{p} = CASE WHEN {_LATER_PAGE} THEN excluded.page_{p} ELSE c.page_{p} END"
+                      for p in _PURPOSES)},
+           page_stated_at = greatest(c.page_stated_at, excluded.page_stated_at),
            updated_at = now()
 """)
 
 
 def _user_consent(conn: Connection, table: str, from_key: str, into_key: str, unique: list[list[str]]) -> int:
-    """The stricter consent wins: opted out if either was; ``into_key``'s time zone if it has one."""
+    """Consent belongs to the person (docs/privacy.md#consent): opted out, or a purpose withdrawn, if either id
+    was; the page statement made last (``page_``); ``into_key``'s time zone if it has one."""
     keys = {"from_key": from_key, "into_key": into_key}
     if not conn.execute(MERGE_CONSENT, keys).rowcount:
         return 0

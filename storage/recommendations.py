@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
+from spoor.consent import PERSONALISATION, WITHHELD
+from spoor.storage.consent_store import withdrawn_sql
 from spoor.storage.identities import canonical_key
 
 SEEDS = 20  # the user's strongest products whose neighbours are candidates
@@ -53,10 +55,10 @@ USER_INTERESTS = text("""
      WHERE i.user_key = :user_key AND i.facet = 'product' AND c.category IS NOT NULL
      GROUP BY c.category
 """)
-# THE place that decides a user gets no personal list (opted out; consent per purpose adds its condition
-# here): every list, made ahead by the segments runner or worked out on request, goes through
+# THE place that decides a user gets no personal list (opted out, or personalisation withdrawn: recorded or
+# stated by the page, docs/privacy.md#consent): every list, made ahead by the segments runner or worked out on request, goes through
 # DatabaseReads.user, and the admin API serves only what was made.
-NO_PERSONAL_LIST = text("SELECT opted_out FROM user_consent WHERE user_key = :user_key")
+NO_PERSONAL_LIST = text(f"SELECT {withdrawn_sql(PERSONALISATION)} FROM user_consent WHERE user_key = :user_key")
 NEIGHBOURS = text("""
     SELECT s.product_id AS seed, a.neighbour_id,
            power(2::float8, greatest(-1000::float8, a.weight - (ps.weight + pn.weight) / 2)) AS similarity,
@@ -186,6 +188,8 @@ def for_user(source, user_key: str, k: int = 10, blend: Blend = Blend()) -> dict
     reads = _reads(source)
     k = max(1, min(k, MAX_K))
     key, opted_out = reads.user(user_key)
+    if opted_out:
+        WITHHELD.labels(PERSONALISATION).inc()
     items, category = rank_for_user([] if opted_out else reads.interests(key), reads.neighbours, blend, k)
     return {"user_key": user_key, "personal": bool(items), "items": fill_up(reads, items, k, category)}
 

@@ -72,14 +72,25 @@ class SegmentCursor(Base):
 
 
 class UserConsent(Base):
-    """Per-user messaging preferences. Opted-out users never receive anything from a campaign."""
+    """A person's consent per purpose (docs/privacy.md#consent) and the time zone of their quiet hours.
+
+    A purpose is withdrawn when ``opted_out`` (every purpose), its recorded column (`spoor users consent`,
+    the API) or its ``page_`` column (the latest statement on the person's events) is false (migration 0025)."""
 
     __tablename__ = "user_consent"
+    __table_args__ = (Index("user_consent_updated_at", "updated_at"),)
 
     user_key: Mapped[str] = mapped_column(String(256), primary_key=True)
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     time_zone: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    analytics: Mapped[bool | None] = mapped_column(Boolean)
+    marketing: Mapped[bool | None] = mapped_column(Boolean)
+    personalisation: Mapped[bool | None] = mapped_column(Boolean)
+    page_analytics: Mapped[bool | None] = mapped_column(Boolean)
+    page_marketing: Mapped[bool | None] = mapped_column(Boolean)
+    page_personalisation: Mapped[bool | None] = mapped_column(Boolean)
+    page_stated_at: Mapped[datetime | None] = mapped_column(TS)
 
 
 class Campaign(Base):

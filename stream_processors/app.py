@@ -15,12 +15,14 @@ from sqlalchemy import create_engine
 
 from spoor.bad_rows import bad_row, dead_letter_row
 from spoor.settings import Settings
+from spoor.storage import consent_store
 from spoor.storage.writers import StreamWriter
 from spoor.stream_processors import worker_metrics
 from spoor.stream_processors.analytics_tracker import AnalyticsTracker
 from spoor.stream_processors.behaviour import AnalyticsRules
 from spoor.stream_processors.behaviour_triggers import TriggerRules, trigger_message
 from spoor.stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
+from spoor.stream_processors.consent_gate import ConsentGate, ConsentReads
 from spoor.stream_processors.continuity import OffsetContinuity
 from spoor.stream_processors.durable_table import DurableTable
 from spoor.stream_processors.faust_internals import committed_offset
@@ -63,6 +65,14 @@ def create_analytics(settings: Settings, app: faust.App) -> AnalyticsTracker:
 
     return AnalyticsTracker(analytics_rules(settings), settings.topic_partitions, send_triggers,
                             idle_advance_s=settings.trigger_idle_advance_s)
+
+
+def create_consent_gate(settings: Settings, engine) -> ConsentGate:
+    reads = ConsentReads(withdrawn=partial(consent_store.read_withdrawn, engine),
+                         changed=partial(consent_store.read_changed, engine),
+                         users=partial(consent_store.read_users, engine),
+                         record=partial(consent_store.record_page_statements, engine))
+    return ConsentGate(reads, max_users=settings.consent_book_max_users, refresh_s=settings.consent_refresh_s)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -123,7 +133,8 @@ def create_app(settings: Settings) -> faust.App:
                              max_processing_errors_in_a_row=settings.worker_max_consecutive_processing_errors,
                              identities=identities, send_record=send_record,
                              interests=partial(interest_batch, half_life_s=settings.interest_half_life_days * DAY_S,
-                                               trend_half_life_s=settings.trending_half_life_days * DAY_S))
+                                               trend_half_life_s=settings.trending_half_life_days * DAY_S),
+                             consent=create_consent_gate(settings, engine))
 
     # Faust acks a take() batch even when the agent body raises, and acked offsets
     # get committed. So a batch that cannot be persisted must stop the process

@@ -21,6 +21,9 @@ state, and their rows go in the batch's transaction; the user's events before
 it in the batch are left out, later ones start a new profile. Redelivered, it
 does the same again.
 
+Consent (consent_gate.py) is the first step for each event, once it is known whose it is: an event
+without analytics consent is withheld from everything below and counted in the metric windows only.
+
 Identity records join a user's ids into one profile (identities.py): the batch's
 link, merge and forwarded-event records go out after step 2, acked before step 3,
 and an id whose state was shipped in a merge is dropped only after that.
@@ -54,6 +57,7 @@ from spoor.stream_processors import WorkerError, worker_metrics
 from spoor.stream_processors.analytics_tracker import AnalyticsOutput, AnalyticsTracker
 from spoor.stream_processors.behaviour import unpack
 from spoor.stream_processors.blocking import YieldEvery, run_blocking
+from spoor.stream_processors.consent_gate import ConsentGate
 from spoor.stream_processors.fault_points import crash_point
 from spoor.stream_processors.identities import LINKED, MERGED, IdentityGraph, Link
 from spoor.stream_processors.interests import RecentActivity, recent_activity
@@ -66,6 +70,11 @@ FUTURE_TIME = "future_time"
 # folding yield to the event loop after about this many, so heartbeats and /metrics still run.
 # Nothing is acked before process() returns.
 YIELD_EVERY_EVENTS = 500
+
+
+def _once_each(events: list[tuple[int, Event]]) -> list[tuple[int, Event]]:
+    """Withheld events for the metric windows, a repeated id once (they have no profile to dedupe them)."""
+    return list({event.event_id: (partition, event) for partition, event in events}.values())
 
 
 class TooManyProcessingErrors(WorkerError, RuntimeError):
@@ -99,7 +108,7 @@ class ProfileTracker:
                  max_future_s: float = 300.0, max_state_bytes: int = 900_000,
                  max_processing_errors_in_a_row: int = 200, identities: IdentityGraph | None = None,
                  send_record: Callable[[str, bytes], Awaitable] | None = None,
-                 interests: Callable[[list[Event]], dict] | None = None):
+                 interests: Callable[[list[Event]], dict] | None = None, consent: ConsentGate | None = None):
         self.table = table  # Faust table: user key (bytes) -> encoded UserProfile (+ behaviour)
         self.writer = writer
         self.dedupe_window = dedupe_window
@@ -114,6 +123,7 @@ class ProfileTracker:
         self.send_record = send_record  # (key, value) -> the delivery of a record on the events topic
         self.interests = interests  # events -> their interest rows (stream_processors/interests.py)
         self.recent: dict[str, RecentActivity] = {}  # the batch's users before it, for the interest rows
+        self.consent = consent  # None: every event is profiled (consent_gate.py)
 
     async def process(self, records: Sequence[Record]) -> list[tuple[int, Event]]:
         """Fold (partition, record value[, record timestamp]) tuples; returns the events seen for the
@@ -135,6 +145,10 @@ class ProfileTracker:
                 forwarded.append(event.model_copy(update={"user_key": target}))
             else:
                 kept.append((partition, event))
+        withheld, statements = [], {}
+        if self.consent:  # the first step of profiling, for each event as the person it belongs to
+            await self.consent.refresh()
+            kept, withheld, statements = await self.consent.gate(kept)
         decoded = kept
         by_user: dict[str, list[Event]] = {}
         for _partition, event in decoded:
@@ -176,6 +190,8 @@ class ProfileTracker:
         await self._bad_rows_acknowledged()
         if self.identities:  # before the write that makes the new links durable: see _send_links
             await self._send_links(links)
+        if statements:
+            await self.consent.record(statements)
         await self._persist(list(rows.values()), events, derived, sorted(erasures), merges, links)
         if self.identities:
             await self._send_identity_records(claims, forwarded, passed_on, refusals)
@@ -184,10 +200,12 @@ class ProfileTracker:
         worker_metrics.EVENTS.labels("duplicate").inc(len(events) - len(first_seen))
         worker_metrics.EVENTS.labels("erased").inc(erased_events)
         worker_metrics.EVENTS.labels("forwarded").inc(len(forwarded))
+        worker_metrics.EVENTS.labels("withheld").inc(len(withheld))
         now = datetime.now(timezone.utc)
         for event in events:
             worker_metrics.FRESHNESS_SECONDS.observe((now - event.received_at).total_seconds())
-        return [(partition, event) for partition, event in decoded if id(event) in first_seen]
+        counted = [(partition, event) for partition, event in decoded if id(event) in first_seen]
+        return counted + _once_each(withheld) if withheld else counted
 
     def _fold(self, user_key: str, stored: bytes | None, events: list[Event],
               mark: tuple | None) -> tuple[bytes, UserProfile, list]:

@@ -5,8 +5,9 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS = Counter("spoor_worker_events_total",
                  "Events read from the events topic, by outcome: applied, duplicate (same event id "
                  "seen before for that user), invalid (dead-lettered), erased (read in the same batch "
-                 "as, and before, the user's erasure record) or forwarded (an id joined to a user: sent on "
-                 "to the user's partition, counted there).", ["outcome"])
+                 "as, and before, the user's erasure record), forwarded (an id joined to a user: sent on "
+                 "to the user's partition, counted there), withheld (no analytics consent: in the metric windows "
+                 "only, consent_gate.py).", ["outcome"])
 BATCH_EVENTS = Histogram("spoor_worker_batch_events", "Events per processed batch.",
                          buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 WRITE_SECONDS = Histogram("spoor_worker_write_seconds", "Time to write one batch to PostgreSQL.",
