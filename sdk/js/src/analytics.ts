@@ -4,6 +4,7 @@
  */
 
 import { pageProperties, watchClicks, watchHistory } from './autocapture';
+import { checkedPreferences, ConsentRecord, type ConsentPreferences } from './consent';
 import { Delivery } from './delivery';
 import { type Engagement, engagement } from './engagement';
 import { Identity } from './identity';
@@ -27,6 +28,7 @@ interface Ready {
   delivery: Delivery;
   prefix: string;
   sessionTimeoutMs: number;
+  consent: ConsentRecord;
 }
 
 export class Spoor {
@@ -65,7 +67,8 @@ export class Spoor {
     });
     this.optedOut = store.get(`${prefix}:opt_out`) === '1' || readCookie(`${prefix}_opt_out`) === '1';
     this.ready = { options, store, identity: new Identity(store, prefix, options.cookieDomain), queue, delivery,
-                   prefix, sessionTimeoutMs: options.sessionTimeoutMs ?? 30 * 60_000 };
+                   prefix, sessionTimeoutMs: options.sessionTimeoutMs ?? 30 * 60_000,
+                   consent: new ConsentRecord(store, prefix) };
     queue.persistNow();
     if (this.optedOut) {
       // Events stored by a tab whose write landed after the opt-out's deletion (it closed before it heard).
@@ -170,6 +173,30 @@ export class Spoor {
     return this.optedOut;
   }
 
+  /**
+   * What the visitor consents to, per purpose, as the consent banner asks it: e.g. `{analytics: true,
+   * marketing: false, personalisation: true}`. Kept across visits and sent on every event
+   * (`context.consent.categoryPreferences`); a change is sent at once as a `Segment Consent Preference
+   * Updated` event, so a withdrawal reaches the shop even if the visitor leaves. Call it before `init` or
+   * right after: events sent before any statement carry none. Collection itself goes on (without analytics
+   * consent an event counts only in anonymous totals); `optOut()` stops it.
+   */
+  consent(preferences: ConsentPreferences): void {
+    const checked = checkedPreferences(preferences);
+    if (typeof checked === 'string') return warn(checked);
+    if (!this.ready) return this.later(() => this.consent(checked));
+    if (this.ready.consent.set(checked)) {
+      this.enqueue({ type: 'track', event: 'Segment Consent Preference Updated', properties: {} });
+      void this.ready.delivery.flush();
+    }
+  }
+
+  /** The consent last stated on this browser (a copy), or null. */
+  consentPreferences(): ConsentPreferences | null {
+    const current = this.ready?.consent.get();
+    return current ? { ...current } : null;
+  }
+
   /** The async snippet's `spoor.push([method, ...args])`, which keeps working once the bundle is loaded. */
   push(call: [string, ...unknown[]]): void {
     const [method, ...args] = Array.isArray(call) ? call : [''];
@@ -214,6 +241,8 @@ export class Spoor {
         sessionId,
       },
     };
+    const preferences = this.ready.consent.get();
+    if (preferences) message.context.consent = { categoryPreferences: preferences };
     const userId = identity.userId();
     if (userId) message.userId = userId;
     let json: string;
@@ -230,7 +259,7 @@ export class Spoor {
     if (this.early.length < MAX_CALLS_BEFORE_INIT) this.early.push(call);
   }
 
-  private watchPageLifecycle({ queue, delivery, prefix }: Ready): void {
+  private watchPageLifecycle({ queue, delivery, prefix, consent }: Ready): void {
     const hide = () => {
       this.engagement?.report(); // before the flush, so the report leaves with it
       delivery.flushOnUnload();
@@ -251,6 +280,7 @@ export class Spoor {
     // An opt-out in another tab applies here too.
     addEventListener('storage', (event) => {
       if (event.key === `${prefix}:opt_out` && event.newValue === '1' && !this.optedOut) this.optOut();
+      if (event.key === consent.key) consent.reload(); // a banner answered in another tab
     });
     setInterval(() => queue.persistNow(), HEARTBEAT_MS);
   }
