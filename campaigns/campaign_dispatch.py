@@ -135,11 +135,14 @@ def _episodes(conn, spec: CampaignSpec, launched_at: datetime, now: datetime):
     return conn.execute(query.limit(ENQUEUE_BATCH)).all()
 
 
-def enqueue(engine: Engine, now: datetime) -> int:
+def enqueue(engine: Engine, now: datetime, only: set[str] | None = None) -> int:
     """One delivery row per new audience episode of every active campaign. Opted-out users are recorded
-    as such (never in the holdout, so holdout and treated both hold consenting users only)."""
+    as such (never in the holdout, so holdout and treated both hold consenting users only). ``only``: these
+    campaigns only (the demo acts on its own campaign, not on the shop's)."""
     created = 0
     for spec, launched_at in CampaignStore(engine).active():
+        if only is not None and spec.name not in only:
+            continue
         with engine.begin() as conn:
             episodes = _episodes(conn, spec, launched_at, now)
             if not episodes:
@@ -185,10 +188,11 @@ def _details(conn, spec: CampaignSpec, episode: str) -> dict:
 
 
 def dispatch_due(engine: Engine, sender: Sender, now: datetime, default_time_zone: str = "UTC",
-                 dead_letter_topic: str | None = None, limit: int = 500) -> dict:
-    """Apply the rules to every due delivery of an active campaign and send it; counts by outcome."""
+                 dead_letter_topic: str | None = None, limit: int = 500, only: set[str] | None = None) -> dict:
+    """Apply the rules to every due delivery of an active campaign (of ``only``, if given) and send it;
+    counts by outcome."""
     counts: dict[str, int] = {}
-    specs = {spec.name: spec for spec, _ in CampaignStore(engine).active()}
+    specs = {spec.name: spec for spec, _ in CampaignStore(engine).active() if only is None or spec.name in only}
     for _ in range(limit):
         with engine.begin() as conn:
             row = conn.execute(

@@ -2,11 +2,14 @@
 
 import sys
 import time
+from datetime import datetime
 
 from sqlalchemy import Engine, text
 
+from spoor.cli import demo_campaign
 from spoor.cli.collector_client import CollectorClient
 from spoor.cli.demo_alerts import demo_traffic, print_alerts, wait_for_alerts
+from spoor.settings import Settings
 from spoor.storage.queries import count_dead_letters, count_events, summary
 from spoor.storage.recommendations import for_product, for_user
 
@@ -45,14 +48,9 @@ def sample_recommendations(engine: Engine, k: int = 3) -> dict:
                 "product": product and for_product(conn, product, k)}
 
 
-def run_demo(engine: Engine, collector_url: str, write_key: str, users: int, timeout_s: float = 180) -> dict:
-    seed = int(time.time())
-    messages, story = demo_traffic(engine, users, seed)  # includes a checkout outage, time-compressed
-    bad = invalid_messages(seed)
-    events_before, rejected_before = count_events(engine), count_dead_letters(engine)
+def send_traffic(collector_url: str, write_key: str, messages: list[dict], bad: list[dict]) -> int:
+    """Send the messages in batches (the invalid ones in the middle, one batch twice); the rejections."""
     client = CollectorClient(collector_url, write_key)
-    print(f"sending {len(messages)} events of {users} simulated shoppers and steady traffic to {collector_url} "
-          f"(plus {len(bad)} invalid events and one re-sent batch)", flush=True)
     started = time.monotonic()
     rejected = 0
     batches = [messages[i:i + BATCH] for i in range(0, len(messages), BATCH)]
@@ -65,29 +63,77 @@ def run_demo(engine: Engine, collector_url: str, write_key: str, users: int, tim
             raise SystemExit(f"collector answered {status}: {body}")
         if number % 10 == 0 or number == len(batches):
             progress(f"  sent {min(number * BATCH, len(messages))}/{len(messages)} events", number == len(batches))
-    status, _ = client.send_batch(batches[0])  # a client retry: must not be counted twice
+    client.send_batch(batches[0])  # a client retry: must not be counted twice
     client.close()
     print(f"  collector accepted {len(messages)} events, rejected {rejected} "
           f"in {time.monotonic() - started:.1f}s; waiting for the worker to persist them", flush=True)
+    return rejected
 
+
+def run_demo(engine: Engine, collector_url: str, write_key: str, users: int, timeout_s: float = 180,
+             settings: Settings | None = None) -> dict:
+    """The traffic and its alert story; with ``settings``, the cart-abandonment campaign (demo_campaign.py)."""
+    seed = int(time.time())
+    messages, story = demo_traffic(engine, users, seed)  # includes a checkout outage, time-compressed
+    bad = invalid_messages(seed)
+    before = count_events(engine), count_dead_letters(engine)
+    first = datetime.fromisoformat(messages[0]["timestamp"])
+    campaign = demo_campaign.launch(engine, settings, seed, first) if settings else None
+    try:
+        print(f"sending {len(messages)} events of {users} simulated shoppers and steady traffic to {collector_url} "
+              f"(plus {len(bad)} invalid events and one re-sent batch)", flush=True)
+        rejected = send_traffic(collector_url, write_key, messages, bad)
+        wait_persisted(engine, before, len(messages), rejected, timeout_s)
+        traffic_persisted = demo_campaign.database_now(engine)  # the segments shown are those of the traffic
+        alerts = []
+        if story.windows_open:
+            print("  waiting for the checkout alert to fire and resolve (event time)", flush=True)
+            alerts = wait_for_alerts(engine, story)
+        result = {"alerts": alerts, "story": story}
+        if campaign:
+            result.update(run_campaign(engine, campaign, collector_url, write_key, seed, timeout_s))
+        result["segments"] = demo_campaign.segment_sizes(engine, traffic_persisted)
+    finally:
+        if campaign:  # never left active: the stack's runner would keep sending to a closed receiver
+            demo_campaign.stop(engine, campaign)
+    # --- attribution by channel (issue 23, item 2): the lead wires it here, as result["attribution"],
+    # --- printed by print_summary's marked block.
+    return {**summary(engine), "recommendations": sample_recommendations(engine), **result}
+
+
+def wait_persisted(engine: Engine, before: tuple[int, int], events: int, rejections: int, timeout_s: float) -> None:
+    """Until PostgreSQL holds ``events`` more events and ``rejections`` more dead letters than ``before``."""
     deadline = time.monotonic() + timeout_s
     while True:
-        persisted = count_events(engine) - events_before
-        dead = count_dead_letters(engine) - rejected_before
-        finished = persisted >= len(messages) and dead >= rejected
-        progress(f"  persisted {persisted}/{len(messages)} events, {dead}/{rejected} rejections", finished)
+        persisted, dead = count_events(engine) - before[0], count_dead_letters(engine) - before[1]
+        finished = persisted >= events and dead >= rejections
+        progress(f"  persisted {persisted}/{events} events, {dead}/{rejections} rejections", finished)
         if finished:
-            break
+            return
         if time.monotonic() > deadline:
             print(file=sys.stderr)
-            raise SystemExit(f"the worker persisted only {persisted}/{len(messages)} events in {timeout_s}s: "
+            raise SystemExit(f"the worker persisted only {persisted}/{events} events in {timeout_s}s: "
                              "see the worker log (make logs)")
         time.sleep(0.5)
-    if not story.windows_open:
-        return {**summary(engine), "recommendations": sample_recommendations(engine), "alerts": [], "story": story}
-    print("  waiting for the checkout alert to fire and resolve (event time)", flush=True)
-    alerts = wait_for_alerts(engine, story)
-    return {**summary(engine), "recommendations": sample_recommendations(engine), "alerts": alerts, "story": story}
+
+
+def run_campaign(engine: Engine, campaign: demo_campaign.DemoCampaign, collector_url: str, write_key: str,
+                 seed: int, timeout_s: float) -> dict:
+    """Send the campaign's messages, then the orders of the shoppers who come back; the report."""
+    print(f"  campaign {campaign.name}: sending to the cart abandoners (signed webhooks to {campaign.receiver.url})",
+          flush=True)
+    demo_campaign.dispatch(engine, campaign)
+    returns, returned = demo_campaign.returning_shoppers(engine, campaign, seed)
+    print(f"  {len(returns)} shoppers come back and buy", flush=True)
+    before = count_events(engine), count_dead_letters(engine)
+    client = CollectorClient(collector_url, write_key)
+    for i in range(0, len(returns), BATCH):
+        status, body = client.send_batch(returns[i:i + BATCH])
+        if status != 200:
+            raise SystemExit(f"collector answered {status}: {body}")
+    client.close()
+    wait_persisted(engine, before, len(returns), 0, timeout_s)
+    return {"campaign": {**demo_campaign.campaign_report(engine, campaign), "returned": returned}}
 
 
 def print_summary(result: dict) -> None:
@@ -112,6 +158,11 @@ def print_summary(result: dict) -> None:
     if samples.get("product"):
         product = samples["product"]
         print(f"  also bought with    {product['product_id']}: " + _items(product["items"]))
+    if "segments" in result:
+        demo_campaign.print_segments(result["segments"])
+    if "campaign" in result:
+        demo_campaign.print_campaign(result["campaign"])
+    # --- attribution by channel (issue 23, item 2): the lead wires the lines here, from result["attribution"].
     if "story" in result:
         print_alerts(result["alerts"], result["story"])
 

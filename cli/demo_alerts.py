@@ -23,7 +23,8 @@ from spoor.alerts.store import list_alerts
 from spoor.cli.simulate import catalog, shopper_journey, simulate
 
 STORY_MINUTES = 50
-WARM_UP_MINUTES = 15  # steady shoppers arrive this long before the story, so its first windows have orders
+WARM_UP_MINUTES = 75  # steady shoppers arrive this long before the story: its first windows have orders, and
+# the carts abandoned in its first hour are due (cart_abandonment_delay_s) by the end: the campaign's audience
 SHOPPERS_PER_MINUTE = 12
 OUTAGE = (15, 30)  # minutes into the story
 

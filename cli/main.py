@@ -167,7 +167,7 @@ def _demo(settings: Settings, args) -> None:
 
     from spoor.cli.demo import print_summary, run_demo
     url = args.collector_url or f"http://{settings.collector_host}:{settings.collector_port}"
-    print_summary(run_demo(create_engine(settings.database_url), url, args.write_key, args.users))
+    print_summary(run_demo(create_engine(settings.database_url), url, args.write_key, args.users, settings=settings))
 
 
 def _summary(settings: Settings, _args) -> None:

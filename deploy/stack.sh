@@ -148,7 +148,10 @@ case "${1:-}" in
     SPOOR_AUDIT_HMAC_KEY=${SPOOR_AUDIT_HMAC_KEY:-$(local_secret audit_hmac_key)}  # the erasure audit's HMAC key
     export SPOOR_ADMIN_TOKEN SPOOR_CAMPAIGN_WEBHOOK_SECRET SPOOR_AUDIT_HMAC_KEY
     start_process segments "$segments_url/healthz" 120 segments run
-    start_process campaigns "$campaigns_url/healthz" 120 campaigns run
+    # The local stack's campaigns may call webhooks on this machine: make demo's receiver is on 127.0.0.1
+    # (set SPOOR_WEBHOOK_ALLOW_PRIVATE_ADDRESSES=false before make up to refuse them, as in production).
+    SPOOR_WEBHOOK_ALLOW_PRIVATE_ADDRESSES=${SPOOR_WEBHOOK_ALLOW_PRIVATE_ADDRESSES:-true} \
+      start_process campaigns "$campaigns_url/healthz" 120 campaigns run
     start_process admin-api "$admin_api_url/healthz" 60 segments api
     echo "collector_url: $collector_url"
     echo "write_key: $demo_key"
@@ -159,7 +162,9 @@ case "${1:-}" in
     ;;
   demo)
     echo "==> demo traffic"
-    "$spoor" demo --write-key "$demo_key" --collector-url "$collector_url"
+    # The demo's webhook receiver checks signatures with the key the stack's campaigns runner signs with.
+    SPOOR_CAMPAIGN_WEBHOOK_SECRET=${SPOOR_CAMPAIGN_WEBHOOK_SECRET:-$(local_secret webhook_secret)} \
+      "$spoor" demo --write-key "$demo_key" --collector-url "$collector_url"
     echo
     echo "The stack is still running (psql: make up prints database_url). 'make down' stops it."
     ;;

@@ -1,16 +1,61 @@
-"""`make demo`'s path on private processes: the demo traffic's checkout outage fires the checkout
-alert, which resolves when orders come back, and the summary read from PostgreSQL shows it."""
+"""`make demo`'s path on private processes (collector, worker, segments and campaigns runners): the demo
+traffic's checkout outage fires the checkout alert, which resolves when orders come back; the cart
+abandoners get a campaign with two variants and a holdout through signed webhooks, some come back and buy,
+and the summary read from PostgreSQL shows it all."""
+
+import subprocess
+import sys
+import urllib.request
 
 import pytest
+from sqlalchemy import func, select
 
 from spoor.cli.demo import print_summary, run_demo
+from spoor.storage.segment_tables import CampaignDelivery
+from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
-def test_demo_shows_the_checkout_alert_firing_and_resolving(collector, start_process, engine, write_key, capsys):
+@pytest.fixture(scope="module")
+def settings(test_settings):
+    """The runners' and the demo's: a webhook secret, webhooks to this machine allowed (as deploy/stack.sh)."""
+    return test_settings.model_copy(update={
+        "campaign_webhook_secret": "demo-test-secret", "webhook_allow_private_addresses": True,
+        "segments_poll_s": 0.5, "campaigns_poll_s": 0.5, "segments_web_port": free_port(),
+        "campaigns_web_port": free_port()})
+
+
+@pytest.fixture(scope="module")
+def runners(settings, tmp_path_factory):
+    """`spoor segments run` and `spoor campaigns run`, as make up starts them."""
+    log_dir = tmp_path_factory.mktemp("runner-logs")
+    processes = []
+    for command in ("segments", "campaigns"):
+        log = open(log_dir / f"{command}.log", "ab")
+        processes.append(subprocess.Popen([sys.executable, "-m", "spoor.cli", command, "run"], cwd=REPO,
+                                          env=SpoorProcess(command, settings, log_dir).env(), stdout=log,
+                                          stderr=subprocess.STDOUT))
+    for port in (settings.segments_web_port, settings.campaigns_web_port):
+        wait_until(lambda: _healthy(f"http://127.0.0.1:{port}/healthz"), 60, f"runner on port {port}")
+    yield log_dir
+    for process in processes:
+        process.terminate()
+        process.wait(30)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_demo_shows_the_alert_the_segments_and_the_campaign(collector, start_process, engine, write_key, settings,
+                                                            runners, capsys):
     start_process("worker")
-    result = run_demo(engine, collector, write_key, users=100, timeout_s=120)
+    result = run_demo(engine, collector, write_key, users=100, timeout_s=120, settings=settings)
     checkout = [a for a in result["alerts"] if a["rule_id"] == "checkout-conversion-collapse"]
     assert [a["status"] for a in checkout] == ["resolved"], result["alerts"]
     story = result["story"]
@@ -19,9 +64,37 @@ def test_demo_shows_the_checkout_alert_firing_and_resolving(collector, start_pro
     assert story.outage_end < alert["resolved_at"] <= story.outage_end + (alert["fired_at"] - alert["started_at"]) * 4
     assert alert["evidence"]["worst"]["observed"] == 0.0  # no shopper who carted could order
 
+    # The campaign: every treated episode sent once, signed and verified; the holdout got nothing.
+    campaign = result["campaign"]
+    experiment = campaign["experiment"]
+    sent = {v["name"]: v["messages_sent"] for v in experiment["variants"]}
+    assert set(sent) == {"reminder", "discount"} and min(sent.values()) >= 10, campaign["deliveries_by_status"]
+    assert experiment["holdout"]["episodes"] >= 5
+    assert set(campaign["deliveries_by_status"]) == {"sent", "holdout"}, campaign["deliveries_by_status"]
+    assert campaign["receiver"] == {"verified": sum(sent.values()), "refused": 0}
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(CampaignDelivery.variant, func.count()).where(
+            CampaignDelivery.campaign == campaign["campaign"], CampaignDelivery.status == "sent")
+            .group_by(CampaignDelivery.variant)).all())
+    assert stored == sent
+    # The shoppers who came back went through collector, Kafka, worker and PostgreSQL into the report.
+    converted = {v["name"]: v["converted"] for v in experiment["variants"]} | {
+        "holdout": experiment["holdout"]["converted"]}
+    assert converted == {arm: campaign["returned"].get(arm, 0) for arm in converted}
+    for variant in experiment["variants"]:
+        assert variant["conversion"]["absolute_lift_ci"] is not None and variant["roi"] is not None
+    segments = result["segments"]
+    assert segments["sizes"]["cart_abandoners"] > 0, segments  # "current" too, unless the runner is slow
+
     print_summary(result)
     out = capsys.readouterr().out
     assert "checkout-conversion-collapse (global): fired" in out and "resolved" in out
+    assert f"cart_abandoners {segments['sizes']['cart_abandoners']:,}" in out
+    assert f"sent per variant: reminder {sent['reminder']}, discount {sent['discount']}" in out
+    assert f"receiver verified {sum(sent.values())} signatures, refused 0" in out
+    lifts = [line for line in out.splitlines() if line.strip().startswith("conversion lift")]
+    assert len(lifts) == 3 and all("] (95%)" in line for line in lifts)  # two variants and overall
+    assert sum(" ROI " in line for line in out.splitlines()) == 3
     # The shoppers' interests reached PostgreSQL: the summary shows lists made of them, not only fallbacks.
     samples = result["recommendations"]
     assert samples["user"]["personal"] and any(" with " in item["reason"] or item["reason"] == "buy again"
