@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, text
 
 from spoor.events import Event, EventKind
+from spoor.storage import retention
 from spoor.storage.identities import TABLES_WITH_USER_KEY
 from spoor.storage.migrate import HERE, upgrade
 from spoor.storage.retention import run_retention
@@ -173,6 +174,41 @@ def test_rows_outside_every_partition_wait_in_the_default_partition(database):
         assert conn.execute(text("SELECT count(*) FROM events WHERE event_id = 'spring'")).scalar_one() == 1
 
 
+def test_many_rows_in_the_default_partition_go_range_by_range(database, monkeypatch):
+    engine, settings = database
+    monkeypatch.setattr(retention, "DEFAULT_BLOCKS", 4)  # many page ranges for a few thousand rows
+    with engine.begin() as conn:
+        conn.execute(text("""INSERT INTO events (event_id, user_key, kind, name, event_time, received_at, source)
+            SELECT 'r' || i, 'u' || (i % 7), 'page', 'Page', TIMESTAMPTZ '2011-01-01Z' + i * interval '1 minute',
+                   now(), 'replay' FROM generate_series(1, 4000) i"""))
+        conn.execute(text("INSERT INTO events (event_id, user_key, kind, name, event_time, received_at, source) "
+                          "VALUES ('recent', 'u1', 'page', 'Page', :at, :at, 'web')"), {"at": NOW - timedelta(days=3)})
+        pages = conn.execute(text("SELECT pg_relation_size('events_default') / 8192")).scalar_one()
+    assert pages > 3 * 4
+    report = run_retention(engine, settings, now=NOW)[0]
+    assert (report.rows_deleted, report.rows_moved) == (4000, 1)  # 'recent' moved to November's partition
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT event_id, tableoid::regclass::text FROM events")).all() == [
+            ("recent", "events_p202611")]
+
+
+def test_expired_deliveries_go_in_batches_from_the_lowest_ids(database, monkeypatch):
+    engine, settings = database
+    monkeypatch.setattr(retention, "DELETE_BATCH", 2)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO campaigns (name, definition, status) VALUES ('c', '{}', 'active')"))
+        for day in (800, 790, 780, 770, 760, 10, 5):  # enqueued in time order, as the campaigns runner does
+            at = NOW - timedelta(days=day)
+            conn.execute(text(
+                "INSERT INTO campaign_deliveries (campaign, user_key, episode, idempotency_key, triggered_at, due_at, "
+                "status, attempts, next_attempt_at, created_at) VALUES ('c', 'u1', :k, :k, :at, :at, 'sent', 1, :at, "
+                ":at)"), {"k": f"e{day}", "at": at})
+    reports = {r.store: r for r in run_retention(engine, settings, now=NOW)}
+    assert reports["campaign_deliveries"].rows_deleted == 5
+    with engine.connect() as conn:
+        assert sorted(conn.execute(text("SELECT episode FROM campaign_deliveries")).scalars()) == ["e10", "e5"]
+
+
 def test_dead_letters_keep_one_row_per_id_and_no_future_time(database):
     engine, _settings = database
     writer = StreamWriter(engine)
@@ -260,7 +296,8 @@ def test_the_migration_converts_tables_that_hold_rows_and_their_views(base_setti
             assert conn.execute(text("SELECT sum(n) FROM top_users")).scalar_one() == 12000
             assert conn.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = 'top_users_key'")).scalar_one()
             assert conn.execute(text("SELECT relkind FROM pg_class WHERE relname = 'events'")).scalar_one() == "p"
-            assert {"events_p202611", "events_p202612", "events_p202703"} <= set(partitions(conn, "events"))
+            this_month = f"events_p{datetime.now(UTC):%Y%m}"  # and the next 3: made ahead
+            assert {"events_p202511", "events_p202611", "events_p202612", this_month} <= set(partitions(conn, "events"))
         write(engine, [ev("e1", datetime(2026, 12, 3, 11, 0, tzinfo=UTC))])  # stored before the migration
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM events WHERE event_id = 'e1'")).scalar_one() == 1

@@ -107,7 +107,8 @@ def test_the_export_holds_each_kind_of_data_under_its_table_and_nothing_of_the_o
         expected_tables = set(conn.execute(text(
             "SELECT table_name FROM information_schema.columns WHERE table_schema = current_schema() "
             "AND column_name = 'user_key' AND table_name IN (SELECT table_name FROM information_schema.tables "
-            "WHERE table_type = 'BASE TABLE')")).scalars())
+            "WHERE table_type = 'BASE TABLE') "
+            "AND table_name NOT IN (SELECT relname FROM pg_class WHERE relispartition)")).scalars())  # events' (0027)
     assert expected_tables | {"campaign_attempts", "dead_letters"} == set(tables)
 
     assert [row["user_key"] for row in tables["user_profiles"]] == [ANN[0]]
