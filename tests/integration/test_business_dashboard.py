@@ -15,6 +15,7 @@ from spoor.campaigns.campaign_spec import parse_campaign
 from spoor.storage.attribution_tables import OrderAttribution
 from spoor.storage.segment_tables import Campaign, CampaignDelivery
 from tests.support import grafana_sql
+from tests.support.local_stack import REPO
 from tests.support.segments_data import put_events
 
 pytestmark = pytest.mark.integration
@@ -284,6 +285,37 @@ def campaign(engine):
     return {"purchases": purchases}
 
 
+def same(got: list, expected: list, rel: float) -> None:
+    """Equal within ``rel``, a missing value (None) missing in both."""
+    assert [g is None for g in got] == [e is None for e in expected], (got, expected)
+    assert [g for g in got if g is not None] == pytest.approx([e for e in expected if e is not None], rel=rel)
+
+
+def assert_equal_to_report(engine, name: str, shown: list[dict]) -> dict:
+    """The view's rows of one campaign (holdout first) against ``spoor campaigns report``'s experiment."""
+    report = campaign_dispatch.report(engine, name)["experiment"]
+    holdout, *variants = shown
+    assert holdout["arm"] == "holdout" and holdout["users"] == report["holdout"]["users"]
+    assert holdout["converted"] == report["holdout"]["converted"]
+    same([holdout["revenue_per_user"]], [report["holdout"]["revenue_per_user"]], 1e-12)
+    assert holdout["conversion_lift"] is None and holdout["cost"] is None and holdout["roi"] is None
+    for row, expected in zip(variants, report["variants"], strict=True):
+        conversion, revenue = expected["conversion"], expected["revenue_per_user_lift"]
+        assert row["arm"] == expected["name"]
+        assert (row["users"], row["messages_sent"], row["converted"]) == (
+            expected["users"], expected["messages_sent"], expected["converted"])
+        same([row["conversion_rate"], row["revenue_per_user"]],
+             [expected["conversion_rate"], expected["revenue_per_user"]], 1e-12)
+        same([row["conversion_lift"], row["conversion_lift_low"], row["conversion_lift_high"]],
+             [conversion["absolute_lift"], *(conversion["absolute_lift_ci"] or [None, None])], 1e-12)
+        same([row["revenue_per_user_lift"], row["revenue_per_user_lift_low"], row["revenue_per_user_lift_high"]],
+             [revenue["absolute_lift"], *(revenue["absolute_lift_ci"] or [None, None])], 1e-9)
+        assert float(row["cost"]) == pytest.approx(expected["cost"], abs=1e-4)
+        same([row["incremental_revenue"], row["roi"], row["roi_low"], row["roi_high"]],
+             [expected["incremental_revenue"], expected["roi"], *(expected["roi_ci"] or [None, None])], 1e-9)
+    return report
+
+
 def test_campaign_variants_equal_the_report(engine, campaign):
     columns, rows = run(engine, "Campaign variants against the holdout (95% intervals)")
     assert columns == ["campaign", "arm", "users", "messages_sent", "converted", "conversion_rate", "conversion_lift",
@@ -293,29 +325,42 @@ def test_campaign_variants_equal_the_report(engine, campaign):
     shown = [dict(zip(columns, r)) for r in rows]
     assert [(r["campaign"], r["arm"]) for r in shown] == [("dash_ab", "holdout"), ("dash_ab", "reminder"),
                                                            ("dash_ab", "discount")]  # old_one: before the range
-    holdout, *variants = shown
-    assert (holdout["users"], holdout["messages_sent"]) == (80, 0)
-    assert sum(v["users"] for v in variants) == 319  # 400 less 80 in the holdout, less one opted out
-    report = campaign_dispatch.report(engine, "dash_ab")["experiment"]
-    assert holdout["users"] == report["holdout"]["users"] and holdout["converted"] == report["holdout"]["converted"]
-    assert holdout["revenue_per_user"] == pytest.approx(report["holdout"]["revenue_per_user"], rel=1e-12)
-    assert holdout["conversion_lift"] is None and holdout["roi"] is None
-    for row, expected in zip(variants, report["variants"], strict=True):
-        conversion, revenue = expected["conversion"], expected["revenue_per_user_lift"]
-        assert row["arm"] == expected["name"]
-        assert (row["users"], row["messages_sent"], row["converted"]) == (
-            expected["users"], expected["messages_sent"], expected["converted"])
-        assert row["conversion_rate"] == pytest.approx(expected["conversion_rate"], rel=1e-12)
-        assert row["revenue_per_user"] == pytest.approx(expected["revenue_per_user"], rel=1e-12)
-        assert [row["conversion_lift"], row["conversion_lift_low"], row["conversion_lift_high"]] == pytest.approx(
-            [conversion["absolute_lift"], *conversion["absolute_lift_ci"]], rel=1e-12)
-        assert revenue["winsorised_to"][1] < 30_000  # the whale is clipped in both
-        assert [row["revenue_per_user_lift"], row["revenue_per_user_lift_low"], row["revenue_per_user_lift_high"]] \
-            == pytest.approx([revenue["absolute_lift"], *revenue["absolute_lift_ci"]], rel=1e-9)
-        assert float(row["cost"]) == pytest.approx(expected["cost"], abs=1e-4)
-        assert [row["incremental_revenue"], row["roi"], row["roi_low"], row["roi_high"]] == pytest.approx(
-            [expected["incremental_revenue"], expected["roi"], *expected["roi_ci"]], rel=1e-9)
+    assert (shown[0]["users"], shown[0]["messages_sent"]) == (80, 0)
+    assert sum(r["users"] for r in shown[1:]) == 319  # 400 less 80 in the holdout, less one opted out
+    report = assert_equal_to_report(engine, "dash_ab", shown)
+    for variant in report["variants"]:
+        assert variant["revenue_per_user_lift"]["winsorised_to"][1] < 30_000  # the whale is clipped
+        assert variant["roi"] is not None and variant["revenue_per_user_lift"]["absolute_lift_ci"] is not None
     assert report["variants"][1]["conversion"]["absolute_lift_ci"][0] > 0  # the seeded effect shows
+
+
+def test_a_campaign_without_variants_or_buyers(engine, campaign):
+    """old_one: the implicit variant ``default``, no cost, no purchase in its windows (no revenue interval)."""
+    with engine.connect() as conn:
+        result = conn.execute(text("SELECT * FROM campaign_variant_results WHERE campaign = 'old_one' "
+                                   "ORDER BY position"))
+        shown = [dict(r._mapping) for r in result]
+    assert [(r["arm"], r["users"], r["messages_sent"]) for r in shown] == [("holdout", 5, 0), ("default", 5, 5)]
+    assert shown[1]["revenue_per_user_lift"] is None and shown[1]["cost"] == 0 and shown[1]["roi"] is None
+    assert_equal_to_report(engine, "old_one", shown)
+
+
+def test_the_views_t_quantile_is_within_its_stated_error(engine):
+    """PostgreSQL has no Student's t: the view's Cornish-Fisher quantile against scipy's."""
+    import importlib.util
+
+    from scipy import stats
+    path = REPO / "storage/migrations/versions/0029_campaign_variant_results.py"
+    spec = importlib.util.spec_from_file_location("migration_0029", path)
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    dfs = [10, 12.5, 20, 37.2, 100, 1e4]
+    with engine.connect() as conn:
+        got = conn.execute(text(f"SELECT {migration.T_QUANTILE} FROM unnest(CAST(:dfs AS float8[])) AS df"),
+                           {"dfs": dfs}).scalars().all()
+    for df, quantile in zip(dfs, got, strict=True):
+        exact = stats.t.ppf(0.975, df)
+        assert abs(quantile / exact - 1) < (4e-6 if df < 20 else 1.2e-7), (df, quantile, exact)
 
 
 def test_every_postgres_panel_of_the_business_dashboard_is_checked():

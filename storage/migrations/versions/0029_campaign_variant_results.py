@@ -5,7 +5,8 @@ gives, per campaign and arm (``holdout`` and each variant), the report's per-use
 campaign's conversion window (intent to treat, the union of a user's episode windows, orders once per
 order id, net of their refunds) and each variant's lifts against the holdout with 95% intervals:
 conversion by the Wald interval (lift.py's, exactly), revenue per user by Welch's interval on values
-winsorised at the pooled 1st/99th percentiles of the variant and the holdout (as the report), and ROI.
+winsorised as the report does (experiment_stats.winsorise: at most the 99th percentile of the variant's and
+the holdout's amounts above 0, at least the 1st of those below 0; zeros set no bound), and ROI.
 
 PostgreSQL has no Student's t quantile: the view uses its Cornish-Fisher expansion in 1/df (terms to
 df^-4), within 4e-6 (relative) of the exact quantile for df >= 10, 1.2e-7 for df >= 20. The report's
@@ -74,13 +75,14 @@ WITH campaign AS (
            count(*) FILTER (WHERE o.converted) AS converted, coalesce(sum(o.revenue), 0) AS revenue
       FROM arms a LEFT JOIN outcomes o USING (campaign, arm)
      GROUP BY a.campaign, a.position, a.arm, a.cost_per_message, a.fixed_cost
-), pairs AS (  -- each variant's users with the holdout's: winsorised at their pooled percentiles
+), pairs AS (  -- each variant's users with the holdout's: winsorised at bounds from both
     SELECT a.campaign, a.arm AS variant, o.arm = 'holdout' AS holdout, o.revenue::float8 AS revenue
       FROM arms a JOIN outcomes o ON o.campaign = a.campaign AND o.arm IN (a.arm, 'holdout')
      WHERE a.arm <> 'holdout'
 ), bounds AS (
-    SELECT campaign, variant, percentile_cont(0.01) WITHIN GROUP (ORDER BY revenue) AS low,
-           percentile_cont(0.99) WITHIN GROUP (ORDER BY revenue) AS high
+    SELECT campaign, variant,
+           coalesce(percentile_cont(0.01) WITHIN GROUP (ORDER BY revenue) FILTER (WHERE revenue < 0), 0) AS low,
+           coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY revenue) FILTER (WHERE revenue > 0), 0) AS high
       FROM pairs GROUP BY campaign, variant
 ), moments AS (
     SELECT p.campaign, p.variant,
