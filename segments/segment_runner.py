@@ -18,8 +18,8 @@ from sqlalchemy import Engine
 from spoor.segments import attribution, membership, segment_metrics
 from spoor.segments.membership import SegmentStore, utcnow
 from spoor.settings import Settings
-from spoor.topics import create_producer, create_segment_topics
 from spoor.storage.retention import RetentionTurn
+from spoor.topics import create_producer, create_segment_topics
 from spoor.turn_loop import Heartbeat, paced_by, run_turns, stop_event
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,11 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
     heartbeat = Heartbeat()
     pace = paced_by(settings.segments_max_busy_share, stop, heartbeat)
     failures = SegmentFailures()
-
     retention = RetentionTurn(engine, settings, pace)  # every retention_interval_s (storage/retention.py)
+
     def turn() -> None:
-        if time.monotonic() - last_full[0] >= settings.segments_full_recompute_s:
         retention()
+        if time.monotonic() - last_full[0] >= settings.segments_full_recompute_s:
             started = time.monotonic()
             failed: dict[str, str] = {}
             changes = membership.full_recompute(engine, utcnow(), pace=pace, failed=failed)
