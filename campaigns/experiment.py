@@ -12,7 +12,8 @@ event), net of their refunds (at any time, matched by order id).
 ``analyse`` (pure) turns per-user outcomes into the report (statistics: experiment_stats.py):
 - conversion: ``lift.lift`` (Wald and Katz intervals, as the campaign report always had) with the
   Wald z-test's p-value;
-- revenue per user: Welch's t on values winsorised at the pooled 1st/99th percentiles. Revenue per user
+- revenue per user: Welch's t on values winsorised at the 99th percentile of the pooled orders (and the
+  1st of the net refunds; zeros, users who bought nothing, do not set the bounds). Revenue per user
   is mostly zeros with a long tail of large orders: one order can swing a mean; winsorising keeps the
   mean (which ROI needs, unlike a median) while bounding any one user's weight; Welch allows the arms
   their own variance. It is deterministic and linear in users (a bootstrap is neither);

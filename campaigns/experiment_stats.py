@@ -3,7 +3,8 @@ runtime needs no scipy); tests/unit/test_experiment_stats.py holds every functio
 
 - conversion: ``lift.lift`` (Wald interval of the difference, Katz interval of the ratio) and the
   matching unpooled Wald z-test;
-- revenue per user: Welch's t on winsorised values (``winsorise``: pooled 1st and 99th percentiles);
+- revenue per user: Welch's t on winsorised values (``winsorise``: the 99th percentile of the pooled
+  amounts above 0, the 1st of those below 0);
 - power: the minimum detectable effect at 80% power of a two-sided 5% test;
 - several variants against one holdout: Holm's step-down adjustment of their p-values.
 """
@@ -110,10 +111,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def winsorise(*groups: list[float], percentiles: tuple[float, float] = WINSOR_PERCENTILES):
-    """Each group's values clipped to the pooled groups' percentiles: one whale order (or refund) moves a
-    mean of skewed money by a lot; clipping both arms at the same bounds keeps them comparable."""
+    """Each group's values clipped to bounds from the groups pooled: at most the ``percentiles[1]``-th
+    percentile of the amounts above 0, at least the ``percentiles[0]``-th of those below 0 (net refunds).
+    One whale order (or refund) moves a mean of skewed money by a lot; clipping both arms at the same
+    bounds keeps them comparable. The zeros (users who bought nothing) are left out of the percentiles:
+    where fewer than 1% buy, the pooled 99th percentile would be 0 and clip every order away."""
     pooled = [v for group in groups for v in group]
-    low, high = percentile(pooled, percentiles[0]), percentile(pooled, percentiles[1])
+    above, below = [v for v in pooled if v > 0], [v for v in pooled if v < 0]
+    low = percentile(below, percentiles[0]) if below else 0.0
+    high = percentile(above, percentiles[1]) if above else 0.0
     return [[min(max(v, low), high) for v in group] for group in groups], (low, high)
 
 

@@ -174,7 +174,8 @@ def test_report_per_variant_matches_pandas_scipy_and_statsmodels(engine, campaig
         assert conversion["p_value"] == pytest.approx(sm_proportion.test_proportions_2indep(
             mine.converted.sum(), len(mine), hold.converted.sum(), len(hold), method="wald").pvalue)
         pooled = np.concatenate([mine.revenue, hold.revenue])
-        low, high = np.percentile(pooled, 1), np.percentile(pooled, 99)
+        low = np.percentile(pooled[pooled < 0], 1) if (pooled < 0).any() else 0.0
+        high = np.percentile(pooled[pooled > 0], 99)
         t, h = np.clip(mine.revenue, low, high), np.clip(hold.revenue, low, high)
         revenue = variant["revenue_per_user_lift"]
         assert revenue["winsorised_to"] == pytest.approx([low, high])

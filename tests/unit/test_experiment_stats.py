@@ -71,7 +71,8 @@ def test_winsorised_welch_matches_numpy_scipy_and_statsmodels(seed):
     treated, holdout = skewed_revenue(rng, 3_000, 0.08, 60), skewed_revenue(rng, 700, 0.06, 55)
     (t, h), (low, high) = st.winsorise(treated, holdout)
     pooled = np.array(treated + holdout)
-    assert (low, high) == pytest.approx((np.percentile(pooled, 1), np.percentile(pooled, 99)), rel=1e-12)
+    assert (low, high) == pytest.approx((np.percentile(pooled[pooled < 0], 1), np.percentile(pooled[pooled > 0], 99)),
+                                        rel=1e-12)
     assert t == pytest.approx(list(np.clip(treated, low, high)))
     assert h == pytest.approx(list(np.clip(holdout, low, high)))
     assert max(treated) > high  # the tail was cut
@@ -200,3 +201,12 @@ def test_analyse_warns_when_underpowered_and_without_holdout_or_cost():
     none = analyse(spec, {"default": outcomes(rng, 500, 0.1, 40)})
     assert any("no holdout" in w for w in none["warnings"])
     assert none["variants"][0]["conversion"]["verdict"] == "insufficient_data"
+
+
+def test_winsorising_keeps_the_orders_of_a_rare_conversion():
+    """0.5% of users buy: the pooled 99th percentile is 0, the bound is taken over the orders instead."""
+    treated = [0.0] * 1990 + [40.0, 55.0, 60.0, 70.0, 80.0, 90.0, 95.0, 100.0, 120.0, 5_000.0]
+    holdout = [0.0] * 996 + [50.0, 60.0, 80.0, 90.0]
+    (t, h), (low, high) = st.winsorise(treated, holdout)
+    assert low == 0.0 and high == pytest.approx(np.percentile([v for v in treated + holdout if v > 0], 99))
+    assert 120 < high < 5_000 and sum(t) == pytest.approx(sum(treated) - 5_000 + high) and h == holdout
