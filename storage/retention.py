@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from spoor.settings import Settings
 
@@ -189,9 +189,10 @@ def run_retention(engine: Engine, settings: Settings, now: datetime | None = Non
                     else:
                         _run_batched(engine, store, now, report, pace)
                     observe(engine, store, now)
-                except OperationalError as err:  # a lock timeout, a lost connection: the next run tries again
+                except (SQLAlchemyError, RetentionError) as err:  # a lock timeout, a lost connection: next run
                     FAILURES.labels(store.name).inc()
-                    report.error = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+                    cause = getattr(err, "orig", None) or err
+                    report.error = (str(cause).strip().splitlines() or [type(err).__name__])[0]
                     log.warning("retention of %s not finished, retried next run: %s", store.name, report.error)
                 reports.append(report)
             if not any(r.error for r in reports):
@@ -374,16 +375,25 @@ def observe(engine: Engine, store: Store, now: datetime) -> dict:
 
 class RetentionTurn:
     """The job inside a runner's turn: runs when ``retention_interval_s`` has passed since the last run that
-    completed (at the first turn too, so a restarted stack makes its partitions before anything else)."""
+    completed (at the first turn too, so a restarted stack makes its partitions before anything else). A run
+    that could not finish is tried again ``RETRY_S`` later; it never fails the runner's turn, whose own work
+    goes on."""
+
+    RETRY_S = 60.0
 
     def __init__(self, engine: Engine, settings: Settings, pace: Pace = _no_pace):
         self.engine, self.settings, self.pace = engine, settings, pace
-        self.last = float("-inf")
+        self.due = float("-inf")
 
     def __call__(self) -> list[StoreReport] | None:
-        if time.monotonic() - self.last < self.settings.retention_interval_s:
+        if time.monotonic() < self.due:
             return None
-        reports = run_retention(self.engine, self.settings, pace=self.pace)
-        if reports is not None and not any(r.error for r in reports):
-            self.last = time.monotonic()
+        try:
+            reports = run_retention(self.engine, self.settings, pace=self.pace)
+        except SQLAlchemyError as err:  # PostgreSQL unreachable: the turn's own work will say so too
+            FAILURES.labels("all").inc()
+            log.warning("retention run failed, retried in %.0f s: %s", self.RETRY_S, err)
+            reports = None
+        done = reports is not None and not any(r.error for r in reports)
+        self.due = time.monotonic() + (self.settings.retention_interval_s if done else self.RETRY_S)
         return reports

@@ -256,6 +256,15 @@ def test_two_runs_never_overlap(database):
     assert result == [None]
 
 
+def test_the_runners_turn_runs_the_job_once_per_interval(database):
+    engine, settings = database
+    turn = retention.RetentionTurn(engine, settings)
+    first = turn()
+    assert [r.store for r in first] == ["events", "dead_letters", "sessions", "campaign_deliveries"]
+    assert all(r.error is None for r in first)
+    assert turn() is None  # SPOOR_RETENTION_INTERVAL_S (an hour) has not passed
+
+
 def test_partitions_are_not_user_tables_of_their_own(database):
     engine, _settings = database
     with engine.connect() as conn:

@@ -118,3 +118,19 @@ def test_settings_within_bounds_are_taken(monkeypatch):
     monkeypatch.setenv("SPOOR_RETENTION_EVENTS_DAYS", "36500")
     settings = Settings()
     assert settings.retention_dead_letters_days == 1 and settings.retention_events_days == 36500
+
+
+def test_a_run_that_cannot_reach_postgresql_never_fails_the_runners_turn():
+    from prometheus_client import REGISTRY
+    from sqlalchemy import create_engine
+
+    from spoor.storage.retention import RetentionTurn
+
+    engine = create_engine("postgresql+psycopg2://spoor:spoor@127.0.0.1:1/nowhere", connect_args={"connect_timeout": 2})
+    turn = RetentionTurn(engine, Settings())
+    before = REGISTRY.get_sample_value("spoor_retention_failures_total", {"store": "all"}) or 0
+    assert turn() is None  # no exception: the segments' own work goes on
+    assert REGISTRY.get_sample_value("spoor_retention_failures_total", {"store": "all"}) == before + 1
+    assert turn() is None  # not due again before RETRY_S: nothing tried
+    assert REGISTRY.get_sample_value("spoor_retention_failures_total", {"store": "all"}) == before + 1
+    engine.dispose()
