@@ -117,6 +117,8 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow, api_keys: ApiKe
     segment_store, campaign_store = SegmentStore(engine), CampaignStore(engine)
     open_paths = {"/healthz", app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
     api_keys = api_keys or ApiKeyCache(engine)
+    served = ServedLists(engine, api_keys=api_keys)  # recommendations in memory (see the routes below)
+    app.add_middleware(RecommendationFastPath, served=served)  # inside AdminGuard: after the credential check
     app.add_middleware(AdminGuard, token=settings.admin_token, max_body_bytes=settings.admin_max_body_bytes,
                        open_paths=frozenset(p for p in open_paths if p), api_keys=api_keys)
 
@@ -277,11 +279,11 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow, api_keys: ApiKe
     app.include_router(campaign_experiment_router(engine), dependencies=auth)  # GET /campaigns/{name}/experiment
     app.include_router(attribution_router(engine, clock), dependencies=auth)  # GET /v1/attribution
     # Recommendations (docs/recommendations.md#serving): the admin token or a key of scope "recommendations".
-    # Async routes answered from ServedLists' memory, JSON already made (the response models document it):
-    # no database, no thread; only k over STORED_K (or before the first load) is worked out, in a thread.
+    # Answered from ServedLists' memory, JSON already made (the response models document it): no database,
+    # no thread; only k over STORED_K (or before the first load) is worked out, in a thread. What the
+    # memory answers, RecommendationFastPath sends before FastAPI's routing; these routes answer the same.
     reader = [Depends(recommendation_reader)]
     service = RecommendationService(engine)
-    served = ServedLists(engine, api_keys=api_keys)
     app.router.add_event_handler("startup", served.start)
     app.router.add_event_handler("shutdown", served.stop)
     app.state.served_lists = served
@@ -373,6 +375,43 @@ class AdminGuard:
         if not self.api_keys.fresh():
             await run_in_threadpool(self.api_keys.refresh)
         return self.api_keys.lookup(credentials.decode("latin-1"))
+
+
+class RecommendationFastPath:
+    """ASGI middleware inside AdminGuard: a GET of a recommendation route that ``ServedLists`` answers from
+    memory (the path's id within the route's bounds, and no query or ``k=1..STORED_K``) is sent from here,
+    without FastAPI's routing, validation and dependencies (most of a request's CPU once the answer is in
+    memory). Anything else goes on to the routes, which answer the same and document both in the OpenAPI."""
+
+    PATH = re.compile(r"/v1/recommendations/(users|products)/([^/]+)")
+
+    def __init__(self, app, served: ServedLists):
+        self.app = app
+        self.served = served
+
+    async def __call__(self, scope, receive, send):
+        body = self._answer(scope) if scope["type"] == "http" and scope["method"] == "GET" else None
+        if body is None:
+            return await self.app(scope, receive, send)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _answer(self, scope) -> bytes | None:
+        match = self.PATH.fullmatch(scope["path"])
+        if match is None:
+            return None
+        query = scope["query_string"]
+        if not query:
+            k = 10
+        elif query.startswith(b"k=") and query[2:].isdigit() and len(query) <= 5:
+            k = int(query[2:])
+        else:
+            return None  # the route parses and checks it
+        route, key = match.groups()
+        if k < 1 or len(key) > 256 or "\x00" in key:
+            return None  # the route's 422
+        return self.served.user(key, k) if route == "users" else self.served.product(key, k)
 
 
 def _allowed(scope_name: str, method: str, path: str) -> bool:

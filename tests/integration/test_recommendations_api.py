@@ -98,6 +98,21 @@ def test_both_routes_with_the_admin_token_and_a_reader_key(client, reader, engin
     assert len(default["items"]) == 5  # k=10, but only five products exist
 
 
+def test_the_fast_path_answers_what_the_routes_answer_after_the_same_checks(client, reader):
+    """What the memory answers is sent by RecommendationFastPath before FastAPI's routing: byte for byte the
+    routes' answer (a query it does not take, like ``&x=1``, goes to the route), behind the same guard."""
+    for path in ("/v1/recommendations/users/ann", "/v1/recommendations/users/never-seen",
+                 "/v1/recommendations/users/%F0%9F%92%A9", "/v1/recommendations/products/P1",
+                 "/v1/recommendations/products/NOPE"):
+        for query in ("", "?k=1", "?k=3", f"?k={STORED_K}"):
+            fast = client.get(path + query, headers=admin(reader))
+            route = client.get(path + (query + "&x=1" if query else "?x=1"), headers=admin(reader))
+            assert fast.status_code == route.status_code == 200
+            assert fast.content == route.content and fast.headers["content-type"] == route.headers["content-type"]
+        for headers in ({}, admin("wrong-token"), {"Authorization": reader}):
+            assert client.get(path, headers=headers).status_code == 401
+
+
 def test_openapi_documents_the_routes_with_examples(client):
     spec = client.get("/openapi.json").json()
     for path, model in (("/v1/recommendations/users/{user_key}", "UserRecommendations"),
