@@ -238,7 +238,8 @@ OLD = {"name": "old_one", "audience": {"trigger": "cart_abandonment"}, "action":
 
 def delivery(campaign: str, user: str, episode: str, at: datetime, status: str, variant: str | None) -> dict:
     return {"campaign": campaign, "user_key": user, "episode": episode,
-            "idempotency_key": f"{campaign}:{user}:{episode}", "triggered_at": at, "due_at": at, "next_attempt_at": at, "status": status, "variant": variant,
+            "idempotency_key": f"{campaign}:{user}:{episode}", "triggered_at": at, "due_at": at,
+            "next_attempt_at": at, "status": status, "variant": variant,
             "attempts": 1 if status == "sent" else 0, "sent_at": at if status == "sent" else None}
 
 
