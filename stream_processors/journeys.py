@@ -167,50 +167,53 @@ class Journey:
 
     def summary(self) -> dict:
         """The session's steps as parallel lists (the ``session_journeys`` columns), in time order."""
-        steps = [r for r in self.records if r[TYPE] != ENGAGED]
+        steps: list = []
         visible: dict[int, int] = {}  # step index -> largest visible ms reported
-        index_of = {id(r): n for n, r in enumerate(steps)}
-        last_step = None
-        for n, record in enumerate(self.records):
+        for record in self.records:
             if record[TYPE] != ENGAGED:
-                last_step = n
+                steps.append(record)
                 continue
-            target = _engaged_step(self.records, n, last_step)
+            target = _engaged_step(steps, record[URL])
             if target is not None:
-                step = index_of[id(self.records[target])]
-                visible[step] = max(visible.get(step, 0), record[VISIBLE])
-        dwell, source, added_after = [], [], []
-        adds_later = 0
-        for n in range(len(steps) - 1, -1, -1):  # from the end: whether a cart add follows
-            added_after.append(adds_later > 0 if steps[n][TYPE] == "search" else None)
-            adds_later += steps[n][ADDED]
-        added_after.reverse()
+                visible[target] = max(visible.get(target, 0), record[VISIBLE])
+        dwell, source = [], []
+        last = len(steps) - 1
         for n, step in enumerate(steps):
             if n in visible:
                 dwell.append(min(visible[n] / 1000, DWELL_CAP_S))
                 source.append("visible")
-            elif n + 1 < len(steps):
+            elif n < last:
                 dwell.append(min(round(steps[n + 1][AT] - step[AT], 3), DWELL_CAP_S))
                 source.append("next")
             else:
                 dwell.append(None)
                 source.append(None)
+        times, types, products, _urls, _visible, terms, results, _added = zip(*steps) if steps else ((),) * 8
         return {"page_depth": len(steps) + self.beyond, "steps_beyond": self.beyond,
-                "step_times": [s[AT] for s in steps], "page_type": [s[TYPE] for s in steps],
-                "product_id": [s[PRODUCT] for s in steps], "dwell_s": dwell, "dwell_source": source,
-                "search_term": [s[TERM] for s in steps], "result_count": [s[RESULTS] for s in steps],
-                "cart_add_after": added_after}
+                "step_times": list(times), "page_type": list(types), "product_id": list(products), "dwell_s": dwell,
+                "dwell_source": source, "search_term": list(terms), "result_count": list(results),
+                "cart_add_after": _cart_add_after(steps) if "search" in types else [None] * len(steps)}
 
 
-def _engaged_step(records: list, n: int, last_step: int | None) -> int | None:
-    """The index of the step an engagement record (at ``n``) reports on."""
-    url = records[n][URL]
+def _engaged_step(steps: list, url: int | None) -> int | None:
+    """The index of the step an engagement reports on, among the steps before it."""
     if url is None:
-        return last_step
-    for m in range(n - 1, -1, -1):
-        if records[m][TYPE] != ENGAGED and records[m][URL] == url:
+        return len(steps) - 1 if steps else None
+    for m in range(len(steps) - 1, -1, -1):
+        if steps[m][URL] == url:
             return m
     return None
+
+
+def _cart_add_after(steps: list) -> list:
+    """Per step: for a search, whether a cart add follows it in the session; else None."""
+    flags: list = [None] * len(steps)
+    adds_later = 0
+    for n in range(len(steps) - 1, -1, -1):
+        if steps[n][TYPE] == "search":
+            flags[n] = adds_later > 0
+        adds_later += steps[n][ADDED]
+    return flags
 
 
 def _combine(kept: list, record: list) -> None:
