@@ -10,9 +10,11 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from kafka import KafkaConsumer
 from scipy import stats
 from sqlalchemy import select
 from statsmodels.stats import proportion as sm_proportion
@@ -26,6 +28,7 @@ from spoor.cli.admin_api import create_api
 from spoor.privacy.consent import set_consent
 from spoor.settings import environment
 from spoor.storage.segment_tables import CampaignDelivery
+from spoor.topics import create_producer, create_segment_topics
 from tests.support.campaign_settings import campaign_settings
 from tests.support.local_stack import REPO
 from tests.support.segments_data import put_events, put_trigger
@@ -213,3 +216,32 @@ def test_the_report_over_http_and_the_cli(engine, settings, campaign):
     assert any(line.strip().startswith("reminder") for line in lines)
     assert any(line.strip().startswith("discount") for line in lines)
     assert sum("ROI" in line for line in lines) == 3  # two variants and the campaign overall
+
+
+def test_kafka_records_name_the_variant_and_carry_its_message(engine, settings):
+    topic = f"{settings.segments_topic}.ab"
+    create_segment_topics(settings.model_copy(update={"segments_topic": topic}))
+    store = CampaignStore(engine)
+    spec = parse_campaign({"name": "kafka_ab", "audience": {"trigger": "browse_abandonment"},
+                           "action": {"kafka_topic": topic}, "message": {"template": "a"},
+                           "variants": [{"name": "a"}, {"name": "b", "message": {"template": "b"}}]})
+    store.save(spec)
+    store.launch(spec.name, T0)
+    users = [f"kafka-ab-{i}" for i in range(30)]
+    for user in users:
+        put_trigger(engine, "browse_abandonment", user, "1", T0 + timedelta(minutes=1))
+    producer = create_producer(settings, "test-campaign-experiments")
+    try:
+        assert enqueue(engine, T0 + timedelta(minutes=2)) == len(users)
+        assert dispatch_due(engine, Sender(settings, producer), T0 + timedelta(minutes=2)) == {"sent": len(users)}
+    finally:
+        producer.close()
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    records = [orjson.loads(r.value) for r in consumer]
+    consumer.close()
+    assert sorted(r["user_key"] for r in records) == sorted(users)
+    for record in records:
+        variant = variant_for("kafka_ab", record["user_key"], spec.arms())
+        assert (record["variant"], record["message"]) == (variant, {"template": variant})
+    assert {r["variant"] for r in records} == {"a", "b"}

@@ -188,5 +188,6 @@ def test_segment_entry_campaign_to_a_kafka_topic(engine, settings, producer):
     assert sorted(r.key.decode() for r in records) == ["rich-1", "rich-2"]
     assert all(dict(r.headers)["idempotency-key"] for r in records)
     assert {orjson.loads(r.value)["details"]["segment"] for r in records} == {"big_spenders"}
+    assert {orjson.loads(r.value)["variant"] for r in records} == {"default"}  # the record names the variant
     store.pause("vip_welcome")
     assert [c for c in store.active() if c[0].name == "vip_welcome"] == []
