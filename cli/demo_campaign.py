@@ -38,6 +38,7 @@ DISCOUNT = 0.10
 COST_PER_MESSAGE = 0.05  # an e-mail through the shop's provider
 FIXED_COST = 1500.0  # the agency that wrote the two messages
 MAX_BODY_BYTES = 1 << 20
+FIRST_VARIANT = "reminder"
 
 
 class SignedReceiver:
@@ -81,7 +82,7 @@ def definition(name: str, url: str) -> dict:
             "audience": {"trigger": "cart_abandonment"}, "action": {"webhook": url},
             "holdout_percent": HOLDOUT_PERCENT, "frequency_cap": {"max": 1, "per": "7d"}, "conversion_window_days": 7,
             "message": {"template": "cart-reminder"}, "cost_per_message": COST_PER_MESSAGE, "fixed_cost": FIXED_COST,
-            "variants": [{"name": "reminder", "weight": 1}, {"name": "discount", "weight": 1, "message": {
+            "variants": [{"name": FIRST_VARIANT, "weight": 1}, {"name": "discount", "weight": 1, "message": {
                 "template": "cart-10-off", "discount": DISCOUNT}}]}
 
 
@@ -147,7 +148,7 @@ def returning_shoppers(engine: Engine, campaign: DemoCampaign, seed: int) -> tup
     """The orders of the shoppers who come back (simulated at ``RETURN_RATE``), stamped now, and how many
     came back per arm they were assigned to (a variant, or the holdout)."""
     with campaign.receiver.lock:
-        received = {call["user_key"]: call["variant"] for call in campaign.receiver.calls}
+        received = {call["user_key"]: call.get("variant", FIRST_VARIANT) for call in campaign.receiver.calls}
     with engine.connect() as conn:
         episodes = conn.execute(EPISODES.where(CampaignDelivery.campaign == campaign.name,
                                                CampaignDelivery.status != "opted_out")).all()
@@ -158,7 +159,8 @@ def returning_shoppers(engine: Engine, campaign: DemoCampaign, seed: int) -> tup
         variant = received.get(user_key, "holdout")  # no message received: the holdout's behaviour
         if rng.random() >= RETURN_RATE[variant]:
             continue
-        arm = "holdout" if status == "holdout" else assigned
+        # rows a runner older than variants enqueued have none: the report counts them in the first
+        arm = "holdout" if status == "holdout" else assigned or FIRST_VARIANT
         returned[arm] = returned.get(arm, 0) + 1
         factor = 1 - DISCOUNT if variant == "discount" else 1
         lines = [{"product_id": item["product_id"], "quantity": item["quantity"],
