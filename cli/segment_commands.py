@@ -73,6 +73,8 @@ def add_commands(commands) -> None:
                                            "Faust tables")
     erase.add_argument("user_key")
     erase.add_argument("--actor", default="cli")
+    users.add_parser("erased", help="the erasures that named an id, from privacy_audit_log (by the HMAC of the id "
+                                    "under SPOOR_AUDIT_HMAC_KEY)").add_argument("user_key")
     export = users.add_parser("export", help="everything held about the person an id belongs to, as one JSON "
                                              "document (right of access; cli/main.py runs it)")
     export.add_argument("user_key", help="any of the person's ids")
@@ -229,6 +231,10 @@ def _users(settings: Settings, engine, args) -> None:
     elif args.action == "erase":
         from spoor.privacy.erasure import erase_user
         _print(erase_user(settings, engine, args.user_key, actor=args.actor))
+    elif args.action == "erased":
+        from spoor.privacy.erasure import erased_entries
+        _print(erased_entries(settings, engine, args.user_key))
+
 
 # --- attribution (docs/attribution.md) ---
 

@@ -3,6 +3,8 @@ audit's secret, dead letters that name a person anywhere, the recipients a campa
 rows of before migration 0026, and the topic configs that make retention the erasure deadline."""
 
 import hashlib
+import subprocess
+import sys
 import uuid
 
 import orjson
@@ -15,6 +17,7 @@ from spoor.cli.admin_api import create_api
 from spoor.privacy.erasure import AuditKeyMissing, audit_hash, erase_user, erased_entries
 from spoor.storage.migrate import upgrade
 from spoor.topics import changelog_erasure_configs, create_segment_topics, create_topics, personal_retention
+from tests.support.local_stack import REPO, SpoorProcess
 from tests.support.scratch_db import ScratchDatabase
 
 pytestmark = pytest.mark.integration
@@ -101,6 +104,12 @@ def test_dead_letters_naming_an_id_anywhere_go_and_the_audit_keeps_only_keyed_ha
     assert [e["action"] for e in erased_entries(test_settings, engine, user)] == ["erase_rows"]
     assert [e["action"] for e in erased_entries(test_settings, engine, anon)] == ["erase_rows", "erase_state"]
     assert report["kafka_erased_by"] == orjson.loads(audit[1].details)["kafka_erased_by"]
+    # The same answer from the command line; an id never erased has none.
+    for key, actions in ((user, ["erase_rows"]), (anon, ["erase_rows", "erase_state"]), ("never-erased", [])):
+        done = subprocess.run([sys.executable, "-m", "spoor.cli", "users", "erased", key], cwd=REPO, text=True,
+                              capture_output=True, env=SpoorProcess("cli", test_settings, REPO).env(), timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert [entry["action"] for entry in orjson.loads(done.stdout)] == actions
 
 
 def test_the_campaigns_that_sent_to_the_person_are_reported_as_recipients(test_settings, engine):
