@@ -6,7 +6,7 @@ runner, served by the admin API from memory.
   events, merges, consent), and of the products whose popularity changed, then of users and products
   without a list and of lists older than ``STORED_LIST_MAX_AGE_S``, oldest first. The work is bounded and
   paced (``ListPace``): ``LIST_SECONDS_PER_PASS`` for the changed ones (what is left waits for the next
-  pass, first in line), ``DUE_LISTS_SECONDS_PER_PASS`` for the others, resting as long as it worked, so the
+  pass, after that pass's own changes), ``DUE_LISTS_SECONDS_PER_PASS`` for the others, resting as long as it worked, so the
   runner never takes more than half a core from the API and the worker beside it. A list is stored only if
   the user's interests are still those it was made from (an erasure or a new event in between: no row).
 - **Served from memory** (``ServedLists``): each admin API process holds every list as JSON already made
@@ -222,8 +222,8 @@ class ListPace:
         return made
 
 
-# Changed keys a pass had no time for, first in line at the next pass (of this process: after a restart,
-# their lists are remade when old).
+# Changed keys a pass had no time for, made at the next pass after its own changes (of this process:
+# after a restart, their lists are remade when old).
 BACKLOG: dict[str, list[str]] = {"users": [], "products": []}
 
 
@@ -263,7 +263,8 @@ class RecommendationService:
         return Made(made_users, made_products)
 
     def _make(self, conn: Connection, kind: str, changed: list[str], due_queries, pace: ListPace, store) -> int:
-        queue = list(dict.fromkeys(BACKLOG[kind] + changed))
+        # Newest changes first: they are what shoppers on the site now did; the backlog's lists are stale already.
+        queue = list(dict.fromkeys(changed + BACKLOG[kind]))
         BACKLOG[kind] = []
         made = 0
         budget_end = pace.worked + LIST_SECONDS_PER_PASS

@@ -281,7 +281,7 @@ def test_make_lists_caps_a_pass_carries_what_is_left_and_fills_in_missing_lists(
     given = [u for u in users if u not in first][:5]
     assert make_lists(engine, given).users == 3 and listed() == first | set(given[:3])  # the first three given
     assert BACKLOG["users"] == given[3:]
-    assert make_lists(engine, []).users == 3 and set(given) <= listed()  # the two left first, then one missing
+    assert make_lists(engine, []).users == 3 and set(given) <= listed()  # the two left, then one missing
     while len(listed()) < len(users):
         before = listed()
         assert make_lists(engine, []).users == min(3, len(users) - len(before))
@@ -292,9 +292,10 @@ def test_make_lists_caps_a_pass_carries_what_is_left_and_fills_in_missing_lists(
     age(engine, "user_recommendations", "user_key", "g-s1")
     old = stored(engine, "g-s1").computed_at
     assert make_lists(engine, []).users == 1 and stored(engine, "g-s1").computed_at > old
-    # Out of time for what changed: one list, the others wait for the next pass, first in line.
+    # Out of time for what changed: one list, the others wait for the next pass, after its own changes.
     monkeypatch.setattr(recommendation_reads, "LIST_SECONDS_PER_PASS", 0.0)
     assert make_lists(engine, users[:3]).users == 1 and BACKLOG["users"] == users[1:3]
+    assert make_lists(engine, users[5:6]).users == 1 and BACKLOG["users"] == users[1:3]  # users[5] first
 
 
 def test_the_first_k_items_are_cut_from_the_served_bytes_whatever_the_ids_hold():
