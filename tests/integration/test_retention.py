@@ -3,6 +3,10 @@ past retention dropped with their rows and nothing else touched, events still de
 boundaries, rows outside every partition handled, a busy table left for the next run, and the migration
 converting tables that hold rows."""
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -247,12 +251,12 @@ def test_a_busy_table_is_left_for_the_next_run(database):
 def test_two_runs_never_overlap(database):
     engine, settings = database
     with engine.connect() as holder:
-        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": 0x5370_6F72_5265_74})
+        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": retention.RUN_LOCK})
         result = []
         thread = threading.Thread(target=lambda: result.append(run_retention(engine, settings, now=NOW)))
         thread.start()
         thread.join(30)
-        holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": 0x5370_6F72_5265_74})
+        holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": retention.RUN_LOCK})
     assert result == [None]
 
 
@@ -263,6 +267,28 @@ def test_the_runners_turn_runs_the_job_once_per_interval(database):
     assert [r.store for r in first] == ["events", "dead_letters", "sessions", "campaign_deliveries"]
     assert all(r.error is None for r in first)
     assert turn() is None  # SPOOR_RETENTION_INTERVAL_S (an hour) has not passed
+
+
+def test_the_cli_runs_the_job_and_shows_each_store(database):
+    engine, settings = database
+    env = {**os.environ, "SPOOR_DATABASE_URL": settings.database_url}
+
+    def spoor(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "spoor.cli", "retention", *args], env={**env, **extra},
+                              capture_output=True, text=True, timeout=120)
+
+    ran = spoor("run")
+    assert ran.returncode == 0, ran.stderr
+    assert [r["store"] for r in json.loads(ran.stdout)] == ["events", "dead_letters", "sessions", "campaign_deliveries"]
+    status = {s["store"]: s for s in json.loads(spoor("status").stdout)}
+    assert status["events"]["partitions"] >= 5 and status["events"]["retention_days"] == 395
+    assert status["dead_letters"]["unit"] == "day" and status["campaign_deliveries"]["retention_days"] == 730
+    refused = spoor("run", SPOOR_RETENTION_DEAD_LETTERS_DAYS="-1")
+    assert refused.returncode != 0 and "retention_dead_letters_days" in refused.stderr
+    with engine.connect() as conn, conn.begin():  # another run holds the lock: this one does nothing
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": retention.RUN_LOCK})
+        busy = spoor("run")
+    assert busy.returncode == 1 and "another run" in busy.stderr
 
 
 def test_partitions_are_not_user_tables_of_their_own(database):
