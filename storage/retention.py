@@ -348,7 +348,8 @@ def observe(engine: Engine, store: Store, now: datetime) -> dict:
     """The store's size, partitions and oldest data, set on the gauges and returned."""
     with engine.connect() as conn:
         size, rows = conn.execute(text(
-            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0), coalesce(sum(greatest(c.reltuples, 0)), 0) "
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0), "
+            "coalesce(sum(greatest(c.reltuples, 0)) FILTER (WHERE c.relkind <> 'p'), 0) "  # a parent counts them all
             "FROM pg_class c WHERE c.oid = CAST(:t AS regclass) OR c.oid IN "
             "(SELECT inhrelid FROM pg_inherits WHERE inhparent = CAST(:t AS regclass))"),
             {"t": store.name}).one()

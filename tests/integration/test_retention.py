@@ -133,6 +133,11 @@ def test_expired_partitions_are_dropped_with_their_rows_and_nothing_else(databas
     assert metric("spoor_retention_oldest_age_seconds", store="events") == (
         NOW - datetime(2026, 10, 1, tzinfo=UTC)).total_seconds()  # edge-1's partition, made for it
     assert metric("spoor_retention_last_run_timestamp_seconds") > 0
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE events"))
+        conn.commit()
+    events_store = next(s for s in retention.stores(settings) if s.name == "events")
+    assert retention.observe(engine, events_store, NOW)["rows_estimate"] == 2  # partitions counted once
 
 
 def test_a_redelivered_event_is_still_deduplicated_across_a_partition_boundary(database):
