@@ -2,8 +2,9 @@
 runner, served by the admin API from memory.
 
 - **Made ahead** (``RecommendationService.make_lists``, migrations 0021 and 0028): each pass of the
-  segments runner makes the lists (``STORED_K`` long) of the users changed since its last pass (their
-  events, merges, consent), and of the products whose popularity changed, then of users and products
+  segments runner makes the lists (``STORED_K`` long) of the users changed since its last pass whose
+  interests changed since their list was made (``LISTS_BEHIND``: events, merges) or whose consent
+  changed, and of the products whose popularity changed, then of users and products
   without a list and of lists older than ``STORED_LIST_MAX_AGE_S``, oldest first. The work is bounded and
   paced (``ListPace``): ``LIST_SECONDS_PER_PASS`` for the changed ones (what is left waits for the next
   pass, after that pass's own changes), ``DUE_LISTS_SECONDS_PER_PASS`` for the others, resting as long as it worked, so the
@@ -74,6 +75,18 @@ PRODUCTS_MISSING = text("""
 PRODUCTS_OLD = text("""
     SELECT product_id FROM product_recommendations WHERE computed_at < now() - make_interval(secs => :max_age_s)
      ORDER BY computed_at LIMIT :n
+""")
+# Of the users the pass was given, those whose list is missing or was made from other interests, or who had
+# ids merged into them since: newest change first. (Their profiles change for many reasons, their lists do not.)
+LISTS_BEHIND = text("""
+    SELECT k.user_key FROM unnest(CAST(:keys AS text[])) AS k(user_key)
+     CROSS JOIN LATERAL (SELECT max(updated_at) AS changed_at FROM user_interests i WHERE i.user_key = k.user_key) i
+      LEFT JOIN user_recommendations r ON r.user_key = k.user_key
+     WHERE i.changed_at IS NOT NULL
+       AND (r.user_key IS NULL OR r.interests_changed_at IS DISTINCT FROM i.changed_at
+            OR EXISTS (SELECT 1 FROM user_identities u WHERE u.user_key = k.user_key AND u.status = 'merged'
+                                                         AND u.linked_at >= r.computed_at))
+     ORDER BY i.changed_at DESC
 """)
 CONSENT_CHANGED = text("SELECT user_key FROM user_consent WHERE updated_at >= :since")
 PRODUCTS_CHANGED = text("SELECT product_id FROM product_popularity WHERE updated_at >= :since")
@@ -246,13 +259,14 @@ class RecommendationService:
             return for_product(self.products.reads(conn), product_id, k)
 
     def make_lists(self, keys: list[str], since=None) -> Made:
-        """Make and store the lists of ``keys`` (users, not other ids) and, with ``since``, of the users whose
-        consent and the products whose popularity changed since then; then missing and old ones. The
-        segments runner calls it each pass with the users changed since the last."""
+        """Make and store the lists of those of ``keys`` (users, not other ids) whose list is behind their
+        interests (``LISTS_BEHIND``) and, with ``since``, of the users whose consent and the products whose
+        popularity changed since then; then missing and old ones. The segments runner calls it each pass
+        with the users changed since the last."""
         pace = ListPace()
         with self.engine.connect() as conn:
             reads = self.products.reads(conn)
-            users, products = list(keys), []
+            users, products = conn.execute(LISTS_BEHIND, {"keys": list(keys)}).scalars().all() if keys else [], []
             if since is not None:
                 users += conn.execute(CONSENT_CHANGED, {"since": since}).scalars().all()
                 products = conn.execute(PRODUCTS_CHANGED, {"since": since}).scalars().all()
