@@ -29,6 +29,7 @@ from spoor.campaigns.lift import lift
 from spoor.campaigns.webhook_delivery import Sender
 from spoor.consent import MARKETING, WITHHELD
 from spoor.storage.consent_store import withdrawn
+from spoor.storage.identities import canonical_key
 from spoor.storage.segment_tables import (
     Campaign,
     CampaignAttempt,
@@ -147,8 +148,7 @@ def enqueue(engine: Engine, now: datetime, only: set[str] | None = None) -> int:
             episodes = _episodes(conn, spec, launched_at, now)
             if not episodes:
                 continue
-            opted_out = set(conn.execute(select(CONSENT.c.user_key).where(  # no marketing consent
-                CONSENT.c.user_key.in_({e[1] for e in episodes}), withdrawn(MARKETING))).scalars())
+            opted_out = _without_marketing_consent(conn, {e[1] for e in episodes})
             rows = []
             for episode, user_key, at, _details in episodes:
                 status = ("opted_out" if user_key in opted_out
@@ -215,13 +215,24 @@ def dispatch_due(engine: Engine, sender: Sender, now: datetime, default_time_zon
     return counts
 
 
+def _without_marketing_consent(conn, users: set[str]) -> set[str]:
+    """Those of ``users`` without marketing consent, judged as the person each id belongs to now (a segment
+    entry or trigger may name an id merged into someone since: the person's consent is the one that holds)."""
+    person = {user: canonical_key(conn, user) or user for user in users}
+    withdrawn_keys = set(conn.execute(select(CONSENT.c.user_key).where(
+        CONSENT.c.user_key.in_(users | set(person.values())), withdrawn(MARKETING))).scalars())
+    return {user for user in users if user in withdrawn_keys or person[user] in withdrawn_keys}
+
+
 def _decision(conn, spec: CampaignSpec, row, now: datetime, default_time_zone: str) -> Decision:
     """The rules for a due treated row, or for a holdout row's would-be send: the cap counts the sends
     (treated), or the would-be sends, of the same arm."""
     lock = f"spoor.campaign:{spec.name}:{row.user_key}"  # serialises the cap check per user
     conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(lock))))
-    consent = conn.execute(select(withdrawn(MARKETING).label("opted_out"), CONSENT.c.time_zone)
-                           .where(CONSENT.c.user_key == row.user_key)).first()
+    person = canonical_key(conn, row.user_key) or row.user_key
+    consent = conn.execute(select(CONSENT.c.user_key, withdrawn(MARKETING).label("opted_out"), CONSENT.c.time_zone)
+                           .where(CONSENT.c.user_key.in_({row.user_key, person}))).all()
+    time_zone = next((c.time_zone for c in sorted(consent, key=lambda c: c.user_key != person) if c.time_zone), None)
     sent_recently = 0
     if spec.frequency_cap:
         at = DELIVERIES.c.sent_at if row.status == "pending" else DELIVERIES.c.recommended_at
@@ -229,9 +240,8 @@ def _decision(conn, spec: CampaignSpec, row, now: datetime, default_time_zone: s
             DELIVERIES.c.campaign == spec.name, DELIVERIES.c.user_key == row.user_key,
             DELIVERIES.c.status == ("sent" if row.status == "pending" else row.status),
             at > now - timedelta(seconds=spec.frequency_cap.per))).scalar_one()
-    decision = decide(spec, now, expires_at=row.expires_at, opted_out=bool(consent and consent.opted_out),
-                      sent_in_cap_window=sent_recently,
-                      tz=zone(consent.time_zone if consent else None, default_time_zone))
+    decision = decide(spec, now, expires_at=row.expires_at, opted_out=any(c.opted_out for c in consent),
+                      sent_in_cap_window=sent_recently, tz=zone(time_zone, default_time_zone))
     if decision.status == "opted_out":
         WITHHELD.labels(MARKETING).inc()
     return decision

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from spoor.campaigns.campaign_dispatch import _without_marketing_consent
 from spoor.cli.admin_api import create_api
 from spoor.consent import ANALYTICS, MARKETING, PERSONALISATION, PURPOSES
 from spoor.privacy.consent import ConsentError, set_consent, withdrawn
@@ -82,6 +83,20 @@ def test_consent_follows_the_person_when_ids_merge(engine):
     assert merged["page_personalisation"] is False  # the later page statement is the member's
     assert merged["page_stated_at"] == T0 + timedelta(hours=1)
     assert withdrawn_in_sql(engine, "member-m") == {MARKETING, PERSONALISATION}
+
+
+def test_a_campaign_judges_an_id_merged_since_as_the_person_it_belongs_to(engine):
+    """A segment entry or trigger can name an id whose rows (consent included) were merged into someone after
+    the runner read it: the person's withdrawal holds for a delivery under the old id."""
+    set_consent(engine, "member-c", purposes={MARKETING: False}, time_zone="Asia/Tokyo")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO user_identities (id, user_key, kind, status) "
+                          "VALUES ('anon-c', 'member-c', 'anonymous', 'merged')"))
+        assert _without_marketing_consent(conn, {"anon-c", "member-c", "stranger-c"}) == {"anon-c", "member-c"}
+    set_consent(engine, "member-c", purposes={MARKETING: True})
+    set_consent(engine, "anon-c", opted_out=True)  # a row left under the old id still counts
+    with engine.connect() as conn:
+        assert _without_marketing_consent(conn, {"anon-c", "member-c"}) == {"anon-c"}
 
 
 def test_set_consent_refuses_what_it_cannot_record(engine):
