@@ -31,6 +31,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from spoor.settings import Settings
+from spoor.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ OLDEST_AGE = Gauge("spoor_retention_oldest_age_seconds",
 LAST_RUN = Gauge("spoor_retention_last_run_timestamp_seconds", "Unix time of the job's last completed run.")
 
 
-class RetentionError(Exception):
+class RetentionError(StorageError):
     """The store cannot be handled as configured (not partitioned as the job expects)."""
 
 

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 ROOTS = {
     "spoor": ("spoor.errors", "SpoorError"),
     "ingest": ("spoor.ingest", "IngestError"),
-    "storage": None,  # raises only ValueError / KeyError / TypeError, and defines no exception class
+    "storage": ("spoor.storage", "StorageError"),
     "segments": ("spoor.segments", "SegmentsError"),
     "campaigns": ("spoor.campaigns", "CampaignsError"),
     "privacy": ("spoor.privacy", "PrivacyError"),
