@@ -128,7 +128,8 @@ class Journey:
 
     def _insert(self, record: list) -> None:
         records = self.records
-        i = bisect.bisect_right(records, record[AT], key=lambda r: r[AT])
+        at = record[AT]
+        i = len(records) if not records or records[-1][AT] <= at else bisect.bisect_right(records, at, key=_at)
         before = records[i - 1] if i else None
         after = records[i] if i < len(records) else None
         if record[URL] is not None:
@@ -190,6 +191,10 @@ class Journey:
                 "step_times": list(times), "page_type": list(types), "product_id": list(products), "dwell_s": dwell,
                 "dwell_source": source, "search_term": list(terms), "result_count": list(results),
                 "cart_add_after": _cart_add_after(steps) if "search" in types else [None] * len(steps)}
+
+
+def _at(record: list) -> float:
+    return record[AT]
 
 
 def _engaged_step(steps: list, before: int, url: int | None) -> int | None:
