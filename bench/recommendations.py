@@ -57,6 +57,7 @@ from bench.analytics import ScratchRun, free_port, start, wait_healthy  # noqa: 
 from bench.pipeline import post_all  # noqa: E402
 from spoor.cli.replay import Tally, online_retail_messages  # noqa: E402
 from spoor.settings import Settings  # noqa: E402
+from spoor.storage.recommendation_reads import make_every_list  # noqa: E402
 from spoor.storage.recommendations import Blend, for_user  # noqa: E402
 
 DATA = Path("/work/shared/data/online_retail_2010-12_2011-06.csv.gz")
@@ -238,6 +239,8 @@ def spoor_lists(database_url: str, customers: list[str], api_env: dict | None, w
     try:
         ablation = direct_lists(engine, customers, Blend(demand_exponent=0.0))
         if api_env is not None:
+            made = make_every_list(engine)  # what the segments runner does as traffic comes (the API serves them)
+            print(f"lists made ahead: {made.users} users, {made.products} products", flush=True)
             api = subprocess.Popen([sys.executable, "-m", "spoor.cli", "segments", "api"], env=api_env,
                                    stdout=open(work / "admin-api.log", "ab"), stderr=subprocess.STDOUT)
             url = f"http://127.0.0.1:{api_env['SPOOR_ADMIN_API_PORT']}"

@@ -323,6 +323,20 @@ def make_lists(engine: Engine, keys: list[str], since=None) -> Made:
     return RecommendationService(engine).make_lists(keys, since)
 
 
+def make_every_list(engine: Engine) -> Made:
+    """Every user's and product's list at once, unpaced: for a database just loaded with no runner beside it
+    (bench/recommendations.py), not for a shop's live traffic."""
+    service = RecommendationService(engine)
+    users = products = 0
+    with service.engine.connect() as conn:
+        reads = service.products.reads(conn)
+        for key in conn.execute(text("SELECT DISTINCT user_key FROM user_interests")).scalars().all():
+            users += service._store_user(conn, reads, key)
+        for product_id in conn.execute(text("SELECT product_id FROM product_popularity")).scalars().all():
+            products += service._store_product(conn, reads, product_id)
+    return Made(users, products)
+
+
 def _items(items_json: str) -> bytes:
     """A stored list as the JSON array the API sends, one item a line: a raw newline cannot occur inside
     JSON strings, so the first k items are the text up to the k-th newline (``_first``). Keys in the order
