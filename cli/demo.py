@@ -3,6 +3,7 @@
 import sys
 import time
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import Engine, text
 
@@ -96,8 +97,7 @@ def run_demo(engine: Engine, collector_url: str, write_key: str, users: int, tim
     finally:
         if campaign:  # never left active: the stack's runner would keep sending to a closed receiver
             demo_campaign.stop(engine, campaign)
-    # --- attribution by channel (issue 23, item 2): the lead wires it here, as result["attribution"],
-    # --- printed by print_summary's marked block.
+    result["attribution"] = wait_for_attribution(engine, first, timeout_s)
     return {**summary(engine), "recommendations": sample_recommendations(engine), **result}
 
 
@@ -136,6 +136,45 @@ def run_campaign(engine: Engine, campaign: demo_campaign.DemoCampaign, collector
     return {"campaign": {**demo_campaign.campaign_report(engine, campaign), "returned": returned}}
 
 
+ORDERS_SINCE = text("SELECT count(*) FROM events WHERE kind = 'purchase' AND event_time >= :since")
+ATTRIBUTED_SINCE = text("""
+    SELECT count(DISTINCT conversion_id) FROM order_attribution
+     WHERE model = 'last_touch' AND kind = 'order' AND converted_at >= :since""")
+REVENUE_BY_CHANNEL = text("""
+    SELECT channel, model, sum(amount) AS revenue FROM order_attribution
+     WHERE converted_at >= :since GROUP BY channel, model""")
+
+
+def wait_for_attribution(engine: Engine, since: datetime, timeout_s: float) -> dict | None:
+    """Net revenue by channel and model of the orders since ``since``, once the segments runner's
+    attribution pass (segments/attribution.py) has credited every one of them; None if it has not in time."""
+    deadline = time.monotonic() + min(timeout_s, 60)
+    while True:
+        with engine.connect() as conn:
+            orders = conn.execute(ORDERS_SINCE, {"since": since}).scalar_one()
+            credited = conn.execute(ATTRIBUTED_SINCE, {"since": since}).scalar_one()
+            finished = credited >= orders
+            progress(f"  attributed {credited}/{orders} orders to channels", finished)
+            if finished:
+                by_channel: dict[str, dict[str, Decimal]] = {}
+                for row in conn.execute(REVENUE_BY_CHANNEL, {"since": since}):
+                    by_channel.setdefault(row.channel, {})[row.model] = row.revenue
+                return by_channel
+        if time.monotonic() > deadline:
+            print("\n  the segments runner has not attributed every order yet (is it running? make logs)", flush=True)
+            return None
+        time.sleep(0.5)
+
+
+def print_attribution(by_channel: dict[str, dict[str, Decimal]]) -> None:
+    models = ("first_touch", "last_touch", "linear", "position_based")
+    print("  revenue by channel (attributed under each model)")
+    print(f"      {'channel':<22}" + "".join(f"{m:>16}" for m in models))
+    ranked = sorted(by_channel.items(), key=lambda item: -item[1].get("last_touch", Decimal(0)))
+    for name, revenue in ranked:
+        print(f"      {name[:22]:<22}" + "".join(f"{revenue.get(m, Decimal(0)):>16.2f}" for m in models))
+
+
 def print_summary(result: dict) -> None:
     viewers = result["viewers"] or 1
     print("\nSpoor summary (read back from PostgreSQL)")
@@ -162,7 +201,8 @@ def print_summary(result: dict) -> None:
         demo_campaign.print_segments(result["segments"])
     if "campaign" in result:
         demo_campaign.print_campaign(result["campaign"])
-    # --- attribution by channel (issue 23, item 2): the lead wires the lines here, from result["attribution"].
+    if result.get("attribution") is not None:
+        print_attribution(result["attribution"])
     if "story" in result:
         print_alerts(result["alerts"], result["story"])
 

@@ -56,11 +56,13 @@ def demo_traffic(engine: Engine, users: int, seed: int) -> tuple[list[dict], Sto
     story = Story(start, start + timedelta(minutes=OUTAGE[0]), start + timedelta(minutes=OUTAGE[1]), closed)
     rng = random.Random(f"steady-{seed}")  # not simulate()'s stream: message ids must differ
     products = catalog()
-    messages = simulate(users, seed=seed, start=start, spread_s=40 * 60, login_at_checkout=True)
+    messages = simulate(users, seed=seed, start=start, spread_s=40 * 60, login_at_checkout=True,
+                        channels=True)
     for minute in range(-WARM_UP_MINUTES, STORY_MINUTES):
         for i in range(SHOPPERS_PER_MINUTE):
             at = start + timedelta(minutes=minute, seconds=rng.randint(0, 59))
-            messages += shopper_journey(rng, f"steady-{seed}-{minute}-{i}", products, at, login_at_checkout=True)
+            messages += shopper_journey(rng, f"steady-{seed}-{minute}-{i}", products, at, login_at_checkout=True,
+                                       channels=True)
     outage = (story.outage_start.isoformat(), story.outage_end.isoformat())
     present = now.isoformat()
     messages = [m for m in messages if m["timestamp"] <= present  # journeys not over yet are cut here

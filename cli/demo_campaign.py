@@ -166,8 +166,11 @@ def returning_shoppers(engine: Engine, campaign: DemoCampaign, seed: int) -> tup
         lines = [{"product_id": item["product_id"], "quantity": item["quantity"],
                   "price": round(float(item["price"] or 0) * factor, 2)} for item in details.get("items", [])]
         ids = {"anonymousId": user_key} if user_key.startswith("anon-") else {"userId": user_key}
+        # a shopper the message brought back arrives by its link (a channel for attribution); the holdout direct
+        came_by = ({"context": {"campaign": {"source": "cart_rescue", "medium": "email", "name": campaign.name}}}
+                   if variant != "holdout" else {})
         messages.append({"type": "track", **ids, "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
-                         "timestamp": now, "event": "Order Completed", "properties": {
+                         "timestamp": now, **came_by, "event": "Order Completed", "properties": {
                              "order_id": f"demo-return-{uuid.UUID(int=rng.getrandbits(128))}", "currency": "EUR",
                              "revenue": round(sum(line["price"] * line["quantity"] for line in lines), 2),
                              "products": lines}})

@@ -2,9 +2,26 @@
 
 import random
 import uuid
+import zlib
 from datetime import datetime, timedelta, timezone
 
 CATEGORIES = ["shoes", "dresses", "bags", "watches", "sportswear", "home", "beauty", "toys"]
+
+# Where shoppers arrive from, as Segment's libraries report it: UTM parameters (context.campaign) or the
+# referring page (context.page.referrer); an empty context is a direct visit.
+ARRIVALS = (
+    {"campaign": {"source": "google", "medium": "cpc", "name": "brand"}},
+    {"campaign": {"source": "newsletter", "medium": "email", "name": "weekly"}},
+    {"page": {"referrer": "https://www.instagram.com/shop.example/"}},
+    {"page": {"referrer": "https://www.bing.com/search?q=shop"}},
+    {},
+)
+
+
+def arrival(user: str) -> dict:
+    """The context a shopper arrives with, chosen from the user's name (no random draw, so a seeded
+    run's other choices stay as they were)."""
+    return ARRIVALS[zlib.crc32(user.encode()) % len(ARRIVALS)]
 
 
 def catalog(size: int = 200, seed: int = 7) -> list[dict]:
@@ -14,19 +31,21 @@ def catalog(size: int = 200, seed: int = 7) -> list[dict]:
 
 
 def shopper_journey(rng: random.Random, user: str, products: list[dict], start: datetime,
-                    login_at_checkout: bool = False) -> list[dict]:
+                    login_at_checkout: bool = False, channels: bool = False) -> list[dict]:
     """One visit: pages, product views, some clicks, maybe a cart, maybe an order. With
     ``login_at_checkout`` the shopper browses under an anonymous id and logs in (``identify``) when
-    checking out, as in most shops; the messages after it carry both ids."""
+    checking out, as in most shops; the messages after it carry both ids. With ``channels`` every
+    message carries the context the shopper arrived with (``arrival``)."""
     at = start
     messages: list[dict] = []
     ids = {"anonymousId": f"anon-{user}"} if login_at_checkout else {"userId": user}
+    context = {"context": arrival(user)} if channels and arrival(user) else {}
 
     def emit(msg_type: str, **fields) -> None:
         nonlocal at
         at += timedelta(seconds=rng.randint(2, 90))
         messages.append({"type": msg_type, **ids, "messageId": str(uuid.UUID(int=rng.getrandbits(128))),
-                         "timestamp": at.isoformat(), **fields})
+                         "timestamp": at.isoformat(), **context, **fields})
 
     emit("page", name="Home", properties={"url": "https://shop.example/", "path": "/"})
     viewed = rng.sample(products, k=rng.randint(1, 6))
@@ -55,13 +74,13 @@ def shopper_journey(rng: random.Random, user: str, products: list[dict], start: 
 
 
 def simulate(users: int, seed: int = 42, start: datetime | None = None, spread_s: int = 3600,
-             login_at_checkout: bool = False) -> list[dict]:
+             login_at_checkout: bool = False, channels: bool = False) -> list[dict]:
     """Messages of ``users`` shoppers arriving over ``spread_s``, interleaved as a collector would receive them."""
     rng = random.Random(seed)
     products = catalog()
     start = start or datetime.now(timezone.utc) - timedelta(hours=2)
     journeys = [shopper_journey(rng, f"user-{seed}-{i}", products, start + timedelta(seconds=rng.randint(0, spread_s)),
-                                login_at_checkout) for i in range(users)]
+                                login_at_checkout, channels) for i in range(users)]
     messages = [m for journey in journeys for m in journey]
     messages.sort(key=lambda m: m["timestamp"])
     return messages

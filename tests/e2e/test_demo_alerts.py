@@ -6,11 +6,13 @@ and the summary read from PostgreSQL shows it all."""
 import subprocess
 import sys
 import urllib.request
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from spoor.cli.demo import print_summary, run_demo
+from spoor.cli.demo_alerts import WARM_UP_MINUTES
 from spoor.storage.segment_tables import CampaignDelivery
 from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
 
@@ -85,6 +87,18 @@ def test_demo_shows_the_alert_the_segments_and_the_campaign(collector, start_pro
         assert variant["conversion"]["absolute_lift_ci"] is not None and variant["roi"] is not None
     segments = result["segments"]
     assert segments["sizes"]["cart_abandoners"] > 0, segments  # "current" too, unless the runner is slow
+    # Attribution: every order's revenue, under each model, credited to the channels shoppers came by
+    # (the demo's UTM and referrer contexts, and the campaign's link for those it brought back).
+    by_channel = result["attribution"]
+    assert by_channel is not None, "the segments runner did not attribute the demo's orders"
+    with engine.connect() as conn:
+        revenue = conn.execute(text("SELECT sum(revenue) FROM events WHERE kind = 'purchase' AND event_time >= "
+                                    ":since"), {"since": story.start - timedelta(minutes=WARM_UP_MINUTES)}).scalar()
+    for model in ("first_touch", "last_touch", "linear", "position_based"):
+        assert sum(channel.get(model, 0) for channel in by_channel.values()) == revenue, (model, by_channel)
+    assert {"google / cpc", "newsletter / email", "direct"} <= set(by_channel), by_channel
+    if any(campaign["returned"].get(v, 0) for v in ("reminder", "discount")):
+        assert by_channel["cart_rescue / email"]["last_touch"] > 0, by_channel
 
     print_summary(result)
     out = capsys.readouterr().out
@@ -101,3 +115,4 @@ def test_demo_shows_the_alert_the_segments_and_the_campaign(collector, start_pro
                                               for item in samples["user"]["items"]), samples
     assert any(item["reason"].startswith(("bought with", "viewed with")) for item in samples["product"]["items"])
     assert "recommended for" in out and "also bought with" in out
+    assert "revenue by channel" in out and "google / cpc" in out
