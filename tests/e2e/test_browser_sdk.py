@@ -196,6 +196,21 @@ def test_shopper_journey_arrives_once_in_order(browser, shop, pipeline, engine):
     assert messages[2]["properties"] == {"product_id": "P9", "price": "9.50", "session_id": sessions.pop()}
 
 
+def test_a_visit_by_a_campaign_link_carries_its_utm_parameters_to_the_session(browser, shop, pipeline, engine):
+    """Channel attribution (docs/attribution.md) reads the session's UTM source and medium: the SDK sends
+    the landing URL's utm_* as Segment's context.campaign."""
+    context = browser.call("context")
+    page = browser.call("open", context=context,
+                        url=f"{shop}/?bundle=iife&utm_source=newsletter&utm_medium=email&utm_campaign=spring")
+    init_shop(browser, page, pipeline, autoPage=True)
+    anonymous_id = browser.eval(page, "localStorage.getItem('spoor:aid')")
+    query = text("SELECT utm_source, utm_medium, utm_campaign FROM sessions WHERE user_key = :u")
+    found = []
+    wait_until(lambda: found.extend(engine.connect().execute(query, {"u": anonymous_id}).all()) or found, 60,
+               "the session row")
+    assert [tuple(row) for row in found] == [("newsletter", "email", "spring")]
+
+
 def test_calls_recorded_by_the_async_snippet_are_replayed(browser, shop, pipeline, engine):
     config = {"writeKey": pipeline["key"], "host": pipeline["host"], **TEST_OPTIONS}
     context = browser.call("context")

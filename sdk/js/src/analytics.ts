@@ -3,7 +3,7 @@
  * events are queued (localStorage) and sent in the background by `Delivery`.
  */
 
-import { pageProperties, watchClicks, watchHistory } from './autocapture';
+import { campaignFromQuery, pageProperties, watchClicks, watchHistory } from './autocapture';
 import { checkedPreferences, ConsentRecord, type ConsentPreferences } from './consent';
 import { Delivery } from './delivery';
 import { type Engagement, engagement } from './engagement';
@@ -241,6 +241,8 @@ export class Spoor {
         sessionId,
       },
     };
+    const campaign = campaignFromQuery(location.search);
+    if (campaign) message.context.campaign = campaign;
     const preferences = this.ready.consent.get();
     if (preferences) message.context.consent = { categoryPreferences: preferences };
     const userId = identity.userId();

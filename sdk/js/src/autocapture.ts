@@ -46,3 +46,28 @@ export function pageProperties(): Properties {
     url: location.href,
   };
 }
+
+const UTM_FIELDS = new Map([
+  ['utm_source', 'source'], ['utm_medium', 'medium'], ['utm_campaign', 'name'], ['utm_term', 'term'],
+  ['utm_content', 'content'],
+]);
+
+/**
+ * The page's UTM parameters as Segment's `context.campaign` (`utm_campaign` becomes `name`), as
+ * analytics.js reads them: the channel a visit came by, for sessions and attribution. Undefined when
+ * the query has none; each value is cut at 256 characters.
+ */
+export function campaignFromQuery(search: string): Properties | undefined {
+  let params: URLSearchParams;
+  try {
+    params = new URLSearchParams(search);
+  } catch {
+    return undefined;
+  }
+  const campaign: Properties = {};
+  for (const [key, value] of params) {
+    const field = UTM_FIELDS.get(key.toLowerCase());
+    if (field && value && !(field in campaign)) campaign[field] = value.slice(0, 256);
+  }
+  return Object.keys(campaign).length ? campaign : undefined;
+}
