@@ -130,16 +130,6 @@ class Journey:
         records = self.records
         at = record[AT]
         i = len(records) if not records or records[-1][AT] <= at else bisect.bisect_right(records, at, key=_at)
-        before = records[i - 1] if i else None
-        after = records[i] if i < len(records) else None
-        if record[URL] is not None:
-            if before and before[TYPE] == record[TYPE] and before[URL] == record[URL]:
-                _combine(before, record)  # the same page again; ``before`` keeps its time
-                return
-            if after and record[TYPE] != ENGAGED and after[TYPE] == record[TYPE] and after[URL] == record[URL]:
-                _combine(after, record)
-                after[AT] = record[AT]  # the page began earlier (stays sorted: before[AT] <= record[AT])
-                return
         if len(records) >= MAX_RECORDS:
             if record[TYPE] != ENGAGED:
                 self.beyond += 1
@@ -168,17 +158,18 @@ class Journey:
 
     def summary(self) -> dict:
         """The session's steps as parallel lists (the ``session_journeys`` columns), in time order."""
-        steps = [r for r in self.records if r[TYPE] != ENGAGED]
+        steps: list = []
         visible: dict[int, int] = {}  # step index -> largest visible ms reported
-        if len(steps) < len(self.records):
-            before = 0  # steps before the engagement record
-            for record in self.records:
-                if record[TYPE] != ENGAGED:
-                    before += 1
-                    continue
-                target = _engaged_step(steps, before, record[URL])
+        for record in self.records:
+            if record[TYPE] == ENGAGED:
+                target = _engaged_step(steps, record[URL])
                 if target is not None:
                     visible[target] = max(visible.get(target, 0), record[VISIBLE])
+            elif steps and record[URL] is not None and steps[-1][URL] == record[URL] \
+                    and steps[-1][TYPE] == record[TYPE]:
+                steps[-1] = _combined(steps[-1], record)  # the same page again (its page call and its track)
+            else:
+                steps.append(record)
         times, types, products, _urls, _visible, terms, results, _added = zip(*steps) if steps else ((),) * 8
         # Each step's dwell is the gap to the next step; the last has none; a reported visible time beats both.
         # In whole milliseconds (int + 0.5: round(x, 3) costs four times as much; times are sorted, gaps >= 0).
@@ -197,11 +188,11 @@ def _at(record: list) -> float:
     return record[AT]
 
 
-def _engaged_step(steps: list, before: int, url: int | None) -> int | None:
-    """The index of the step an engagement reports on, among the ``before`` steps before it."""
+def _engaged_step(steps: list, url: int | None) -> int | None:
+    """The index of the step an engagement reports on, among the steps before it."""
     if url is None:
-        return before - 1 if before else None
-    for m in range(before - 1, -1, -1):
+        return len(steps) - 1 if steps else None
+    for m in range(len(steps) - 1, -1, -1):
         if steps[m][URL] == url:
             return m
     return None
@@ -218,12 +209,11 @@ def _cart_add_after(steps: list) -> list:
     return flags
 
 
-def _combine(kept: list, record: list) -> None:
-    if kept[TYPE] == ENGAGED:
-        kept[VISIBLE] = max(kept[VISIBLE], record[VISIBLE])
-        kept[AT] = max(kept[AT], record[AT])
-        return
+def _combined(step: list, again: list) -> list:
+    """One step of two records of the same page: the first's time, what either carries."""
+    merged = list(step)
     for slot in (PRODUCT, TERM, RESULTS):
-        if kept[slot] is None:
-            kept[slot] = record[slot]
-    kept[ADDED] = max(kept[ADDED], record[ADDED])
+        if merged[slot] is None:
+            merged[slot] = again[slot]
+    merged[ADDED] = max(merged[ADDED], again[ADDED])
+    return merged

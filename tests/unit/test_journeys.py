@@ -240,3 +240,24 @@ def test_a_wrong_result_count_is_a_bad_row(count):
     with pytest.raises(InvalidEvent) as raised:
         normalized(message("Products Searched", query="boots", result_count=count))
     assert raised.value.field == "properties.result_count"
+
+
+def test_a_late_step_between_two_records_of_one_page_keeps_them_apart():
+    url = "https://s.example/"
+    in_order = journey_of((0, page("Home", url)), (10, ev(EventKind.PRODUCT_VIEW, product_id="a")), (20, page("Home", url)))
+    late = journey_of((0, page("Home", url)), (20, page("Home", url)), (10, ev(EventKind.PRODUCT_VIEW, product_id="a")))
+    assert late == in_order and in_order["page_type"] == ["home", "product", "home"]
+    assert journey_of((0, page("Home", url)), (20, page("Home", url)))["page_type"] == ["home"]  # a reload
+
+
+def test_the_summary_with_urls_and_engagements_does_not_depend_on_arrival_order():
+    rng = random.Random(11)
+    urls = [f"https://s.example/products/{n}" for n in range(3)]
+    for _ in range(50):
+        timed = [(rng.uniform(0, 600), page("Product", rng.choice(urls))) for _ in range(8)]
+        timed += [(rng.uniform(0, 600), ev(EventKind.PRODUCT_VIEW, page_url=rng.choice(urls), product_id="p"))
+                  for _ in range(8)]
+        timed += [(rng.uniform(0, 600), engaged(rng.randint(0, 10**5), rng.choice(urls))) for _ in range(4)]
+        reference = journey_of(*sorted(timed, key=lambda t: t[0]))
+        rng.shuffle(timed)
+        assert journey_of(*timed) == reference
