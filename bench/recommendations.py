@@ -281,6 +281,7 @@ def run_pipeline(base: Settings, split_: Split, work: Path, keep: bool) -> tuple
         stop(collector)
     try:
         api_env = {**scratch.env, "SPOOR_ADMIN_TOKEN": secrets.token_hex(16),
+                   "SPOOR_AUDIT_HMAC_KEY": secrets.token_hex(32),  # the admin API refuses to start without one
                    "SPOOR_ADMIN_API_PORT": str(free_port())}
         started = time.perf_counter()
         lists, ablation, how = spoor_lists(scratch.settings.database_url, sorted(split_.truth), api_env, work)

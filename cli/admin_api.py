@@ -276,8 +276,8 @@ def create_api(settings: Settings, engine: Engine, clock=utcnow, api_keys: ApiKe
         return StreamingResponse(pieces, media_type="application/json", headers={
             "Content-Disposition": 'attachment; filename="export.json"', "Cache-Control": "no-store"})
 
-    app.include_router(campaign_experiment_router(engine), dependencies=auth)  # GET /campaigns/{name}/experiment
     app.include_router(attribution_router(engine, clock), dependencies=auth)  # GET /v1/attribution
+    app.include_router(campaign_experiment_router(engine), dependencies=auth)  # GET /campaigns/{name}/experiment
     # Recommendations (docs/recommendations.md#serving): the admin token or a key of scope "recommendations".
     # Answered from ServedLists' memory, JSON already made (the response models document it): no database,
     # no thread; only k over STORED_K (or before the first load) is worked out, in a thread. What the

@@ -231,7 +231,7 @@ def _replay(settings: Settings, args) -> None:
     url = args.collector_url or f"http://{settings.collector_host}:{settings.collector_port}"
     client = CollectorClient(url, args.write_key or settings.demo_write_key)
     try:
-        result = replay_file(Path(args.file), client)
+        result = replay_file(Path(args.file), client, retention_days=settings.retention_events_days)
     except ConnectionError as err:
         sys.exit(f"spoor replay: cannot reach the collector at {url}: {err}")
     except (OSError, ReplayError, ReplayFailed) as err:

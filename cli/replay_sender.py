@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TextIO
 
@@ -39,13 +40,18 @@ class ReplayResult:
     rejected: Counter = field(default_factory=Counter)  # "field: reason" -> events the collector refused
     batches: int = 0
     seconds: float = 0.0
+    past_retention: int = 0  # events sent that are older than the events' retention (deleted at its next run)
+    retention_days: int | None = None
 
     @property
     def sent(self) -> int:
         return self.accepted + sum(self.rejected.values())
 
 
-def replay_file(path: Path, client: CollectorClient, progress: TextIO = sys.stderr) -> ReplayResult:
+def replay_file(path: Path, client: CollectorClient, progress: TextIO = sys.stderr,
+                retention_days: int | None = None) -> ReplayResult:
+    """Send the file's events through the collector; with ``retention_days``, count those older than the
+    events' retention, which the retention job would delete (docs/privacy.md#retention)."""
     with open(path, "rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
@@ -55,7 +61,7 @@ def replay_file(path: Path, client: CollectorClient, progress: TextIO = sys.stde
         header = next(reader, None)
         if header is None:
             raise ReplayFailed(f"{path} is empty")
-        result = ReplayResult(path, detect_format(header))
+        result = ReplayResult(path, detect_format(header), retention_days=retention_days)
         rows = _rows(reader, header, result)
         started = time.monotonic()
         if result.format == Format.ONLINE_RETAIL:
@@ -71,6 +77,8 @@ def replay_file(path: Path, client: CollectorClient, progress: TextIO = sys.stde
             def done_fraction() -> float:
                 return raw.tell() / max(1, size)
         bar = ProgressBar(progress, done_fraction)
+        if retention_days is not None:
+            messages = _counting_past_retention(messages, result, retention_days)
         for batch in _batches(messages):
             _send(client, batch, result)
             bar.show(result.sent)
@@ -87,6 +95,14 @@ def _rows(reader, header: list[str], result: ReplayResult) -> Iterator[Row]:
             result.tally.skip(line, f"{len(values)} fields instead of {len(columns)}")
             continue
         yield line, dict(zip(columns, values))
+
+
+def _counting_past_retention(messages, result: ReplayResult, days: int) -> Iterator[dict]:
+    cutoff = datetime.now(timezone.utc) - timedelta(days=days)
+    for message in messages:
+        if datetime.fromisoformat(message["timestamp"]) < cutoff:
+            result.past_retention += 1
+        yield message
 
 
 def _batches(messages) -> Iterator[list[bytes]]:
@@ -161,6 +177,12 @@ def summary_lines(result: ReplayResult, collector_url: str) -> list[str]:
     for reason, count in tally.skipped.most_common():
         examples = ", ".join(str(n) for n in tally.skipped_lines[reason])
         lines.append(f"  {count:>9,}  {reason} (lines {examples}{', ...' if count > len(tally.skipped_lines[reason]) else ''})")
+    if result.past_retention:
+        lines.append(f"WARNING: {result.past_retention:,} events are older than the events' retention "
+                     f"(SPOOR_RETENTION_EVENTS_DAYS={result.retention_days}): the retention job deletes them, "
+                     "with their sessions, at its next run (the segments runner runs it hourly). To keep a "
+                     "replayed data set, set SPOOR_RETENTION_EVENTS_DAYS and SPOOR_RETENTION_SESSIONS_DAYS "
+                     "(at most 36500) for the stack before replaying (docs/privacy.md#retention).")
     if result.rejected:
         lines.append("rejected by the collector (in its dead-letter topic):")
         lines += [f"  {count:>9,}  {reason}" for reason, count in result.rejected.most_common()]

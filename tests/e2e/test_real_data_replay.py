@@ -113,6 +113,8 @@ def replay(collector: str, write_key: str, path) -> str:
                           "--write-key", write_key], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "replay [" in run.stderr  # the progress bar
+    # the data sets are years old: the replay says the default retention would delete them
+    assert "events are older than the events' retention (SPOOR_RETENTION_EVENTS_DAYS=395)" in run.stdout
     return run.stdout
 
 
