@@ -160,16 +160,18 @@ class Journey:
         """The session's steps as parallel lists (the ``session_journeys`` columns), in time order."""
         steps: list = []
         visible: dict[int, int] = {}  # step index -> largest visible ms reported
+        last = None
         for record in self.records:
-            if record[TYPE] == ENGAGED:
-                target = _engaged_step(steps, record[URL])
+            kind, url = record[TYPE], record[URL]
+            if kind == ENGAGED:
+                target = _engaged_step(steps, url)
                 if target is not None:
                     visible[target] = max(visible.get(target, 0), record[VISIBLE])
-            elif steps and record[URL] is not None and steps[-1][URL] == record[URL] \
-                    and steps[-1][TYPE] == record[TYPE]:
-                steps[-1] = _combined(steps[-1], record)  # the same page again (its page call and its track)
+            elif url is not None and last is not None and url == last[URL] and kind == last[TYPE]:
+                last = steps[-1] = _combined(last, record)  # the same page again (its page call and its track)
             else:
                 steps.append(record)
+                last = record
         times, types, products, _urls, _visible, terms, results, _added = zip(*steps) if steps else ((),) * 8
         # Each step's dwell is the gap to the next step; the last has none; a reported visible time beats both.
         # In whole milliseconds (int + 0.5: round(x, 3) costs four times as much; times are sorted, gaps >= 0).
