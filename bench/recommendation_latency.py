@@ -44,6 +44,26 @@ def config(*names: str) -> list[str]:
     return out.stdout.splitlines()
 
 
+def send_traffic(rate: float, collector_url: str, write_key: str, seed: int) -> None:
+    """Simulated shoppers through the collector at ``rate`` events/s until killed: the pipeline at work
+    (worker writes, the runner remaking the lists of the users they change) beside the measured API."""
+    from datetime import datetime, timedelta, timezone
+
+    from spoor.cli.collector_client import CollectorClient
+    from spoor.cli.simulate import simulate
+    client, batch, sent, started = CollectorClient(collector_url, write_key), 25, 0, time.monotonic()
+    for round_ in range(1_000_000):
+        now = datetime.now(timezone.utc)  # journeys that started up to 40 minutes ago, cut at now (as a shop sees)
+        messages = [m for m in simulate(200, seed=seed * 1000 + round_, start=now - timedelta(minutes=40),
+                                        spread_s=60) if m["timestamp"] <= now.isoformat()]
+        for i in range(0, len(messages), batch):
+            status, body = client.send_batch(messages[i:i + batch])
+            if status != 200:
+                sys.exit(f"traffic: the collector answered {status}: {body}")
+            sent += len(messages[i:i + batch])
+            time.sleep(max(0.0, started + sent / rate - time.monotonic()))
+
+
 def sample_ids(database_url: str, users: int, products: int, seed: int) -> tuple[list[str], list[str]]:
     from sqlalchemy import create_engine, text
     engine = create_engine(database_url)
@@ -228,8 +248,15 @@ def main() -> None:
     parser.add_argument("--warmup-seconds", type=float, default=10.0,
                         help="an unmeasured run first, at the same rate: a freshly started API opens its database "
                              "connections and fills its caches, which a running shop's API has done long before")
+    parser.add_argument("--traffic", type=float, default=0.0, metavar="EVENTS_PER_S",
+                        help="also send simulated shoppers through the stack's collector at this rate (a separate "
+                             "process), so the worker and the segments runner work beside the API")
+    parser.add_argument("--send-traffic", type=float, help=argparse.SUPPRESS)  # the --traffic process itself
     args = parser.parse_args()
 
+    if args.send_traffic:
+        collector_host, collector_port, write_key = config("collector_host", "collector_port", "demo_write_key")
+        return send_traffic(args.send_traffic, f"http://{collector_host}:{collector_port}", write_key, args.seed)
     host, port, database_url = config("admin_api_host", "admin_api_port", "database_url")
     if args.memory:
         return measure_memory(database_url)
@@ -259,6 +286,12 @@ def main() -> None:
     print(f"admin API http://{host}:{port} (pid {args.api_pid}), {'a reader key' if key_name else '--token'}; "
           f"{len(users)} users ({len(users) // 10} unknown), {len(set(products))} products, k={args.k}; "
           f"{args.rate:.0f} requests/s open loop for {args.seconds:.0f} s, {args.runs} runs")
+    traffic = None
+    if args.traffic > 0:
+        traffic = subprocess.Popen([sys.executable, __file__, "--send-traffic", str(args.traffic),
+                                    "--seed", str(args.seed)])
+        print(f"traffic: simulated shoppers at {args.traffic:.0f} events/s through the collector (pid {traffic.pid})",
+              flush=True)
     try:
         import uvloop
         runner = uvloop.run
@@ -280,6 +313,11 @@ def main() -> None:
     finally:
         if key_name:
             subprocess.run([str(SPOOR), "keys", "revoke", "--reader", key_name], check=True)
+        if traffic is not None:
+            if traffic.poll() is not None:
+                print(f"traffic: the sender stopped early (exit {traffic.returncode}): the figures are without it")
+            traffic.terminate()
+            traffic.wait(10)
     print(f"medians of {len(results)} runs:")
     for name in FIGURES:
         values = [r[name] for r in results if r[name] is not None]
