@@ -28,6 +28,9 @@ COLUMN_TYPES = {
               {"userId": "ann", "n": [1, "2.50", None], "writeKey": REDACTED}),
     "text[]": (["shoes", "bags"], ["shoes", "bags"]),
     "character varying[]": (["P1", None], ["P1", None]),
+    "bigint[]": ([0, 9_223_372_036_854_775_807, None], [0, 9_223_372_036_854_775_807, None]),  # session_journeys
+    "boolean[]": ([True, False, None], [True, False, None]),
+    "double precision[]": ([1.5, float("nan"), float("inf"), None], [1.5, "NaN", "Infinity", None]),
 }
 
 
