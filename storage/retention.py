@@ -150,7 +150,7 @@ def stores(settings: Settings) -> list[Store]:
     collector admits events at most ``max_future_event_s`` ahead, so a write never reaches past them)."""
     return [Store("events", "event_time", settings.retention_events_days, "month", ahead=3),
             Store("dead_letters", "received_at", settings.retention_dead_letters_days, "day", ahead=7),
-            Store("sessions", "started_at", settings.retention_sessions_days, batch_key="ctid"),
+            Store("sessions", "started_at", settings.retention_sessions_days, batch_key="session"),
             Store("campaign_deliveries", "created_at", settings.retention_deliveries_days, batch_key="id")]
 
 
@@ -298,6 +298,12 @@ EXPIRED_BATCH = {
             "LIMIT {n}))",
     "id": "DELETE FROM {table} WHERE id = ANY(ARRAY(SELECT id FROM {table} ORDER BY id LIMIT {n})) "
           "AND {column} < :limit",
+    # a session's journey (session_journeys, its steps and dwell) goes with it; the sessions deleted are counted
+    "session": "WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} "
+               "WHERE {column} < :limit LIMIT {n})) RETURNING user_key, session_id), "
+               "journeys AS (DELETE FROM session_journeys j USING gone "
+               "WHERE j.user_key = gone.user_key AND j.session_id = gone.session_id) "
+               "SELECT count(*) FROM gone",
 }
 
 
@@ -308,7 +314,8 @@ def _delete_batches(engine: Engine, store: Store, limit: datetime, pace: Pace) -
     while True:
         started = time.monotonic()
         with _begin(engine) as conn:
-            count = conn.execute(statement, {"limit": limit}).rowcount
+            result = conn.execute(statement, {"limit": limit})
+            count = result.scalar_one() if result.returns_rows else result.rowcount
             conn.commit()
         deleted += count
         pace(time.monotonic() - started)

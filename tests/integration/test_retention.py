@@ -97,6 +97,8 @@ def test_expired_partitions_are_dropped_with_their_rows_and_nothing_else(databas
             conn.execute(text("INSERT INTO sessions SELECT 'u1', :s, false, :at, :at, 0, 1, 1, 0, 0, 0, 0, 0, "
                               "false, false, false, NULL, NULL, NULL, NULL, '{}', '{}', '{}'"),
                          {"s": session, "at": started})
+            conn.execute(text("INSERT INTO session_journeys VALUES ('u1', :s, 1, 1, 0, '{0}', '{home}', '{NULL}', "
+                              "'{NULL}', '{NULL}', '{NULL}', '{NULL}', '{NULL}')"), {"s": session})
         conn.execute(text("INSERT INTO campaigns (name, definition, status) VALUES ('c', '{}', 'active')"))
         for key, created in (("old", NOW - timedelta(days=90)), ("kept", NOW - timedelta(days=5))):
             delivery = conn.execute(text(
@@ -122,6 +124,7 @@ def test_expired_partitions_are_dropped_with_their_rows_and_nothing_else(databas
         assert "events_p202605" not in partitions(conn, "events")
         assert conn.execute(text("SELECT array_agg(id) FROM dead_letters")).scalar_one() == ["dl-kept"]
         assert conn.execute(text("SELECT array_agg(session_id) FROM sessions")).scalar_one() == ["s-kept"]
+        assert conn.execute(text("SELECT array_agg(session_id) FROM session_journeys")).scalar_one() == ["s-kept"]
         assert conn.execute(text("SELECT array_agg(episode) FROM campaign_deliveries")).scalar_one() == ["kept"]
         assert conn.execute(text("SELECT count(*) FROM campaign_attempts")).scalar_one() == 1  # cascaded
         after = {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in before}
