@@ -81,7 +81,8 @@ def settings(test_settings):
 
 
 @pytest.fixture(scope="module")
-def stack(settings, engine, tmp_path_factory):
+def stack(settings, engine, write_key, tmp_path_factory):
+    """The collector reads the write keys at start (then every SPOOR_WRITE_KEY_REFRESH_S): the test's is made first."""
     log_dir = tmp_path_factory.mktemp("erasure-logs")
     processes = []
     try:
