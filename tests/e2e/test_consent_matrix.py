@@ -27,7 +27,7 @@ from sqlalchemy import text
 from spoor.campaigns.webhook_delivery import verify
 from spoor.cli.collector_client import CollectorClient
 from spoor.topics import create_segment_topics, partition_for
-from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
+from tests.support.local_stack import REPO, SpoorProcess, free_port, spoor_commands, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 SECRET = "consent-webhook-secret"
@@ -56,19 +56,10 @@ def settings(test_settings):
 @pytest.fixture(scope="module")
 def processes(settings, tmp_path_factory):
     """`spoor segments run`, `spoor campaigns run` and the admin API (`spoor segments api`), as real processes."""
-    log_dir = tmp_path_factory.mktemp("consent-logs")
-    started = []
-    for args in (("segments", "run"), ("campaigns", "run"), ("segments", "api")):
-        log = open(log_dir / f"{'-'.join(args)}.log", "ab")
-        started.append(subprocess.Popen([sys.executable, "-m", "spoor.cli", *args], cwd=REPO,
-                                        env=SpoorProcess(args[0], settings, log_dir).env(), stdout=log,
-                                        stderr=subprocess.STDOUT))
-    for port in (settings.segments_web_port, settings.campaigns_web_port, settings.admin_api_port):
-        wait_until(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, 60, f"a process on port {port}")
-    yield log_dir
-    for process in started:
-        process.terminate()
-        process.wait(30)
+    with spoor_commands(settings, tmp_path_factory.mktemp("consent-logs"),
+                        [("segments", "run"), ("campaigns", "run"), ("segments", "api")],
+                        [settings.segments_web_port, settings.campaigns_web_port, settings.admin_api_port]) as log_dir:
+        yield log_dir
 
 
 def http_status(url: str) -> int | None:

@@ -3,9 +3,6 @@ traffic's checkout outage fires the checkout alert, which resolves when orders c
 abandoners get a campaign with two variants and a holdout through signed webhooks, some come back and buy,
 and the summary read from PostgreSQL shows it all."""
 
-import subprocess
-import sys
-import urllib.request
 from datetime import timedelta
 
 import pytest
@@ -14,7 +11,7 @@ from sqlalchemy import func, select, text
 from spoor.cli.demo import print_summary, run_demo
 from spoor.cli.demo_alerts import WARM_UP_MINUTES
 from spoor.storage.segment_tables import CampaignDelivery
-from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
+from tests.support.local_stack import free_port, spoor_commands
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -31,27 +28,9 @@ def settings(test_settings):
 @pytest.fixture(scope="module")
 def runners(settings, tmp_path_factory):
     """`spoor segments run` and `spoor campaigns run`, as make up starts them."""
-    log_dir = tmp_path_factory.mktemp("runner-logs")
-    processes = []
-    for command in ("segments", "campaigns"):
-        log = open(log_dir / f"{command}.log", "ab")
-        processes.append(subprocess.Popen([sys.executable, "-m", "spoor.cli", command, "run"], cwd=REPO,
-                                          env=SpoorProcess(command, settings, log_dir).env(), stdout=log,
-                                          stderr=subprocess.STDOUT))
-    for port in (settings.segments_web_port, settings.campaigns_web_port):
-        wait_until(lambda: _healthy(f"http://127.0.0.1:{port}/healthz"), 60, f"runner on port {port}")
-    yield log_dir
-    for process in processes:
-        process.terminate()
-        process.wait(30)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
+    with spoor_commands(settings, tmp_path_factory.mktemp("runner-logs"), [("segments", "run"), ("campaigns", "run")],
+                        [settings.segments_web_port, settings.campaigns_web_port]) as log_dir:
+        yield log_dir
 
 
 def test_demo_shows_the_alert_the_segments_and_the_campaign(collector, start_process, engine, write_key, settings,

@@ -21,7 +21,7 @@ from spoor.campaigns.webhook_delivery import verify
 from spoor.cli.collector_client import CollectorClient
 from spoor.privacy.erasure import audit_hash
 from spoor.topics import create_producer, create_segment_topics
-from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
+from tests.support.local_stack import REPO, SpoorProcess, free_port, spoor_commands, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 SECRET = "e2e-webhook-secret"
@@ -44,19 +44,9 @@ def settings(test_settings):
 @pytest.fixture(scope="module")
 def runners(settings, tmp_path_factory):
     """`spoor segments run` and `spoor campaigns run` as real processes."""
-    log_dir = tmp_path_factory.mktemp("runner-logs")
-    processes = []
-    for command in ("segments", "campaigns"):
-        log = open(log_dir / f"{command}.log", "ab")
-        processes.append(subprocess.Popen([sys.executable, "-m", "spoor.cli", command, "run"], cwd=REPO,
-                                          env=SpoorProcess(command, settings, log_dir).env(), stdout=log,
-                                          stderr=subprocess.STDOUT))
-    for port in (settings.segments_web_port, settings.campaigns_web_port):
-        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 60, f"runner on port {port}")
-    yield log_dir
-    for process in processes:
-        process.terminate()
-        process.wait(30)
+    with spoor_commands(settings, tmp_path_factory.mktemp("runner-logs"), [("segments", "run"), ("campaigns", "run")],
+                        [settings.segments_web_port, settings.campaigns_web_port]) as log_dir:
+        yield log_dir
 
 
 def http_get(url: str) -> tuple[int | None, str]:

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from spoor.settings import Settings, environment
@@ -106,3 +107,33 @@ class SpoorProcess:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def _healthz(port: int) -> bool:
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def spoor_commands(settings: Settings, log_dir: Path, commands: list[tuple[str, ...]],
+                   health_ports: list[int]) -> Iterator[Path]:
+    """Real `spoor <command>` processes (runners, the admin API) with the test's settings, each logging to
+    ``log_dir``; yields once every port in ``health_ports`` answers /healthz, stops them after."""
+    started = []
+    try:
+        for args in commands:
+            log = open(log_dir / f"{'-'.join(args)}.log", "ab")
+            started.append(subprocess.Popen([sys.executable, "-m", "spoor.cli", *args], cwd=REPO,
+                                            env=SpoorProcess(args[0], settings, log_dir).env(), stdout=log,
+                                            stderr=subprocess.STDOUT))
+        for port in health_ports:
+            wait_until(lambda: _healthz(port), 60, f"a spoor process on port {port} ({log_dir})")
+        yield log_dir
+    finally:
+        for process in started:
+            process.terminate()
+            process.wait(30)
