@@ -110,11 +110,19 @@ class PlacedRocksDBStore(rocksdb.Store):
         db = self._dbs.get(self.partition_for_key(key))
         return None if db is None else db.get(key)
 
-    # faust-streaming 0.15.1-0.15.3: abstract _del, as _set; _dbs as in _get
+    # faust-streaming 0.15.1-0.15.3: abstract _del, as _set; _dbs as in _get; _key_index (key -> partition, an LRU
+    # cache Faust fills on writes) would keep a deleted key in memory until it is pushed out
     def _del(self, key: bytes) -> None:
+        self._key_index.pop(key, None)
         db = self._dbs.get(self.partition_for_key(key))
         if db is not None:
             db.delete(key)
+
+    def databases_holding(self, keys) -> list:
+        """The open databases (rocksdict ``Rdict``) of the partitions ``keys`` are kept in, each once."""
+        # faust-streaming 0.15.1-0.15.3: _dbs as in _get (a revoked partition's database is not in it)
+        partitions = sorted({self.partition_for_key(key) for key in keys})
+        return [self._dbs[p] for p in partitions if p in self._dbs]
 
     # faust-streaming 0.15.1-0.15.3: abstract _contains, as _set
     def _contains(self, key: bytes) -> bool:
