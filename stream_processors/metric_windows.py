@@ -158,7 +158,7 @@ class MetricWindows:
         self.first.setdefault(partition, at)
         categories = [event.category] + [line.category for line in event.products]
         kind, user = event.kind.value, event.user_key
-        session = event.__dict__.get("session_id") or user  # a field only once events are sessionized
+        session = getattr(event, "session_id", None) or user  # a field only once events are sessionized
         for accumulator in self._accumulators(at, partition, self.dimensions(event.source, categories)):
             accumulator.add_event(kind, user, session, event.revenue)
         if partition not in self.newest or at > self.newest[partition]:
