@@ -88,9 +88,9 @@ def purge_database(db: rocksdict.Rdict) -> None:
 
 
 def erased_databases(tables: Iterable, keys: Iterable[str]) -> list[rocksdict.Rdict]:
-    """The open RocksDB databases of ``tables`` (None and non-RocksDB tables skipped) that keep one of ``keys``."""
+    """The open RocksDB databases of ``tables`` (None and tables in memory skipped) that keep one of ``keys``."""
     raw = [key.encode() for key in keys]
-    stores = [table.data for table in tables if table is not None]
+    stores = [getattr(table, "data", None) for table in tables]  # a Faust table's store (a test's dict has none)
     return [db for store in stores if isinstance(store, KeyPartitionedStore) and store.use_rocksdict
             for db in store.databases_holding(raw)]
 
