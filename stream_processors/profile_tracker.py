@@ -62,6 +62,7 @@ from spoor.stream_processors.fault_points import crash_point
 from spoor.stream_processors.identities import LINKED, MERGED, IdentityGraph, Link
 from spoor.stream_processors.interests import RecentActivity, recent_activity
 from spoor.stream_processors.profile import UserProfile
+from spoor.stream_processors.rocksdb_store import purge_erased
 
 log = logging.getLogger(__name__)
 FUTURE_TIME = "future_time"
@@ -193,6 +194,8 @@ class ProfileTracker:
         if statements:
             await self.consent.record(statements)
         await self._persist(list(rows.values()), events, derived, sorted(erasures), merges, links)
+        if erasures:  # the erased keys' old values and delete markers leave the local RocksDB files too
+            await purge_erased((self.table, self.identities.table if self.identities else None), erasures)
         if self.identities:
             await self._send_identity_records(claims, forwarded, passed_on, refusals)
         worker_metrics.BATCH_EVENTS.observe(len(events))
