@@ -21,8 +21,12 @@ shopper's *anonymous* id, and the test looks for her ids, e-mail, name and the p
   Records of everyone are gone from the retention-bound topics then; in the changelogs, the other
   shopper's latest state is still there while the erased shopper's is gone.
 
-Not searched: the webhook receiver (a recipient outside Spoor: the erasure reports it) and the
-worker's local RocksDB files (see docs/privacy.md, "Erasure reaches every copy").
+- The worker's local RocksDB files (SST, write-ahead logs, MANIFEST, LOG, every file under
+  SPOOR_WORKER_DATA_DIR, read as raw bytes, keys in hex too as RocksDB's LOG prints them), at once:
+  the worker compacts the databases of the erased keys before it acknowledges the erasure record.
+  Before the erasure her ids are there (the write-ahead log holds every value written).
+
+Not searched: the webhook receiver (a recipient outside Spoor: the erasure reports it).
 """
 
 import hashlib
@@ -32,6 +36,7 @@ import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -213,6 +218,22 @@ def changelog_keys(settings, topic_suffix: str) -> set[bytes]:
     return {key for key, value in latest.items() if value is not None}
 
 
+def rocksdb_hits(settings, needles: list[str]) -> dict[str, list[str]]:
+    """{file: needles in its raw bytes or, as RocksDB's LOG prints keys, in upper-case hex} under the worker's
+    data directory (its RocksDB databases: SST files, write-ahead logs, MANIFEST, LOG, OPTIONS)."""
+    hits: dict[str, list[str]] = {}
+    root = Path(settings.worker_data_dir)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # a file RocksDB deleted meanwhile (a compaction's input, an old log)
+            continue
+        found = [n for n in needles if n.encode() in data or n.encode().hex().upper().encode() in data]
+        if found:
+            hits[str(path.relative_to(root))] = found
+    return hits
+
+
 def ticker_messages(partitions: set[int], tick: int, total: int) -> list[dict]:
     """Another shopper logging in on each of the given partitions (user and anonymous id both on it): the
     writes go to the changelog partitions of the erased shopper's keys, so the broker rolls and cleans them."""
@@ -309,6 +330,9 @@ holdout_percent: 0
                       "segment_members", "campaign_deliveries"):
             assert table in before_pg, (table, before_pg)
         assert email in before_pg["dead_letters"]
+        # Before: the worker's local files hold her ids (the write-ahead log keeps every value written).
+        before_rocksdb = rocksdb_hits(settings, needles)
+        assert any({user, anon} <= set(found) for found in before_rocksdb.values()), before_rocksdb
         # The erasure, given the anonymous id.
         report = json.loads(spoor(settings, "users", "erase", anon, "--actor", "dpo"))
         assert report["worker_state_erased"] is True and report["ids_erased"] == 2
@@ -320,6 +344,9 @@ holdout_percent: 0
         left = pg_hits(engine, needles + hashes)
         assert left == {}, describe(engine, left)
         assert everything_stored(other, other_anon)
+        # The worker's RocksDB files: nothing of her at once (compacted before the record was acknowledged).
+        left_local = rocksdb_hits(settings, needles)
+        assert left_local == {}, f"in the worker's RocksDB files (before: {before_rocksdb}): {left_local}"
         with engine.connect() as conn:
             audit = conn.execute(text("SELECT action, user_key_hmac FROM privacy_audit_log WHERE actor = 'dpo'"
                                       " ORDER BY id")).all()
