@@ -4,6 +4,8 @@
     spoor_sdk.init("WRITE_KEY", host="https://collector.example.com")
     spoor_sdk.track("user-1", "Signed Up", {"plan": "pro"})
     spoor_sdk.order_completed("user-1", order_id="o-1", revenue="42.50", currency="EUR")
+    spoor_sdk.track("user-2", "Product Viewed", {"product_id": "P1"},
+                    consent={"analytics": True, "marketing": False, "personalisation": True})
     spoor_sdk.shutdown()   # also runs at interpreter exit
 
 Or hold a ``Client`` of your own (several write keys, the Kafka transport, callbacks).
@@ -19,7 +21,7 @@ __version__ = VERSION
 __all__ = ["Client", "Stats", "HttpTransport", "KafkaTransport", "RetryPolicy", "Delivery", "SpoorError",
            "RetryableError", "BatchTooLarge", "Rejected", "init", "track", "page", "screen", "identify",
            "product_viewed", "product_added", "product_removed", "checkout_started", "order_completed",
-           "flush", "shutdown"]
+           "consent", "consent_preferences", "flush", "shutdown"]
 
 default_client: Client | None = None
 
@@ -80,6 +82,14 @@ def checkout_started(*args, **kwargs) -> bool:
 
 def order_completed(*args, **kwargs) -> bool:
     return _client().order_completed(*args, **kwargs)
+
+
+def consent(preferences: dict[str, bool] | None) -> None:
+    _client().consent(preferences)
+
+
+def consent_preferences() -> dict[str, bool] | None:
+    return _client().consent_preferences()
 
 
 def flush(timeout: float | None = None) -> bool:

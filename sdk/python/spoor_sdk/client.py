@@ -12,6 +12,11 @@ Guarantees and limits:
 - ``flush()`` waits until everything queued before it was delivered or given up; ``shutdown()``
   flushes, then stops the thread. It runs at interpreter exit unless ``flush_at_exit=False``.
 The queue lives in memory: a process that is killed loses what it had not sent.
+
+Consent per purpose (docs/privacy.md#consent): ``consent(preferences)`` sets the categories every later
+message of the client carries as ``context.consent.categoryPreferences``; a call's ``consent=`` option
+states them for that message alone (``consent=None``: none), and a ``context`` with its own ``consent``
+is left as it is.
 """
 
 import atexit
@@ -49,7 +54,7 @@ class Client:
                  flush_interval: float = 0.5, retry: RetryPolicy = RetryPolicy(),
                  on_drop: Callable[[dict, str], Any] | None = None,
                  on_error: Callable[[Exception, list[dict]], Any] | None = None,
-                 flush_at_exit: bool = True):
+                 flush_at_exit: bool = True, consent: dict[str, bool] | None = None):
         if transport is None:
             if not write_key:
                 raise ValueError("a write key is required for the HTTP transport")
@@ -62,6 +67,7 @@ class Client:
         self.on_drop = on_drop
         self.on_error = on_error
         self.stats = Stats()
+        self._consent = None if consent is None else messages.checked_preferences(consent)
         self._queue: deque[tuple[int, dict, bytes]] = deque()
         self._lock = threading.Condition()
         self._enqueued_seq = 0   # sequence number of the last queued message
@@ -74,25 +80,44 @@ class Client:
         if flush_at_exit:
             atexit.register(self.shutdown)
 
+    # --- consent ---
+
+    def consent(self, preferences: dict[str, bool] | None) -> None:
+        """The categories every later message carries as ``context.consent.categoryPreferences``, e.g.
+        ``{"analytics": True, "marketing": False, "personalisation": True}`` (keys: ``analytics``,
+        ``marketing``, ``personalisation`` or a consent manager's ids SPOOR_CONSENT_CATEGORIES maps); None:
+        messages state none. ValueError for anything but a mapping of at most 100 names to booleans."""
+        self._consent = None if preferences is None else messages.checked_preferences(preferences)
+
+    def consent_preferences(self) -> dict[str, bool] | None:
+        """A copy of the categories set by ``consent()``, or None."""
+        return None if self._consent is None else dict(self._consent)
+
+    def _with_consent(self, options: dict) -> dict:
+        if "consent" not in options and self._consent is not None and "consent" not in (options.get("context") or {}):
+            options["consent"] = self._consent
+        return options
+
     # --- the tracking API (Segment spec names) ---
-    # Every call also takes the keyword options anonymous_id, context, timestamp, message_id, integrations.
+    # Every call also takes the keyword options anonymous_id, context, timestamp, message_id, integrations, consent.
 
     def track(self, user_id=None, event: str = "", properties: dict | None = None, **options) -> bool:
         if not isinstance(event, str) or not event.strip():
             raise ValueError("track: an event name is required")
         return self._enqueue(messages.build("track", {"event": event, "properties": properties or {}},
-                                            user_id=user_id, **options))
+                                            user_id=user_id, **self._with_consent(options)))
 
     def page(self, user_id=None, name: str | None = None, properties: dict | None = None, **options) -> bool:
         return self._enqueue(messages.build("page", {"name": name, "properties": properties or {}},
-                                            user_id=user_id, **options))
+                                            user_id=user_id, **self._with_consent(options)))
 
     def screen(self, user_id=None, name: str | None = None, properties: dict | None = None, **options) -> bool:
         return self._enqueue(messages.build("screen", {"name": name, "properties": properties or {}},
-                                            user_id=user_id, **options))
+                                            user_id=user_id, **self._with_consent(options)))
 
     def identify(self, user_id=None, traits: dict | None = None, **options) -> bool:
-        return self._enqueue(messages.build("identify", {"traits": traits or {}}, user_id=user_id, **options))
+        return self._enqueue(messages.build("identify", {"traits": traits or {}}, user_id=user_id,
+                                            **self._with_consent(options)))
 
     # --- E-commerce spec v2 helpers ---
 

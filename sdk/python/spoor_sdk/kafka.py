@@ -8,8 +8,8 @@ what breaks the contract, so nothing is dropped silently.
 """
 
 import json
-from decimal import Decimal
 from datetime import datetime, timezone
+from decimal import Decimal
 
 from spoor_sdk.errors import RetryableError
 from spoor_sdk.http import Delivery
@@ -28,22 +28,50 @@ TRACK_KINDS = {
     "order refunded": "refund",
 }
 
+# Consent purposes and the category ids each answers to, case-insensitively: a copy of spoor/consent.py's
+# PURPOSES and DEFAULT_CATEGORIES (tests/unit/test_sdk_consent.py holds them together). A shop whose
+# SPOOR_CONSENT_CATEGORIES differs passes the same mapping as ``consent_categories``.
+CONSENT_PURPOSES = ("analytics", "marketing", "personalisation")
+DEFAULT_CONSENT_CATEGORIES = {
+    "analytics": ["analytics", "performance", "statistics"],
+    "marketing": ["marketing", "advertising", "targeting"],
+    "personalisation": ["personalisation", "personalization"],
+}
+
+
+def consent_statement(message: dict, categories: dict[str, list[str]]) -> str | None:
+    """The canonical event's ``consent`` (the purposes granted, comma-separated in CONSENT_PURPOSES order), as
+    the collector reads ``context.consent.categoryPreferences``; None when the message states none. A purpose
+    is granted when one of its categories is true and none false (one not named is not granted)."""
+    preferences = ((message.get("context") or {}).get("consent") or {}).get("categoryPreferences")
+    if preferences is None:
+        return None
+    index = {name.lower(): purpose for purpose, names in categories.items() for name in names}
+    said: dict[str, bool] = {}
+    for category, value in preferences.items():
+        purpose = index.get(category.lower())
+        if purpose is not None:
+            said[purpose] = said.get(purpose, True) and value
+    return ",".join(purpose for purpose in CONSENT_PURPOSES if said.get(purpose))
+
 
 class KafkaTransport:
     def __init__(self, bootstrap_servers: str | list[str], topic: str = "spoor.events", source: str = "backend",
-                 timeout: float = 30.0, **producer_config):
+                 timeout: float = 30.0, consent_categories: dict[str, list[str]] | None = None,
+                 **producer_config):
         from kafka import KafkaProducer  # optional dependency: pip install 'spoor-sdk[kafka]'
 
         self.topic = topic
         self.source = source
         self.timeout = timeout
+        self.consent_categories = consent_categories or DEFAULT_CONSENT_CATEGORIES
         config = {"acks": "all", "enable_idempotence": True, "linger_ms": 5, "client_id": "spoor-sdk",
                   **producer_config}
         self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers, **config)
 
     def send(self, messages: list[dict], _encoded: list[bytes]) -> Delivery:
         received_at = datetime.now(timezone.utc)
-        events = [canonical_event(message, received_at, self.source) for message in messages]
+        events = [canonical_event(message, received_at, self.source, self.consent_categories) for message in messages]
         try:
             futures = [self.producer.send(self.topic, key=event["user_key"].encode(),
                                           value=json.dumps(event, default=_json_default, separators=(",", ":")).encode())
@@ -59,7 +87,8 @@ class KafkaTransport:
         self.producer.close(timeout=self.timeout)
 
 
-def canonical_event(message: dict, received_at: datetime, source: str) -> dict:
+def canonical_event(message: dict, received_at: datetime, source: str,
+                    consent_categories: dict[str, list[str]] = DEFAULT_CONSENT_CATEGORIES) -> dict:
     """A Segment-spec message as Spoor's canonical event (what the collector's normalisation produces)."""
     msg_type = message["type"]
     user_id, anonymous_id = message.get("userId"), message.get("anonymousId")
@@ -78,7 +107,8 @@ def canonical_event(message: dict, received_at: datetime, source: str) -> dict:
              "user_key": user_id or anonymous_id, "user_id": user_id, "anonymous_id": anonymous_id,
              "event_time": message.get("timestamp") or received_at.isoformat(),
              "received_at": received_at.isoformat(), "source": source,
-             "page_url": page.get("url"), "referrer": page.get("referrer")}
+             "page_url": page.get("url"), "referrer": page.get("referrer"),
+             "consent": consent_statement(message, consent_categories)}
     if msg_type == "track":
         event.update(_commerce(properties, kind))
     return {k: v for k, v in event.items() if v is not None}
