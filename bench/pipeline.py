@@ -6,6 +6,10 @@ Phases, in one run:
    collector events/s, and end-to-end events/s until the last aggregate is in PostgreSQL.
 3. Paced: events at a fixed rate (default 2,000/s); freshness p50/p99 from the collector's
    receipt to the transaction that made the aggregate visible in PostgreSQL.
+CPU per event: the stack's processes' CPU (bench/proc_cpu.py, from /proc, found through the pid files
+under SPOOR_RUN_DIR) from just before the flood's first post until its last event is in PostgreSQL, plus
+the same over the paced phase, divided by the events of both; in all and per kind of process. On a
+shared Kafka or PostgreSQL, their figures include what others make them do.
 Ends with `name: value` lines for machines.
 """
 
@@ -31,6 +35,9 @@ from spoor.cli.simulate import simulate
 from spoor.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # bench.proc_cpu when run as a script
+from bench.proc_cpu import KINDS, StackCpu, cpu_delta  # noqa: E402
+
 BATCH = 100
 
 
@@ -178,7 +185,10 @@ def main() -> None:
                              f"{settings.worker_web_port + 1}, ...)")
     parser.add_argument("--write-key", default=settings.demo_write_key,
                         help="default: the demo write key `make up` creates (SPOOR_DEMO_WRITE_KEY)")
+    parser.add_argument("--run-dir", default=os.environ.get("SPOOR_RUN_DIR", "/var/tmp/spoor"),
+                        help="the stack's SPOOR_RUN_DIR, where its pid files are (for the CPU figures)")
     args = parser.parse_args()
+    stack_cpu = StackCpu(args.run_dir)
     url = f"http://{settings.collector_host}:{settings.collector_port}"
     engine = create_engine(settings.database_url)
     worker_urls = [f"http://127.0.0.1:{settings.worker_web_port + i}" for i in range(args.workers)]
@@ -207,11 +217,14 @@ def main() -> None:
 
     print(f"phase 2: flood, {n} events in batches of {BATCH} from {args.threads} connections", flush=True)
     before = all_persisted(worker_urls)
+    cpu_before, driver_before = stack_cpu.sample(), time.process_time()
     started = time.perf_counter()
     post_seconds = post_all(url, args.write_key, bodies, args.threads)
     collector_rate = n / post_seconds
     print(f"  collector accepted {n} events in {post_seconds:.1f}s", flush=True)
     finished = wait_persisted(engine, worker_urls, f"{run_id}f", before, n, timeout=max(300, n / 500))
+    flood_cpu = cpu_delta(cpu_before, stack_cpu.sample())
+    driver_cpu = time.process_time() - driver_before
     end_to_end_rate = n / (finished - started)
 
     paced_n = int(args.paced_rate * args.paced_seconds)
@@ -219,8 +232,11 @@ def main() -> None:
     paced_bodies, paced_n = make_batches(paced_n, seed=int(time.time()) + 7, run_id=f"{run_id}p")
     since = datetime.now(timezone.utc)
     before = all_persisted(worker_urls)
+    cpu_before, driver_before = stack_cpu.sample(), time.process_time()
     post_all(url, args.write_key, paced_bodies, args.threads, rate_per_s=args.paced_rate)
     wait_persisted(engine, worker_urls, f"{run_id}p", before, paced_n, timeout=300)
+    paced_cpu = cpu_delta(cpu_before, stack_cpu.sample())
+    driver_cpu += time.process_time() - driver_before
     with engine.connect() as conn:
         p50, p99 = conn.execute(text(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM persisted_at - received_at)),"
@@ -231,6 +247,14 @@ def main() -> None:
     print(f"collector:  {collector_rate:10,.0f} events/s  = {collector_rate / producer_rate:.2f} x Kafka producer")
     print(f"end-to-end: {end_to_end_rate:10,.0f} events/s  = {end_to_end_rate / consumer_rate:.2f} x Kafka consumer")
     print(f"freshness at {args.paced_rate:.0f} events/s: p50 {p50:.3f}s, p99 {p99:.3f}s")
+    cpu_per_event = {kind: (flood_cpu[kind] + paced_cpu[kind]) * 1e6 / (n + paced_n) for kind in KINDS}
+    total_us = sum(cpu_per_event.values())
+    print(f"CPU per event, {n + paced_n} events of the flood and paced phases: {total_us:.0f} us "
+          f"(flood {sum(flood_cpu.values()) * 1e6 / n:.0f}, paced {sum(paced_cpu.values()) * 1e6 / paced_n:.0f}); "
+          + ", ".join(f"{kind} {us:.0f}" for kind, us in cpu_per_event.items() if us or kind != "other"))
+    missing = [kind for kind, pids in stack_cpu.roots().items() if not pids and kind != "other"]
+    if missing:
+        print(f"  (no process of {', '.join(missing)} under {args.run_dir}: not counted)")
     print()
     for name, value in [("events", n), ("collector_events_per_s", round(collector_rate)),
                         ("end_to_end_events_per_s", round(end_to_end_rate)),
@@ -238,7 +262,10 @@ def main() -> None:
                         ("kafka_producer_events_per_s", round(producer_rate)),
                         ("kafka_consumer_events_per_s", round(consumer_rate)),
                         ("collector_vs_kafka_producer", round(collector_rate / producer_rate, 3)),
-                        ("end_to_end_vs_kafka_consumer", round(end_to_end_rate / consumer_rate, 3))]:
+                        ("end_to_end_vs_kafka_consumer", round(end_to_end_rate / consumer_rate, 3)),
+                        ("cpu_us_per_event", round(total_us, 1)),
+                        *((f"cpu_us_per_event_{kind}", round(us, 1)) for kind, us in cpu_per_event.items()),
+                        ("driver_cpu_us_per_event", round(driver_cpu * 1e6 / (n + paced_n), 1))]:
         print(f"{name}: {value}")
 
 

@@ -121,5 +121,8 @@ class StackCpu:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
 
+    def roots(self) -> dict[str, list[int]]:
+        return stack_roots(self.run_dir)
+
     def sample(self) -> dict[str, float]:
         return cpu_sample(stack_roots(self.run_dir))
