@@ -26,10 +26,11 @@ try:
         c.execute(text("""INSERT INTO user_profiles (user_key, first_seen_at, last_seen_at, events, page_views, product_views,
           distinct_products_viewed, clicks, cart_adds, cart_removes, cart_value, checkouts, orders, revenue)
           SELECT 'p' || g, now(), now(), 1,0,0,0,0,0,0,0,0,0,0 FROM generate_series(1, 20000) g"""))
-        c.execute(text("""INSERT INTO sessions (user_key, session_id, client_session, started_at, ended_at, duration_s, events,
+        c.execute(text("""INSERT INTO sessions (user_key, session_id, opened_at, client_session, started_at, ended_at,
+          duration_s, events,
           page_views, product_views, cart_adds, checkouts, purchases, revenue, reached_cart, reached_checkout, reached_purchase,
           utm_source, utm_medium, referrer)
-          SELECT 'p' || g, 's' || s, true, t, t, 0, 1,1,0,0,0,0,0,false,false,false,
+          SELECT 'p' || g, 's' || s, t, true, t, t, 0, 1,1,0,0,0,0,0,false,false,false,
                  (ARRAY['google','newsletter',NULL,NULL])[1 + (g * 7 + s) % 4], (ARRAY['cpc','email',NULL])[1 + (g + s) % 3],
                  (ARRAY['https://www.bing.com/', NULL])[1 + s % 2]
             FROM generate_series(1, 20000) g, generate_series(1, 10) s,

@@ -2,7 +2,9 @@
 
 Exactly once per (campaign, user, episode) from the user's point of view:
 - ``enqueue`` inserts one ``campaign_deliveries`` row per episode (a behaviour trigger id, or a segment
-  entry's transition id); the unique index makes re-running it harmless;
+  entry's transition id); the unique index makes re-running it harmless. The table is partitioned by the
+  episode's time (``triggered_at``, migration 0030), which the episode fixes, so the index holds it and a second
+  enqueue of an episode still meets its row; the look-up names it too, so it reads one partition;
 - ``dispatch_due`` takes one due row at a time with ``FOR UPDATE SKIP LOCKED`` (so parallel dispatchers
   never send the same row) and, under a per-(campaign, user) advisory lock, applies the rules and sends;
 - every attempt carries the row's idempotency key. If the process dies after the receiver answered and
@@ -122,7 +124,8 @@ def _episodes(conn, spec: CampaignSpec, launched_at: datetime, now: datetime):
                  .where(TRIGGERS.c.kind == spec.audience.trigger, TRIGGERS.c.fired_at >= launched_at,
                         TRIGGERS.c.fired_at <= now,
                         ~already.where(DELIVERIES.c.user_key == TRIGGERS.c.user_key,
-                                       DELIVERIES.c.episode == TRIGGERS.c.trigger_id))
+                                       DELIVERIES.c.episode == TRIGGERS.c.trigger_id,
+                                       DELIVERIES.c.triggered_at == TRIGGERS.c.fired_at))
                  .order_by(TRIGGERS.c.fired_at))
     else:
         episode = func.concat("segment:", TRANSITIONS.c.segment, ":", TRANSITIONS.c.id)
@@ -131,7 +134,7 @@ def _episodes(conn, spec: CampaignSpec, launched_at: datetime, now: datetime):
                  .where(TRANSITIONS.c.segment == spec.audience.segment_entry, TRANSITIONS.c.change == "enter",
                         TRANSITIONS.c.at >= launched_at, TRANSITIONS.c.at <= now,
                         ~already.where(DELIVERIES.c.user_key == TRANSITIONS.c.user_key,
-                                       DELIVERIES.c.episode == episode))
+                                       DELIVERIES.c.episode == episode, DELIVERIES.c.triggered_at == TRANSITIONS.c.at))
                  .order_by(TRANSITIONS.c.id))
     return conn.execute(query.limit(ENQUEUE_BATCH)).all()
 
@@ -284,8 +287,9 @@ def _attempt(conn, sender: Sender, spec: CampaignSpec, row, now: datetime, dead_
     payload = _payload(spec, row, _details(conn, spec, row.episode), recommendations)
     outcome = sender.send(spec, payload, row.idempotency_key, row.user_key)
     attempt = row.attempts + 1
-    conn.execute(ATTEMPTS.insert().values(delivery_id=row.id, attempt=attempt, at=now, status_code=outcome.status_code,
-                                          response=outcome.response, error=outcome.error))
+    conn.execute(ATTEMPTS.insert().values(delivery_id=row.id, triggered_at=row.triggered_at, attempt=attempt, at=now,
+                                          status_code=outcome.status_code, response=outcome.response,
+                                          error=outcome.error))
     common = {"attempts": attempt, "last_status_code": outcome.status_code,
               "last_response": outcome.response if outcome.response is not None else outcome.error, **recommended}
     if outcome.ok:

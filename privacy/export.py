@@ -74,7 +74,8 @@ PRIMARY_KEYS = text("""
      WHERE n.nspname = current_schema() AND i.indisprimary
      GROUP BY c.relname
 """)
-# Single-column foreign keys from a table without user_key to a table with one: (child, column, parent, column).
+# Foreign keys from a table without user_key to a table with one: (child, column, parent, column), by their first
+# column (the id; campaign_attempts' (delivery_id, triggered_at) holds the partition key too, migration 0030).
 CHILD_TABLES = text("""
     SELECT child.relname::text, ca.attname::text, parent.relname::text, pa.attname::text
       FROM pg_constraint f
@@ -83,7 +84,7 @@ CHILD_TABLES = text("""
       JOIN pg_namespace n ON n.oid = child.relnamespace
       JOIN pg_attribute ca ON ca.attrelid = f.conrelid AND ca.attnum = f.conkey[1]
       JOIN pg_attribute pa ON pa.attrelid = f.confrelid AND pa.attnum = f.confkey[1]
-     WHERE f.contype = 'f' AND n.nspname = current_schema() AND cardinality(f.conkey) = 1
+     WHERE f.contype = 'f' AND n.nspname = current_schema() AND f.conparentid = 0 AND NOT child.relispartition
        AND parent.relname = ANY(:parents) AND NOT child.relname = ANY(:parents)
      ORDER BY 1, 2
 """)

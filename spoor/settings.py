@@ -381,12 +381,19 @@ class Settings(BaseSettings):
                     "its receipt.")
     retention_sessions_days: int = Field(
         395, ge=31, le=36500,
-        description="Days a session is kept in `sessions` after it started (deleted in bounded batches).")
+        description="Days a session (and its journey) is kept in `sessions` after it started. Whole months are "
+                    "dropped, once the sessions of a month can no longer be updated (the inactivity and lateness "
+                    "windows): a session goes between this and this plus a month and a few hours after its start.")
     retention_deliveries_days: int = Field(
         730, ge=31, le=36500,
-        description="Days a campaign delivery (and its attempts) is kept in `campaign_deliveries` after it "
-                    "was created (deleted in bounded batches). Two years: the frequency caps and lift reports "
-                    "read them; an episode older than this could be delivered again.")
+        description="Days a campaign delivery (and its attempts) is kept in `campaign_deliveries` after its "
+                    "episode was triggered; whole months are dropped. Two years: the frequency caps and lift "
+                    "reports read them; an episode older than this could be delivered again.")
+    retention_order_attribution_days: int = Field(
+        395, ge=31, le=36500,
+        description="Days the channel attribution of an order or refund is kept in `order_attribution` after "
+                    "the conversion's time; whole months are dropped. As the events it is computed from: "
+                    "the segments runner attributes a person's orders again from `events`.")
     retention_interval_s: float = Field(
         3600.0, ge=60, le=86400,
         description="How often the segments runner runs the retention job (partitions made ahead, expired "

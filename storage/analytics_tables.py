@@ -1,4 +1,6 @@
-"""Tables of the behaviour analytics (migration 0008): sessions, and what it adds to user_activity."""
+"""Tables of the behaviour analytics (migration 0008): sessions, and what it adds to user_activity.
+
+``sessions`` is partitioned by month of ``opened_at`` (migration 0030, storage/retention.py)."""
 
 from datetime import datetime
 from decimal import Decimal
@@ -21,6 +23,9 @@ class Session(Base):
     user_key: Mapped[str] = mapped_column(String(256), primary_key=True)
     # The client's session id, or "t<start in epoch ms>" for a session found by inactivity.
     session_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    # The start the row was first keyed with (migration 0030): its partition, never changed (an inactivity
+    # session's id is its start; a client session keeps it when a late event moves its start earlier).
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     client_session: Mapped[bool] = mapped_column(Boolean)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

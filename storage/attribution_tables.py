@@ -26,7 +26,8 @@ class OrderAttribution(Base):
     touch: Mapped[int] = mapped_column(Integer, primary_key=True)  # position among the conversion's touches
     kind: Mapped[str] = mapped_column(String(8))  # order | refund
     order_id: Mapped[str | None] = mapped_column(String(256))
-    converted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # the conversion's event time: the partition key (migration 0030, monthly; storage/retention.py)
+    converted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     currency: Mapped[str | None] = mapped_column(String(3))
     session_id: Mapped[str | None] = mapped_column(String(256))  # NULL: no session in the window (direct)
     channel: Mapped[str] = mapped_column(Text)

@@ -38,16 +38,19 @@ TABLES_WITH_USER_KEY = text("""
      ORDER BY c.table_name
 """)
 # Each unique index (primary keys too) that includes user_key: its key columns. Partial and expression
-# indexes are left out (none has user_key today).
+# indexes are left out (none has user_key today). A partitioned table's partition key is left out too: a
+# partitioned table's unique keys must hold it, but it is not what makes a row the same (sessions' opened_at:
+# the user's session of the same id, opened under another key, is the same session; migration 0030).
 USER_KEY_UNIQUE_INDEXES = text("""
     SELECT c.relname::text AS table_name, array_agg(a.attname::text ORDER BY k.ord) AS columns
       FROM pg_index i
       JOIN pg_class c ON c.oid = i.indrelid
       JOIN pg_namespace n ON n.oid = c.relnamespace
+      LEFT JOIN pg_partitioned_table p ON p.partrelid = c.oid
      CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
       JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
      WHERE n.nspname = current_schema() AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-       AND k.ord <= i.indnkeyatts
+       AND k.ord <= i.indnkeyatts AND NOT a.attnum = ANY(coalesce(p.partattrs::int2[], '{}'))
      GROUP BY c.relname, i.indexrelid
     HAVING bool_or(a.attname = 'user_key')
 """)

@@ -1,7 +1,8 @@
 """Tables of the journeys (migration 0022): one row per session with its steps as parallel arrays.
 
 Written with the session's row (storage/analytics_writer.py), by the same rules: a row never replaces
-one with more events, and a retired session's row goes. The daily views (paths, exits, dwell, search
+one with more events, and a retired session's row goes. Partitioned as its session, on the
+session's ``opened_at`` (migration 0030). The daily views (paths, exits, dwell, search
 terms, page depth, repeat purchases) are the migration's; stream_processors/journeys.py says what a
 step and a dwell time are.
 """
@@ -19,6 +20,7 @@ class SessionJourney(Base):
 
     user_key: Mapped[str] = mapped_column(String(256), primary_key=True)
     session_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)  # its session's (0030)
     events: Mapped[int] = mapped_column(Integer)  # the session's events when written: the row's version
     page_depth: Mapped[int] = mapped_column(Integer)  # steps, stored or not
     steps_beyond: Mapped[int] = mapped_column(Integer)  # steps past the stored ones (journeys.MAX_RECORDS)

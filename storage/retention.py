@@ -1,18 +1,19 @@
 """Retention: how long each store keeps rows, enforced by dropping whole partitions (docs/privacy.md#retention).
 
-``events`` (one partition a month, on ``event_time``) and ``dead_letters`` (one a day, on ``received_at``) are
-partitioned by time (migration 0027). A run of the job, per store:
+Every store is partitioned by a time its rows never change: ``events`` (one partition a month, on ``event_time``)
+and ``dead_letters`` (one a day, on ``received_at``) by migration 0027; ``sessions`` (on ``opened_at``, the start its
+row was first keyed with, with ``session_journeys``), ``campaign_deliveries`` (on ``triggered_at``, the episode's
+time, with ``campaign_attempts``) and ``order_attribution`` (on ``converted_at``), a month each, by migration 0030.
+A store's companions are partitioned on the same time with the same bounds and go with it. A run, per store:
 
-1. rows waiting in the store's DEFAULT partition (an event older than every partition, or later than those made
+1. rows waiting in the store's DEFAULT partitions (a row older than every partition, or later than those made
    ahead) are deleted when past retention, else moved into their own partition, made for them;
 2. the partitions of this month (day) and the next ``ahead`` ones are made, so a write never needs the default
    partition in normal operation;
-3. every partition whose whole range is older than the retention is dropped (``DROP TABLE``: no row-by-row
-   delete, no dead tuples, the space goes back at once).
-
-``sessions`` and ``campaign_deliveries`` are not partitioned: their keys are not fixed in time (a session's
-start moves with a late event; a delivery's (campaign, user, episode) must stay unique for ever, and
-``campaign_attempts`` points at its id). Their expired rows are deleted in bounded batches instead.
+3. every partition whose whole range is older than the retention (and the store's ``margin``: the time its rows
+   can still be updated after their partition time, e.g. a session's inactivity and lateness windows) is
+   dropped (``DROP TABLE``: no row-by-row delete, no dead tuples, the space goes back at once); a companion's
+   first, and a partition that a companion's foreign key points at is detached before it is dropped.
 
 Every DDL statement waits at most ``LOCK_TIMEOUT`` for its lock: a long reader of the table makes the job give
 up on that store until the next run (counted), instead of stalling the worker's writes queued behind it.
@@ -36,7 +37,6 @@ from spoor.storage import StorageError
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = "2s"
-DELETE_BATCH = 5000
 DEFAULT_BLOCKS = 1024  # pages (8 MiB) of a default partition per delete
 RUN_LOCK = 0x5370_6F72_5265_74  # pg_advisory_lock key of a run ("SporRet")
 
@@ -47,8 +47,7 @@ PARTITIONS_DROPPED = Counter("spoor_retention_partitions_dropped_total",
 BYTES_DROPPED = Counter("spoor_retention_bytes_dropped_total", "Bytes (table and indexes) of dropped partitions.",
                         ["store"])
 ROWS_DELETED = Counter("spoor_retention_rows_deleted_total",
-                       "Rows deleted one batch at a time: expired sessions and deliveries, and rows past retention "
-                       "found in a default partition.", ["store"])
+                       "Rows past retention found in a default partition, deleted one page range at a time.", ["store"])
 ROWS_MOVED = Counter("spoor_retention_rows_moved_total",
                      "Rows moved from a default partition into the partition made for them.", ["store"])
 FAILURES = Counter("spoor_retention_failures_total",
@@ -118,9 +117,10 @@ def cutoff(now: datetime, days: int) -> datetime:
     return now - timedelta(days=days)
 
 
-def expired(start: datetime, unit: str, now: datetime, days: int) -> bool:
-    """A partition goes once its whole range is past retention: its end is at or before the cutoff."""
-    return next_start(start, unit) <= cutoff(now, days)
+def expired(start: datetime, unit: str, now: datetime, days: int, margin: timedelta = timedelta(0)) -> bool:
+    """A partition goes once its whole range is past retention, and past the time its rows can still be updated
+    (``margin`` after their partition time): its end is at or before the cutoff less the margin."""
+    return next_start(start, unit) <= cutoff(now, days) - margin
 
 
 def starts_ahead(now: datetime, unit: str, ahead: int) -> list[datetime]:
@@ -136,22 +136,39 @@ class Store:
     name: str
     column: str
     days: int
-    unit: str | None = None  # None: not partitioned, deleted in batches
+    unit: str
     ahead: int = 0
-    batch_key: str = ""  # unpartitioned stores: how a batch of expired rows is chosen (EXPIRED_BATCH)
+    # Tables partitioned on the same time with the same bounds, whose rows go with the store's (their partitions
+    # are made with its, dropped before its); ``referenced``: a companion's foreign key points at the store.
+    companions: tuple[str, ...] = ()
+    referenced: bool = False
+    margin: timedelta = timedelta(0)  # how long after its partition time a row can still be updated
+    fillfactor: int | None = None  # of the partitions (upserted rows: room for HOT updates, migration 0012)
 
     @property
     def partitioned(self) -> bool:
-        return self.unit is not None
+        return True
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return (self.name, *self.companions)
 
 
 def stores(settings: Settings) -> list[Store]:
-    """Each store with its retention. Partitions made ahead: 3 months of events, 7 days of dead letters (the
-    collector admits events at most ``max_future_event_s`` ahead, so a write never reaches past them)."""
+    """Each store with its retention. Partitions made ahead: 3 months, 7 days of dead letters (the collector
+    admits events at most ``max_future_event_s`` ahead, a session opens at an event's time, an episode's time is
+    at most the enqueue's: a write never reaches past them). A session's row is rewritten while the worker keeps
+    it: until its last event is older than the user's latest by the inactivity gap (or the lateness, for a
+    client session) and the lateness together; that is its margin."""
+    session_margin = timedelta(seconds=max(settings.session_inactivity_s, settings.session_lateness_s)
+                               + settings.session_lateness_s)
     return [Store("events", "event_time", settings.retention_events_days, "month", ahead=3),
             Store("dead_letters", "received_at", settings.retention_dead_letters_days, "day", ahead=7),
-            Store("sessions", "started_at", settings.retention_sessions_days, batch_key="session"),
-            Store("campaign_deliveries", "created_at", settings.retention_deliveries_days, batch_key="id")]
+            Store("sessions", "opened_at", settings.retention_sessions_days, "month", ahead=3,
+                  companions=("session_journeys",), margin=session_margin, fillfactor=70),
+            Store("campaign_deliveries", "triggered_at", settings.retention_deliveries_days, "month", ahead=3,
+                  companions=("campaign_attempts",), referenced=True),
+            Store("order_attribution", "converted_at", settings.retention_order_attribution_days, "month", ahead=3)]
 
 
 @dataclass
@@ -185,10 +202,7 @@ def run_retention(engine: Engine, settings: Settings, now: datetime | None = Non
             for store in stores(settings):
                 report = StoreReport(store.name)
                 try:
-                    if store.partitioned:
-                        _run_partitioned(engine, store, now, report, pace)
-                    else:
-                        _run_batched(engine, store, now, report, pace)
+                    _run_partitioned(engine, store, now, report, pace)
                     observe(engine, store, now)
                 except (SQLAlchemyError, RetentionError) as err:  # a lock timeout, a lost connection: next run
                     FAILURES.labels(store.name).inc()
@@ -210,117 +224,113 @@ def _begin(engine: Engine):
     return conn
 
 
-def partitions(conn: Connection, store: Store) -> tuple[dict[datetime, str], bool]:
-    """The store's partitions the job made (start -> name), and whether its default partition exists."""
+def table_partitions(conn: Connection, table: str, unit: str) -> tuple[dict[datetime, str], bool]:
+    """The table's partitions the job made (start -> name), and whether its default partition exists."""
     names = conn.execute(text(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = CAST(:t AS regclass)"), {"t": store.name}).scalars().all()
+        "WHERE i.inhparent = CAST(:t AS regclass)"), {"t": table}).scalars().all()
     if not names and not conn.execute(text(
             "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = CAST(:t AS regclass))"),
-            {"t": store.name}).scalar_one():
-        raise RetentionError(f"{store.name} is not a partitioned table: run `spoor migrate` (migration 0027)")
+            {"t": table}).scalar_one():
+        raise RetentionError(f"{table} is not a partitioned table: run `spoor migrate` (migrations 0027, 0030)")
     found = {}
     for name in names:
-        start = parse_partition_name(store.name, name, store.unit)
+        start = parse_partition_name(table, name, unit)
         if start is not None:
             found[start] = name
-    return found, f"{store.name}_default" in names
+    return found, f"{table}_default" in names
+
+
+def partitions(conn: Connection, store: Store) -> tuple[dict[datetime, str], bool]:
+    """The store's own partitions the job made (start -> name), and whether its default partition exists."""
+    return table_partitions(conn, store.name, store.unit)
 
 
 def _run_partitioned(engine: Engine, store: Store, now: datetime, report: StoreReport, pace: Pace) -> None:
-    limit = cutoff(now, store.days)
-    default = f"{store.name}_default"
+    limit = cutoff(now, store.days) - store.margin
     with engine.connect() as conn:
-        existing, has_default = partitions(conn, store)
+        existing = {table: table_partitions(conn, table, store.unit) for table in store.tables}
     horizon = starts_ahead(now, store.unit, store.ahead)
     wanted = set(horizon)
-    if has_default:
-        report.rows_deleted += _delete_from_default(engine, default, store.column, limit, pace)
-        with engine.connect() as conn:
-            waiting = conn.execute(text(
-                f"SELECT DISTINCT date_trunc('{store.unit}', {store.column}, 'UTC') FROM {default}")).scalars().all()
-        wanted |= {unit_start(start, store.unit) for start in waiting if start <= horizon[-1]}
-    for start in sorted(wanted - set(existing)):
-        if expired(start, store.unit, now, store.days):
-            continue  # its rows in the default partition are already deleted
+    for table in reversed(store.tables):  # a companion's rows first: a foreign key's cascade finds none of them
+        if existing[table][1]:
+            report.rows_deleted += _delete_from_default(engine, f"{table}_default", store.column, limit, pace)
+    for table in store.tables:
+        if existing[table][1]:
+            with engine.connect() as conn:
+                waiting = conn.execute(text(f"SELECT DISTINCT date_trunc('{store.unit}', {store.column}, 'UTC') "
+                                            f"FROM {table}_default")).scalars().all()
+            wanted |= {unit_start(start, store.unit) for start in waiting if start <= horizon[-1]}
+    every = set().union(*(set(parts) for parts, _default in existing.values()))
+    for start in sorted(wanted):
+        missing = [t for t in store.tables if start not in existing[t][0]]
+        if not missing or next_start(start, store.unit) <= limit:
+            continue  # there, or expired: its rows in the default partitions are already deleted
         started = time.monotonic()
-        name = partition_name(store.name, start, store.unit)
-        report.rows_moved += _create_partition(engine, store, start, name, default if has_default else None)
-        report.created.append(name)
-        PARTITIONS_CREATED.labels(store.name).inc()
+        report.rows_moved += _create_partitions(engine, store, start, missing,
+                                                {t for t in missing if existing[t][1]})
+        report.created += [partition_name(t, start, store.unit) for t in missing]
+        PARTITIONS_CREATED.labels(store.name).inc(len(missing))
         pace(time.monotonic() - started)
-    for start, name in sorted(existing.items()):
-        if expired(start, store.unit, now, store.days):
-            started = time.monotonic()
-            with _begin(engine) as conn:
-                size = conn.execute(text("SELECT pg_total_relation_size(CAST(:p AS regclass))"),
-                                    {"p": name}).scalar_one()
+    for start in sorted(every):
+        if next_start(start, store.unit) > limit:
+            continue
+        started = time.monotonic()
+        names = [existing[t][0][start] for t in reversed(store.tables) if start in existing[t][0]]
+        with _begin(engine) as conn:
+            size = conn.execute(text("SELECT sum(pg_total_relation_size(CAST(p AS regclass)))::bigint "
+                                     "FROM unnest(CAST(:p AS text[])) p"), {"p": names}).scalar_one()
+            for name in names:  # companions first
+                if name == existing[store.name][0].get(start) and store.referenced:
+                    conn.execute(text(f"ALTER TABLE {store.name} DETACH PARTITION {name}"))
                 conn.execute(text(f"DROP TABLE {name}"))
-                conn.commit()
-            report.dropped.append(name)
-            PARTITIONS_DROPPED.labels(store.name).inc()
-            BYTES_DROPPED.labels(store.name).inc(size)
-            pace(time.monotonic() - started)
+            conn.commit()
+        report.dropped += list(reversed(names))
+        PARTITIONS_DROPPED.labels(store.name).inc(len(names))
+        BYTES_DROPPED.labels(store.name).inc(size)
+        pace(time.monotonic() - started)
     ROWS_DELETED.labels(store.name).inc(report.rows_deleted)
     ROWS_MOVED.labels(store.name).inc(report.rows_moved)
     if report.created or report.dropped or report.rows_deleted:
-        log.info("retention of %s: made %s, dropped %s, %d rows past retention deleted from %s", store.name,
-                 report.created or "none", report.dropped or "none", report.rows_deleted, default)
+        log.info("retention of %s: made %s, dropped %s, %d rows past retention deleted from its default partitions",
+                 store.name, report.created or "none", report.dropped or "none", report.rows_deleted)
 
 
-def _create_partition(engine: Engine, store: Store, start: datetime, name: str, default: str | None) -> int:
-    """Makes the partition beside the table, moves its rows out of the default partition, then attaches it:
-    ATTACH takes a lock that lets the worker's writes and the readers go on (CREATE ... PARTITION OF would
-    block them); the CHECK spares it a scan of the new partition. Returns the rows moved."""
+STORED_COLUMNS = ("SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
+                  "WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped AND attgenerated = ''")
+
+
+def _create_partitions(engine: Engine, store: Store, start: datetime, tables: list[str], defaults: set[str]) -> int:
+    """Makes the partitions of ``tables`` (the store and its companions) for ``start`` beside their tables, moves
+    their rows out of the default partitions (``defaults``), then attaches them: ATTACH takes a lock that lets the
+    worker's writes and the readers go on (CREATE ... PARTITION OF would block them); the CHECK spares it a scan
+    of the new partition. Rows leave a companion's default partition before the store's, so a foreign key's
+    cascade finds none of them, and the store's partition is attached first, so the companion's key finds its
+    rows. Returns the rows moved."""
     end = next_start(start, store.unit)
     bounds = {"a": start, "b": end}
+    storage = f" WITH (fillfactor = {store.fillfactor})" if store.fillfactor else ""
+    moved = 0
     with _begin(engine) as conn:
-        conn.execute(text(f"CREATE TABLE {name} (LIKE {store.name} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
-                          f"INCLUDING STORAGE)"))
-        moved = 0
-        if default:
-            moved = conn.execute(text(
-                f"WITH moved AS (DELETE FROM {default} WHERE {store.column} >= :a AND {store.column} < :b "
-                f"RETURNING *) INSERT INTO {name} SELECT * FROM moved"), bounds).rowcount
-        conn.execute(text(f"ALTER TABLE {name} ADD CONSTRAINT {name}_range "
-                          f"CHECK ({store.column} >= :a AND {store.column} < :b)").bindparams(**bounds))
-        conn.execute(text(f"ALTER TABLE {store.name} ATTACH PARTITION {name} "
-                          f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"))
-        conn.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {name}_range"))
+        for table in tables:
+            conn.execute(text(f"CREATE TABLE {partition_name(table, start, store.unit)} (LIKE {table} INCLUDING "
+                              f"DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING STORAGE){storage}"))
+        for table in reversed(tables):
+            if table in defaults:
+                columns = conn.execute(text(STORED_COLUMNS), {"t": table}).scalar_one()
+                moved += conn.execute(text(
+                    f"WITH moved AS (DELETE FROM {table}_default WHERE {store.column} >= :a AND {store.column} < :b "
+                    f"RETURNING {columns}) INSERT INTO {partition_name(table, start, store.unit)} ({columns}) "
+                    f"SELECT {columns} FROM moved"), bounds).rowcount
+        for table in tables:
+            name = partition_name(table, start, store.unit)
+            conn.execute(text(f"ALTER TABLE {name} ADD CONSTRAINT {name}_range "
+                              f"CHECK ({store.column} >= :a AND {store.column} < :b)").bindparams(**bounds))
+            conn.execute(text(f"ALTER TABLE {table} ATTACH PARTITION {name} "
+                              f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"))
+            conn.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {name}_range"))
         conn.commit()
     return moved
-
-
-# A batch of expired rows, by store: sessions through their index on started_at; deliveries from the lowest ids
-# (ids grow with created_at, so the expired ones come first and a run reads no further than they go).
-EXPIRED_BATCH = {
-    "ctid": "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {column} < :limit "
-            "LIMIT {n}))",
-    "id": "DELETE FROM {table} WHERE id = ANY(ARRAY(SELECT id FROM {table} ORDER BY id LIMIT {n})) "
-          "AND {column} < :limit",
-    # a session's journey (session_journeys, its steps and dwell) goes with it; the sessions deleted are counted
-    "session": "WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} "
-               "WHERE {column} < :limit LIMIT {n})) RETURNING user_key, session_id), "
-               "journeys AS (DELETE FROM session_journeys j USING gone "
-               "WHERE j.user_key = gone.user_key AND j.session_id = gone.session_id) "
-               "SELECT count(*) FROM gone",
-}
-
-
-def _delete_batches(engine: Engine, store: Store, limit: datetime, pace: Pace) -> int:
-    """Deletes the store's rows older than ``limit``, ``DELETE_BATCH`` at a time (short transactions, paced)."""
-    statement = text(EXPIRED_BATCH[store.batch_key].format(table=store.name, column=store.column, n=DELETE_BATCH))
-    deleted = 0
-    while True:
-        started = time.monotonic()
-        with _begin(engine) as conn:
-            result = conn.execute(statement, {"limit": limit})
-            count = result.scalar_one() if result.returns_rows else result.rowcount
-            conn.commit()
-        deleted += count
-        pace(time.monotonic() - started)
-        if count < DELETE_BATCH:
-            return deleted
 
 
 def _delete_from_default(engine: Engine, default: str, column: str, limit: datetime, pace: Pace) -> int:
@@ -343,38 +353,31 @@ def _delete_from_default(engine: Engine, default: str, column: str, limit: datet
     return deleted
 
 
-def _run_batched(engine: Engine, store: Store, now: datetime, report: StoreReport, pace: Pace) -> None:
-    report.rows_deleted = _delete_batches(engine, store, cutoff(now, store.days), pace)
-    ROWS_DELETED.labels(store.name).inc(report.rows_deleted)
-    if report.rows_deleted:
-        log.info("retention of %s: %d rows past %d days deleted", store.name, report.rows_deleted, store.days)
-
-
 # -- what is held -------------------------------------------------------------------------------------------
 
 def observe(engine: Engine, store: Store, now: datetime) -> dict:
-    """The store's size, partitions and oldest data, set on the gauges and returned."""
+    """The store's size (its companions' included), partitions and oldest data, set on the gauges and returned."""
     with engine.connect() as conn:
         size, rows = conn.execute(text(
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0), "
-            "coalesce(sum(greatest(c.reltuples, 0)) FILTER (WHERE c.relkind <> 'p'), 0) "  # a parent counts them all
-            "FROM pg_class c WHERE c.oid = CAST(:t AS regclass) OR c.oid IN "
-            "(SELECT inhrelid FROM pg_inherits WHERE inhparent = CAST(:t AS regclass))"),
-            {"t": store.name}).one()
+            "coalesce(sum(greatest(c.reltuples, 0)) FILTER (WHERE c.relkind <> 'p' AND c.relname = :t "
+            "OR c.relname LIKE :t || '\\_%'), 0) "  # a parent counts them all; the rows are the store's own
+            "FROM pg_class c WHERE c.oid = ANY(CAST(:tables AS regclass[])) OR c.oid IN "
+            "(SELECT inhrelid FROM pg_inherits WHERE inhparent = ANY(CAST(:tables AS regclass[])))"),
+            {"t": store.name, "tables": list(store.tables)}).one()
         state = {"store": store.name, "retention_days": store.days, "bytes": int(size), "rows_estimate": int(rows)}
-        if store.partitioned:
-            existing, has_default = partitions(conn, store)
-            oldest = min(existing) if existing else None
-            default_rows = conn.execute(text(
-                f"SELECT count(*) FROM {store.name}_default")).scalar_one() if has_default else 0
-            state.update(unit=store.unit, partitions=len(existing) + has_default, default_rows=default_rows,
-                         oldest_partition=existing.get(oldest))
-            PARTITIONS.labels(store.name).set(state["partitions"])
-            DEFAULT_ROWS.labels(store.name).set(default_rows)
-        else:
-            order = "id" if store.batch_key == "id" else store.column
-            oldest = conn.execute(text(
-                f"SELECT {store.column} FROM {store.name} ORDER BY {order} LIMIT 1")).scalar_one_or_none()
+        existing, has_default = partitions(conn, store)
+        oldest = min(existing) if existing else None
+        default_rows = conn.execute(text(
+            f"SELECT count(*) FROM {store.name}_default")).scalar_one() if has_default else 0
+        state.update(unit=store.unit, partitions=len(existing) + has_default, default_rows=default_rows,
+                     oldest_partition=existing.get(oldest))
+        if store.companions:
+            state["with"] = list(store.companions)
+        if store.margin:
+            state["margin_s"] = int(store.margin.total_seconds())
+        PARTITIONS.labels(store.name).set(state["partitions"])
+        DEFAULT_ROWS.labels(store.name).set(default_rows)
     state["oldest_age_s"] = round((now - oldest).total_seconds()) if oldest else None
     ROWS.labels(store.name).set(state["rows_estimate"])
     BYTES.labels(store.name).set(state["bytes"])

@@ -3,7 +3,19 @@ behaviour_triggers and events; writes only the tables below."""
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, SmallInteger, String, Text, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    func,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -115,8 +127,10 @@ class CampaignDelivery(Base):
     campaign: Mapped[str] = mapped_column(String(64), ForeignKey("campaigns.name", ondelete="CASCADE"))
     user_key: Mapped[str] = mapped_column(String(256))
     episode: Mapped[str] = mapped_column(String(400))  # trigger id or segment transition id
-    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
-    triggered_at: Mapped[datetime] = mapped_column(TS)
+    idempotency_key: Mapped[str] = mapped_column(String(64))
+    # The episode's time (a trigger's fired_at, a segment entry's at): fixed with the episode, the partition key
+    # (migration 0030, monthly), so the unique indexes hold it.
+    triggered_at: Mapped[datetime] = mapped_column(TS, primary_key=True)
     due_at: Mapped[datetime] = mapped_column(TS)
     expires_at: Mapped[datetime | None] = mapped_column(TS)
     # pending | holdout | sent | dead_letter | expired | opted_out | capped
@@ -139,7 +153,8 @@ class CampaignDelivery(Base):
     variant: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
-        Index("campaign_deliveries_episode", "campaign", "user_key", "episode", unique=True),
+        Index("campaign_deliveries_episode", "campaign", "user_key", "episode", "triggered_at", unique=True),
+        Index("campaign_deliveries_idempotency_key_key", "idempotency_key", "triggered_at", unique=True),
         Index("campaign_deliveries_due", "next_attempt_at", postgresql_where="status = 'pending'"),
         Index("campaign_deliveries_user", "user_key", "sent_at"),
         Index("campaign_deliveries_counterfactual_due", "next_attempt_at", postgresql_where=(
@@ -153,13 +168,18 @@ class CampaignAttempt(Base):
     __tablename__ = "campaign_attempts"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    delivery_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("campaign_deliveries.id", ondelete="CASCADE"),
-                                             index=True)
+    delivery_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    # its delivery's triggered_at: the partition key, with the delivery's bounds (migration 0030)
+    triggered_at: Mapped[datetime] = mapped_column(TS, primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(TS)
     status_code: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (ForeignKeyConstraint(["delivery_id", "triggered_at"],
+                                           ["campaign_deliveries.id", "campaign_deliveries.triggered_at"],
+                                           ondelete="CASCADE"),)
 
 
 class AuditLog(Base):

@@ -49,8 +49,10 @@ def _utc(at: float) -> datetime:
 def session_row(user_key: str, session) -> dict:
     entry = session.entry or [None, None, None]
     campaign = session.campaign or [None, None, None]
+    opened_at = _utc(session.opened_at)
     return {
-        "user_key": user_key, "session_id": session.session_id, "client_session": session.client,
+        "user_key": user_key, "session_id": session.session_id, "opened_at": opened_at,
+        "client_session": session.client,
         "started_at": _utc(session.started_at), "ended_at": _utc(session.ended_at),
         "duration_s": round(session.ended_at - session.started_at, 3),
         "events": session.events, "page_views": session.page_views, "product_views": session.product_views,
@@ -62,7 +64,8 @@ def session_row(user_key: str, session) -> dict:
         "view_categories": session.view_categories, "cart_categories": session.cart_categories,
         "purchase_categories": session.purchase_categories,
         # The session_journeys row, written from the same rows (storage/analytics_writer.py).
-        "journey": {"user_key": user_key, "session_id": session.session_id, "events": session.events,
+        "journey": {"user_key": user_key, "session_id": session.session_id, "opened_at": opened_at,
+                    "events": session.events,
                     **session.journey.summary()},
     }
 

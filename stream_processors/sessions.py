@@ -50,6 +50,18 @@ class Session:
     cart_categories: list = field(default_factory=list)
     purchase_categories: list = field(default_factory=list)
     journey: Journey = field(default_factory=Journey)  # its pages, dwell times and searches (journeys.py)
+    # A client session's start when its row was first keyed: the row's partition (sessions.opened_at, migration
+    # 0030), kept when a late event moves the start earlier. An inactivity session's is its id's time.
+    opened: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.opened is None:
+            self.opened = self.started_at
+
+    @property
+    def opened_at(self) -> float:
+        """The row's partition key: never changes for one (user, session id)."""
+        return self.opened if self.client else int(self.session_id[1:]) / 1000
 
     def add(self, event: Event, at: float, repeated_order: bool = False) -> None:
         self.started_at = min(self.started_at, at)
@@ -99,13 +111,15 @@ class Session:
         return [self.session_id, self.client, self.started_at, self.ended_at,
                 [self.events, self.page_views, self.product_views, self.cart_adds, self.checkouts,
                  self.purchases], self.revenue, self.entry, self.campaign,
-                self.view_categories, self.cart_categories, self.purchase_categories, self.journey.encode()]
+                self.view_categories, self.cart_categories, self.purchase_categories, self.journey.encode(),
+                self.opened]
 
     @classmethod
     def decode(cls, data: list) -> "Session":
-        sid, client, start, end, counts, revenue, entry, campaign, views, carts, purchases, *journey = data
+        sid, client, start, end, counts, revenue, entry, campaign, views, carts, purchases, *rest = data
         return cls(sid, client, start, end, *counts, revenue, entry, campaign, views, carts, purchases,
-                   Journey.decode(journey[0] if journey else None))  # a state stored before journeys has none
+                   Journey.decode(rest[0] if rest else None),  # a state stored before journeys has none
+                   rest[1] if len(rest) > 1 else None)  # nor one stored before 0030: its start, as the migration
 
 
 MAX_CATEGORIES = 20  # per session and step: bounds the state of a shopper browsing everything

@@ -48,10 +48,10 @@ def touch_profile(conn, user_key: str) -> None:
 def add_session(conn, user_key: str, session_id: str, started_at: datetime, utm_source=None, utm_medium=None,
                 referrer=None) -> None:
     conn.execute(text(
-        "INSERT INTO sessions (user_key, session_id, client_session, started_at, ended_at, duration_s, events,"
-        " page_views, product_views, cart_adds, checkouts, purchases, revenue, reached_cart, reached_checkout,"
+        "INSERT INTO sessions (user_key, session_id, opened_at, client_session, started_at, ended_at, duration_s,"
+        " events, page_views, product_views, cart_adds, checkouts, purchases, revenue, reached_cart, reached_checkout,"
         " reached_purchase, utm_source, utm_medium, referrer)"
-        " VALUES (:u, :s, true, :t, :t, 0, 1, 1, 0, 0, 0, 0, 0, false, false, false, :src, :med, :ref)"),
+        " VALUES (:u, :s, :t, true, :t, :t, 0, 1, 1, 0, 0, 0, 0, 0, false, false, false, :src, :med, :ref)"),
         {"u": user_key, "s": session_id, "t": started_at, "src": utm_source, "med": utm_medium, "ref": referrer})
     touch_profile(conn, user_key)
 

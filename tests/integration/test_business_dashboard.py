@@ -51,7 +51,8 @@ def epoch(at: datetime) -> float:
 def journey(user: str, start: datetime, steps: list[tuple], beyond: int = 0) -> dict:
     """steps: (seconds after start, page type, product, dwell, dwell source, search term, result count, cart add)."""
     searched = any(s[1] == "search" for s in steps)
-    return {"user_key": user, "session_id": f"{user}-s", "events": len(steps), "page_depth": len(steps) + beyond,
+    return {"user_key": user, "session_id": f"{user}-s", "opened_at": start + timedelta(seconds=steps[0][0]),
+            "events": len(steps), "page_depth": len(steps) + beyond,
             "steps_beyond": beyond, "step_times": [epoch(start + timedelta(seconds=s[0])) for s in steps],
             "page_type": [s[1] for s in steps], "product_id": [s[2] for s in steps],
             "dwell_s": [s[3] for s in steps], "dwell_source": [s[4] for s in steps],
@@ -88,11 +89,12 @@ def journeys(engine):
         conn.execute(text(f"INSERT INTO session_journeys ({columns}) VALUES "
                           f"({', '.join(':' + c for c in JOURNEYS[0])})"), JOURNEYS)
         conn.execute(text("""
-            INSERT INTO sessions (user_key, session_id, client_session, started_at, ended_at, duration_s, events,
-                                  page_views, product_views, cart_adds, checkouts, purchases, revenue, reached_cart,
+            INSERT INTO sessions (user_key, session_id, opened_at, client_session, started_at, ended_at, duration_s,
+                                  events, page_views, product_views, cart_adds, checkouts, purchases, revenue, reached_cart,
                                   reached_checkout, reached_purchase, view_categories, cart_categories,
                                   purchase_categories)
-            VALUES (:user_key, :session_id, true, to_timestamp(:start), to_timestamp(:start), 0, :events, :events,
+            VALUES (:user_key, :session_id, to_timestamp(:start), true, to_timestamp(:start), to_timestamp(:start), 0,
+                    :events, :events,
                     0, 0, 0, 0, 0, false, false, false, '{}', '{}', '{}')"""),
             [{"user_key": j["user_key"], "session_id": j["session_id"], "start": j["step_times"][0],
               "events": j["events"]} for j in JOURNEYS])

@@ -25,11 +25,13 @@ from spoor.storage.migrate import HERE, upgrade
 from spoor.storage.retention import run_retention
 from spoor.storage.writers import StreamWriter
 from spoor.stream_processors.interests import DAY_S, interest_batch
+from tests.integration.test_retention_partitions import insert_delivery, insert_session
 from tests.support.scratch_db import ScratchDatabase
 
 pytestmark = pytest.mark.integration
 UTC = timezone.utc
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+STORES = ["events", "dead_letters", "sessions", "campaign_deliveries", "order_attribution"]
 
 
 @pytest.fixture
@@ -93,20 +95,11 @@ def test_expired_partitions_are_dropped_with_their_rows_and_nothing_else(databas
     with engine.begin() as conn:
         insert_dead_letter(conn, "dl-old", NOW - timedelta(days=9))
         insert_dead_letter(conn, "dl-kept", NOW - timedelta(days=6))
+        # no partition of theirs for the old ones (September): they wait in the default partitions
         for session, started in (("s-old", NOW - timedelta(days=90)), ("s-kept", NOW - timedelta(days=3))):
-            conn.execute(text("INSERT INTO sessions SELECT 'u1', :s, false, :at, :at, 0, 1, 1, 0, 0, 0, 0, 0, "
-                              "false, false, false, NULL, NULL, NULL, NULL, '{}', '{}', '{}'"),
-                         {"s": session, "at": started})
-            conn.execute(text("INSERT INTO session_journeys VALUES ('u1', :s, 1, 1, 0, '{0}', '{home}', '{NULL}', "
-                              "'{NULL}', '{NULL}', '{NULL}', '{NULL}', '{NULL}')"), {"s": session})
-        conn.execute(text("INSERT INTO campaigns (name, definition, status) VALUES ('c', '{}', 'active')"))
+            insert_session(conn, session, started)
         for key, created in (("old", NOW - timedelta(days=90)), ("kept", NOW - timedelta(days=5))):
-            delivery = conn.execute(text(
-                "INSERT INTO campaign_deliveries (campaign, user_key, episode, idempotency_key, triggered_at, due_at, "
-                "status, attempts, next_attempt_at, created_at) VALUES ('c', 'u1', :k, :k, :at, :at, 'sent', 1, :at, :at) "
-                "RETURNING id"), {"k": key, "at": created}).scalar_one()
-            conn.execute(text("INSERT INTO campaign_attempts (delivery_id, attempt, at) VALUES (:d, 1, :at)"),
-                         {"d": delivery, "at": created})
+            insert_delivery(conn, key, created)
         before = {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
                   for table in ("user_profiles", "user_interests", "product_popularity", "behaviour_triggers")}
         interests_before = conn.execute(text("SELECT sum(weight) FROM user_interests")).scalar_one()
@@ -118,7 +111,8 @@ def test_expired_partitions_are_dropped_with_their_rows_and_nothing_else(databas
     # dead letters 2026-11-26 (the days made from 11-24 on: 24 and 25 go).
     assert reports["events"].dropped == ["events_p202605", "events_p202606", "events_p202607", "events_p202608"]
     assert reports["dead_letters"].dropped == ["dead_letters_p20261124", "dead_letters_p20261125"]
-    assert reports["sessions"].rows_deleted == 1 and reports["campaign_deliveries"].rows_deleted == 1
+    # the old session and delivery, each with its journey or attempt, from the default partitions
+    assert reports["sessions"].rows_deleted == 2 and reports["campaign_deliveries"].rows_deleted == 2
     with engine.connect() as conn:
         assert sorted(conn.execute(text("SELECT event_id FROM events")).scalars()) == ["edge-1", "kept-1"]
         assert "events_p202605" not in partitions(conn, "events")
@@ -204,23 +198,6 @@ def test_many_rows_in_the_default_partition_go_range_by_range(database, monkeypa
             ("recent", "events_p202611")]
 
 
-def test_expired_deliveries_go_in_batches_from_the_lowest_ids(database, monkeypatch):
-    engine, settings = database
-    monkeypatch.setattr(retention, "DELETE_BATCH", 2)
-    with engine.begin() as conn:
-        conn.execute(text("INSERT INTO campaigns (name, definition, status) VALUES ('c', '{}', 'active')"))
-        for day in (800, 790, 780, 770, 760, 10, 5):  # enqueued in time order, as the campaigns runner does
-            at = NOW - timedelta(days=day)
-            conn.execute(text(
-                "INSERT INTO campaign_deliveries (campaign, user_key, episode, idempotency_key, triggered_at, due_at, "
-                "status, attempts, next_attempt_at, created_at) VALUES ('c', 'u1', :k, :k, :at, :at, 'sent', 1, :at, "
-                ":at)"), {"k": f"e{day}", "at": at})
-    reports = {r.store: r for r in run_retention(engine, settings, now=NOW)}
-    assert reports["campaign_deliveries"].rows_deleted == 5
-    with engine.connect() as conn:
-        assert sorted(conn.execute(text("SELECT episode FROM campaign_deliveries")).scalars()) == ["e10", "e5"]
-
-
 def test_dead_letters_keep_one_row_per_id_and_no_future_time(database):
     engine, _settings = database
     writer = StreamWriter(engine)
@@ -272,7 +249,7 @@ def test_the_runners_turn_runs_the_job_once_per_interval(database):
     engine, settings = database
     turn = retention.RetentionTurn(engine, settings)
     first = turn()
-    assert [r.store for r in first] == ["events", "dead_letters", "sessions", "campaign_deliveries"]
+    assert [r.store for r in first] == STORES
     assert all(r.error is None for r in first)
     assert turn() is None  # SPOOR_RETENTION_INTERVAL_S (an hour) has not passed
 
@@ -287,10 +264,12 @@ def test_the_cli_runs_the_job_and_shows_each_store(database):
 
     ran = spoor("run")
     assert ran.returncode == 0, ran.stderr
-    assert [r["store"] for r in json.loads(ran.stdout)] == ["events", "dead_letters", "sessions", "campaign_deliveries"]
+    assert [r["store"] for r in json.loads(ran.stdout)] == STORES
     status = {s["store"]: s for s in json.loads(spoor("status").stdout)}
     assert status["events"]["partitions"] >= 5 and status["events"]["retention_days"] == 395
     assert status["dead_letters"]["unit"] == "day" and status["campaign_deliveries"]["retention_days"] == 730
+    assert status["sessions"]["with"] == ["session_journeys"] and status["sessions"]["margin_s"] == 12 * 3600
+    assert status["campaign_deliveries"]["partitions"] >= 5 and status["order_attribution"]["retention_days"] == 395
     refused = spoor("run", SPOOR_RETENTION_DEAD_LETTERS_DAYS="-1")
     assert refused.returncode != 0 and "retention_dead_letters_days" in refused.stderr
     with engine.connect() as conn, conn.begin():  # another run holds the lock: this one does nothing

@@ -80,8 +80,9 @@ def shoppers(start_process, collector, write_key, engine):
                 " expires_at, status, attempts, sent_at, next_attempt_at) VALUES ('winback', :u, 'e1', :k, now(),"
                 " now(), now() + interval '1 day', 'sent', 1, now(), now()) RETURNING id"), {"u": user, "k": f"idem-{user}"}
             ).scalar_one()
-            conn.execute(text("INSERT INTO campaign_attempts (delivery_id, attempt, at, status_code, response) "
-                              "VALUES (:d, 1, now(), 200, :r)"), {"d": delivery, "r": f"ok {user}"})
+            conn.execute(text("INSERT INTO campaign_attempts (delivery_id, triggered_at, attempt, at, status_code, "
+                              "response) SELECT :d, triggered_at, 1, now(), 200, :r FROM campaign_deliveries "
+                              "WHERE id = :d"), {"d": delivery, "r": f"ok {user}"})
         conn.execute(text("INSERT INTO user_consent (user_key, opted_out, time_zone) "
                           "VALUES (:u, true, 'Europe/Paris')"), {"u": ANN[0]})
         # A device both shoppers' events named, claimed by neither yet: erasure would take it, export must not.

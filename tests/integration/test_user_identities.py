@@ -35,9 +35,9 @@ def link(linked_id: str, user_key: str, status: str = "merged", kind: str = "ano
 
 def put_session(conn, user_key: str, session_id: str, events: int) -> None:
     conn.execute(text(
-        "INSERT INTO sessions (user_key, session_id, client_session, started_at, ended_at, duration_s, events,"
-        " page_views, product_views, cart_adds, checkouts, purchases, revenue, reached_cart, reached_checkout,"
-        " reached_purchase) VALUES (:u, :s, true, :t, :t, 0, :n, :n, 0, 0, 0, 0, 0, false, false, false)"),
+        "INSERT INTO sessions (user_key, session_id, opened_at, client_session, started_at, ended_at, duration_s,"
+        " events, page_views, product_views, cart_adds, checkouts, purchases, revenue, reached_cart, reached_checkout,"
+        " reached_purchase) VALUES (:u, :s, :t, true, :t, :t, 0, :n, :n, 0, 0, 0, 0, 0, false, false, false)"),
         {"u": user_key, "s": session_id, "t": NOW, "n": events})
 
 

@@ -55,7 +55,7 @@ def scratch_settings(base: Settings, tmp_path_factory, prefix: str) -> tuple[Set
         "worker_batch_within_s": 0.1,
         "audit_hmac_key": "test-audit-hmac-key-" + uuid.uuid4().hex,  # erasure needs one (privacy/erasure.py)
         # the real data sets are from 2010-2020: a runner's retention job must not delete them mid-test
-        "retention_events_days": 36500, "retention_sessions_days": 36500,
+        "retention_events_days": 36500, "retention_sessions_days": 36500, "retention_order_attribution_days": 36500,
     })
     upgrade(settings.database_url)
     create_topics(settings)

@@ -162,10 +162,14 @@ def activity_row(key: Key) -> dict:
 
 
 def sessions_table(key: Key) -> dict:
-    """The sessions rows, revenue as a number and category lists as sets (their order is approximate)."""
+    """The sessions rows, revenue as a number and category lists as sets (their order is approximate), without
+    the partition key (opened_at: a merged client session keeps the one its row has under the key merged into,
+    where the reference keyed it by its first event; migration 0030)."""
     table = {}
     for session_id, row in key.sessions.items():
         row = {**row, "revenue": Decimal(row["revenue"])}
+        del row["opened_at"]
+        row["journey"] = {k: v for k, v in row["journey"].items() if k != "opened_at"}
         for name in ("view_categories", "cart_categories", "purchase_categories"):
             row[name] = sorted(row[name])
         table[session_id] = row

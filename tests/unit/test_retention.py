@@ -94,9 +94,18 @@ def test_partitions_ahead_start_at_the_current_one():
 def test_defaults_per_store():
     by_name = {store.name: store for store in stores(Settings())}
     assert {name: store.days for name, store in by_name.items()} == {
-        "events": 395, "dead_letters": 28, "sessions": 395, "campaign_deliveries": 730}
+        "events": 395, "dead_letters": 28, "sessions": 395, "campaign_deliveries": 730, "order_attribution": 395}
     assert by_name["events"].unit == "month" and by_name["dead_letters"].unit == "day"
-    assert not by_name["sessions"].partitioned and not by_name["campaign_deliveries"].partitioned
+    assert by_name["sessions"].tables == ("sessions", "session_journeys")
+    assert by_name["campaign_deliveries"].tables == ("campaign_deliveries", "campaign_attempts")
+    # a session is rewritten until its inactivity gap (lateness, for a client session) and the lateness have passed
+    assert by_name["sessions"].margin == timedelta(hours=12) and not by_name["events"].margin
+
+
+def test_a_partition_of_rows_still_updated_is_kept_for_the_margin():
+    january = at(2026, 1, 1)  # ends 2026-02-01: with 30 days, it goes from 2026-03-03 00:00, 12 hours later
+    assert not expired(january, "month", at(2026, 3, 3, 11, 59), 30, timedelta(hours=12))
+    assert expired(january, "month", at(2026, 3, 3, 12), 30, timedelta(hours=12))
 
 
 @pytest.mark.parametrize("name, value", [
@@ -104,6 +113,7 @@ def test_defaults_per_store():
     ("retention_events_days", "1e9"), ("retention_events_days", "abc"), ("retention_events_days", "36501"),
     ("retention_dead_letters_days", "0"), ("retention_dead_letters_days", "1.5"),
     ("retention_sessions_days", "7"), ("retention_deliveries_days", "99999999999"),
+    ("retention_order_attribution_days", "30"), ("retention_order_attribution_days", "0"),
     ("retention_interval_s", "0"), ("retention_interval_s", "-1"), ("retention_interval_s", "nan"),
     ("retention_interval_s", "1e12"),
 ])
