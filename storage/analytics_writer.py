@@ -27,10 +27,12 @@ def _merge(table: str, columns: list[str], keys: tuple[str, ...], version_rule: 
             f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}, updated_at = now() WHERE {version_rule}")
 
 
-MERGE_SESSIONS = _merge("sessions", SESSION_COLUMNS, ("user_key", "session_id"), "sessions.events <= excluded.events")
+# (user_key, session_id, opened_at): a partitioned table's keys hold its partition key (migration 0030)
+MERGE_SESSIONS = _merge("sessions", SESSION_COLUMNS, ("user_key", "session_id", "opened_at"),
+                        "sessions.events <= excluded.events")
 MERGE_ACTIVITY = _merge("user_activity", ACTIVITY_COLUMNS, ("user_key",), "user_activity.as_of <= excluded.as_of")
 # A session row carries its journey row (analytics_tracker.session_row): both come from one JSON document.
-MERGE_JOURNEYS = _merge("session_journeys", JOURNEY_COLUMNS, ("user_key", "session_id"),
+MERGE_JOURNEYS = _merge("session_journeys", JOURNEY_COLUMNS, ("user_key", "session_id", "opened_at"),
                         "session_journeys.events <= excluded.events",
                         "(SELECT json_agg(s -> 'journey') FROM json_array_elements(%s::json) s)")
 DELETE_RETIRED = ("DELETE FROM {table} s USING json_to_recordset(%s::json) AS r(user_key text, session_id text) "
