@@ -55,6 +55,13 @@ sdk-js: sdk/js/node_modules/.installed
 bench: up            ## throughput and freshness figures (make bench N=1000000)
 	$(VENV)/bin/python bench/pipeline.py --events $(N)
 
+OLD ?= 391f7a8
+NEW ?= HEAD
+ROUNDS ?= 2
+.PHONY: bench-ab
+bench-ab: install    ## two commits alternated on fresh stacks of their own, CPU per event and rows digest (make bench-ab OLD=391f7a8 NEW=HEAD N=1000000)
+	bench/ab.sh $(OLD) $(NEW) $(N) $(ROUNDS)
+
 .PHONY: bench-recommendations
 bench-recommendations: install  ## Spoor's recommendations against three baselines on Online Retail's purchases
 	@deploy/stack.sh infra
