@@ -1,25 +1,40 @@
-"""The worker's PostgreSQL writes, A against B: figures, not a test. Needs PostgreSQL (`deploy/stack.sh infra`).
+"""The worker's PostgreSQL writes, A against B: figures, not a test. Needs PostgreSQL (`deploy/stack.sh infra`)
+on this machine (the backend's CPU time is read from /proc).
 
 Simulated events are folded offline as the worker folds them (ProfileTracker with the analytics, a
-dict for the Faust table), and each batch's writes (events, profiles, sessions, activity, triggers)
-are captured. Two fresh scratch databases are migrated; ``--variant-sql`` runs on B only. The batches
-are then written to both with ``StreamWriter``, alternating which goes first, and the time per event
-is compared. With no variant the run is an A/A: the ratio shows the noise.
+dict for the Faust table), and each batch's writes (events, profiles, sessions, activity, triggers, and
+with ``--interests`` the interest rows, as the worker writes them) are captured. Two fresh scratch databases
+are migrated; ``--variant-sql`` runs on B only. The batches are then written to both with ``StreamWriter``,
+alternating which goes first. Per event and side: wall time, the worker's CPU time (this process) and the
+PostgreSQL backend's CPU time (/proc/<pid>/schedstat, nanoseconds), as totals and as medians over batches.
+With no variant the run is an A/A: the ratio shows the noise.
 
+    .venv/bin/python bench/worker_writes.py --interests --a-commit 391f7a8 --statements --digest --redeliver
     .venv/bin/python bench/worker_writes.py --variant-sql "ALTER TABLE sessions SET (fillfactor = 50)"
 
-``--b-interests`` gives B's batches their interest rows (issue 22: user_interests, product_popularity,
-product_affinity), as the worker writes them; A writes without: the ratio is what interests cost.
+``--a-commit REV``: A writes with storage/writers.py, analytics_writer.py and interests.py as they were at REV
+(both databases have today's migrations). ``--a-before-copy``: A writes as before issue 25's writer changes
+(events by the JSON merge, journeys taken out of the sessions' document in PostgreSQL), B as today. ``--statements``: backend CPU per statement kind, per event.
+``--redeliver``: every batch is written twice (the second write must add nothing). ``--digest``: at the
+end, a digest of every table the worker writes, A against B (``now()`` columns left out): same input, same
+rows. ``--b-interests`` gives B's batches their interest rows and A none: the ratio is what interests cost.
 """
 
 import argparse
 import asyncio
+import re
+import statistics
+import subprocess
 import sys
 import time
+import types
 import uuid
+from collections import defaultdict
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
+import psycopg2.extensions
 from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,6 +42,8 @@ from spoor.cli.simulate import simulate  # noqa: E402
 from spoor.events import encode_events  # noqa: E402
 from spoor.ingest.normalize import normalize  # noqa: E402
 from spoor.settings import Settings  # noqa: E402
+from spoor.storage import writers as stream_writers  # noqa: E402
+from spoor.storage.analytics_writer import JOURNEYS_FROM_SESSIONS, write_analytics  # noqa: E402
 from spoor.storage.migrate import upgrade  # noqa: E402
 from spoor.storage.writers import StreamWriter  # noqa: E402
 from spoor.stream_processors.analytics_tracker import AnalyticsTracker  # noqa: E402
@@ -70,54 +87,170 @@ def captured_batches(settings: Settings, users: int, batch_events: int) -> tuple
     return captured, len(events)
 
 
+WRITTEN_TABLES = ("events", "user_profiles", "sessions", "session_journeys", "user_activity", "behaviour_triggers",
+                  "user_interests", "product_popularity", "product_affinity", "user_identities")
+NOW_COLUMNS = ("updated_at", "persisted_at", "recorded_at")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def backend_cpu_ns(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])  # time on CPU, all threads: one here
+
+
+class StatementClock:
+    """Backend CPU per statement kind: a psycopg2 cursor factory that reads /proc around each statement."""
+
+    def __init__(self):
+        self.ns: dict[str, int] = defaultdict(int)
+        clock = self
+
+        class Cursor(psycopg2.extensions.cursor):
+            def _timed(self, sql, run):
+                pid = self.connection.get_backend_pid()
+                before = backend_cpu_ns(pid)
+                try:
+                    return run()
+                finally:
+                    clock.ns[clock.kind(sql)] += backend_cpu_ns(pid) - before
+
+            def execute(self, sql, args=None):
+                return self._timed(sql, lambda: super(Cursor, self).execute(sql, args))
+
+            def executemany(self, sql, args):
+                return self._timed(sql, lambda: super(Cursor, self).executemany(sql, args))
+
+            def copy_expert(self, sql, file, size=8192):
+                return self._timed(sql, lambda: super(Cursor, self).copy_expert(sql, file, size))
+
+        self.cursor = Cursor
+
+    @staticmethod
+    def kind(sql) -> str:
+        sql = sql.decode() if isinstance(sql, bytes) else str(sql)
+        words = re.sub(r"\s+", " ", sql).strip().split(" ")
+        return " ".join(words[:4])[:60]
+
+
+def writer_at(rev: str):
+    """``StreamWriter`` as storage/writers.py (with its analytics and interests writers) was at ``rev``."""
+    tag = re.sub(r"\W", "_", rev)
+    for name in ("interests", "analytics_writer", "writers"):
+        source = subprocess.run(["git", "show", f"{rev}:storage/{name}.py"], cwd=ROOT, check=True,
+                                capture_output=True, text=True).stdout
+        for dep in ("interests", "analytics_writer"):
+            source = source.replace(f"from spoor.storage.{dep} import", f"from writers_at_{tag}_{dep} import")
+        module = types.ModuleType(f"writers_at_{tag}_{name}")
+        sys.modules[module.__name__] = module
+        exec(compile(source, f"{rev}:storage/{name}.py", "exec"), module.__dict__)
+    return module.StreamWriter
+
+
+def digests(engine) -> dict[str, str]:
+    out = {}
+    with engine.connect() as conn:
+        for table in WRITTEN_TABLES:
+            drop = "".join(f" - '{c}'" for c in NOW_COLUMNS)
+            out[table] = conn.execute(text(
+                f"SELECT count(*) || ':' || coalesce(md5(string_agg(r, '|' ORDER BY r)), '') FROM "
+                f"(SELECT (to_jsonb(t){drop})::text AS r FROM {table} t) x")).scalar_one()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=12_500, help="simulated shoppers (~7 events each)")
     parser.add_argument("--batch-events", type=int, default=3000)
     parser.add_argument("--variant-sql", default="", help="statements (separated by ;) run on database B")
-    parser.add_argument("--b-interests", action="store_true", help="B also writes the batches' interests")
+    parser.add_argument("--interests", action="store_true", help="both write the batches' interests (the worker's)")
+    parser.add_argument("--b-interests", action="store_true", help="B alone writes the batches' interests")
+    parser.add_argument("--a-commit", default="", help="A writes with the writers of this commit")
+    parser.add_argument("--a-before-copy", action="store_true", help="A writes events by JSON merge, as before")
+    parser.add_argument("--statements", action="store_true", help="backend CPU per statement kind")
+    parser.add_argument("--redeliver", action="store_true", help="every batch written twice")
+    parser.add_argument("--digest", action="store_true", help="compare the tables' rows at the end")
     args = parser.parse_args()
     settings = Settings()
 
     print(f"folding the events of {args.users} simulated shoppers ...", flush=True)
     batches, n = captured_batches(settings, args.users, args.batch_events)
     print(f"  {n} events in {len(batches)} batches", flush=True)
+    half_lives = settings.interest_half_life_days * DAY_S, settings.trending_half_life_days * DAY_S
+    recent = {}  # users' recent activity across batches, as the worker's profiles keep it
+    interests = [interest_batch(events, *half_lives, recent=recent) for _rows, events, _derived in batches]
     run = uuid.uuid4().hex[:8]
     databases = [ScratchDatabase(settings.database_url, f"spoor_writes_{run}_{name}") for name in "ab"]
+    clocks = [StatementClock(), StatementClock()]
     engines = []
     try:
-        for name, database in zip("ab", databases):
+        for database, clock in zip(databases, clocks):
             upgrade(database.url)
-            engines.append(create_engine(database.url))
+            engines.append(create_engine(database.url, pool_size=1, max_overflow=0,
+                                         connect_args={"cursor_factory": clock.cursor}))
         if args.variant_sql:
             with engines[1].begin() as conn:
                 for statement in filter(str.strip, args.variant_sql.split(";")):
                     conn.execute(text(statement))
-        writers = [StreamWriter(engine) for engine in engines]
-        seconds = [0.0, 0.0]
-        half_lives = settings.interest_half_life_days * DAY_S, settings.trending_half_life_days * DAY_S
-        recent = {}  # users' recent activity across batches, as the worker's profiles keep it
+        pids = []
+        for engine in engines:
+            with engine.connect() as conn:
+                pids.append(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        for clock in clocks:
+            clock.ns.clear()
+        if args.a_commit:
+            writers = [writer_at(args.a_commit)(engines[0]), StreamWriter(engines[1])]
+        else:
+            writers = [StreamWriter(engines[0], copy_events=not args.a_before_copy), StreamWriter(engines[1])]
+        analytics_of = [partial(write_analytics, journeys=JOURNEYS_FROM_SESSIONS) if args.a_before_copy
+                        else write_analytics, write_analytics]
+        totals = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]  # wall, worker CPU, backend CPU (s)
+        per_batch = [[], []]  # (wall, worker, backend) us per event of each batch
         for index, (rows, events, derived) in enumerate(batches):
             for which in ((0, 1) if index % 2 == 0 else (1, 0)):
-                started = time.perf_counter()
-                options = {"interests": interest_batch(events, *half_lives, recent=recent)} if which and args.b_interests else {}
-                writers[which].write_batch(rows, events, derived, **options)
-                seconds[which] += time.perf_counter() - started
-        for name, engine, spent in zip("AB", engines, seconds):
+                with_interests = args.interests or (which and args.b_interests)
+                options = {"interests": interests[index]} if with_interests and events else {}
+                stream_writers.write_analytics = analytics_of[which]
+                for _ in range(2 if args.redeliver else 1):
+                    backend, cpu, wall = backend_cpu_ns(pids[which]), time.process_time(), time.perf_counter()
+                    writers[which].write_batch(rows, events, derived, **options)
+                    spent = (time.perf_counter() - wall, time.process_time() - cpu,
+                             (backend_cpu_ns(pids[which]) - backend) / 1e9)
+                    totals[which] = [t + s for t, s in zip(totals[which], spent)]
+                    per_batch[which].append([s / max(len(events), 1) * 1e6 for s in spent])
+        statement_ns = [dict(clock.ns) for clock in clocks]
+        for name, engine in zip("AB", engines):
             with engine.connect() as conn:
                 updates, hot = conn.execute(text(
                     "SELECT sum(n_tup_upd), sum(n_tup_hot_upd) FROM pg_stat_user_tables WHERE relname = ANY(:t)"),
                     {"t": list(UPSERTED)}).one()
-            print(f"{name}: {spent / n * 1e6:.1f} us/event written, {hot / max(updates, 1):.0%} of updates HOT")
+            print(f"{name}: {hot / max(updates, 1):.0%} of updates HOT")
+        same = None
+        if args.digest:
+            tables = [digests(engine) for engine in engines]
+            same = tables[0] == tables[1]
+            for table in WRITTEN_TABLES:
+                mark = "same" if tables[0][table] == tables[1][table] else "DIFFERENT"
+                print(f"  digest {table}: {tables[0][table]} {mark}")
     finally:
         for engine in engines:
             engine.dispose()
         for database in databases:
             database.drop()
+    writes = n * (2 if args.redeliver else 1)
+    if args.statements:
+        print("backend CPU per statement kind, us per event written (A, B):")
+        a_ns, b_ns = statement_ns
+        for kind in sorted(set(a_ns) | set(b_ns), key=lambda k: -max(a_ns.get(k, 0), b_ns.get(k, 0))):
+            print(f"  {a_ns.get(kind, 0) / writes / 1e3:7.1f} {b_ns.get(kind, 0) / writes / 1e3:7.1f}  {kind}")
     print()
-    print(f"a_write_us_per_event: {seconds[0] / n * 1e6:.1f}")
-    print(f"b_write_us_per_event: {seconds[1] / n * 1e6:.1f}")
-    print(f"b_vs_a: {seconds[1] / seconds[0]:.3f}")
+    for i, measure in enumerate(("write", "worker_cpu", "backend_cpu")):
+        a, b = totals[0][i] / writes * 1e6, totals[1][i] / writes * 1e6
+        median_a = statistics.median(batch[i] for batch in per_batch[0])
+        median_b = statistics.median(batch[i] for batch in per_batch[1])
+        print(f"a_{measure}_us_per_event: {a:.1f} (median of batches {median_a:.1f})")
+        print(f"b_{measure}_us_per_event: {b:.1f} (median of batches {median_b:.1f})")
+        print(f"b_vs_a_{measure}: {b / a:.3f} (medians {median_b / median_a:.3f})")
+    if same is not None:
+        print(f"digests_equal: {same}")
 
 
 if __name__ == "__main__":

@@ -4,21 +4,28 @@
 snapshots in one transaction: either both are visible or neither is. A profile
 snapshot never replaces a newer one (its event count is its version).
 
-A batch travels as one JSON document per table, expanded by PostgreSQL
-(``json_populate_recordset``) and merged with one INSERT ... ON CONFLICT:
-per-row parameter binding in Python cost more than the rest of the worker.
-``json``, not ``jsonb``: the text is parsed once instead of converted first (-9% of the events merge).
+A batch's events reach ``events`` by COPY (text format): the ids already stored near each event's time are
+looked up first (one statement), the rest are copied, the first copy of an id in the batch only. COPY costs
+PostgreSQL about half of what the JSON merge did (``bench/worker_writes.py``). Should another transaction
+insert one of those events meanwhile (a worker that lost its partitions still writing), the COPY fails on the
+key, is rolled back to its savepoint, and the batch's events go through the merge (``MERGE_EVENTS``) instead.
+Every other table's rows travel as one JSON document per table, expanded by PostgreSQL
+(``json_populate_recordset``) and merged with one INSERT ... ON CONFLICT: per-row parameter binding in
+Python cost more than the rest of the worker. ``json``, not ``jsonb``: the text is parsed once.
 
 Identities (storage/identities.py, docs/identity.md): a batch that joins ids to users records its links
 and moves each merged id's rows to its user in the same transaction, before the merged user's profile,
 activity and sessions are upserted: the user's merged rows and the id's rows never both show.
 """
 
+import io
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
+from operator import attrgetter
 
 import orjson
+import psycopg2.errors
 from sqlalchemy import Engine, bindparam, exists, select
 from sqlalchemy.dialects.postgresql import insert
 
@@ -47,6 +54,17 @@ MERGE_EVENTS = (
     "ORDER BY r.event_id, r.ordinality "
     "ON CONFLICT (event_id, event_time) DO NOTHING RETURNING event_id"
 )
+# The batch's events already stored (by the rule above), as their indexes in the batch.
+STORED_EVENTS = (
+    "SELECT r.n FROM json_to_recordset(%s::json) AS r(n int, i text, t timestamptz) "
+    "WHERE EXISTS (SELECT FROM events e WHERE e.event_id = r.i "
+    f"AND e.event_time > r.t - interval '{DEDUPE_SPAN}' AND e.event_time < r.t + interval '{DEDUPE_SPAN}')"
+)
+COPY_EVENTS = f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
+_event_values = attrgetter(*EVENT_COLUMNS)
+_PRODUCTS, _EVENT_TIME, _RECEIVED_AT = (EVENT_COLUMNS.index(c) for c in ("products", "event_time", "received_at"))
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NULL = "\\N"
 _profile_updates = ", ".join(f"{c} = excluded.{c}" for c in PROFILE_COLUMNS if c != "user_key")
 MERGE_PROFILES = (
     f"INSERT INTO user_profiles ({', '.join(PROFILE_COLUMNS)}) "
@@ -77,11 +95,77 @@ def _decimal_as_text(value):
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-class StreamWriter:
-    """Writes what the worker derived from one batch. Blocking: call it from a thread."""
+def _copy_field(value) -> str:
+    """A value that is not text as COPY's text format reads it; times are written apart (``copy_text``)."""
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    return str(value)  # int, Decimal
 
-    def __init__(self, engine: Engine):
+
+def _product_lines(event: Event) -> str:
+    """The event's product lines as the JSON merge stored them: as the events topic's encoding has them."""
+    return orjson.dumps(orjson.loads(encode_events([event]))[0]["products"]).decode()
+
+
+def copy_text(events: Sequence[Event]) -> str:
+    """The events as COPY's text format, one line each, columns ``EVENT_COLUMNS``. A line is escaped only
+    when it needs it: when its tabs, newlines and backslashes are more than its columns and NULLs make.
+    Event and receipt times are written by orjson for the whole batch (datetime.isoformat: 1.6 us each)."""
+    times = orjson.dumps([t for e in events for t in (e.event_time, e.received_at)]).decode()[2:-2].split('","')
+    lines = []
+    tabs = len(EVENT_COLUMNS) - 1
+    for n, event in enumerate(events):
+        values = list(_event_values(event))
+        values[_EVENT_TIME], values[_RECEIVED_AT] = times[2 * n], times[2 * n + 1]
+        products = values[_PRODUCTS]
+        nulls = values.count(None)
+        if products is not None:
+            values[_PRODUCTS] = _product_lines(event) if products else None
+        fields = [_NULL if v is None else v if isinstance(v, str) else _copy_field(v) for v in values]
+        line = "\t".join(fields)
+        if (line.count("\t") != tabs or line.count("\\") != nulls + (products == ())
+                or "\n" in line or "\r" in line):
+            line = "\t".join([_NULL if v is None else f.translate(_COPY_ESCAPES) for v, f in zip(values, fields)])
+        lines.append(line)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def insert_events(cursor, events: Sequence[Event]) -> set[str]:
+    """Adds the batch's events not yet stored; returns their ids (the events new to the table)."""
+    stored = orjson.dumps([{"n": n, "i": e.event_id, "t": e.event_time} for n, e in enumerate(events)]).decode()
+    cursor.execute(STORED_EVENTS, (stored,))
+    refused = {row[0] for row in cursor.fetchall()}
+    new, seen = [], set()
+    for n, event in enumerate(events):
+        if n not in refused and event.event_id not in seen:
+            seen.add(event.event_id)
+            new.append(event)
+    if not new:
+        return set()
+    cursor.execute("SAVEPOINT copy_events")
+    try:
+        cursor.copy_expert(COPY_EVENTS, io.BytesIO(copy_text(new).encode()), size=1 << 20)
+    except psycopg2.errors.UniqueViolation:  # inserted meanwhile by another transaction: merge instead
+        cursor.execute("ROLLBACK TO SAVEPOINT copy_events")
+        return merge_events(cursor, new)
+    cursor.execute("RELEASE SAVEPOINT copy_events")
+    return seen
+
+
+def merge_events(cursor, events: Sequence[Event]) -> set[str]:
+    """``insert_events`` as one JSON merge (``MERGE_EVENTS``): COPY's fallback, and what it replaced."""
+    cursor.execute(MERGE_EVENTS, (encode_events(events).decode(),))
+    return {row[0] for row in cursor.fetchall()}
+
+
+class StreamWriter:
+    """Writes what the worker derived from one batch. Blocking: call it from a thread. ``copy_events=False``
+    writes the events with the JSON merge instead of COPY (bench/worker_writes.py compares the two)."""
+
+    def __init__(self, engine: Engine, copy_events: bool = True):
         self.engine = engine
+        self.insert_events = insert_events if copy_events else merge_events
 
     def write_batch(self, profiles: Sequence[dict], events: list[Event], analytics=None,
                     erased_users: Sequence[str] = (), *, merges: Sequence[tuple[str, str]] = (),
@@ -93,7 +177,6 @@ class StreamWriter:
         batch's events and before the profiles and analytics, which hold ``into_key``'s merged rows.
         ``interests``: ``stream_processors.interests.interest_batch`` of ``events``; only the events new to
         the ``events`` table add to interests and affinities (storage/interests.py)."""
-        events_json = encode_events(events).decode()
         profiles_json = orjson.dumps(profiles, default=_decimal_as_text).decode()
         with self.engine.begin() as conn:
             cursor = conn.connection.dbapi_connection.cursor()
@@ -101,8 +184,7 @@ class StreamWriter:
                 cursor.execute(statement, (list(erased_users),))
             if links:
                 record_links(conn, links)
-            cursor.execute(MERGE_EVENTS, (events_json,))
-            new_event_ids = {row[0] for row in cursor.fetchall()}
+            new_event_ids = self.insert_events(cursor, events) if events else set()
             if interests is not None and new_event_ids:
                 write_interests(cursor, interests, new_event_ids)
             if merges:
