@@ -9,7 +9,7 @@ The batches are written to both with the same statements but for the key (storag
 ``_merge``), alternating which goes first. Per session row and side: the PostgreSQL backend's CPU time
 (/proc/<pid>/schedstat) and the wall time, medians over batches and totals.
 
-    .venv/bin/python bench/session_partition_writes.py [--users 3000] [--batches 60] [--rounds 3]
+    .venv/bin/python bench/session_partition_writes.py [--users 3000] [--batches 60] [--rounds 3] [--same]
 """
 
 import argparse
@@ -79,13 +79,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--events", type=int, default=1500, help="events per batch")
     parser.add_argument("--rounds", type=int, default=3, help="runs of every batch (fresh databases each)")
+    parser.add_argument("--same", action="store_true", help="B as A (an A/A run: the ratio shows the noise)")
     args = parser.parse_args()
     settings = Settings()
     data = batches(args.users, args.batches, args.events)
     rows = sum(len(b) for b in data)
-    keys = {"A": ("user_key", "session_id"), "B": ("user_key", "session_id", "opened_at")}
-    columns = {"A": [c for c in aw.SESSION_COLUMNS if c != "opened_at"], "B": aw.SESSION_COLUMNS}
-    journey_columns = {"A": [c for c in aw.JOURNEY_COLUMNS if c != "opened_at"], "B": aw.JOURNEY_COLUMNS}
+    old = {"A": True, "B": args.same}  # the schema before migration 0030
+    keys = {side: ("user_key", "session_id") + (() if old[side] else ("opened_at",)) for side in "AB"}
+    columns = {side: [c for c in aw.SESSION_COLUMNS if c != "opened_at" or not old[side]] for side in "AB"}
+    journey_columns = {side: [c for c in aw.JOURNEY_COLUMNS if c != "opened_at" or not old[side]] for side in "AB"}
     statements = {side: (aw._merge("sessions", columns[side], keys[side], "sessions.events <= excluded.events"),
                          aw._merge("session_journeys", journey_columns[side], keys[side],
                                    "session_journeys.events <= excluded.events"))
@@ -100,7 +102,7 @@ def main() -> None:
             from alembic.config import Config
             for side, db in dbs.items():
                 upgrade(db.url)
-                if side == "A":
+                if old[side]:
                     config = Config(str(HERE / "alembic.ini"))
                     config.set_main_option("script_location", str(HERE / "migrations"))
                     config.set_main_option("sqlalchemy.url", db.url.replace("%", "%%"))

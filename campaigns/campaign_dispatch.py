@@ -117,7 +117,8 @@ class CampaignStore:
 
 
 def _episodes(conn, spec: CampaignSpec, launched_at: datetime, now: datetime):
-    """Audience episodes since launch that have no delivery row yet: (episode, user_key, at, details)."""
+    """Audience episodes since launch (and since ``launched_at``, which the caller moves up to the deliveries'
+    retention) that have no delivery row yet: (episode, user_key, at, details)."""
     already = exists().where(DELIVERIES.c.campaign == spec.name)  # with user_key: the unique index answers
     if spec.audience.trigger:
         query = (select(TRIGGERS.c.trigger_id, TRIGGERS.c.user_key, TRIGGERS.c.fired_at, TRIGGERS.c.details)
@@ -139,16 +140,18 @@ def _episodes(conn, spec: CampaignSpec, launched_at: datetime, now: datetime):
     return conn.execute(query.limit(ENQUEUE_BATCH)).all()
 
 
-def enqueue(engine: Engine, now: datetime, only: set[str] | None = None) -> int:
+def enqueue(engine: Engine, now: datetime, only: set[str] | None = None, kept_since: datetime | None = None) -> int:
     """One delivery row per new audience episode of every active campaign. Opted-out users are recorded
     as such (never in the holdout, so holdout and treated both hold consenting users only). ``only``: these
-    campaigns only (the demo acts on its own campaign, not on the shop's)."""
+    campaigns only (the demo acts on its own campaign, not on the shop's). ``kept_since``: the oldest episode
+    time whose delivery the retention keeps (``retention_deliveries_days`` ago): an older episode is not
+    enqueued, since its delivery row may have gone with its partition and it would be sent a second time."""
     created = 0
     for spec, launched_at in CampaignStore(engine).active():
         if only is not None and spec.name not in only:
             continue
         with engine.begin() as conn:
-            episodes = _episodes(conn, spec, launched_at, now)
+            episodes = _episodes(conn, spec, max(launched_at, kept_since) if kept_since else launched_at, now)
             if not episodes:
                 continue
             opted_out = _without_marketing_consent(conn, {e[1] for e in episodes})

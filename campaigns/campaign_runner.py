@@ -3,6 +3,7 @@ episodes, dispatch due deliveries, in the bounded turns of ``spoor.turn_loop``."
 
 import logging
 import threading
+from datetime import timedelta
 
 from kafka import KafkaConsumer
 from sqlalchemy import Engine
@@ -33,7 +34,8 @@ def run_campaigns(settings: Settings, engine: Engine, stop: threading.Event | No
     def turn() -> None:
         ingest.poll_once(int(settings.campaigns_poll_s * 1000))
         now = utcnow()
-        campaign_metrics.ENQUEUED.inc(enqueue(engine, now))
+        kept_since = now - timedelta(days=settings.retention_deliveries_days)  # older: maybe dropped, not again
+        campaign_metrics.ENQUEUED.inc(enqueue(engine, now, kept_since=kept_since))
         counts = dispatch_due(engine, sender, now, settings.campaign_default_time_zone,
                               settings.campaigns_dead_letter_topic)
         for outcome, n in counts.items():

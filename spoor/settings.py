@@ -388,7 +388,8 @@ class Settings(BaseSettings):
         730, ge=31, le=36500,
         description="Days a campaign delivery (and its attempts) is kept in `campaign_deliveries` after its "
                     "episode was triggered; whole months are dropped. Two years: the frequency caps and lift "
-                    "reports read them; an episode older than this could be delivered again.")
+                    "reports read them. The campaigns runner enqueues no episode older than this (its delivery "
+                    "may have gone: it would be sent again).")
     retention_order_attribution_days: int = Field(
         395, ge=31, le=36500,
         description="Days the channel attribution of an order or refund is kept in `order_attribution` after "

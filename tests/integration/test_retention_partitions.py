@@ -301,3 +301,27 @@ def test_the_migration_converts_sessions_deliveries_and_attribution_that_hold_ro
     finally:
         engine.dispose()
         db.drop()
+
+
+def test_an_episode_older_than_the_deliveries_retention_is_not_enqueued_again(database):
+    from spoor.campaigns.campaign_dispatch import CampaignStore, enqueue
+    from spoor.campaigns.campaign_spec import parse_campaign
+    from tests.support.segments_data import put_trigger
+
+    engine, settings = database
+    settings = settings.model_copy(update={"retention_deliveries_days": 60})
+    launched = NOW - timedelta(days=400)
+    run_retention(engine, settings, now=launched)
+    store = CampaignStore(engine)
+    store.save(parse_campaign({"name": "rescue", "audience": {"trigger": "cart_abandonment"},
+                               "action": {"webhook": "http://127.0.0.1:9/hook"}}))
+    store.launch("rescue", launched)
+    put_trigger(engine, "cart_abandonment", "u1", "1", launched + timedelta(days=1))
+    assert enqueue(engine, launched + timedelta(days=2)) == 1
+    run_retention(engine, settings, now=NOW)  # its delivery's partition goes; the trigger stays
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM campaign_deliveries")).scalar_one() == 0
+    kept_since = NOW - timedelta(days=settings.retention_deliveries_days)  # as the campaigns runner passes it
+    assert enqueue(engine, NOW, kept_since=kept_since) == 0  # not sent a second time
+    put_trigger(engine, "cart_abandonment", "u1", "2", NOW - timedelta(days=1))
+    assert enqueue(engine, NOW, kept_since=kept_since) == 1  # a recent episode is
