@@ -96,12 +96,17 @@ def run_logged(cmd: list[str], env: dict[str, str], log_path: Path, echo: bool, 
         process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    cwd=cwd)
         lines = []
-        for line in process.stdout:
-            lines.append(line)
-            out.write(line)
-            out.flush()
-            if echo:
-                print(f"    {line}", end="", flush=True)
+        try:
+            for line in process.stdout:
+                lines.append(line)
+                out.write(line)
+                out.flush()
+                if echo:
+                    print(f"    {line}", end="", flush=True)
+        except BaseException:  # SIGTERM, Ctrl-C: the driver stops with us, before its stack does
+            process.terminate()
+            process.wait(60)
+            raise
         if process.wait() != 0:
             tail = "".join(lines[-30:])
             raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({process.returncode}); see {log_path}:\n{tail}")
