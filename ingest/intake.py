@@ -50,6 +50,7 @@ SUMMARY_KEY_CHARS = 64
 # JSON integers orjson reads as integers; a Python caller (replay of a PostgreSQL row) may pass others.
 INT_RANGE = (-2 ** 63, 2 ** 64 - 1)
 SURROGATES = re.compile("[\ud800-\udfff]")
+NUL_ESCAPE = b"\\u0000"  # how JSON (orjson) writes U+0000
 
 Record = tuple[str, int | None, bytes | None, bytes]  # topic, partition, key, value
 
@@ -97,7 +98,10 @@ class Intake:
         entries: list[tuple[int, Any, Event]] = []
         by_partition: dict[int, list[tuple[int, Any, Event]]] = {}
         derived: dict[str, int] = {}  # content-derived ids seen in this request, and how often
-        context_bytes, context_too_deep = self._batch_context(facts.context)
+        context_bytes, context_too_deep, context_nul = self._batch_context(facts.context)
+        # Whether U+0000 (which PostgreSQL cannot store) may be in what the request adds to its events;
+        # a message's own JSON is searched for its escape as it is size-checked (``nul_free``).
+        request_nul = "\x00" in facts.source or "\x00" in (facts.user_agent or "")
         for index, message in enumerate(messages):
             own = message
             merged = isinstance(message, dict) and facts.context and "context" not in message
@@ -106,19 +110,21 @@ class Intake:
             try:
                 if merged and context_bytes is not None:
                     # The batch's context is encoded once per request, not once per message.
-                    checked = self._checked(own, context_bytes + (11 if own else 10))
+                    checked, nul_free = self._checked(own, context_bytes + (11 if own else 10))
+                    nul_free = nul_free and not context_nul
                     if context_too_deep is not None:
                         raise _Unstorable(_bounded_text("context." + context_too_deep, MAX_FIELD_CHARS),
                                           self._depth_reason())
                     if checked is not own:
                         message = {**checked, "context": facts.context}
                 else:
-                    message = self._checked(message)
+                    message, nul_free = self._checked(message)
                 context = message.get("context") if isinstance(message, dict) else None
                 event = normalize(message, received_at=facts.received_at, source=facts.source,
                                   batch_sent_at=facts.sent_at, default_type=default_type,
                                   enrichment=enrichment(context, facts.user_agent, facts.peer_ip),
-                                  max_future_s=self.max_future_event_s, consent_index=self.consent_index)
+                                  max_future_s=self.max_future_event_s, consent_index=self.consent_index,
+                                  nul_free=nul_free and not request_nul)
                 if message.get("messageId") in (None, ""):
                     seen = derived.get(event.event_id, 0)
                     derived[event.event_id] = seen + 1
@@ -156,23 +162,25 @@ class Intake:
 
     # -- one message --------------------------------------------------------------------------
 
-    def _batch_context(self, context: dict | None) -> tuple[int | None, str | None]:
+    def _batch_context(self, context: dict | None) -> tuple[int | None, str | None, bool]:
         """The encoded size of a batch's context (None: encode it with each message, as it cannot be
-        encoded alone) and the path in it that nests too deep once it is a message's context."""
+        encoded alone), the path in it that nests too deep once it is a message's context, and whether
+        its JSON holds an escaped U+0000."""
         if not context:
-            return None, None
+            return None, None, False
         try:
             encoded = orjson.dumps(context)
         except TypeError:
-            return None, None
+            return None, None, False
         too_deep = None
         if encoded.count(b"{") + encoded.count(b"[") > self.max_nesting_depth - 1:
             too_deep = _too_deep(context, self.max_nesting_depth - 1)
-        return len(encoded), too_deep
+        return len(encoded), too_deep, NUL_ESCAPE in encoded
 
-    def _checked(self, message: Any, extra_bytes: int = 0) -> Any:
-        """The message as it is normalised; raises InvalidEvent over a limit. ``extra_bytes``: what the
-        batch's context adds to the message's size.
+    def _checked(self, message: Any, extra_bytes: int = 0) -> tuple[Any, bool]:
+        """The message as it is normalised, and whether its JSON is free of U+0000 (escaped: orjson
+        writes it ``\\u0000``); raises InvalidEvent over a limit. ``extra_bytes``: what the batch's
+        context adds to the message's size.
 
         orjson refuses to encode what it cannot represent (nesting past 255, lone surrogates,
         integers past 64 bits); only then, or when the message has more containers than the
@@ -189,7 +197,7 @@ class Intake:
                     raise _Unstorable(too_deep, self._depth_reason())
         if len(encoded) + extra_bytes > self.max_event_bytes:
             raise _OverLimit("$", f"an event may be at most {self.max_event_bytes} bytes", len(encoded) + extra_bytes)
-        return message
+        return message, NUL_ESCAPE not in encoded
 
     def _depth_reason(self) -> str:
         return f"JSON nested deeper than {self.max_nesting_depth} levels (max_nesting_depth)"

@@ -55,12 +55,16 @@ class InvalidEvent(IngestError, InvalidRecord):
 def normalize(message: Any, *, received_at: datetime, source: str,
               batch_sent_at: Any = None, default_type: str | None = None,
               enrichment: dict[str, Any] | None = None, max_future_s: float = DEFAULT_MAX_FUTURE_S,
-              consent_index: dict[str, str] = DEFAULT_INDEX) -> Event:
+              consent_index: dict[str, str] = DEFAULT_INDEX, nul_free: bool = False) -> Event:
     """``enrichment``: fields computed at the edge (ingest.enrich), added as they are.
     ``max_future_s``: how far after ``received_at`` the event's (corrected) time may be.
-    ``consent_index``: consent category id -> purpose (spoor.consent.category_index)."""
+    ``consent_index``: consent category id -> purpose (spoor.consent.category_index).
+    ``nul_free``: the caller saw no U+0000 in the message's JSON, its source or the enrichment's input,
+    so the event's texts are not searched for it again."""
     if not isinstance(message, dict):
         raise InvalidEvent("$", "a message must be a JSON object")
+    if received_at.tzinfo is None:  # an event's times carry their zone (spoor.events.Time)
+        received_at = received_at.replace(tzinfo=timezone.utc)
     msg_type = message.get("type") or default_type
     if not isinstance(msg_type, str) or msg_type not in MESSAGE_TYPES:
         raise InvalidEvent("type", f"must be one of {sorted(MESSAGE_TYPES)}, got {_shown(msg_type)}")
@@ -104,7 +108,7 @@ def normalize(message: Any, *, received_at: datetime, source: str,
     if enrichment:
         fields.update(enrichment)
     try:
-        return Event(**fields)
+        return Event.model_validate(fields, nul_free=nul_free)
     except ValidationError as err:
         first = err.errors()[0]
         path = ".".join(str(p) for p in first["loc"])

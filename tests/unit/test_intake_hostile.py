@@ -234,6 +234,23 @@ def test_the_size_of_a_message_with_the_batch_context_is_exact():
         assert refused[0]["reason"] == f"an event may be at most {size - 1} bytes"
 
 
+def test_a_nul_character_from_any_part_of_a_request_is_refused():
+    """The intake searches each message's JSON for U+0000 as it checks its size, so that normalize need
+    not search the event's texts; the batch's context and the request's source are searched too."""
+    nul = {**valid(1), "properties": {"category": "a\x00b"}}
+    in_context = {"page": {"url": "https://shop.example/\x00"}}
+    _, rejected, accepted = INTAKE.records([valid(0), nul, {**valid(2), "context": in_context}], facts())
+    assert [(r["index"], r["field"]) for r in rejected] == [(1, "$"), (2, "$")]
+    assert "category may not contain the NUL character" in rejected[0]["reason"]
+    assert "page_url may not contain the NUL character" in rejected[1]["reason"]
+    assert [e.event_id for e in accepted] == ["ok-0"]
+    _, rejected, accepted = INTAKE.records([valid(0), {**valid(1), "context": {}}], facts(context=in_context))
+    assert [(r["index"], r["field"]) for r in rejected] == [(0, "$")] and [e.event_id for e in accepted] == ["ok-1"]
+    _, rejected, _ = INTAKE.records([valid(0)], facts(source="web\x00"))
+    assert [(r["field"], r["reason"]) for r in rejected] == [
+        ("$", "Value error, source may not contain the NUL character")]
+
+
 def test_request_facts_are_bounded_in_every_bad_row():
     sent_at = orjson.loads(b"[" * 300 + b"]" * 300)
     records, rejected, _ = INTAKE.records([{**valid(0), "timestamp": NOW.isoformat()}, {"type": "x"}],

@@ -86,6 +86,7 @@ def deep(levels: int):
     (record(event("bad", 3, category="c" * 300)), "category"),
     (b'[' + record(event("bad", 4))[1:-2] + b', "properties": ' + b"[" * 300 + b"]" * 300 + b"}]", "properties"),
     (record(event("bad", 5, kind=EventKind.PURCHASE, revenue="1e400")), "revenue"),
+    (record({**event("bad", 6), "event_time": "2026-12-02T12:00:00"}), "event_time"),  # no zone: raised in a check
 ])
 def test_a_hostile_record_is_a_bad_row_and_the_batch_goes_on(hostile, field):
     tracked, writes, dead = tracker()
