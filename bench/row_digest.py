@@ -63,8 +63,9 @@ VARYING_TABLES = {
                                "taken at another moment holds another subset",
     "user_recommendations": "the same",
     "product_affinity": "differed between two runs of one commit (8b598c6) on this input: 2838 vs 2836 rows, "
-                        "the weights of ~20 pairs; the pairs a batch adds depend on how records fell into "
-                        "batches (not yet understood)",
+                        "the weights of ~20 pairs. Probably batch boundaries: within a batch a product pairs "
+                        "with the user's recent views and cart adds, across batches with the profile's "
+                        "viewed products only (stream_processors/interests.py, recent_activity)",
 }
 
 
@@ -177,16 +178,19 @@ def compare_dumps(a: Path, b: Path, names: tuple[str, str] | None = None) -> lis
     """Per table, what differs between two dumps, over the columns both have."""
     out = []
     name_a, name_b = names or (str(a), str(b))
-    names_a, names_b = {p.stem for p in a.glob("*.jsonl")}, {p.stem for p in b.glob("*.jsonl")}
+    names_a, names_b = ({p.stem for p in d.glob("*.jsonl") if p.stem not in VARYING_TABLES} for d in (a, b))
     for only, where in ((names_a - names_b, name_a), (names_b - names_a, name_b)):
         if only:
             out.append(f"tables only in {where}: {', '.join(sorted(only))}")
     for table in sorted(names_a & names_b):
         cols_a, rows_a = read_dump(a / f"{table}.jsonl")
         cols_b, rows_b = read_dump(b / f"{table}.jsonl")
+        at_a, at_b = ({c: i for i, c in enumerate(cols)} for cols in (cols_a, cols_b))
+        cols_a, cols_b = ([c for c in cols if c not in VARYING_COLUMNS and f"{table}.{c}" not in VARYING_COLUMNS]
+                          for cols in (cols_a, cols_b))  # dumps made with an older list of them
         common = [c for c in cols_a if c in cols_b]
-        project_a = sorted(orjson.dumps([r[cols_a.index(c)] for c in common]) for r in rows_a)
-        project_b = sorted(orjson.dumps([r[cols_b.index(c)] for c in common]) for r in rows_b)
+        project_a = sorted(orjson.dumps([r[at_a[c]] for c in common]) for r in rows_a)
+        project_b = sorted(orjson.dumps([r[at_b[c]] for c in common]) for r in rows_b)
         extra = [f"{c} only in {name_a}" for c in cols_a if c not in cols_b]
         extra += [f"{c} only in {name_b}" for c in cols_b if c not in cols_a]
         if project_a == project_b and not extra:
@@ -194,9 +198,8 @@ def compare_dumps(a: Path, b: Path, names: tuple[str, str] | None = None) -> lis
         if project_a == project_b:
             out.append(f"{table}: same rows over the common columns ({len(rows_a)}); {', '.join(extra)}")
             continue
-        differing = [c for i, c in enumerate(common)
-                     if sorted(orjson.dumps(r[cols_a.index(c)]) for r in rows_a)
-                     != sorted(orjson.dumps(r[cols_b.index(c)]) for r in rows_b)]
+        differing = [c for c in common if sorted(orjson.dumps(r[at_a[c]]) for r in rows_a)
+                     != sorted(orjson.dumps(r[at_b[c]]) for r in rows_b)]
         out.append(f"{table}: rows differ ({len(rows_a)} vs {len(rows_b)} rows; "
                    f"{len(set(project_a) ^ set(project_b))} distinct rows in one only); "
                    f"columns whose values differ: {', '.join(differing) or 'none alone'}"
