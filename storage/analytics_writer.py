@@ -11,6 +11,7 @@ import orjson
 
 from spoor.storage.analytics_tables import Session
 from spoor.storage.journey_tables import SessionJourney
+from spoor.storage.prepared import execute
 from spoor.storage.tables import BehaviourTrigger, UserActivity
 
 SESSION_COLUMNS = [c.name for c in Session.__table__.columns if c.name not in ("updated_at", "traffic_source")]
@@ -55,16 +56,16 @@ def write_analytics(cursor, out, default, journeys=MERGE_JOURNEYS) -> None:
 
     if out.retired_sessions:
         retired = dump(out.retired_sessions)
-        cursor.execute(DELETE_RETIRED_SESSIONS, (retired,))
-        cursor.execute(DELETE_RETIRED_JOURNEYS, (retired,))
+        execute(cursor, "spoor_delete_retired_sessions", DELETE_RETIRED_SESSIONS, retired)
+        execute(cursor, "spoor_delete_retired_journeys", DELETE_RETIRED_JOURNEYS, retired)
     if out.sessions:
         sessions = dump(out.sessions)
-        cursor.execute(MERGE_SESSIONS, (sessions,))
+        execute(cursor, "spoor_merge_sessions", MERGE_SESSIONS, sessions)
         if journeys is JOURNEYS_FROM_SESSIONS:
             cursor.execute(journeys, (sessions,))
         else:
-            cursor.execute(journeys, (dump([session["journey"] for session in out.sessions]),))
+            execute(cursor, "spoor_merge_journeys", journeys, dump([session["journey"] for session in out.sessions]))
     if out.activity:
-        cursor.execute(MERGE_ACTIVITY, (dump(out.activity),))
+        execute(cursor, "spoor_merge_activity", MERGE_ACTIVITY, dump(out.activity))
     if out.triggers:
-        cursor.execute(INSERT_TRIGGERS, (dump(out.triggers),))
+        execute(cursor, "spoor_insert_triggers", INSERT_TRIGGERS, dump(out.triggers))

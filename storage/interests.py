@@ -11,6 +11,7 @@ Rows are locked in key order in every statement, so two workers writing the same
 import orjson
 
 from spoor.decay import log2_add
+from spoor.storage.prepared import execute
 
 MERGE_INTERESTS = """
     INSERT INTO user_interests AS i (user_key, facet, value, weight, price)
@@ -72,11 +73,11 @@ def write_interests(cursor, batch: dict, new_event_ids: set[str]) -> None:
                 if bought:
                     summed[1] = log2_add(summed[1], w)
     if interests:
-        cursor.execute(MERGE_INTERESTS, (orjson.dumps([{"u": u, "f": f, "v": v, "w": w, "p": p}
-                                                       for (u, f, v), (w, p, _) in interests.items()]).decode(),))
+        execute(cursor, "spoor_merge_interests", MERGE_INTERESTS, orjson.dumps(
+            [{"u": u, "f": f, "v": v, "w": w, "p": p} for (u, f, v), (w, p, _) in interests.items()]).decode())
     if popularity:
-        cursor.execute(MERGE_POPULARITY, (orjson.dumps([{"i": i, "c": c, "p": p, "w": w, "t": t, "b": b}
-                                                        for i, (c, p, w, t, b) in popularity.items()]).decode(),))
+        execute(cursor, "spoor_merge_popularity", MERGE_POPULARITY, orjson.dumps(
+            [{"i": i, "c": c, "p": p, "w": w, "t": t, "b": b} for i, (c, p, w, t, b) in popularity.items()]).decode())
     if pairs:
-        cursor.execute(MERGE_AFFINITY, (orjson.dumps([{"a": a, "b": b, "w": w, "o": o}
-                                                      for (a, b), (w, o) in pairs.items()]).decode(),))
+        execute(cursor, "spoor_merge_affinity", MERGE_AFFINITY, orjson.dumps(
+            [{"a": a, "b": b, "w": w, "o": o} for (a, b), (w, o) in pairs.items()]).decode())

@@ -33,6 +33,7 @@ from spoor.events import Event, encode_events
 from spoor.storage.analytics_writer import write_analytics
 from spoor.storage.identities import move_rows, record_links, user_key_tables
 from spoor.storage.interests import write_interests
+from spoor.storage.prepared import execute
 from spoor.storage.tables import DeadLetter, UserProfile
 from spoor.storage.tables import Event as EventRow
 
@@ -134,7 +135,7 @@ def copy_text(events: Sequence[Event]) -> str:
 def insert_events(cursor, events: Sequence[Event]) -> set[str]:
     """Adds the batch's events not yet stored; returns their ids (the events new to the table)."""
     stored = orjson.dumps([{"n": n, "i": e.event_id, "t": e.event_time} for n, e in enumerate(events)]).decode()
-    cursor.execute(STORED_EVENTS, (stored,))
+    execute(cursor, "spoor_stored_events", STORED_EVENTS, stored)
     refused = {row[0] for row in cursor.fetchall()}
     new, seen = [], set()
     for n, event in enumerate(events):
@@ -191,7 +192,7 @@ class StreamWriter:
                 tables = user_key_tables(conn)
                 for from_key, into_key in dict.fromkeys(merges):  # in order: a -> b then b -> c ends in c
                     move_rows(conn, from_key, into_key, tables=tables)
-            cursor.execute(MERGE_PROFILES, (profiles_json,))
+            execute(cursor, "spoor_merge_profiles", MERGE_PROFILES, profiles_json)
             if analytics is not None:
                 write_analytics(cursor, analytics, _decimal_as_text)
             cursor.close()

@@ -1,6 +1,7 @@
 """The events' COPY (storage/writers.py) on the real PostgreSQL: the same rows as the JSON merge it replaced,
 whatever the text holds; a redelivered batch adds nothing; a second copy of an id, or a client's retry with a
-moved time, is refused; and an event another transaction inserts meanwhile makes the batch merge instead."""
+moved time, is refused; an event another transaction inserts meanwhile makes the batch merge instead; and the
+prepared statements (storage/prepared.py) outlive a batch that failed on their connection."""
 
 import threading
 import time
@@ -8,8 +9,9 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import psycopg2.errors
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from spoor.events import Event, EventKind, ProductLine, encode_events
 from spoor.storage import writers
@@ -117,3 +119,20 @@ def test_an_event_inserted_meanwhile_makes_the_batch_merge(engine):
     writer.join(30)
     assert not failures and new_ids == [{f"{tag}-0", f"{tag}-2"}]
     assert [r["event_id"] for r in stored(engine, tag)] == [f"{tag}-0", f"{tag}-1", f"{tag}-2"]
+
+
+def test_a_failed_batch_leaves_its_connection_able_to_write(test_settings):
+    """The first batch on a connection prepares the statements, then fails (a profile PostgreSQL refuses) and is
+    rolled back: the next batch on the same connection still finds them."""
+    engine = create_engine(test_settings.database_url, pool_size=1, max_overflow=0)
+    try:
+        tag = uuid.uuid4().hex[:8]
+        writer = StreamWriter(engine)
+        with pytest.raises(psycopg2.errors.InvalidTextRepresentation):
+            writer.write_batch([{"user_key": f"user-{tag}", "events": "not a number"}], [event(tag, 1)])
+        assert stored(engine, tag) == []
+        writer.write_batch([], [event(tag, 1), event(tag, 2)])
+        writer.write_batch([], [event(tag, 2), event(tag, 3)])
+        assert [r["event_id"] for r in stored(engine, tag)] == [f"{tag}-1", f"{tag}-2", f"{tag}-3"]
+    finally:
+        engine.dispose()
