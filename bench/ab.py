@@ -7,6 +7,9 @@ shared stack; then this checkout's drivers on it: `bench/row_digest.py` (the row
 and `bench/pipeline.py --events N` (CPU per event, throughput, freshness), over HTTP and SQL only, so a
 commit without the CPU lines is measured the same way; then `stack.sh down` and its data deleted. Every
 stack is stopped at the end, on failure and on SIGINT/SIGTERM too.
+
+The caller's own SPOOR_* variables are not passed on (both commits run with their defaults); `--env`,
+`--old-env` and `--new-env SPOOR_X=VALUE` set them, so OLD and NEW may also be one commit with two settings.
 """
 
 import argparse
@@ -144,6 +147,7 @@ def one_run(stacks: Stacks, label: str, sha: str, tree: Path, run_dir: Path, arg
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     env = stack_env(run_dir, args.port_base, tree, args.workers)
+    env.update(dict(pair.split("=", 1) for pair in [*args.env, *(args.old_env if label == "old" else args.new_env)]))
     busy = ports_in_use(env, args.workers)
     if busy:
         raise RuntimeError(f"ports {busy} are in use: another A/B run? (AB_PORT_BASE moves them)")
@@ -225,6 +229,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path,
                         default=Path(os.environ.get("AB_CACHE", Path.home() / ".cache/spoor-ab")))
     parser.add_argument("--verbose", action="store_true", help="echo the drivers' output")
+    for flag, whose in (("--env", "both stacks"), ("--old-env", "OLD's stacks"), ("--new-env", "NEW's stacks")):
+        parser.add_argument(flag, action="append", default=[], metavar="SPOOR_X=VALUE",
+                            help=f"a setting for {whose} (repeatable)")
     args = parser.parse_args()
     shas = {"old": git("rev-parse", "--verify", f"{args.old}^{{commit}}"),
             "new": git("rev-parse", "--verify", f"{args.new}^{{commit}}")}
