@@ -3,6 +3,7 @@
 Starts one `spoor collector` process of its own (own database, topics, write key and port) and:
 1. throughput: batches of 100 events posted as fast as it answers, from several keep-alive
    connections; events/s per round;
+   and the collector's CPU per event (its processes' user + system time from /proc over the round);
 2. latency: batches paced (open loop) at half the median throughput; p50 / p99 request latency.
 Events look like a shop's: product views, cart adds and purchases of many users, each with a
 browser user agent from a pool of a few dozen (so the UA cache sees realistic repetition) and an IP.
@@ -10,6 +11,11 @@ Also times the collector's intake in this process (normalisation + enrichment pe
 share of it spent enriching. Prints each round, the medians, then `name: value` lines.
 
     .venv/bin/python bench/collector_throughput.py --rounds 3 --batches 300 --latency-seconds 10
+
+``--code DIR`` runs the collector from another checkout (e.g. `git archive 391f7a8 | tar -x -C /tmp/old`)
+while this file, its database and topics stay the same: an A/B of two commits in one session. Its
+`spoor.*` packages come from a tree of links to DIR's folders, first on the collector's PYTHONPATH;
+put that tree on this script's PYTHONPATH too for the in-process intake figure to be DIR's.
 """
 
 import argparse
@@ -29,7 +35,7 @@ import orjson
 from sqlalchemy import create_engine
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))  # after PYTHONPATH: see --code
 
 from spoor.settings import Settings, environment  # noqa: E402
 from spoor.storage.migrate import upgrade  # noqa: E402
@@ -170,9 +176,55 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_collector(settings: Settings, log_path: Path) -> subprocess.Popen:
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its live descendants (a collector may run several processes)."""
+    pids, index = [pid], 0
+    while index < len(pids):
+        for task in Path(f"/proc/{pids[index]}/task").glob("*"):
+            try:
+                pids += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        index += 1
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live descendants, from /proc."""
+    total = 0
+    for each in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / CLOCK_TICKS
+
+
+def package_tree(code: Path) -> Path:
+    """A directory to put first on PYTHONPATH so that `spoor.*` imports come from checkout ``code``
+    (the packages are top-level folders there, mapped to spoor.<name> as pyproject.toml does)."""
+    root = Path("/tmp/spoor-bench-code") / str(code.resolve()).strip("/").replace("/", "_")
+    package = root / "spoor"
+    package.mkdir(parents=True, exist_ok=True)
+    for item in (code / "spoor").iterdir():
+        if not (package / item.name).exists():
+            (package / item.name).symlink_to(item)
+    for name in ("ingest", "stream_processors", "storage", "alerts", "segments", "campaigns", "privacy", "cli"):
+        if (code / name).is_dir() and not (package / name).exists():
+            (package / name).symlink_to(code / name)
+    return root
+
+
+def start_collector(settings: Settings, log_path: Path, code: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, **environment(settings)}
-    process = subprocess.Popen([sys.executable, "-m", "spoor.cli", "collector"], cwd=REPO, env=env,
+    if code is not None:
+        env["PYTHONPATH"] = str(package_tree(code))
+    process = subprocess.Popen([sys.executable, "-m", "spoor.cli", "collector"],
+                               cwd=package_tree(code) if code else REPO, env=env,
                                stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -193,6 +245,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=18089)
+    parser.add_argument("--code", type=Path, default=None,
+                        help="run the collector from this checkout (default: this one)")
     args = parser.parse_args()
 
     run = uuid.uuid4().hex[:8]
@@ -209,18 +263,20 @@ def main() -> None:
         key = create_key(create_engine(settings.database_url), "bench", "web")
         auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
         log_path = Path(f"/tmp/spoor-bench-collector-{run}.log")
-        process = start_collector(settings, log_path)
+        process = start_collector(settings, log_path, args.code)
         bodies = make_bodies(args.batches, seed=1)
         host, port = "127.0.0.1", args.port
         asyncio.run(flood(host, port, auth, bodies[:20], 2))  # warm-up: connections, producer metadata, UA cache
 
-        rates = []
+        rates, cpus = [], []
         for round_no in range(1, args.rounds + 1):
+            cpu_before = cpu_seconds(process.pid)
             rate = asyncio.run(flood(host, port, auth, bodies, args.connections))
+            cpus.append((cpu_seconds(process.pid) - cpu_before) / (len(bodies) * BATCH) * 1e6)
             rates.append(rate)
-            print(f"throughput round {round_no}: {rate:,.0f} events/s ({args.batches} batches of {BATCH}, "
-                  f"{args.connections} connections)", flush=True)
-        rate = statistics.median(rates)
+            print(f"throughput round {round_no}: {rate:,.0f} events/s, collector CPU {cpus[-1]:.1f} us/event "
+                  f"({args.batches} batches of {BATCH}, {args.connections} connections)", flush=True)
+        rate, cpu_us = statistics.median(rates), statistics.median(cpus)
         half = rate / 2
         costs = [intake_cost(bodies) for _ in range(args.rounds)]
         intake_us = statistics.median(c[0] for c in costs)
@@ -244,10 +300,12 @@ def main() -> None:
         database.drop()
 
     print()
-    print(f"median over {args.rounds} rounds: {rate:,.0f} events/s; at {half:,.0f} events/s "
+    print(f"median over {args.rounds} rounds: {rate:,.0f} events/s, {cpu_us:.1f} us of collector CPU per event; "
+          f"at {half:,.0f} events/s "
           f"p50 {statistics.median(p50s) * 1000:.1f} ms, p99 {statistics.median(p99s) * 1000:.1f} ms")
     print()
-    for name, value in [("collector_events_per_s", round(rate)), ("latency_load_events_per_s", round(half)),
+    for name, value in [("collector_events_per_s", round(rate)), ("cpu_us_per_event_collector", round(cpu_us, 1)),
+                        ("latency_load_events_per_s", round(half)),
                         ("latency_p50_ms", round(statistics.median(p50s) * 1000, 1)),
                         ("latency_p99_ms", round(statistics.median(p99s) * 1000, 1)),
                         ("intake_us_per_event", round(intake_us, 1)),
