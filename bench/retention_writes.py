@@ -8,6 +8,9 @@ PostgreSQL backend that ran it (read from /proc, so PostgreSQL must run on this 
 
     .venv/bin/python bench/retention_writes.py [--users 12500] [--batch-events 3000] [--redeliver]
 
+Both write the events with the JSON merge (``StreamWriter(copy_events=False)``), the statement this compares;
+the worker now COPYs them (bench/worker_writes.py --a-before-copy measures that change).
+
 ``--redeliver`` writes every batch twice (a redelivery: every event of the second write is refused).
 ``--same`` makes B like A (an A/A run): its ratio is the noise.
 """
@@ -79,7 +82,7 @@ def main() -> None:
                 pids.append(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
         new_statement = writers.MERGE_EVENTS
         statements = (BEFORE_0027, BEFORE_0027 if args.same else new_statement)
-        stream_writers = [writers.StreamWriter(engine) for engine in engines]
+        stream_writers = [writers.StreamWriter(engine, copy_events=False) for engine in engines]
         wall, cpu = [0.0, 0.0], [0.0, 0.0]
         for index, (rows, events, derived) in enumerate(batches):
             for which in ((0, 1) if index % 2 == 0 else (1, 0)):
