@@ -20,6 +20,9 @@ PG_PASSWORD="${SPOOR_PG_PASSWORD:-spoor}"
 PG_DB="${SPOOR_PG_DB:-spoor}"
 PG_SHARED_BUFFERS="${SPOOR_PG_SHARED_BUFFERS:-1GB}"
 PG_MAX_WAL_SIZE="${SPOOR_PG_MAX_WAL_SIZE:-4GB}"
+# Extra postgresql.conf lines, e.g. for profiling:
+#   SPOOR_PG_EXTRA_CONF="shared_preload_libraries = 'pg_stat_statements'"
+PG_EXTRA_CONF="${SPOOR_PG_EXTRA_CONF:-}"
 
 PGDATA_DIR="$SPOOR_RUN_DIR/pgdata"
 PG_STATE="$SPOOR_RUN_DIR/pg"          # socket dir + log, writable by the server
@@ -136,6 +139,7 @@ fsync = on
 synchronous_commit = on
 log_timezone = 'UTC'
 timezone = 'UTC'
+$PG_EXTRA_CONF
 EOF
   if is_root; then chown postgres: "$conf"; fi
 }

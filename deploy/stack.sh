@@ -53,7 +53,8 @@ start_process() {  # name, health URL, seconds to wait, spoor arguments (default
   shift 3
   if running "$name"; then echo "  $name already running"; return; fi
   echo "  starting $name (log: $logs/$name.log)"
-  nohup "$spoor" "${@:-$name}" >>"$logs/$name.log" 2>&1 &
+  # PGAPPNAME (libpq): pg_stat_activity and pg_stat_statements tell whose connection it is.
+  PGAPPNAME="spoor-$name" nohup "$spoor" "${@:-$name}" >>"$logs/$name.log" 2>&1 &
   echo $! >"$run_dir/$name.pid"
   for _ in $(seq 1 $((wait_s * 2))); do
     if curl -fsS -o /dev/null "$health" 2>/dev/null; then return; fi
