@@ -99,7 +99,10 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     from spoor.errors import SpoorError
     if args.action in ("run", "api"):
         logging.getLogger().setLevel(logging.INFO)
-    engine = create_engine(settings.database_url, pool_pre_ping=True)
+    # The runners' statements run serially: a parallel plan (the scans of every profile for changes) took
+    # twice the CPU for the same rows (bench/README.md, the runners' share of PostgreSQL's CPU).
+    connect_args = {"options": "-c max_parallel_workers_per_gather=0"} if args.action == "run" else {}
+    engine = create_engine(settings.database_url, pool_pre_ping=True, connect_args=connect_args)
     try:
         {"segments": _segments, "campaigns": _campaigns, "users": _users,
          "attribution": _attribution}[args.command](settings, engine, args)

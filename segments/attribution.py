@@ -19,11 +19,11 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import orjson
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, text
 from sqlalchemy.dialects.postgresql import insert
 
 from spoor.segments.attribution_models import MODELS, ORDER, REFUND, Conversion, Touch, attribute, channel
-from spoor.segments.membership import CURSORS, OLDEST_OPEN_TRANSACTION, Pace, changed_users
+from spoor.segments.membership import CURSORS, Changes, Pace, changed_users, pass_window
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +81,15 @@ def attribute_people(engine: Engine, keys: Sequence[str], window: timedelta, pac
 
 
 def attribution_pass(engine: Engine, window: timedelta, overlap_s: float, cursor: str = "attribution",
-                     pace: Pace | None = None) -> dict:
+                     pace: Pace | None = None, changes: Changes | None = None) -> dict:
     """Attribute again the orders of the people changed since the last pass (its own cursor in
-    ``segment_cursors``, read as the membership pass reads its own)."""
-    with engine.connect() as conn:
-        started = conn.execute(select(func.clock_timestamp())).scalar_one()
-        oldest_open = conn.execute(OLDEST_OPEN_TRANSACTION).scalar()
-        since = conn.execute(select(CURSORS.c.changed_since).where(CURSORS.c.name == cursor)).scalar()
-    next_since = min(started, oldest_open) if oldest_open is not None else started
-    since = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)) - timedelta(seconds=overlap_s)
-    keys = changed_users(engine, since)
+    ``segment_cursors``, read as the membership pass reads its own; ``changes``: found with its scan)."""
+    if changes is None:
+        with engine.connect() as conn:
+            since, next_since = pass_window(conn, cursor, overlap_s)
+        keys = changed_users(engine, since)
+    else:
+        keys, _since, next_since = changes.window(cursor)
     rows = attribute_people(engine, keys, window, pace)
     with engine.begin() as conn:
         conn.execute(insert(CURSORS).values(name=cursor, changed_since=next_since)

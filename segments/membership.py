@@ -31,10 +31,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import ArgumentError, CompileError, DBAPIError, StatementError
 
 from spoor.segments import SegmentsError
-from spoor.storage.recommendation_reads import make_lists
 from spoor.segments.builtin_segments import BUILTIN_SEGMENTS
 from spoor.segments.segment_compiler import compile_segment
 from spoor.segments.segment_language import SegmentDefinitionError, SegmentSpec, check_limits, parse_stored
+from spoor.storage.recommendation_reads import make_lists
 from spoor.storage.segment_tables import SegmentCursor, SegmentDefinition, SegmentMember, SegmentTransition
 from spoor.storage.tables import UserActivity, UserProfile
 
@@ -346,6 +346,42 @@ def changed_users(engine: Engine, since: datetime) -> list[str]:
         return sorted(set(conn.execute(query).scalars()))
 
 
+def pass_window(conn, cursor: str, overlap_s: float) -> tuple[datetime, datetime]:
+    """(since, next_since) of a pass on ``cursor``: the changes it reads start at ``since``; the next pass's
+    at ``next_since``, the database's clock now or the start of the oldest transaction open now, if older
+    (``updated_at`` is its transaction's start: a transaction still open may commit rows stamped before)."""
+    started = conn.execute(select(func.clock_timestamp())).scalar_one()  # the database's clock, like updated_at
+    oldest_open = conn.execute(OLDEST_OPEN_TRANSACTION).scalar()
+    since = conn.execute(select(CURSORS.c.changed_since).where(CURSORS.c.name == cursor)).scalar()
+    next_since = min(started, oldest_open) if oldest_open is not None else started
+    return (since or datetime(1970, 1, 1, tzinfo=timezone.utc)) - timedelta(seconds=overlap_s), next_since
+
+
+class Changes:
+    """The users changed since each of several passes' cursors, found with one scan of the profiles and the
+    activity (the segments runner's membership and attribution passes both need theirs each turn; every
+    scan reads both tables whole, as ``updated_at`` has no index: one scan a turn instead of two). Every
+    window is taken before the scan, so a change the scan misses is after each pass's ``next_since``."""
+
+    def __init__(self, engine: Engine, cursors: Iterable[str], overlap_s: float):
+        with engine.connect() as conn:
+            self.windows = {cursor: pass_window(conn, cursor, overlap_s) for cursor in cursors}
+        oldest = min(since for since, _next in self.windows.values())
+        profiles, activity = UserProfile.__table__, UserActivity.__table__
+        query = union_all(select(profiles.c.user_key, profiles.c.updated_at).where(profiles.c.updated_at >= oldest),
+                          select(activity.c.user_key, activity.c.updated_at).where(activity.c.updated_at >= oldest))
+        self.latest: dict[str, datetime] = {}
+        with engine.connect() as conn:
+            for key, updated_at in conn.execute(query):
+                if key not in self.latest or updated_at > self.latest[key]:
+                    self.latest[key] = updated_at
+
+    def window(self, cursor: str) -> tuple[list[str], datetime, datetime]:
+        """The users changed since ``cursor``'s ``since`` (as ``changed_users``), ``since`` and ``next_since``."""
+        since, next_since = self.windows[cursor]
+        return sorted(key for key, updated_at in self.latest.items() if updated_at >= since), since, next_since
+
+
 REFRESH_INTEREST_PROFILES = text("SELECT spoor_refresh_interest_profiles(CAST(:keys AS text[]))")
 INTEREST_PROFILE_CHUNK = 5000
 
@@ -360,21 +396,20 @@ def refresh_interest_profiles(engine: Engine, keys: list[str]) -> None:
 
 
 def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: str = "incremental",
-                     refresh_population: bool = True, pace: Pace | None = None) -> dict:
+                     refresh_population: bool = True, pace: Pace | None = None,
+                     changes: Changes | None = None) -> dict:
     """Refresh every active segment for the users changed since the last pass; returns what changed
     (``segments``: entered and left by segment) and what failed (``failed``: the reason by segment).
     Segments that depend on the whole population (RFM scores) can only be refreshed for everyone:
     with ``refresh_population`` False they wait for a later pass (the caller paces them). A segment whose
-    last refresh failed is refreshed for everyone, since the passes that failed did not see its changes."""
-    with engine.connect() as conn:
-        started = conn.execute(select(func.clock_timestamp())).scalar_one()  # the database's clock, like updated_at
-        # updated_at is its transaction's start: a transaction still open now may commit rows stamped
-        # before ``started``, so the next pass starts from the oldest open transaction, if older.
-        oldest_open = conn.execute(OLDEST_OPEN_TRANSACTION).scalar()
-        since = conn.execute(select(CURSORS.c.changed_since).where(CURSORS.c.name == cursor)).scalar()
-    next_since = min(started, oldest_open) if oldest_open is not None else started
-    since = (since or datetime(1970, 1, 1, tzinfo=timezone.utc)) - timedelta(seconds=overlap_s)
-    keys = changed_users(engine, since)
+    last refresh failed is refreshed for everyone, since the passes that failed did not see its changes.
+    ``changes``: the users changed since ``cursor``, found with another pass's (``Changes``)."""
+    if changes is None:
+        with engine.connect() as conn:
+            since, next_since = pass_window(conn, cursor, overlap_s)
+        keys = changed_users(engine, since)
+    else:
+        keys, since, next_since = changes.window(cursor)
     refresh_interest_profiles(engine, keys)
     make_lists(engine, keys, since)  # recommendations made ahead of requests, paced (recommendation_reads.py)
     catalogue = SegmentStore(engine).load()

@@ -54,9 +54,11 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
             last_full[0] = time.monotonic()
         # RFM segments are recomputed for everyone, so at most every segments_population_refresh_s.
         population_due = time.monotonic() - last_population[0] >= settings.segments_population_refresh_s
+        # One scan for the users changed since the membership pass's cursor and the attribution pass's.
+        changes = membership.Changes(engine, ("incremental", "attribution"), settings.segments_change_overlap_s)
         started = time.monotonic()
         result = membership.incremental_pass(engine, utcnow(), settings.segments_change_overlap_s,
-                                             refresh_population=population_due, pace=pace)
+                                             refresh_population=population_due, pace=pace, changes=changes)
         pass_s = time.monotonic() - started
         if population_due and result["changed_users"]:
             last_population[0] = time.monotonic()
@@ -66,7 +68,7 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
         failures.report(result["failed"], result["segments"])
         started = time.monotonic()
         attributed = attribution.attribution_pass(engine, timedelta(days=settings.attribution_window_days),
-                                                  settings.segments_change_overlap_s, pace=pace)
+                                                  settings.segments_change_overlap_s, pace=pace, changes=changes)
         if attributed["people"]:
             log.info("attribution: orders of %d people attributed again in %.1f s", attributed["people"],
                      time.monotonic() - started)

@@ -221,3 +221,31 @@ def test_a_change_committed_after_a_pass_that_started_later_is_still_picked_up(e
     writer.close()
     after = membership.incremental_pass(engine, NOW, overlap_s=0, cursor="late")
     assert after["changed_users"] == 1
+
+
+def test_one_scan_of_changes_serves_passes_on_cursors_at_different_points(engine):
+    """``Changes``: the segments runner's one scan a turn gives each cursor the users ``changed_users`` gives
+    it, and its ``next_since``; a change committed after the windows were taken waits for the next turn."""
+    put_profiles(engine, [profile("scan-old", NOW)])
+    membership.incremental_pass(engine, NOW, overlap_s=0, cursor="scan-behind")  # past scan-old
+    put_profiles(engine, [profile("scan-new", NOW)])
+    put_activity(engine, [{"user_key": "scan-new-activity", "as_of": NOW, "purchases_30d": 1}])
+    membership.incremental_pass(engine, NOW, overlap_s=0, cursor="scan-ahead")  # past all three
+    put_profiles(engine, [profile("scan-newest", NOW)])
+    changes = membership.Changes(engine, ("scan-behind", "scan-ahead", "scan-never"), overlap_s=0)
+    put_profiles(engine, [profile("scan-after", NOW)])  # committed after the windows were taken
+    with engine.connect() as conn:
+        windows = {cursor: membership.pass_window(conn, cursor, 0)[0] for cursor in changes.windows}
+    for cursor, since in windows.items():
+        keys, window_since, next_since = changes.window(cursor)
+        expected = set(membership.changed_users(engine, since)) - {"scan-after"}
+        assert set(keys) == expected and keys == sorted(keys)
+        assert window_since == since and next_since <= datetime.now(timezone.utc)
+    assert {"scan-new", "scan-new-activity", "scan-newest"} <= set(changes.window("scan-behind")[0])
+    assert "scan-old" not in changes.window("scan-behind")[0]
+    assert "scan-newest" in changes.window("scan-ahead")[0] and "scan-new" not in changes.window("scan-ahead")[0]
+    assert "scan-old" in changes.window("scan-never")[0]
+    result = membership.incremental_pass(engine, NOW, overlap_s=0, cursor="scan-ahead", changes=changes)
+    assert result["changed_users"] == len(changes.window("scan-ahead")[0])
+    after = membership.incremental_pass(engine, NOW, overlap_s=0, cursor="scan-ahead")
+    assert after["changed_users"] == 1  # scan-after, left for the next turn
