@@ -121,8 +121,12 @@ class PlacedRocksDBStore(rocksdb.Store):
     def databases_holding(self, keys) -> list:
         """The open databases (rocksdict ``Rdict``) of the partitions ``keys`` are kept in, each once."""
         # faust-streaming 0.15.1-0.15.3: _dbs as in _get (a revoked partition's database is not in it)
-        partitions = sorted({self.partition_for_key(key) for key in keys})
-        return [self._dbs[p] for p in partitions if p in self._dbs]
+        return self.open_databases({self.partition_for_key(key) for key in keys})
+
+    def open_databases(self, partitions) -> list:
+        """The open databases of ``partitions``, in partition order (a revoked partition's is not open)."""
+        # faust-streaming 0.15.1-0.15.3: _dbs as in _get
+        return [self._dbs[p] for p in sorted(partitions) if p in self._dbs]
 
     # faust-streaming 0.15.1-0.15.3: abstract _contains, as _set
     def _contains(self, key: bytes) -> bool:

@@ -22,6 +22,9 @@ database holding an erased key,
    of one byte, so every change to the files writes a new MANIFEST holding only the live files and
    deletes the old one (a MANIFEST otherwise keeps every file ever added, with its first and last key,
    up to 1 GiB).
+A rebuild from a changelog the broker has not compacted yet replays an erased id's values and then its
+tombstone: the store notes each partition that replayed a tombstone and purges it the same way once
+recovery completes.
 Cost: the size of the partition's database, once per batch that holds an erasure (26 MiB of SST files,
 200,000 keys, compacted in 1.1 s wall, 0.5 s CPU on the 2-core test machine, on a thread: the event loop
 ran on).
@@ -69,9 +72,28 @@ class KeyPartitionedStore(PlacedRocksDBStore):
         super().__init__(*args, **kwargs)
         # As Faust's Store.__init__ builds its options (``options`` without the driver), with the MANIFEST rule.
         self.rocksdb_options = ManifestRollingOptions(**self.options, use_rocksdict=self.use_rocksdict)
+        self.replayed_deletes: set[int] = set()  # partitions whose recovery replayed a tombstone
 
     def partition_for_key(self, key: bytes) -> int:
         return key_partition(key, self.table.partitions)
+
+    def apply_changelog_batch(self, batch, to_key, to_value) -> None:
+        """Faust's recovery write; notes the partitions that replayed a tombstone (an erased or merged id)."""
+        batch = list(batch)
+        super().apply_changelog_batch(batch, to_key, to_value)
+        self.replayed_deletes.update(event.message.partition for event in batch if event.message.value is None)
+
+    async def on_recovery_completed(self, active_tps, standby_tps) -> None:
+        """A rebuild from a changelog not yet compacted replays an erased id's old values, then its
+        tombstone: purge those databases once, when recovery is done, as erasure does."""
+        await super().on_recovery_completed(active_tps, standby_tps)
+        databases = self.open_databases(self.replayed_deletes)
+        self.replayed_deletes.clear()
+        if databases:
+            started = time.perf_counter()
+            await asyncio.get_running_loop().run_in_executor(PURGES, lambda: [purge_database(db) for db in databases])
+            log.info("recovery replayed deletes: %d local RocksDB databases compacted in %.2f s", len(databases),
+                     time.perf_counter() - started)
 
 
 def purge_database(db: rocksdict.Rdict) -> None:

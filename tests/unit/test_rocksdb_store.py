@@ -4,10 +4,13 @@ log, MANIFEST, LOG, raw bytes), while another key's value stays readable."""
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import faust
 import pytest
+from faust.types import TP
 
+from spoor.stream_processors import rocksdb_store
 from spoor.stream_processors.durable_table import DurableTable
 from spoor.stream_processors.rocksdb_store import KeyPartitionedStore, key_partition, purge_erased
 
@@ -88,3 +91,35 @@ def test_tables_in_memory_are_skipped(tmp_path):
     app = faust.App("purge-memory", broker=BROKER, store="memory://", datadir=str(tmp_path))
     memory = DurableTable(app, name="m", partitions=PARTITIONS, key_type=bytes, value_type=bytes)
     assert asyncio.run(purge_erased([memory], [ERASED.decode()])) == 0
+
+
+def changelog_event(partition: int, offset: int, key: bytes, value: bytes | None):
+    """What Faust hands ``apply_changelog_batch`` while it recovers a table from its changelog."""
+    message = SimpleNamespace(tp=TP("purge-user-profiles-changelog", partition), offset=offset,
+                              partition=partition, key=key, value=value)
+    return SimpleNamespace(message=message)
+
+
+def test_a_rebuild_that_replays_an_erased_ids_tombstone_purges_its_database_when_recovery_completes(tmp_path, monkeypatch):
+    t = table(tmp_path)
+    store = t.data
+    erased_partition = key_partition(ERASED, PARTITIONS)
+    kept_partition = next(p for p in range(PARTITIONS) if p != erased_partition)
+    kept_key = next(k for k in (f"user-{i:05d}".encode() for i in range(1000))
+                    if key_partition(k, PARTITIONS) == kept_partition)
+    replay = [changelog_event(erased_partition, 0, ERASED, b'{"email": "zelda.4f1c9e@example.com", '
+                                                           b'"name": "Zelda Quarrington"}'),
+              changelog_event(kept_partition, 0, kept_key, b'{"views": 1}'),
+              changelog_event(erased_partition, 1, ERASED, None)]  # the erasure's tombstone, not yet compacted
+    store.apply_changelog_batch(iter(replay), None, None)
+    assert found(tmp_path, SECRETS), "the control: the replayed value stays in the files"
+
+    purged = []
+    real_purge = rocksdb_store.purge_database
+    monkeypatch.setattr(rocksdb_store, "purge_database", lambda db: (purged.append(db), real_purge(db)))
+    asyncio.run(store.on_recovery_completed(set(), set()))
+    assert purged == [store._dbs[erased_partition]]  # only the database that replayed a tombstone
+    assert found(tmp_path, SECRETS) == {}
+    assert ERASED not in store and store[kept_key] == b'{"views": 1}'
+    asyncio.run(store.on_recovery_completed(set(), set()))
+    assert len(purged) == 1  # nothing replayed since: nothing purged again
