@@ -23,7 +23,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.dialects.postgresql import insert
 
 from spoor.segments.attribution_models import MODELS, ORDER, REFUND, Conversion, Touch, attribute, channel
-from spoor.segments.membership import CURSORS, Changes, Pace, changed_users, pass_window
+from spoor.segments.membership import CURSORS, Changes, Pace, users_changed_since
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,7 @@ def attribution_pass(engine: Engine, window: timedelta, overlap_s: float, cursor
                      pace: Pace | None = None, changes: Changes | None = None) -> dict:
     """Attribute again the orders of the people changed since the last pass (its own cursor in
     ``segment_cursors``, read as the membership pass reads its own; ``changes``: found with its scan)."""
-    if changes is None:
-        with engine.connect() as conn:
-            since, next_since = pass_window(conn, cursor, overlap_s)
-        keys = changed_users(engine, since)
-    else:
-        keys, _since, next_since = changes.window(cursor)
+    keys, _since, next_since = users_changed_since(engine, cursor, overlap_s, changes)
     rows = attribute_people(engine, keys, window, pace)
     with engine.begin() as conn:
         conn.execute(insert(CURSORS).values(name=cursor, changed_since=next_since)

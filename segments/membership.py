@@ -382,6 +382,17 @@ class Changes:
         return sorted(key for key, updated_at in self.latest.items() if updated_at >= since), since, next_since
 
 
+def users_changed_since(engine: Engine, cursor: str, overlap_s: float,
+                        changes: Changes | None) -> tuple[list[str], datetime, datetime]:
+    """(the users changed since ``cursor``'s pass, ``since``, ``next_since``): from ``changes`` when another
+    pass's scan found them, else with a scan of its own."""
+    if changes is not None:
+        return changes.window(cursor)
+    with engine.connect() as conn:
+        since, next_since = pass_window(conn, cursor, overlap_s)
+    return changed_users(engine, since), since, next_since
+
+
 REFRESH_INTEREST_PROFILES = text("SELECT spoor_refresh_interest_profiles(CAST(:keys AS text[]))")
 INTEREST_PROFILE_CHUNK = 5000
 
@@ -404,12 +415,7 @@ def incremental_pass(engine: Engine, now: datetime, overlap_s: float, cursor: st
     with ``refresh_population`` False they wait for a later pass (the caller paces them). A segment whose
     last refresh failed is refreshed for everyone, since the passes that failed did not see its changes.
     ``changes``: the users changed since ``cursor``, found with another pass's (``Changes``)."""
-    if changes is None:
-        with engine.connect() as conn:
-            since, next_since = pass_window(conn, cursor, overlap_s)
-        keys = changed_users(engine, since)
-    else:
-        keys, since, next_since = changes.window(cursor)
+    keys, since, next_since = users_changed_since(engine, cursor, overlap_s, changes)
     refresh_interest_profiles(engine, keys)
     make_lists(engine, keys, since)  # recommendations made ahead of requests, paced (recommendation_reads.py)
     catalogue = SegmentStore(engine).load()
