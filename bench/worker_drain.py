@@ -33,6 +33,20 @@ def process_cpu_seconds(pid: int) -> float:
     return total
 
 
+def start_workers(count: int, settings: Settings, env: dict, work: Path, running: list, urls: list) -> None:
+    """Start ``count`` workers, each with its own web port and state directory, and wait until each is
+    healthy; each is appended to ``running`` (and its URL to ``urls``) as it starts, so a caller's
+    ``finally`` stops those started before a failure."""
+    for index in range(count):
+        port = settings.worker_web_port if index == 0 else free_port()
+        running.append(start("worker", {**env, "SPOOR_WORKER_WEB_PORT": str(port),
+                                        "SPOOR_WORKER_DATA_DIR": f"{settings.worker_data_dir}-{index}"},
+                             work / f"worker-{index}.log"))
+        urls.append(f"http://127.0.0.1:{port}")
+    for worker, url in zip(running, urls):
+        wait_healthy(worker, f"{url}/healthz", 120)
+
+
 def drain_once(base: Settings, bodies: list, n: int, analytics: str, workers: int, work: Path) -> tuple[float, float]:
     scratch = ScratchRun(base, work, "drain", {"analytics_enabled": analytics})
     settings, key, env = scratch.settings, scratch.key, scratch.env
@@ -42,14 +56,7 @@ def drain_once(base: Settings, bodies: list, n: int, analytics: str, workers: in
         wait_healthy(collector, f"http://127.0.0.1:{settings.collector_port}/healthz", 60)
         post_all(f"http://127.0.0.1:{settings.collector_port}", key, bodies, 4)
         stop(collector)
-        for index in range(workers):  # each worker: its own web port and state directory
-            port = settings.worker_web_port if index == 0 else free_port()
-            running.append(start("worker", {**env, "SPOOR_WORKER_WEB_PORT": str(port),
-                                            "SPOOR_WORKER_DATA_DIR": f"{settings.worker_data_dir}-{index}"},
-                                 work / f"worker-{index}.log"))
-            urls.append(f"http://127.0.0.1:{port}")
-        for worker, url in zip(running, urls):
-            wait_healthy(worker, f"{url}/healthz", 120)
+        start_workers(workers, settings, env, work, running, urls)
 
         def total() -> int:
             return sum(committed(url) for url in urls)

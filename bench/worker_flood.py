@@ -29,9 +29,9 @@ parser.add_argument("--py-spy", dest="py_spy", default=None)
 parser.add_argument("--tree", default=str(Path(__file__).resolve().parent.parent))
 args = parser.parse_args()
 sys.path.insert(0, str(Path(args.tree).resolve()))
-from bench.analytics import ScratchRun, committed, free_port, start, stop, wait_healthy  # noqa: E402
+from bench.analytics import ScratchRun, committed, start, stop, wait_healthy  # noqa: E402
 from bench.pipeline import make_batches, post_all  # noqa: E402
-from bench.worker_drain import process_cpu_seconds  # noqa: E402
+from bench.worker_drain import process_cpu_seconds, start_workers  # noqa: E402
 from spoor.settings import Settings  # noqa: E402
 
 BATCH_LINE = re.compile(r'spoor_worker_batch_events_(?:bucket\{le="([^"]+)"\}|(count|sum)) (\S+)')
@@ -57,14 +57,7 @@ def main() -> None:
         running, urls, spies = [], [], []
         try:
             wait_healthy(collector, f"http://127.0.0.1:{settings.collector_port}/healthz", 60)
-            for index in range(args.workers):
-                port = settings.worker_web_port if index == 0 else free_port()
-                running.append(start("worker", {**env, "SPOOR_WORKER_WEB_PORT": str(port),
-                                                "SPOOR_WORKER_DATA_DIR": f"{settings.worker_data_dir}-{index}"},
-                                     work / f"worker-{index}.log"))
-                urls.append(f"http://127.0.0.1:{port}")
-            for worker, url in zip(running, urls):
-                wait_healthy(worker, f"{url}/healthz", 120)
+            start_workers(args.workers, settings, env, work, running, urls)
             time.sleep(8)  # the group settles (a rebalance after the second worker joins)
             cpu_before = sum(process_cpu_seconds(w.pid) for w in running)
             started = time.perf_counter()
