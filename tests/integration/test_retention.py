@@ -292,14 +292,21 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def migrated_to_before(url: str, revision: str) -> Config:
+    """Upgrade the database at ``url`` to every head except ``revision`` and its own down revision: the
+    schema ``revision`` finds when it runs. Returns the alembic config, for the upgrade and downgrade."""
+    config = alembic_config(url)
+    script = ScriptDirectory.from_config(config)
+    for head in [h for h in script.get_heads() if h != revision] + list(script.get_revision(revision).down_revision):
+        command.upgrade(config, head)
+    return config
+
+
 def test_the_migration_converts_tables_that_hold_rows_and_their_views(base_settings):
     db = ScratchDatabase(base_settings.database_url, f"spoor_migration_{uuid.uuid4().hex[:10]}")
     engine = create_engine(db.url)
     try:
-        config = alembic_config(db.url)
-        script = ScriptDirectory.from_config(config)
-        for head in [h for h in script.get_heads() if h != "0027"] + list(script.get_revision("0027").down_revision):
-            command.upgrade(config, head)
+        config = migrated_to_before(db.url, "0027")
         with engine.begin() as conn:
             conn.execute(text("""INSERT INTO events (event_id, user_key, kind, name, event_time, received_at, source)
                 SELECT 'e' || i, 'u' || (i % 40), 'page', 'x', TIMESTAMPTZ '2026-12-03 12:00Z' - i * interval '1 hour',

@@ -238,17 +238,13 @@ def test_a_state_stored_before_the_partitions_keys_its_row_by_its_start():
 
 def test_the_migration_converts_sessions_deliveries_and_attribution_that_hold_rows(base_settings):
     from alembic import command
-    from alembic.script import ScriptDirectory
 
-    from tests.integration.test_retention import alembic_config
+    from tests.integration.test_retention import migrated_to_before
 
     db = ScratchDatabase(base_settings.database_url, f"spoor_migration_{uuid.uuid4().hex[:10]}")
     engine = create_engine(db.url)
     try:
-        config = alembic_config(db.url)
-        script = ScriptDirectory.from_config(config)
-        for head in [h for h in script.get_heads() if h != "0030"] + list(script.get_revision("0030").down_revision):
-            command.upgrade(config, head)
+        config = migrated_to_before(db.url, "0030")
         with engine.begin() as conn:
             conn.execute(text(
                 "INSERT INTO sessions (user_key, session_id, client_session, started_at, ended_at, duration_s, events, "
