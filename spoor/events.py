@@ -390,6 +390,11 @@ def encode_events(events: list[Event]) -> bytes:
     return _ENCODER.encode(events)
 
 
+def encode_product_lines(lines: list[ProductLine]) -> bytes:
+    """An event's product lines as JSON, exactly as ``encode_events`` writes them inside the event."""
+    return _ENCODER.encode(lines)
+
+
 ERASURE_FIELD = "erase_user_key"
 
 

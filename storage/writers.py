@@ -31,7 +31,7 @@ import psycopg2.errors
 from sqlalchemy import Engine, bindparam, exists, select
 from sqlalchemy.dialects.postgresql import insert
 
-from spoor.events import Event, encode_events
+from spoor.events import Event, encode_events, encode_product_lines
 from spoor.storage.analytics_writer import write_analytics
 from spoor.storage.identities import move_rows, record_links, user_key_tables
 from spoor.storage.interests import write_interests
@@ -107,7 +107,7 @@ def _copy_field(value) -> str:
 
 def _product_lines(event: Event) -> str:
     """The event's product lines as the JSON merge stored them: as the events topic's encoding has them."""
-    return orjson.dumps(orjson.loads(encode_events([event]))[0]["products"]).decode()
+    return encode_product_lines(event.products).decode()
 
 
 def copy_text(events: Sequence[Event]) -> str:
