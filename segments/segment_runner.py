@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from spoor.segments import attribution, membership, segment_metrics
 from spoor.segments.membership import SegmentStore, utcnow
 from spoor.settings import Settings
+from spoor.storage.interests import fold_product_deltas
 from spoor.storage.retention import RetentionTurn
 from spoor.topics import create_producer, create_segment_topics
 from spoor.turn_loop import Heartbeat, paced_by, run_turns, stop_event
@@ -43,6 +44,7 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
 
     def turn() -> None:
         retention()
+        fold_products(engine)  # before the pass, whose lists and interest profiles read the product tables
         if time.monotonic() - last_full[0] >= settings.segments_full_recompute_s:
             started = time.monotonic()
             failed: dict[str, str] = {}
@@ -87,6 +89,20 @@ def run_segments(settings: Settings, engine: Engine, stop: threading.Event | Non
               heartbeat)
     finally:
         producer.close()
+
+
+def fold_products(engine: Engine) -> None:
+    """Fold the product rows the workers appended into ``product_popularity`` and ``product_affinity``
+    (storage/interests.py), with its metrics."""
+    folded = fold_product_deltas(engine)
+    segment_metrics.FOLD_SECONDS.observe(folded.seconds)
+    for table, rows in (("product_popularity", folded.popularity_deltas), ("product_affinity", folded.affinity_deltas)):
+        segment_metrics.DELTAS_WAITING.labels(table).set(rows)
+        segment_metrics.DELTAS_FOLDED.labels(table).inc(rows)
+    if folded.seconds > 1.0:
+        log.info("product deltas folded in %.1f s: %d popularity rows into %d, %d affinity rows into %d",
+                 folded.seconds, folded.popularity_deltas, folded.popularity_rows, folded.affinity_deltas,
+                 folded.affinity_rows)
 
 
 class SegmentFailures:

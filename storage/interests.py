@@ -5,8 +5,22 @@ only the rows of events that were new to the ``events`` table: a redelivered bat
 Weights are forward-decayed logarithms summed with ``spoor_log2_add`` (migration 0016,
 stream_processors/interests.py), so batches may come in any order.
 
-Rows are locked in key order in every statement, so two workers writing the same products cannot deadlock.
+- ``user_interests`` (per user) is upserted there; rows are locked in key order, so two workers writing
+  the same users cannot deadlock.
+- Product popularity and affinity are shared by every user's events: upserting them was 42 % of the
+  workers' statement time in PostgreSQL, and the workers waited on each other's row locks on popular
+  products (issue 25). The worker appends the batch's rows, summed per key within the batch, to
+  ``product_popularity_deltas`` and ``product_affinity_deltas`` by COPY (migration 0031); the segments
+  runner folds them into ``product_popularity`` and ``product_affinity`` each turn, before it makes the
+  recommendation lists (``fold_product_deltas``). Each fold statement deletes the rows it sees and adds
+  their sums in one snapshot: rows a worker commits meanwhile wait for the next fold, none is lost or
+  counted twice. The sums are the upserts' to float rounding; the category and price are the latest
+  a batch gave (by ``id``, the order of the appends) over what the row had.
 """
+
+import io
+import time
+from typing import NamedTuple
 
 import orjson
 
@@ -21,6 +35,7 @@ MERGE_INTERESTS = """
        SET weight = spoor_log2_add(i.weight, excluded.weight), price = coalesce(excluded.price, i.price),
            updated_at = now()
 """
+# The worker's upserts of the product tables before migration 0031 (bench/worker_writes.py, tests: the rule).
 MERGE_POPULARITY = """
     INSERT INTO product_popularity AS p (product_id, category, price, weight, trend, bought)
     SELECT r.i, r.c, r.p, r.w, r.t, r.b
@@ -39,6 +54,50 @@ MERGE_AFFINITY = """
        SET weight = spoor_log2_add(x.weight, excluded.weight), bought = spoor_log2_add(x.bought, excluded.bought)
 """
 
+COPY_POPULARITY = "COPY product_popularity_deltas (product_id, category, price, weight, trend, bought) FROM STDIN"
+COPY_AFFINITY = "COPY product_affinity_deltas (product_id, neighbour_id, weight, bought) FROM STDIN"
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NULL = "\\N"
+
+# The segments runner's fold (migration 0031 has the same SQL for its downgrade). One statement per table: the
+# DELETE's snapshot is the sums' snapshot. log2 of a sum of 2^w is max + log2(sum(2^(w - max))), each term
+# floored as spoor_log2_add floors it; NULLs (no purchase) are left out of max and sum as they are zero.
+FOLD_POPULARITY = """
+    WITH d AS (DELETE FROM product_popularity_deltas RETURNING *),
+    m AS (SELECT product_id, max(weight) AS mw, max(trend) AS mt, max(bought) AS mb FROM d GROUP BY product_id),
+    written AS (
+    INSERT INTO product_popularity AS p (product_id, category, price, weight, trend, bought)
+    SELECT d.product_id,
+           (array_agg(d.category ORDER BY d.id DESC) FILTER (WHERE d.category IS NOT NULL))[1],
+           (array_agg(d.price ORDER BY d.id DESC) FILTER (WHERE d.price IS NOT NULL))[1],
+           m.mw + ln(sum(power(2::float8, greatest(-1000::float8, d.weight - m.mw)))) / ln(2::float8),
+           m.mt + ln(sum(power(2::float8, greatest(-1000::float8, d.trend - m.mt)))) / ln(2::float8),
+           m.mb + ln(sum(power(2::float8, greatest(-1000::float8, d.bought - m.mb)))) / ln(2::float8)
+      FROM d JOIN m ON m.product_id = d.product_id
+     GROUP BY d.product_id, m.mw, m.mt, m.mb ORDER BY d.product_id
+    ON CONFLICT (product_id) DO UPDATE
+       SET category = coalesce(excluded.category, p.category), price = coalesce(excluded.price, p.price),
+           weight = spoor_log2_add(p.weight, excluded.weight), trend = spoor_log2_add(p.trend, excluded.trend),
+           bought = spoor_log2_add(p.bought, excluded.bought), updated_at = now()
+    RETURNING 1)
+    SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM written)
+"""
+FOLD_AFFINITY = """
+    WITH d AS (DELETE FROM product_affinity_deltas RETURNING *),
+    m AS (SELECT product_id, neighbour_id, max(weight) AS mw, max(bought) AS mb FROM d GROUP BY 1, 2),
+    written AS (
+    INSERT INTO product_affinity AS x (product_id, neighbour_id, weight, bought)
+    SELECT d.product_id, d.neighbour_id,
+           m.mw + ln(sum(power(2::float8, greatest(-1000::float8, d.weight - m.mw)))) / ln(2::float8),
+           m.mb + ln(sum(power(2::float8, greatest(-1000::float8, d.bought - m.mb)))) / ln(2::float8)
+      FROM d JOIN m ON m.product_id = d.product_id AND m.neighbour_id = d.neighbour_id
+     GROUP BY d.product_id, d.neighbour_id, m.mw, m.mb ORDER BY d.product_id, d.neighbour_id
+    ON CONFLICT (product_id, neighbour_id) DO UPDATE
+       SET weight = spoor_log2_add(x.weight, excluded.weight), bought = spoor_log2_add(x.bought, excluded.bought)
+    RETURNING 1)
+    SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM written)
+"""
+
 
 def write_interests(cursor, batch: dict, new_event_ids: set[str]) -> None:
     """``batch``: ``stream_processors.interests.interest_batch`` of the batch's events (rows led by their id);
@@ -54,6 +113,25 @@ def write_interests(cursor, batch: dict, new_event_ids: set[str]) -> None:
                 summed[0] = log2_add(summed[0], w)
                 if p is not None and (summed[1] is None or w >= summed[2]):  # the latest event's price
                     summed[1], summed[2] = p, w
+    popularity, pairs = _product_sums(batch, new_event_ids)
+    if interests:
+        execute(cursor, "spoor_merge_interests", MERGE_INTERESTS, orjson.dumps(
+            [{"u": u, "f": f, "v": v, "w": w, "p": p} for (u, f, v), (w, p, _) in interests.items()]).decode())
+    if popularity:
+        lines = [f"{_text(i)}\t{_text(c)}\t{_text(p)}\t{w!r}\t{t!r}\t{_NULL if b is None else repr(b)}"
+                 for i, (c, p, w, t, b) in popularity.items()]
+        lines.append("")
+        cursor.copy_expert(COPY_POPULARITY, io.BytesIO("\n".join(lines).encode()), size=1 << 20)
+    if pairs:
+        lines = [f"{_text(a)}\t{_text(b)}\t{w!r}\t{_NULL if o is None else repr(o)}"
+                 for (a, b), (w, o) in pairs.items()]
+        lines.append("")
+        cursor.copy_expert(COPY_AFFINITY, io.BytesIO("\n".join(lines).encode()), size=1 << 20)
+
+
+def _product_sums(batch: dict, new_event_ids: set[str]) -> tuple[dict, dict]:
+    """The batch's popularity (product -> category, price, weight, trend, bought) and pairs ((product,
+    neighbour) -> weight, bought), of the events new to ``events``, summed per key."""
     popularity: dict[str, list] = {}
     for e, i, c, p, w, t, b in batch["popularity"]:
         if e in new_event_ids:
@@ -72,12 +150,49 @@ def write_interests(cursor, batch: dict, new_event_ids: set[str]) -> None:
                 summed[0] = log2_add(summed[0], w)
                 if bought:
                     summed[1] = log2_add(summed[1], w)
-    if interests:
-        execute(cursor, "spoor_merge_interests", MERGE_INTERESTS, orjson.dumps(
-            [{"u": u, "f": f, "v": v, "w": w, "p": p} for (u, f, v), (w, p, _) in interests.items()]).decode())
+    return popularity, pairs
+
+
+def _text(value: str | None) -> str:
+    """A text field as COPY's text format reads it."""
+    if value is None:
+        return _NULL
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+def write_product_merges(cursor, batch: dict, new_event_ids: set[str]) -> None:
+    """The product rows of ``batch`` upserted as before migration 0031 (``MERGE_POPULARITY``,
+    ``MERGE_AFFINITY``): what the fold must equal (tests, bench/worker_writes.py)."""
+    popularity, pairs = _product_sums(batch, new_event_ids)
     if popularity:
         execute(cursor, "spoor_merge_popularity", MERGE_POPULARITY, orjson.dumps(
             [{"i": i, "c": c, "p": p, "w": w, "t": t, "b": b} for i, (c, p, w, t, b) in popularity.items()]).decode())
     if pairs:
         execute(cursor, "spoor_merge_affinity", MERGE_AFFINITY, orjson.dumps(
             [{"a": a, "b": b, "w": w, "o": o} for (a, b), (w, o) in pairs.items()]).decode())
+
+
+class Folded(NamedTuple):
+    """What a fold took in: delta rows read (and deleted) and keys written, per table; and its duration."""
+
+    popularity_deltas: int
+    popularity_rows: int
+    affinity_deltas: int
+    affinity_rows: int
+    seconds: float
+
+
+def fold_product_deltas(engine) -> Folded:
+    """Fold the deltas the workers appended into ``product_popularity`` and ``product_affinity``, in one
+    transaction (the segments runner, each turn, before it makes the lists; tests, after writing)."""
+    started = time.monotonic()
+    with engine.begin() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()
+        counts = []
+        for statement in (FOLD_POPULARITY, FOLD_AFFINITY):
+            cursor.execute(statement)
+            counts += cursor.fetchone()
+        cursor.close()
+    return Folded(*counts, time.monotonic() - started)

@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from spoor.storage.api_keys import active_keys
 from spoor.storage.identities import MAX_CHAIN
+from spoor.storage.interests import fold_product_deltas
 from spoor.storage.recommendations import MAX_K, Blend, DatabaseReads, fill_up, for_product, for_user
 
 log = logging.getLogger(__name__)
@@ -325,7 +326,9 @@ def make_lists(engine: Engine, keys: list[str], since=None) -> Made:
 
 def make_every_list(engine: Engine) -> Made:
     """Every user's and product's list at once, unpaced: for a database just loaded with no runner beside it
-    (bench/recommendations.py), not for a shop's live traffic."""
+    (bench/recommendations.py), not for a shop's live traffic. The product rows the worker appended are
+    folded first, as the runner does each turn."""
+    fold_product_deltas(engine)
     service = RecommendationService(engine)
     users = products = 0
     with service.engine.connect() as conn:

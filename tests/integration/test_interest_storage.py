@@ -22,6 +22,7 @@ from spoor.segments.membership import SegmentStore, refresh_interest_profiles
 from spoor.segments.segment_compiler import compile_segment
 from spoor.segments.segment_language import SegmentSpec
 from spoor.storage.identities import move_rows
+from spoor.storage.interests import fold_product_deltas
 from spoor.storage.writers import StreamWriter
 from spoor.stream_processors.interests import DAY_S, forward_log2, interest_batch, log2_add, log2_sum
 from tests.support.interest_reference import walk
@@ -40,8 +41,10 @@ def ev(event_id: str, user: str, kind: EventKind = EventKind.PRODUCT_VIEW, minut
 
 
 def write(writer: StreamWriter, events: list[Event], recent: dict | None = None, **options) -> None:
-    """The worker's write of one batch; ``recent``: the users' activity carried from the batches before."""
+    """The worker's write of one batch, then the segments runner's fold of the product rows it appended
+    (migration 0031); ``recent``: the users' activity carried from the batches before."""
     writer.write_batch([], events, interests=interest_batch(events, H, TREND_H, recent=recent), **options)
+    fold_product_deltas(writer.engine)
 
 
 def refresh(engine, prefix: str) -> None:
@@ -428,7 +431,8 @@ def test_ids_past_256_characters_are_refused_upstream():
 # -- two writers -------------------------------------------------------------------------------------
 
 def test_two_writers_over_the_same_products_in_opposite_orders_do_not_deadlock(engine, writer):
-    """... nor with the segments runner refreshing their users' profiles meanwhile."""
+    """... nor with the segments runner refreshing their users' profiles meanwhile; each writer folds the
+    product rows after its write (``write``), so two folds run at once too, and count every row once."""
     products = [f"dl-p{i}" for i in range(12)]
     users = sorted(f"dl-u{side}-{n}" for side in (0, 1) for n in range(5))
     errors: list[BaseException] = []

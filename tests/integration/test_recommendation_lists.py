@@ -21,6 +21,7 @@ from spoor.privacy.erasure import erase_user
 from spoor.segments import membership
 from spoor.storage import recommendation_reads
 from spoor.storage.identities import move_rows
+from spoor.storage.interests import fold_product_deltas
 from spoor.storage.recommendation_reads import (
     BACKLOG,
     STORE_USER_LIST,
@@ -59,8 +60,10 @@ def writer(engine) -> StreamWriter:
 
 
 def write(writer: StreamWriter, events: list[Event], **options) -> None:
-    """The worker's write of one batch, with the interests it adds."""
+    """The worker's write of one batch, with the interests it adds, and the segments runner's fold of the
+    product rows it appended (migration 0031), which comes before the runner makes the lists."""
     writer.write_batch([], events, interests=interest_batch(events, H, TREND_H), **options)
+    fold_product_deltas(writer.engine)
 
 
 def shop(writer: StreamWriter, tag: str) -> str:

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 from spoor.events import Event, EventKind
 from spoor.storage import retention
 from spoor.storage.identities import TABLES_WITH_USER_KEY
+from spoor.storage.interests import fold_product_deltas
 from spoor.storage.migrate import HERE, upgrade
 from spoor.storage.retention import run_retention
 from spoor.storage.writers import StreamWriter
@@ -51,6 +52,7 @@ def ev(event_id: str, at: datetime, user: str = "u1", product: str = "p1") -> Ev
 
 def write(engine, events: list[Event]) -> None:
     StreamWriter(engine).write_batch([], events, interests=interest_batch(events, 30 * DAY_S, 3 * DAY_S))
+    fold_product_deltas(engine)  # the segments runner's fold of the product rows (migration 0031)
 
 
 def partitions(conn, table: str) -> list[str]:
