@@ -62,6 +62,9 @@ VARYING_TABLES = {
     "product_recommendations": "refreshed by the recommendations pass on its own wall-clock schedule: a digest "
                                "taken at another moment holds another subset",
     "user_recommendations": "the same",
+    "product_popularity_deltas": "rows the worker appended, waiting for the segments runner's fold (migration 0031): "
+                                 "empty once it folded, and the folded rows are in product_popularity",
+    "product_affinity_deltas": "the same (product_affinity)",
     "product_affinity": "differed between two runs of one commit (8b598c6) on this input: 2838 vs 2836 rows, "
                         "the weights of ~20 pairs. Probably batch boundaries: within a batch a product pairs "
                         "with the user's recent views and cart adds, across batches with the profile's "
