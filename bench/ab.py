@@ -29,9 +29,15 @@ sys.path.insert(0, str(REPO))
 from bench.proc_cpu import KINDS  # noqa: E402
 from bench.row_digest import compare_dumps  # noqa: E402
 
-FIGURES = ["cpu_us_per_event", *(f"cpu_us_per_event_{kind}" for kind in KINDS), "end_to_end_events_per_s",
+# cpu_us_per_event counts until the runners caught up with each phase; _until_stored, until its last event was
+# stored (the figure before bench/catch_up.py, which a commit's runner doing more after the flood flatters).
+FIGURES = ["cpu_us_per_event", *(f"cpu_us_per_event_{kind}" for kind in KINDS), "cpu_us_per_event_until_stored",
+           *(f"cpu_us_per_event_until_stored_{kind}" for kind in KINDS), "runners_caught_up_s",
+           "paced_runners_caught_up_s", "runners_caught_up_timed_out", "end_to_end_events_per_s",
            "collector_events_per_s", "freshness_p50_s", "freshness_p99_s", "end_to_end_vs_kafka_consumer",
            "collector_vs_kafka_producer"]
+# The columns of the table of runs (the per-kind figures until stored are in the medians only).
+SHOWN = [name for name in FIGURES if not name.startswith("cpu_us_per_event_until_stored_")]
 # Offsets from AB_PORT_BASE; the shared stack's defaults are 5433, 9092-9093, 8080, 6066-, 6070-6071, 8090.
 PORTS = {"pg": 5433, "kafka": 9092, "kafka_controller": 9093, "collector": 8080, "worker": 6066, "segments": 6070,
          "campaigns": 6071, "admin_api": 8090}
@@ -173,6 +179,8 @@ def one_run(stacks: Stacks, label: str, sha: str, tree: Path, run_dir: Path, arg
 
 
 SHORT = {"cpu_us_per_event": "cpu_us", **{f"cpu_us_per_event_{kind}": kind[:8] for kind in KINDS},
+         "cpu_us_per_event_until_stored": "stored_us", "runners_caught_up_s": "catchup_s",
+         "paced_runners_caught_up_s": "paced_cu_s", "runners_caught_up_timed_out": "timed_out",
          "end_to_end_events_per_s": "e2e_ev/s", "collector_events_per_s": "coll_ev/s", "freshness_p50_s": "p50_s",
          "freshness_p99_s": "p99_s", "end_to_end_vs_kafka_consumer": "e2e/kcons",
          "collector_vs_kafka_producer": "coll/kprod"}
@@ -184,11 +192,11 @@ PRECISE = {"freshness_p50_s", "freshness_p99_s", "end_to_end_vs_kafka_consumer",
 def show(runs: list[dict]) -> None:
     """One line per run; CPU in microseconds per event, by kind after the sum."""
     print()
-    print("run commit       " + " ".join(f"{SHORT[name]:>10}" for name in FIGURES))
+    print("run commit       " + " ".join(f"{SHORT[name]:>10}" for name in SHOWN))
     for number, run in enumerate(runs, 1):
         print(f"{number:3} {run['label']} {run['sha'][:8]} "
               + " ".join(f"{run.get(name, float('nan')):10.{3 if name in PRECISE else 0}f}"
-                         for name in FIGURES))
+                         for name in SHOWN))
 
 
 def summary(runs: list[dict], old: str, new: str) -> list[tuple[str, object]]:
@@ -201,12 +209,14 @@ def summary(runs: list[dict], old: str, new: str) -> list[tuple[str, object]]:
                           if all(name in r for r in mine) and mine}
         lines += [(f"{label}_{name}", round(value, 3)) for name, value in medians[label].items()]
     o, n = medians["old"], medians["new"]
-    if o.get("cpu_us_per_event") and n.get("cpu_us_per_event"):
-        lines.append(("cpu_old_vs_new", round(o["cpu_us_per_event"] / n["cpu_us_per_event"], 3)))
-        for kind in KINDS:
-            name = f"cpu_us_per_event_{kind}"
-            if o.get(name) and n.get(name):
-                lines.append((f"cpu_old_vs_new_{kind}", round(o[name] / n[name], 3)))
+    for figure, ratio in (("cpu_us_per_event", "cpu_old_vs_new"),
+                          ("cpu_us_per_event_until_stored", "cpu_old_vs_new_until_stored")):
+        if o.get(figure) and n.get(figure):
+            lines.append((ratio, round(o[figure] / n[figure], 3)))
+            for kind in KINDS:
+                name = f"{figure}_{kind}"
+                if o.get(name) and n.get(name):
+                    lines.append((f"{ratio}_{kind}", round(o[name] / n[name], 3)))
     for name in ("end_to_end_events_per_s", "collector_events_per_s", "end_to_end_vs_kafka_consumer",
                  "collector_vs_kafka_producer", "freshness_p99_s"):
         if o.get(name) and n.get(name):
@@ -255,7 +265,7 @@ def main() -> None:
                 result = one_run(stacks, label, shas[label], trees[label], run_dir, args)
                 runs.append(result)
                 log(f"{label} {shas[label][:10]} round {round_}: " + ", ".join(
-                    f"{name} {result[name]:g}" for name in FIGURES if name in result))
+                    f"{name} {result[name]:g}" for name in SHOWN if name in result))
     finally:
         stacks.stop()
     show(runs)

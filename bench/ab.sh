@@ -2,7 +2,8 @@
 # bench/ab.sh OLD NEW [N] [ROUNDS]: two commits' pipelines alternated on this machine (old, new, old, new, ...;
 # 2 rounds by default), each run on a fresh stack of its own started from a worktree of the commit, measured by
 # this checkout's bench/row_digest.py and bench/pipeline.py --events N (200,000 by default). Prints each run's
-# figures, the medians and cpu_old_vs_new (old CPU per event / new), and whether the rows digests match.
+# figures, the medians and cpu_old_vs_new (old CPU per event / new, counted until the runners caught up with each
+# phase; cpu_old_vs_new_until_stored: until its last event was stored), and whether the rows digests match.
 # The stacks run beside the shared one (their own run dirs under AB_RUN_DIR, /var/tmp/spoor-ab, and ports from
 # AB_PORT_BASE, 20000); worktrees and their venvs are cached under AB_CACHE (~/.cache/spoor-ab).
 # Options after the positional ones go to bench/ab.py (--paced-seconds, --digest-events, --verbose, ...).

@@ -6,10 +6,13 @@ Phases, in one run:
    collector events/s, and end-to-end events/s until the last aggregate is in PostgreSQL.
 3. Paced: events at a fixed rate (default 2,000/s); freshness p50/p99 from the collector's
    receipt to the transaction that made the aggregate visible in PostgreSQL.
-CPU per event: the stack's processes' CPU (bench/proc_cpu.py, from /proc, found through the pid files
-under SPOOR_RUN_DIR) from just before the flood's first post until its last event is in PostgreSQL, plus
-the same over the paced phase, divided by the events of both; in all and per kind of process. On a
-shared Kafka or PostgreSQL, their figures include what others make them do.
+CPU per event (``cpu_us_per_event``): the stack's processes' CPU (bench/proc_cpu.py, from /proc, found
+through the pid files under SPOOR_RUN_DIR) from just before the flood's first post until its last event is in
+PostgreSQL and the segments and campaigns runners have caught up with it (bench/catch_up.py; bounded by
+--catch-up-timeout), plus the same over the paced phase, divided by the events of both; in all and per kind
+of process. ``cpu_us_per_event_until_stored``: the same until the last event is stored only (the figure
+before the catch-up was counted, for comparison with the performance log). On a shared Kafka or
+PostgreSQL, their figures include what others make them do.
 Ends with `name: value` lines for machines.
 """
 
@@ -36,6 +39,7 @@ from spoor.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # bench.proc_cpu when run as a script
+from bench.catch_up import Runners, TriggerLag  # noqa: E402
 from bench.proc_cpu import KINDS, StackCpu, cpu_delta  # noqa: E402
 
 BATCH = 100
@@ -187,10 +191,44 @@ def main() -> None:
                         help="default: the demo write key `make up` creates (SPOOR_DEMO_WRITE_KEY)")
     parser.add_argument("--run-dir", default=os.environ.get("SPOOR_RUN_DIR", "/var/tmp/spoor"),
                         help="the stack's SPOOR_RUN_DIR, where its pid files are (for the CPU figures)")
+    parser.add_argument("--catch-up-timeout", type=float, default=None,
+                        help="longest wait for the runners to catch up with a phase, in seconds "
+                             "(default: max(600, the phase's events / 250))")
+    parser.add_argument("--catch-up-by", choices=("state", "cpu"), default="state",
+                        help="how a runner is judged caught up: its cursors, lag and turns where the commit has "
+                             "them (state), else its CPU; or by CPU only (cpu)")
+    parser.add_argument("--idle-cores", type=float, default=None,
+                        help="CPU judge: PostgreSQL + those runners under this many cores is idle (default: "
+                             "twice their rate measured before the flood + 0.05, at least 0.15)")
+    parser.add_argument("--idle-window", type=float, default=30.0,
+                        help="CPU judge: seconds the rate must stay under --idle-cores")
     args = parser.parse_args()
     stack_cpu = StackCpu(args.run_dir)
     url = f"http://{settings.collector_host}:{settings.collector_port}"
     engine = create_engine(settings.database_url)
+
+    def trigger_lag() -> TriggerLag | None:
+        try:
+            return TriggerLag(settings.kafka_bootstrap, f"{settings.worker_app_id}-campaign-triggers",
+                              settings.triggers_topic)
+        except Exception as err:  # noqa: BLE001 - then the campaigns runner is judged by its CPU
+            print(f"  (the triggers topic's lag cannot be read: {err})", flush=True)
+            return None
+    runners = Runners(engine, stack_cpu, f"http://127.0.0.1:{settings.campaigns_web_port}", trigger_lag,
+                      by=args.catch_up_by, window_s=args.idle_window, max_cores=args.idle_cores)
+
+    def catch_up(phase: str, ids: str, stored_at: float, events: int):
+        timeout = args.catch_up_timeout or max(600.0, events / 250)
+        caught = runners.wait((f"{ids}000000000", f"{ids}999999999"), stored_at, timeout)
+        if caught.timed_out:
+            print(f"  the runners had NOT caught up with the {phase} {caught.seconds:.0f} s after its last event "
+                  f"was stored (timed out, --catch-up-timeout {timeout:.0f}): CPU counted until then", flush=True)
+        else:
+            print(f"  the runners caught up with the {phase} {caught.seconds:.1f} s after its last event was "
+                  f"stored", flush=True)
+        for line in caught.how:
+            print(f"    {line}", flush=True)
+        return caught
     worker_urls = [f"http://127.0.0.1:{settings.worker_web_port + i}" for i in range(args.workers)]
 
     print("waiting for the worker to be ready (a probe event through the whole pipeline) ...", flush=True)
@@ -215,6 +253,12 @@ def main() -> None:
     print(f"  ProducerPerformance {producer_rate:,.0f} records/s, ConsumerPerformance {consumer_rate:,.0f} "
           f"records/s ({n} records of {mean_size:.0f} bytes)", flush=True)
 
+    idle_seconds = 15
+    idle = runners.measure_idle(idle_seconds)
+    idle_total = sum(idle.values())
+    print(f"  stack idle (no traffic, {idle_seconds} s): {idle_total * 1000:.0f} ms of CPU per second; "
+          + ", ".join(f"{kind} {rate * 1000:.0f}" for kind, rate in idle.items() if rate), flush=True)
+
     print(f"phase 2: flood, {n} events in batches of {BATCH} from {args.threads} connections", flush=True)
     before = all_persisted(worker_urls)
     cpu_before, driver_before = stack_cpu.sample(), time.process_time()
@@ -223,9 +267,12 @@ def main() -> None:
     collector_rate = n / post_seconds
     print(f"  collector accepted {n} events in {post_seconds:.1f}s", flush=True)
     finished = wait_persisted(engine, worker_urls, f"{run_id}f", before, n, timeout=max(300, n / 500))
-    flood_cpu = cpu_delta(cpu_before, stack_cpu.sample())
+    flood_cpu_stored = cpu_delta(cpu_before, stack_cpu.sample())
     driver_cpu = time.process_time() - driver_before
     end_to_end_rate = n / (finished - started)
+    flood_caught = catch_up("flood", f"{run_id}f", finished, n)
+    flood_cpu = cpu_delta(cpu_before, flood_caught.cpu)
+    flood_seconds = finished + flood_caught.seconds - started
 
     paced_n = int(args.paced_rate * args.paced_seconds)
     print(f"phase 3: paced, {paced_n} events at {args.paced_rate:.0f} events/s", flush=True)
@@ -233,10 +280,14 @@ def main() -> None:
     since = datetime.now(timezone.utc)
     before = all_persisted(worker_urls)
     cpu_before, driver_before = stack_cpu.sample(), time.process_time()
+    paced_started = time.perf_counter()
     post_all(url, args.write_key, paced_bodies, args.threads, rate_per_s=args.paced_rate)
-    wait_persisted(engine, worker_urls, f"{run_id}p", before, paced_n, timeout=300)
-    paced_cpu = cpu_delta(cpu_before, stack_cpu.sample())
+    paced_stored = wait_persisted(engine, worker_urls, f"{run_id}p", before, paced_n, timeout=300)
+    paced_cpu_stored = cpu_delta(cpu_before, stack_cpu.sample())
     driver_cpu += time.process_time() - driver_before
+    paced_caught = catch_up("paced phase", f"{run_id}p", paced_stored, paced_n)
+    paced_cpu = cpu_delta(cpu_before, paced_caught.cpu)
+    paced_seconds = paced_stored + paced_caught.seconds - paced_started
     with engine.connect() as conn:
         p50, p99 = conn.execute(text(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM persisted_at - received_at)),"
@@ -249,9 +300,21 @@ def main() -> None:
     print(f"freshness at {args.paced_rate:.0f} events/s: p50 {p50:.3f}s, p99 {p99:.3f}s")
     cpu_per_event = {kind: (flood_cpu[kind] + paced_cpu[kind]) * 1e6 / (n + paced_n) for kind in KINDS}
     total_us = sum(cpu_per_event.values())
-    print(f"CPU per event, {n + paced_n} events of the flood and paced phases: {total_us:.0f} us "
+    stored_per_event = {kind: (flood_cpu_stored[kind] + paced_cpu_stored[kind]) * 1e6 / (n + paced_n)
+                        for kind in KINDS}
+    stored_us = sum(stored_per_event.values())
+    # What the stack would have spent idle over the same seconds (measured before the flood): for reading only.
+    above_idle_us = total_us - idle_total * (flood_seconds + paced_seconds) * 1e6 / (n + paced_n)
+    timed_out = flood_caught.timed_out or paced_caught.timed_out
+    print(f"CPU per event, {n + paced_n} events of the flood and paced phases, until the runners caught up"
+          f"{' (TIMED OUT: a lower bound)' if timed_out else ''}: {total_us:.0f} us "
           f"(flood {sum(flood_cpu.values()) * 1e6 / n:.0f}, paced {sum(paced_cpu.values()) * 1e6 / paced_n:.0f}); "
           + ", ".join(f"{kind} {us:.0f}" for kind, us in cpu_per_event.items() if us or kind != "other"))
+    print(f"  until the last event was stored only: {stored_us:.0f} us; "
+          + ", ".join(f"{kind} {us:.0f}" for kind, us in stored_per_event.items() if us or kind != "other"))
+    print(f"  the runners caught up {flood_caught.seconds:.0f} s after the flood was stored and "
+          f"{paced_caught.seconds:.0f} s after the paced phase; the stack's idle rate over the "
+          f"{flood_seconds + paced_seconds:.0f} s counted would be {total_us - above_idle_us:.0f} us per event")
     missing = [kind for kind, pids in stack_cpu.roots().items() if not pids and kind != "other"]
     if missing:
         print(f"  (no process of {', '.join(missing)} under {args.run_dir}: not counted)")
@@ -265,6 +328,14 @@ def main() -> None:
                         ("end_to_end_vs_kafka_consumer", round(end_to_end_rate / consumer_rate, 3)),
                         ("cpu_us_per_event", round(total_us, 1)),
                         *((f"cpu_us_per_event_{kind}", round(us, 1)) for kind, us in cpu_per_event.items()),
+                        ("cpu_us_per_event_until_stored", round(stored_us, 1)),
+                        *((f"cpu_us_per_event_until_stored_{kind}", round(us, 1))
+                          for kind, us in stored_per_event.items()),
+                        ("cpu_us_per_event_above_idle", round(above_idle_us, 1)),
+                        ("stack_idle_cpu_ms_per_s", round(idle_total * 1000, 1)),
+                        ("runners_caught_up_s", round(flood_caught.seconds, 1)),
+                        ("paced_runners_caught_up_s", round(paced_caught.seconds, 1)),
+                        ("runners_caught_up_timed_out", int(timed_out)),
                         ("driver_cpu_us_per_event", round(driver_cpu * 1e6 / (n + paced_n), 1))]:
         print(f"{name}: {value}")
 

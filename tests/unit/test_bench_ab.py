@@ -41,3 +41,13 @@ def test_dumps_compare_over_the_common_columns(tmp_path: Path):
                      "sessions: rows differ (1 vs 1 rows; 2 distinct rows in one only); columns whose values "
                      "differ: n"]
     assert compare_dumps(old, old) == []
+
+
+def test_summary_gives_both_cpu_windows():
+    runs = [{"label": "old", "cpu_us_per_event": 500.0, "cpu_us_per_event_until_stored": 350.0,
+             "cpu_us_per_event_segments": 40.0, "cpu_us_per_event_until_stored_segments": 10.0},
+            {"label": "new", "cpu_us_per_event": 400.0, "cpu_us_per_event_until_stored": 200.0,
+             "cpu_us_per_event_segments": 50.0, "cpu_us_per_event_until_stored_segments": 10.0}]
+    lines = dict(summary(runs, "a", "b"))
+    assert lines["cpu_old_vs_new"] == 1.25 and lines["cpu_old_vs_new_until_stored"] == 1.75
+    assert lines["cpu_old_vs_new_segments"] == 0.8 and lines["cpu_old_vs_new_until_stored_segments"] == 1.0
