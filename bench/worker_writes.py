@@ -18,6 +18,9 @@ With no variant the run is an A/A: the ratio shows the noise.
 ``--redeliver``: every batch is written twice (the second write must add nothing). ``--digest``: at the
 end, a digest of every table the worker writes, A against B (``now()`` columns left out): same input, same
 rows. ``--b-interests`` gives B's batches their interest rows and A none: the ratio is what interests cost.
+After the writes, each side runs the segments runner's fold of the product rows its writer appended (migration
+0031; none for a writer from before it) and prints its cost per event (``a_fold``, ``b_fold``); the digest
+compares the product tables' weights to 6 decimals (a sum in another order).
 """
 
 import argparse
@@ -44,6 +47,7 @@ from spoor.ingest.normalize import normalize  # noqa: E402
 from spoor.settings import Settings  # noqa: E402
 from spoor.storage import writers as stream_writers  # noqa: E402
 from spoor.storage.analytics_writer import JOURNEYS_FROM_SESSIONS, write_analytics  # noqa: E402
+from spoor.storage.interests import fold_product_deltas  # noqa: E402
 from spoor.storage.migrate import upgrade  # noqa: E402
 from spoor.storage.writers import StreamWriter  # noqa: E402
 from spoor.stream_processors.analytics_tracker import AnalyticsTracker  # noqa: E402
@@ -145,15 +149,33 @@ def writer_at(rev: str):
     return module.StreamWriter
 
 
+# The product tables' sums: folded by the segments runner since migration 0031 (a sum in another order), so
+# compared to 6 decimals of the logarithm (~1e-6 relative in the weight).
+SUMMED = {"product_popularity": "product_id, category, price, round(weight::numeric, 6) AS weight, "
+                                "round(trend::numeric, 6) AS trend, round(bought::numeric, 6) AS bought",
+          "product_affinity": "product_id, neighbour_id, round(weight::numeric, 6) AS weight, "
+                              "round(bought::numeric, 6) AS bought"}
+
+
 def digests(engine) -> dict[str, str]:
     out = {}
     with engine.connect() as conn:
         for table in WRITTEN_TABLES:
             drop = "".join(f" - '{c}'" for c in NOW_COLUMNS)
+            rows = f"SELECT {SUMMED[table]} FROM {table}" if table in SUMMED else f"SELECT * FROM {table}"
             out[table] = conn.execute(text(
                 f"SELECT count(*) || ':' || coalesce(md5(string_agg(r, '|' ORDER BY r)), '') FROM "
-                f"(SELECT (to_jsonb(t){drop})::text AS r FROM {table} t) x")).scalar_one()
+                f"(SELECT (to_jsonb(t){drop})::text AS r FROM ({rows}) t) x")).scalar_one()
     return out
+
+
+def fold(engine, pid: int) -> tuple[float, float, float, int]:
+    """The segments runner's fold of the product rows the batches appended (migration 0031): wall, this
+    process's CPU, the backend's CPU (s), and the delta rows folded. Nothing to fold for a writer from before."""
+    backend, cpu, wall = backend_cpu_ns(pid), time.process_time(), time.perf_counter()
+    folded = fold_product_deltas(engine)
+    return (time.perf_counter() - wall, time.process_time() - cpu, (backend_cpu_ns(pid) - backend) / 1e9,
+            folded.popularity_deltas + folded.affinity_deltas)
 
 
 def main() -> None:
@@ -217,6 +239,7 @@ def main() -> None:
                     totals[which] = [t + s for t, s in zip(totals[which], spent)]
                     per_batch[which].append([s / max(len(events), 1) * 1e6 for s in spent])
         statement_ns = [dict(clock.ns) for clock in clocks]
+        folds = [fold(engine, pid) for engine, pid in zip(engines, pids)]
         for name, engine in zip("AB", engines):
             with engine.connect() as conn:
                 updates, hot = conn.execute(text(
@@ -249,6 +272,9 @@ def main() -> None:
         print(f"a_{measure}_us_per_event: {a:.1f} (median of batches {median_a:.1f})")
         print(f"b_{measure}_us_per_event: {b:.1f} (median of batches {median_b:.1f})")
         print(f"b_vs_a_{measure}: {b / a:.3f} (medians {median_b / median_a:.3f})")
+    for name, (wall, cpu, backend, rows) in zip("ab", folds):
+        print(f"{name}_fold: {rows} delta rows; wall {wall / writes * 1e6:.1f}, runner CPU {cpu / writes * 1e6:.1f}, "
+              f"backend CPU {backend / writes * 1e6:.1f} us per event written")
     if same is not None:
         print(f"digests_equal: {same}")
 
