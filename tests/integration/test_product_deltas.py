@@ -4,21 +4,26 @@ applied to the same batches in the same order): the fold gives the same rows (to
 category and price too) for batches out of order, folded at once or between batches; a redelivered batch appends
 nothing; rows a worker commits while a fold runs wait for the next one, and a worker writing while the runner
 folds again and again loses nothing and counts nothing twice; weights at the extremes an event may hold fold as
-they were upserted, and a weight that is not a finite number is refused."""
+they were upserted, and a weight that is not a finite number is refused; the migration's downgrade folds
+what is waiting."""
 
 import math
 import threading
+import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import text
+from alembic import command
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from spoor.events import Event, EventKind, ProductLine
 from spoor.storage.interests import fold_product_deltas, write_interests, write_product_merges
 from spoor.storage.writers import StreamWriter
 from spoor.stream_processors.interests import DAY_S, interest_batch
+from tests.integration.test_retention import alembic_config
+from tests.support.scratch_db import ScratchDatabase
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -249,3 +254,29 @@ def test_a_weight_that_is_not_a_finite_number_is_refused(engine, weight):
         with pytest.raises(IntegrityError, match="finite"):
             with engine.begin() as conn:
                 conn.execute(text(statement), {"w": float(weight)})
+
+
+def test_the_migrations_downgrade_folds_what_is_waiting(base_settings):
+    """0031's downgrade folds the deltas waiting (nothing the workers appended is lost) before dropping them."""
+    db = ScratchDatabase(base_settings.database_url, f"spoor_migration_{uuid.uuid4().hex[:10]}")
+    engine = create_engine(db.url)
+    try:
+        config = alembic_config(db.url)
+        command.upgrade(config, "heads")
+        writer = StreamWriter(engine)
+        first, second = batches_of("down-", "later-first")[:2]
+        writer.write_batch([], first, interests=interest_batch(first, H, TREND_H))
+        fold_product_deltas(engine)
+        writer.write_batch([], second, interests=interest_batch(second, H, TREND_H))
+        assert waiting(engine)[0] > 0
+        command.downgrade(config, "0016")  # 0031 and every other revision on top of 0016
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT to_regclass('product_popularity_deltas')")).scalar() is None
+        upserted(engine, [batches_of("updown-", "later-first")[0]])
+        upserted(engine, [batches_of("updown-", "later-first")[1]])
+        assert_same(product_rows(engine, "down-"), product_rows(engine, "updown-"))
+        command.upgrade(config, "heads")
+        assert waiting(engine) == (0, 0)
+    finally:
+        engine.dispose()
+        db.drop()
