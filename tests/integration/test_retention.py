@@ -295,11 +295,13 @@ def alembic_config(url: str) -> Config:
 
 
 def migrated_to_before(url: str, revision: str) -> Config:
-    """Upgrade the database at ``url`` to every head except ``revision`` and its own down revision: the
+    """Upgrade the database at ``url`` to every head not built on ``revision`` and to its own down revisions: the
     schema ``revision`` finds when it runs. Returns the alembic config, for the upgrade and downgrade."""
     config = alembic_config(url)
     script = ScriptDirectory.from_config(config)
-    for head in [h for h in script.get_heads() if h != revision] + list(script.get_revision(revision).down_revision):
+    down = script.get_revision(revision).down_revision  # alembic gives a one-revision tuple as a string
+    heads = [h for h in script.get_heads() if revision not in {r.revision for r in script.iterate_revisions(h, "base")}]
+    for head in heads + ([down] if isinstance(down, str) else list(down)):
         command.upgrade(config, head)
     return config
 
