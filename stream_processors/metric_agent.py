@@ -150,8 +150,7 @@ def register_metric_windows(app: faust.App, settings: Settings, dead_letter_topi
         written before the batch's ack."""
         for event in batch:
             last_offsets[event.message.tp] = event.message.offset
-        for partition, decoded_event in first_seen:
-            windows.add_event(partition, decoded_event)
+        windows.add_events(first_seen)
         await fail_stop_on_error(close_windows(), "writing metric windows")
         if windows.newest_event is not None:
             worker_metrics.EVENT_TIME_LAG.set(time.time() - windows.newest_event.timestamp())

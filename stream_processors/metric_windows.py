@@ -44,7 +44,9 @@ KIND_COLUMNS = {"page_view": "page_views", "product_view": "product_views", "cli
                 "cart_add": "cart_adds", "cart_remove": "cart_removes", "checkout": "checkouts",
                 "purchase": "orders", "refund": "refunds", "identify": "identifies", "custom": "custom_events"}
 FINEST = min(RESOLUTIONS, key=RESOLUTIONS.get)  # the windows events are folded into
+FINEST_S = RESOLUTIONS[FINEST]
 COARSER = {name: size for name, size in RESOLUTIONS.items() if name != FINEST}  # rolled up from FINEST
+KNOWN_DIMENSIONS_MAX = 10_000  # inputs whose dimensions are remembered (then forgotten all at once)
 DEAD_LETTER_PARTITION = -1  # rows counting dead letters (their topic is not partitioned by user)
 
 
@@ -73,6 +75,43 @@ class Accumulator:
         elif kind == "purchase":
             self.buyers.add(user)
             self.revenue += revenue or 0
+
+    @classmethod
+    def of(cls, events: list) -> "Accumulator":
+        """The accumulator of ``events`` alone, its counts holding only the columns they count (for ``add``)."""
+        accumulator = cls(counts={"events": len(events)})
+        counts, users, sessions = accumulator.counts, accumulator.users, accumulator.sessions
+        revenue = accumulator.revenue
+        for event in events:
+            kind, user = event.kind.value, event.user_key
+            column = KIND_COLUMNS[kind]
+            counts[column] = counts.get(column, 0) + 1
+            users.add(user)
+            sessions.add(getattr(event, "session_id", None) or user)
+            if kind == "product_view":
+                accumulator.viewers.add(user)
+            elif kind == "cart_add":
+                accumulator.carters.add(user)
+            elif kind == "purchase":
+                accumulator.buyers.add(user)
+                revenue += event.revenue or 0
+        accumulator.revenue = revenue
+        return accumulator
+
+    def add(self, other: "Accumulator") -> None:
+        """``merge`` for an ``other`` whose counts hold only the columns it counted (``of``)."""
+        counts = self.counts
+        for column, count in other.counts.items():
+            counts[column] += count
+        self.revenue += other.revenue
+        self.users |= other.users
+        self.sessions |= other.sessions
+        if other.viewers:
+            self.viewers |= other.viewers
+        if other.carters:
+            self.carters |= other.carters
+        if other.buyers:
+            self.buyers |= other.buyers
 
     def merge(self, other: "Accumulator") -> None:
         for column, count in other.counts.items():
@@ -108,6 +147,9 @@ class MetricWindows:
     # (resolution, window start in epoch seconds) -> (partition, dimension) -> Accumulator
     open: dict = field(default_factory=dict)
     categories: set = field(default_factory=set)
+    # (source, category, product lines' categories) -> dimensions(...): once computed, an input's dimensions
+    # never change (a category is admitted the first time it is seen, or never: ``categories`` only grows)
+    _known_dimensions: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def newest_event(self) -> datetime | None:
@@ -152,17 +194,71 @@ class MetricWindows:
         return False
 
     def add_event(self, partition: int, event) -> None:
-        at = event.event_time
-        if not self._in_range(at):
-            return
-        self.first.setdefault(partition, at)
-        categories = [event.category] + [line.category for line in event.products]
-        kind, user = event.kind.value, event.user_key
-        session = getattr(event, "session_id", None) or user  # a field only once events are sessionized
-        for accumulator in self._accumulators(at, partition, self.dimensions(event.source, categories)):
-            accumulator.add_event(kind, user, session, event.revenue)
-        if partition not in self.newest or at > self.newest[partition]:
-            self.newest[partition] = at
+        self.add_events(((partition, event),))
+
+    def add_events(self, events) -> None:
+        """Add each (partition, event) of a batch, in order. The same result as adding them one at a time,
+        for less: the events are grouped by partition, window and dimensions first, and each group is
+        added once per dimension (a batch of a flood holds thousands of events of a few windows and
+        dimensions, each event in 3-4 of them). Watermarks move only in ``advance``, so which window an
+        event falls into does not depend on the batch's other events."""
+        groups: dict = {}  # (partition, (resolution, window start), dimensions) -> [events]
+        first, newest, known = self.first, self.newest, self._known_dimensions
+        closed_s = {partition: at.timestamp() for partition, at in self.closed.items()}
+        for partition, event in events:
+            at = event.event_time
+            stamp = at.timestamp()
+            if not EARLIEST_S <= stamp < LATEST_S:  # as _in_range
+                self.out_of_range += 1
+                continue
+            if partition not in first:
+                first[partition] = at
+            if partition not in newest or at > newest[partition]:
+                newest[partition] = at
+            seconds = int(stamp // 1)
+            minute = seconds - seconds % FINEST_S
+            closed = closed_s.get(partition)
+            if closed is None or minute + FINEST_S > closed:  # its minute is open (most events)
+                window = (FINEST, minute)
+            else:
+                window = self._window(seconds, closed)
+                if window is None:
+                    continue
+            products = tuple(line.category for line in event.products) if event.products else ()
+            seen = (event.source, event.category, products)
+            dimensions = known.get(seen)
+            if dimensions is None:
+                if len(known) >= KNOWN_DIMENSIONS_MAX:
+                    known.clear()
+                dimensions = known[seen] = tuple(self.dimensions(event.source, [event.category, *products]))
+            group = groups.get((partition, window, dimensions))
+            if group is None:
+                groups[(partition, window, dimensions)] = [event]
+            else:
+                group.append(event)
+        for (partition, window_key, dimensions), members in groups.items():
+            window = self.open.get(window_key)
+            if window is None:
+                window = self.open[window_key] = {}
+            group_sum = Accumulator.of(members)
+            for dimension in dimensions:
+                accumulator = window.get((partition, dimension))
+                if accumulator is None:
+                    accumulator = window[(partition, dimension)] = Accumulator()
+                accumulator.add(group_sum)
+
+    def _window(self, seconds: int, closed_s: float | None) -> tuple[str, int] | None:
+        """(resolution, start) of the open window an event at ``seconds`` is added to: its minute, or when
+        the minute is closed, the first of its coarser windows still open (None when late for all).
+        Counts the event late when its minute is closed, as _accumulators."""
+        for resolution, size_s in RESOLUTIONS.items():
+            start = seconds - seconds % size_s
+            if closed_s is not None and start + size_s <= closed_s:
+                if resolution == FINEST:
+                    self.late_events += 1
+                continue
+            return resolution, start
+        return None
 
     def add_dead_letter(self, at: datetime, source: str | None, processor: str) -> None:
         if not self._in_range(at):

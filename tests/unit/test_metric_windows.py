@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from spoor.events import Event, EventKind
+from spoor.events import Event, EventKind, ProductLine
 from spoor.stream_processors.metric_windows import DEAD_LETTER_PARTITION, MetricWindows
 
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=timezone.utc)
@@ -113,3 +113,33 @@ def test_every_event_kind_is_counted_refunds_included():
     assert row["events"] == len(EventKind)
     assert row["refunds"] == 1 and row["orders"] == 1
     assert row["revenue"] == 0  # revenue counts orders; a refund is its own count, not negative revenue
+
+
+def test_a_batch_added_at_once_counts_what_its_events_added_one_at_a_time_count():
+    """add_events groups a batch's events by partition, window and dimensions before adding them: the same
+    rows (late events, partial windows, the category cap's admission order, roll-ups) as one at a time."""
+    kinds = list(EventKind)
+    stream = []
+    for i in range(600):
+        seconds = i * 1.7 - (200 if i % 23 == 0 else 0)  # every 23rd is late for its minute, some for their hour
+        lines = [ProductLine(product_id=f"p{i % 7}", category=f"line-{i % 9}")] if i % 4 == 0 else []
+        kind = kinds[i % len(kinds)].value
+        stream.append((i % 3, event(kind, f"u{i % 40}", seconds, source=("web", "ios")[i % 2], category=f"c{i % 11}",
+                                    products=lines, session_id=f"s{i % 13}" if i % 5 else None,
+                                    revenue=Decimal(i) / 100 if kind in ("purchase", "refund") else None)))
+    one, batched = MetricWindows(lateness=timedelta(seconds=20), max_categories=6), \
+        MetricWindows(lateness=timedelta(seconds=20), max_categories=6)
+    rows_one, rows_batched = [], []
+    for start in range(0, len(stream), 75):
+        for partition, each in stream[start:start + 75]:
+            one.add_event(partition, each)
+        batched.add_events(stream[start:start + 75])
+        rows_one += one.close_due(idle={2} if start > 300 else set())
+        rows_batched += batched.close_due(idle={2} if start > 300 else set())
+    rows_one += one.close_due(idle={0, 1, 2})
+    rows_batched += batched.close_due(idle={0, 1, 2})
+    assert one.late_events > 0 and any(row["partial"] is False for row in rows_one)
+    assert {row["dimension"] for row in rows_one} >= {"category:other", "source:ios", "category:line-0"}
+    assert rows_batched == rows_one
+    assert (batched.late_events, batched.categories, batched.first, batched.newest, batched.open) == \
+        (one.late_events, one.categories, one.first, one.newest, one.open)
