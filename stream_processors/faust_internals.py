@@ -4,7 +4,7 @@ The worker needs a few things Faust and aiokafka offer only under underscore nam
 last committed for a partition, the fetch wait of the Kafka consumer Faust builds, the store a table
 builds for its URL, and which partition's database Faust's RocksDB store keeps a key in. Each is a
 small named function or class here, with a comment naming the versions it was checked against and
-why no public API serves. tests/unit/test_faust_internals.py checks every private name this module
+why no public API serves. (The aiokafka producer behind Faust's is reached the same way, for its public batch API.) tests/unit/test_faust_internals.py checks every private name this module
 relies on against the installed packages (an upgrade that drops one fails a unit test, not a
 worker), and that no other file in stream_processors/ reaches one.
 
@@ -31,7 +31,7 @@ Behaviour relied on without reaching it (nothing here calls it; re-read it on an
 """
 
 import faust
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.stores import rocksdb
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, StoreT
@@ -41,6 +41,13 @@ def committed_offset(app: faust.App, tp: TP) -> int | None:
     """The offset Faust last committed for ``tp`` (or found committed when it was assigned); None if none."""
     # faust-streaming 0.15.1-0.15.3: Consumer._committed_offset; no public getter (aiokafka's committed() asks a broker)
     return app.consumer._committed_offset.get(tp)
+
+
+def kafka_producer(app: faust.App) -> AIOKafkaProducer:
+    """The started aiokafka producer behind the app's Faust producer (raises Faust's NotReady before it starts)."""
+    # faust-streaming 0.15.1-0.15.3: Producer._ensure_producer; Faust's producer offers a record at a time (send),
+    # not aiokafka's public create_batch/send_batch
+    return app.producer._ensure_producer()
 
 
 def set_fetch_max_wait(consumer: AIOKafkaConsumer, ms: int) -> None:

@@ -60,6 +60,7 @@ METHODS = [
     (rocksdb.Store, "_contains", ["self", "key"]),
     (rocksdb.Store, "_db_for_partition", ["self", "partition"]),
     (faust_consumer.Consumer, "_drain_messages", ["self", "fetcher"]),  # continuity.py: behaviour relied on
+    (faust_aiokafka.Producer, "_ensure_producer", ["self"]),
 ]
 # (class, private instance attribute): declared on the class and set in its __init__.
 ATTRIBUTES = [
