@@ -5,6 +5,8 @@
   must be the same for both trees.
 - ``changelog``: ``DurableTable.changelog_durable`` of 2,500 keys x 1.2 kB values on the real broker
   (`deploy/stack.sh infra`), 10 sends, the median of the last 8.
+- ``rocksdb`` (the tree does not matter): 40,000 puts of 1.5 kB into a database opened with the worker's
+  options, one ``put`` per key against one ``WriteBatch`` per 2,500 keys (process and main-thread CPU).
 
     .venv/bin/python bench/worker_bookkeeping.py "$PWD" windows|changelog
     git worktree add /tmp/old <commit>; .venv/bin/python bench/worker_bookkeeping.py /tmp/old windows
@@ -105,5 +107,38 @@ def changelog() -> None:
     print(f"changelog_us_per_record: {statistics.median(times[2:]):.2f} (sends {', '.join(f'{t:.1f}' for t in times)})")
 
 
+def rocksdb() -> None:
+    import rocksdict
+
+    from spoor.stream_processors.app import ROCKSDB_OPTIONS
+    from spoor.stream_processors.rocksdb_store import ManifestRollingOptions
+    options = {k: v for k, v in ROCKSDB_OPTIONS.items() if k != "driver"}
+    keys = [f"user-7-{i}".encode() for i in range(40_000)]
+    values = [os.urandom(1500) for _ in keys]
+    process: dict[str, list] = {"put": [], "write_batch": []}
+    thread: dict[str, list] = {"put": [], "write_batch": []}
+    for run in range(6):
+        for mode in ("put", "write_batch") if run % 2 else ("write_batch", "put"):
+            db = rocksdict.Rdict(tempfile.mkdtemp(prefix="spoor-bookkeeping-"),
+                                 options=ManifestRollingOptions(**options, use_rocksdict=True).as_options())
+            began, began_thread = time.process_time(), time.thread_time()
+            for start in range(0, len(keys), 2500):
+                pairs = zip(keys[start:start + 2500], values[start:start + 2500])
+                if mode == "put":
+                    for key, value in pairs:
+                        db.put(key, value)
+                else:
+                    batch = rocksdict.WriteBatch(raw_mode=True)
+                    for key, value in pairs:
+                        batch.put(key, value)
+                    db.write(batch)
+            process[mode].append((time.process_time() - began) / len(keys) * 1e6)
+            thread[mode].append((time.thread_time() - began_thread) / len(keys) * 1e6)
+            db.close()
+    for mode in process:
+        print(f"rocksdb_{mode}_us_per_key: process {statistics.median(process[mode]):.2f}, "
+              f"main thread {statistics.median(thread[mode]):.2f}")
+
+
 if __name__ == "__main__":
-    {"windows": windows, "changelog": changelog}[sys.argv[2]]()
+    {"windows": windows, "changelog": changelog, "rocksdb": rocksdb}[sys.argv[2]]()
