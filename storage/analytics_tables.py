@@ -5,7 +5,7 @@
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ARRAY, Boolean, Column, Computed, DateTime, Float, Index, Integer, String, Text, func
+from sqlalchemy import ARRAY, Boolean, Column, Computed, DateTime, Float, Integer, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from spoor.storage.tables import MONEY, Base, UserActivity
@@ -51,7 +51,7 @@ class Session(Base):
     traffic_source: Mapped[str] = mapped_column(Text, Computed(TRAFFIC_SOURCE_SQL, persisted=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
-    __table_args__ = (Index("sessions_started_at", "started_at"),)
+    # No index on started_at: nothing reads one, and the worker inserts a row here every few events (migration 0032).
 
 
 # Columns migration 0008 adds to the user_activity contract table.

@@ -1,10 +1,10 @@
 """Writes a batch's behaviour analytics inside the stream writer's transaction. Idempotent.
 
 Same pattern as ``writers.py``: one JSON document per table, expanded by PostgreSQL. A session row
-never replaces one with more events, an activity row never replaces a later ``as_of``, and a
-trigger is inserted once (its id is its episode). Rows are merged in key order: the campaigns runner
-inserts the same triggers at the same time (campaigns/trigger_intake.py), in code-point order (COLLATE "C"
-here): one lock order, so no deadlock.
+never replaces one with more events, an activity row never replaces a later ``as_of``, a row equal to
+the stored one is not updated (``changed``), and a trigger is inserted once (its id is its episode).
+Rows are merged in key order: the campaigns runner inserts the same triggers at the same time
+(campaigns/trigger_intake.py), in code-point order (COLLATE "C" here): one lock order, so no deadlock.
 """
 
 import orjson
@@ -20,12 +20,22 @@ TRIGGER_COLUMNS = [c.name for c in BehaviourTrigger.__table__.columns if c.name 
 JOURNEY_COLUMNS = [c.name for c in SessionJourney.__table__.columns if c.name != "updated_at"]
 
 
+def changed(table: str, columns: list[str], keys: tuple[str, ...]) -> str:
+    """An upsert's condition that the incoming row differs from the stored one: a row written again unchanged
+    (a redelivered batch, a merged user's sessions written whole) then makes no new row version, no WAL, and
+    keeps its ``updated_at`` (nothing changed for the segments runner's changed-users scan to find)."""
+    values = [c for c in columns if c not in keys]
+    return (f"({', '.join(f'{table}.{c}' for c in values)}) IS DISTINCT FROM "
+            f"({', '.join(f'excluded.{c}' for c in values)})")
+
+
 def _merge(table: str, columns: list[str], keys: tuple[str, ...], version_rule: str, rows: str = "%s::json") -> str:
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
     return (f"INSERT INTO {table} ({', '.join(columns)}) "
             f"SELECT {', '.join(columns)} FROM json_populate_recordset(NULL::{table}, {rows}) "
             f"ORDER BY {', '.join(keys)} "
-            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}, updated_at = now() WHERE {version_rule}")
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}, updated_at = now() "
+            f"WHERE {version_rule} AND {changed(table, columns, keys)}")
 
 
 # (user_key, session_id, opened_at): a partitioned table's keys hold its partition key (migration 0030)

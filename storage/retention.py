@@ -143,7 +143,7 @@ class Store:
     companions: tuple[str, ...] = ()
     referenced: bool = False
     margin: timedelta = timedelta(0)  # how long after its partition time a row can still be updated
-    fillfactor: int | None = None  # of the partitions (upserted rows: room for HOT updates, migration 0012)
+    fillfactor: int | None = None  # of the partitions (upserted rows: room for HOT updates, migrations 0012, 0032)
 
     @property
     def partitioned(self) -> bool:
@@ -165,7 +165,7 @@ def stores(settings: Settings) -> list[Store]:
     return [Store("events", "event_time", settings.retention_events_days, "month", ahead=3),
             Store("dead_letters", "received_at", settings.retention_dead_letters_days, "day", ahead=7),
             Store("sessions", "opened_at", settings.retention_sessions_days, "month", ahead=3,
-                  companions=("session_journeys",), margin=session_margin, fillfactor=70),
+                  companions=("session_journeys",), margin=session_margin, fillfactor=50),
             Store("campaign_deliveries", "triggered_at", settings.retention_deliveries_days, "month", ahead=3,
                   companions=("campaign_attempts",), referenced=True),
             Store("order_attribution", "converted_at", settings.retention_order_attribution_days, "month", ahead=3)]

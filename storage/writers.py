@@ -32,7 +32,7 @@ from sqlalchemy import Engine, bindparam, exists, select
 from sqlalchemy.dialects.postgresql import insert
 
 from spoor.events import Event, encode_events, encode_product_lines
-from spoor.storage.analytics_writer import write_analytics
+from spoor.storage.analytics_writer import changed, write_analytics
 from spoor.storage.identities import move_rows, record_links, user_key_tables
 from spoor.storage.interests import write_interests
 from spoor.storage.prepared import execute
@@ -74,7 +74,7 @@ MERGE_PROFILES = (
     f"SELECT {', '.join(PROFILE_COLUMNS)} FROM json_populate_recordset(NULL::user_profiles, %s::json) "
     f"ORDER BY user_key "
     f"ON CONFLICT (user_key) DO UPDATE SET {_profile_updates}, updated_at = now() "
-    "WHERE user_profiles.events <= excluded.events"
+    f"WHERE user_profiles.events <= excluded.events AND {changed('user_profiles', PROFILE_COLUMNS, ('user_key',))}"
 )
 # ``dead_letters`` is partitioned by day of received_at (migration 0027), its key (id, received_at): an id
 # (the bad row's topic/partition/offset) already stored in any partition is refused, whatever its time.

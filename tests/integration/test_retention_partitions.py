@@ -283,7 +283,7 @@ def test_the_migration_converts_sessions_deliveries_and_attribution_that_hold_ro
             assert conn.execute(text("SELECT count(*) FROM journey_depth_daily")).scalar_one() == views
             assert "sessions_p202512" in partitions(conn, "sessions")  # 2026-12-03 less 500 days: 2025-07-21 on
             assert conn.execute(text("SELECT reloptions FROM pg_class WHERE relname = 'sessions_p202601'")
-                                ).scalar_one() == ["fillfactor=70"]
+                                ).scalar_one() == ["fillfactor=50"]  # 70 here, 50 since 0032
         with engine.begin() as conn:  # the sequences went with the tables; the campaign still cascades
             insert_delivery(conn, "e-new", datetime(2026, 12, 2, tzinfo=UTC), attempts=1)
             conn.execute(text("DELETE FROM campaigns WHERE name = 'c'"))
