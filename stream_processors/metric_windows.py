@@ -218,11 +218,10 @@ class MetricWindows:
             seconds = int(stamp // 1)
             minute = seconds - seconds % FINEST_S
             closed = closed_s.get(partition)
-            if closed is None or minute + FINEST_S > closed:  # its minute is open (most events)
-                window = (FINEST, minute)
-            else:
-                window = self._window(seconds, closed)
-                if window is None:
+            place: tuple[str, int] | None = (FINEST, minute)
+            if closed is not None and minute + FINEST_S <= closed:  # its minute is closed (few events)
+                place = self._window(seconds, closed)
+                if place is None:
                     continue
             products = tuple(line.category for line in event.products) if event.products else ()
             seen = (event.source, event.category, products)
@@ -231,15 +230,15 @@ class MetricWindows:
                 if len(known) >= KNOWN_DIMENSIONS_MAX:
                     known.clear()
                 dimensions = known[seen] = tuple(self.dimensions(event.source, [event.category, *products]))
-            group = groups.get((partition, window, dimensions))
+            group = groups.get((partition, place, dimensions))
             if group is None:
-                groups[(partition, window, dimensions)] = [event]
+                groups[(partition, place, dimensions)] = [event]
             else:
                 group.append(event)
-        for (partition, window_key, dimensions), members in groups.items():
-            window = self.open.get(window_key)
+        for (partition, place, dimensions), members in groups.items():
+            window = self.open.get(place)
             if window is None:
-                window = self.open[window_key] = {}
+                window = self.open[place] = {}
             group_sum = Accumulator.of(members)
             for dimension in dimensions:
                 accumulator = window.get((partition, dimension))
