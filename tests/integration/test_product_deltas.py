@@ -280,3 +280,16 @@ def test_the_migrations_downgrade_folds_what_is_waiting(base_settings):
     finally:
         engine.dispose()
         db.drop()
+
+
+def test_a_backlog_is_folded_in_bounded_chunks_to_the_same_rows(engine, writer):
+    """A stopped runner's backlog: chunks of 3 delta rows a transaction, oldest popularity rows first,
+    give what one fold gives (the latest category and price included), and nothing is left waiting."""
+    upserted(engine, batches_of("up-chunked-", "singles"))
+    appended(writer, batches_of("fold-chunked-", "singles"))
+    before = waiting(engine)
+    folded = fold_product_deltas(engine, chunk=3)
+    assert (folded.popularity_deltas, folded.affinity_deltas) == before
+    assert before[0] > 3 and before[1] > 3  # more than one chunk of each table
+    assert waiting(engine) == (0, 0)
+    assert_same(product_rows(engine, "fold-chunked-"), product_rows(engine, "up-chunked-"))
