@@ -62,20 +62,6 @@ class Accumulator:
     carters: set = field(default_factory=set)
     buyers: set = field(default_factory=set)
 
-    def add_event(self, kind: str, user: str, session: str, revenue) -> None:
-        counts = self.counts
-        counts["events"] += 1
-        counts[KIND_COLUMNS[kind]] += 1  # every kind has a column (tests/unit/test_metric_windows.py)
-        self.users.add(user)
-        self.sessions.add(session)
-        if kind == "product_view":
-            self.viewers.add(user)
-        elif kind == "cart_add":
-            self.carters.add(user)
-        elif kind == "purchase":
-            self.buyers.add(user)
-            self.revenue += revenue or 0
-
     @classmethod
     def of(cls, events: list) -> "Accumulator":
         """The accumulator of ``events`` alone, its counts holding only the columns they count (for ``add``)."""
