@@ -4,9 +4,10 @@ The worker needs a few things Faust and aiokafka offer only under underscore nam
 last committed for a partition, the fetch wait of the Kafka consumer Faust builds, the store a table
 builds for its URL, and which partition's database Faust's RocksDB store keeps a key in. Each is a
 small named function or class here, with a comment naming the versions it was checked against and
-why no public API serves. (The aiokafka producer behind Faust's is reached the same way, for its public batch API.) tests/unit/test_faust_internals.py checks every private name this module
-relies on against the installed packages (an upgrade that drops one fails a unit test, not a
-worker), and that no other file in stream_processors/ reaches one.
+why no public API serves; the aiokafka producer behind Faust's is reached the same way, for its public
+batch API. tests/unit/test_faust_internals.py checks every private name this module relies on
+against the installed packages (an upgrade that drops one fails a unit test, not a worker), and that
+no other file in stream_processors/ reaches one.
 
 Checked against faust-streaming 0.15.1 and 0.15.2 (their sources) and 0.15.3 (installed;
 pyproject.toml pins >=0.15.1,<0.16), and aiokafka 0.10.0-0.14.0 (faust-streaming needs >=0.10.0).
