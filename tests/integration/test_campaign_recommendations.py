@@ -19,6 +19,7 @@ from spoor.campaigns.campaign_spec import parse_campaign
 from spoor.campaigns.lift import lift
 from spoor.campaigns.webhook_delivery import Sender, verify
 from spoor.events import Event, EventKind, ProductLine
+from spoor.storage.interests import fold_product_deltas
 from spoor.storage.recommendations import for_user
 from spoor.storage.segment_tables import CampaignDelivery
 from spoor.storage.writers import StreamWriter
@@ -46,10 +47,12 @@ def producer(settings):
 
 
 def write(engine, settings, events: list[Event]) -> None:
-    """The worker's batch write: events (with their order lines), and the interests they add."""
+    """The worker's batch write: events (with their order lines), and the interests they add; then the
+    segments runner's fold of the product rows it appended (migration 0031)."""
     day = 86_400.0
     StreamWriter(engine).write_batch([], events, interests=interest_batch(
         events, settings.interest_half_life_days * day, settings.trending_half_life_days * day))
+    fold_product_deltas(engine)
 
 
 def event(event_id: str, user: str, kind: EventKind, at: datetime, product: str | None = None,
