@@ -154,23 +154,18 @@ class MetricWindows:
         is closed, those of its coarser windows still open (none when late for all of them).
         Windows are keyed by their start in epoch seconds (datetime arithmetic per event is slow)."""
         closed = self.closed.get(partition)
-        closed_s = closed.timestamp() if closed is not None else None
-        seconds = int(at.timestamp() // 1)
-        for resolution, size_s in RESOLUTIONS.items():
-            start = seconds - seconds % size_s
-            if closed_s is not None and start + size_s <= closed_s:
-                if resolution == FINEST:
-                    self.late_events += 1
-                continue
-            window = self.open.get((resolution, start))
-            if window is None:
-                window = self.open[(resolution, start)] = {}
-            for dimension in dimensions:
-                accumulator = window.get((partition, dimension))
-                if accumulator is None:
-                    accumulator = window[(partition, dimension)] = Accumulator()
-                yield accumulator
-            return  # the coarser windows get this event when its open window closes and rolls up
+        place = self._window(int(at.timestamp() // 1), closed.timestamp() if closed is not None else None)
+        if place is None:
+            return
+        # the coarser windows get this event when its open window closes and rolls up
+        window = self.open.get(place)
+        if window is None:
+            window = self.open[place] = {}
+        for dimension in dimensions:
+            accumulator = window.get((partition, dimension))
+            if accumulator is None:
+                accumulator = window[(partition, dimension)] = Accumulator()
+            yield accumulator
 
     def _in_range(self, at: datetime) -> bool:
         """Times are validated upstream; a window outside 1970..2100 would overflow datetime arithmetic."""
@@ -235,7 +230,7 @@ class MetricWindows:
     def _window(self, seconds: int, closed_s: float | None) -> tuple[str, int] | None:
         """(resolution, start) of the open window an event at ``seconds`` is added to: its minute, or when
         the minute is closed, the first of its coarser windows still open (None when late for all).
-        Counts the event late when its minute is closed, as _accumulators."""
+        Counts the event late when its minute is closed."""
         for resolution, size_s in RESOLUTIONS.items():
             start = seconds - seconds % size_s
             if closed_s is not None and start + size_s <= closed_s:
