@@ -22,6 +22,7 @@ from spoor.events import Event, EventKind, ProductLine
 from spoor.storage.interests import fold_product_deltas, write_interests, write_product_merges
 from spoor.storage.writers import StreamWriter
 from spoor.stream_processors.interests import DAY_S, interest_batch
+from tests.integration.test_event_copy import AWKWARD
 from tests.integration.test_retention import alembic_config
 from tests.support.scratch_db import ScratchDatabase
 
@@ -293,3 +294,20 @@ def test_a_backlog_is_folded_in_bounded_chunks_to_the_same_rows(engine, writer):
     assert before[0] > 3 and before[1] > 3  # more than one chunk of each table
     assert waiting(engine) == (0, 0)
     assert_same(product_rows(engine, "fold-chunked-"), product_rows(engine, "up-chunked-"))
+
+
+def test_product_ids_and_categories_with_copy_separators_fold_as_they_were_upserted(engine, writer):
+    """Product ids and categories come from shoppers' events: tabs, newlines, backslashes and a literal \\N
+    in them reach the delta tables by COPY as they reached the product tables by JSON."""
+    def events(tag: str) -> list[Event]:
+        views = [ev(f"{tag}v{n}", f"{tag}u", minutes=n, product_id=f"{tag}{text}", category=text,
+                    price=Decimal("5")) for n, text in enumerate(AWKWARD)]
+        lines = tuple(ProductLine(product_id=f"{tag}{text}", category=text, price=Decimal("5")) for text in AWKWARD[:4])
+        return views + [ev(f"{tag}o", f"{tag}u", EventKind.PURCHASE, minutes=20, order_id=f"{tag}o1", products=lines)]
+
+    upserted(engine, [events("up-awkward-")])
+    appended(writer, [events("fold-awkward-")])
+    fold_product_deltas(engine)
+    expected = product_rows(engine, "up-awkward-")
+    assert {row[0] for row in expected["product_popularity"]} == set(AWKWARD)
+    assert_same(product_rows(engine, "fold-awkward-"), expected)
