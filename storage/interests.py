@@ -25,6 +25,7 @@ from typing import NamedTuple
 import orjson
 
 from spoor.decay import log2_add
+from spoor.storage.copy_format import NULL, text_field
 from spoor.storage.prepared import execute
 
 MERGE_INTERESTS = """
@@ -56,8 +57,6 @@ MERGE_AFFINITY = """
 
 COPY_POPULARITY = "COPY product_popularity_deltas (product_id, category, price, weight, trend, bought) FROM STDIN"
 COPY_AFFINITY = "COPY product_affinity_deltas (product_id, neighbour_id, weight, bought) FROM STDIN"
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_NULL = "\\N"
 
 # The segments runner's fold (migration 0031 has the same SQL for its downgrade). One statement per table: the
 # DELETE's snapshot is the sums' snapshot. log2 of a sum of 2^w is max + log2(sum(2^(w - max))), each term
@@ -123,12 +122,12 @@ def write_interests(cursor, batch: dict, new_event_ids: set[str]) -> None:
         execute(cursor, "spoor_merge_interests", MERGE_INTERESTS, orjson.dumps(
             [{"u": u, "f": f, "v": v, "w": w, "p": p} for (u, f, v), (w, p, _) in interests.items()]).decode())
     if popularity:
-        lines = [f"{_text(i)}\t{_text(c)}\t{_text(p)}\t{w!r}\t{t!r}\t{_NULL if b is None else repr(b)}"
+        lines = [f"{text_field(i)}\t{text_field(c)}\t{text_field(p)}\t{w!r}\t{t!r}\t{NULL if b is None else repr(b)}"
                  for i, (c, p, w, t, b) in popularity.items()]
         lines.append("")
         cursor.copy_expert(COPY_POPULARITY, io.BytesIO("\n".join(lines).encode()), size=1 << 20)
     if pairs:
-        lines = [f"{_text(a)}\t{_text(b)}\t{w!r}\t{_NULL if o is None else repr(o)}"
+        lines = [f"{text_field(a)}\t{text_field(b)}\t{w!r}\t{NULL if o is None else repr(o)}"
                  for (a, b), (w, o) in pairs.items()]
         lines.append("")
         cursor.copy_expert(COPY_AFFINITY, io.BytesIO("\n".join(lines).encode()), size=1 << 20)
@@ -156,15 +155,6 @@ def _product_sums(batch: dict, new_event_ids: set[str]) -> tuple[dict, dict]:
                 if bought:
                     summed[1] = log2_add(summed[1], w)
     return popularity, pairs
-
-
-def _text(value: str | None) -> str:
-    """A text field as COPY's text format reads it."""
-    if value is None:
-        return _NULL
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        return value.translate(_COPY_ESCAPES)
-    return value
 
 
 def write_product_merges(cursor, batch: dict, new_event_ids: set[str]) -> None:

@@ -33,6 +33,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from spoor.events import Event, encode_events, encode_product_lines
 from spoor.storage.analytics_writer import changed, write_analytics
+from spoor.storage.copy_format import ESCAPES, NULL
 from spoor.storage.identities import move_rows, record_links, user_key_tables
 from spoor.storage.interests import write_interests
 from spoor.storage.prepared import execute
@@ -66,8 +67,6 @@ STORED_EVENTS = (
 COPY_EVENTS = f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
 _event_values = attrgetter(*EVENT_COLUMNS)
 _PRODUCTS, _EVENT_TIME, _RECEIVED_AT = (EVENT_COLUMNS.index(c) for c in ("products", "event_time", "received_at"))
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_NULL = "\\N"
 _profile_updates = ", ".join(f"{c} = excluded.{c}" for c in PROFILE_COLUMNS if c != "user_key")
 MERGE_PROFILES = (
     f"INSERT INTO user_profiles ({', '.join(PROFILE_COLUMNS)}) "
@@ -124,11 +123,11 @@ def copy_text(events: Sequence[Event]) -> str:
         nulls = values.count(None)
         if products is not None:
             values[_PRODUCTS] = _product_lines(event) if products else None
-        fields = [_NULL if v is None else v if isinstance(v, str) else _copy_field(v) for v in values]
+        fields = [NULL if v is None else v if isinstance(v, str) else _copy_field(v) for v in values]
         line = "\t".join(fields)
         if (line.count("\t") != tabs or line.count("\\") != nulls + (products == ())
                 or "\n" in line or "\r" in line):
-            line = "\t".join([_NULL if v is None else f.translate(_COPY_ESCAPES) for v, f in zip(values, fields)])
+            line = "\t".join([NULL if v is None else f.translate(ESCAPES) for v, f in zip(values, fields)])
         lines.append(line)
     lines.append("")
     return "\n".join(lines)
