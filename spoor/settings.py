@@ -115,10 +115,10 @@ class Settings(BaseSettings):
         2000, ge=1,
         description="Most records in one batch of the worker (a collector record holds one request's "
                     "events for one partition).")
-    # Faust waits this long even when records are already queued: idle time in every batch cycle
-    # under load (0.1 s before; measured in bench/README.md).
+    # The wait runs even when records are already queued: idle time in every batch cycle under load
+    # (0.1 s before; measured in bench/README.md).
     worker_batch_within_s: float = Field(
-        0.02, gt=0, description="How long the worker waits for a batch to fill.")
+        0.02, gt=0, description="How long the worker waits for a batch to fill once its first record arrived.")
     worker_session_timeout_s: float = Field(
         30.0, ge=6,
         description="A worker that died is noticed by its consumer group after this long; its partitions "

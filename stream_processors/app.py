@@ -25,7 +25,7 @@ from spoor.stream_processors.blocking import fail_stop, fail_stop_on_error, run_
 from spoor.stream_processors.consent_gate import ConsentGate, ConsentReads
 from spoor.stream_processors.continuity import OffsetContinuity
 from spoor.stream_processors.durable_table import DurableTable
-from spoor.stream_processors.faust_internals import committed_offset
+from spoor.stream_processors.faust_internals import committed_offset, track_batches
 from spoor.stream_processors.gc_control import collection_deferred
 from spoor.stream_processors.identities import IdentityGraph
 from spoor.stream_processors.interests import DAY_S, interest_batch
@@ -184,7 +184,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(events_topic, name="track-profiles")
     async def track_profiles(stream):
-        async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_s):
+        async for batch in track_batches(stream, settings.worker_batch_max, settings.worker_batch_within_s):
             async with one_at_a_time:
                 with collection_deferred():  # gc_control.py: no full collection over a live batch
                     batch = await without_holes(batch)
@@ -201,7 +201,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(dead_letter_topic, name="store-dead-letters")
     async def store_dead_letters(stream):
-        async for batch in stream.take_events(500, within=1.0):
+        async for batch in track_batches(stream, 500, 1.0):
             rows = [dead_letter_row(f"{e.message.topic}/{e.message.partition}/{e.message.offset}", e.value)
                     for e in await without_holes(batch)]
             await fail_stop_on_error(run_blocking(writer.write_dead_letters, rows), "storing dead letters")

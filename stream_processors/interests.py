@@ -27,8 +27,8 @@ From each event (storage/interests.py applies them once, for the events new to P
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import islice
 from datetime import timezone
+from itertools import islice
 
 from spoor.decay import FLOOR_EXPONENT, log2_add
 from spoor.events import Event, EventKind

@@ -33,7 +33,7 @@ from spoor.storage.metric_store import MetricWindowWriter
 from spoor.stream_processors import worker_metrics
 from spoor.stream_processors.blocking import fail_stop, fail_stop_on_error, run_blocking
 from spoor.stream_processors.continuity import OffsetContinuity
-from spoor.stream_processors.faust_internals import committed_offset
+from spoor.stream_processors.faust_internals import committed_offset, track_batches
 from spoor.stream_processors.metric_windows import MetricWindows
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def register_metric_windows(app: faust.App, settings: Settings, dead_letter_topi
 
     @app.agent(dead_letter_topic, name="metric-dead-letters")
     async def fold_dead_letter_windows(stream):
-        async for batch in stream.take_events(500, within=1.0):
+        async for batch in track_batches(stream, 500, 1.0):
             await dead_letter_guard.check(batch)
             for event in batch:
                 parsed = dead_letter_time(event.value, event.message.timestamp, settings.max_future_event_s)

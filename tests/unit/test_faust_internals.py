@@ -39,6 +39,7 @@ from spoor.stream_processors.faust_internals import (
     StoreChoosingTable,
     committed_offset,
     set_fetch_max_wait,
+    track_batches,
 )
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -61,14 +62,19 @@ METHODS = [
     (rocksdb.Store, "_db_for_partition", ["self", "partition"]),
     (faust_consumer.Consumer, "_drain_messages", ["self", "fetcher"]),  # continuity.py: behaviour relied on
     (faust_aiokafka.Producer, "_ensure_producer", ["self"]),
+    (faust.Stream, "_enable_passive", ["self", "channel", "declare"]),  # take_batches
 ]
-# (class, private instance attribute): declared on the class and set in its __init__.
+# (class, private instance attribute): declared on the class (but UNDECLARED) and set in its __init__.
 ATTRIBUTES = [
     (faust_consumer.Consumer, "_committed_offset"),
     (rocksdb.Store, "_dbs"),
     (rocksdb.Store, "_key_index"),
     (AIOKafkaConsumer, "_fetch_max_wait_ms"),  # aiokafka annotates nothing: only set in __init__
+    (faust.Stream, "_processors"),  # take_batches
+    (faust.Stream, "_active_agens"),  # track_batches; annotated where __init__ sets it
 ]
+
+UNDECLARED = {(AIOKafkaConsumer, "_fetch_max_wait_ms"), (faust.Stream, "_active_agens")}
 
 
 def _upgrade_hint(cls: type, name: str) -> str:
@@ -91,8 +97,9 @@ def test_a_private_method_relied_on_is_still_there_with_its_parameters(cls, name
 def test_a_private_attribute_relied_on_is_still_set_by_its_class(cls, name):
     hint = _upgrade_hint(cls, name)
     declared = any(name in getattr(klass, "__annotations__", {}) for klass in cls.__mro__)
-    assert declared or cls is AIOKafkaConsumer, hint.format("is no longer declared")
-    assert f"self.{name} = " in inspect.getsource(cls.__init__), hint.format("is no longer set in __init__")
+    assert declared or (cls, name) in UNDECLARED, hint.format("is no longer declared")
+    assigned = re.search(rf"self\.{name}(: [^=\n]+)? = ", inspect.getsource(cls.__init__))
+    assert assigned, hint.format("is no longer set in __init__")
 
 
 def test_aiokafka_still_builds_its_fetcher_from_the_fetch_wait_attribute():
@@ -167,6 +174,55 @@ def test_the_table_and_store_hooks_run_on_a_real_rocksdb_store(tmp_path):
         pass
     assert type(Plain(app, name="p", partitions=4, key_type=bytes, value_type=bytes,
                       options={"driver": "rocksdict"}).data) is rocksdb.Store  # None: Faust's own store
+
+
+async def _batches_from_a_channel(take, sends: list, within: float, max_: int = 10) -> tuple[list, int]:
+    """The batches ``take(stream, max_, within)`` yields for ``sends`` (values, or pauses as floats in seconds) on
+    an in-memory channel, and how often the stream waited meanwhile (each wait is one wake-up when idle)."""
+    app = faust.App("internals-take", broker=BROKER)
+    app.flow_control.resume()  # a channel's queue waits on it; a worker resumes it when it starts consuming
+    channel = app.channel()
+    stream = app.stream(channel)
+    waited = 0
+    wait_for_stopped = stream.wait_for_stopped
+
+    async def counted(*args, **kwargs):
+        nonlocal waited
+        waited += 1
+        return await wait_for_stopped(*args, **kwargs)
+    stream.wait_for_stopped = counted
+    got = []
+
+    async def consume():
+        async for batch in take(stream, max_, within):
+            got.append([event.value for event in batch])
+    task = asyncio.ensure_future(consume())
+    for send in sends:
+        if isinstance(send, float):
+            await asyncio.sleep(send)
+        else:
+            await channel.send(value=send)
+    await asyncio.sleep(within * 3)
+    task.cancel()
+    return got, waited
+
+
+def test_take_batches_cuts_at_max_and_within_the_wait_after_the_first_event():
+    got, _waited = asyncio.run(_batches_from_a_channel(track_batches, [*range(25), 0.2, 99], within=0.05))
+    assert got == [list(range(10)), list(range(10, 20)), list(range(20, 25)), [99]]
+
+
+def test_take_batches_does_not_wake_while_nothing_arrives():
+    """Faust's take_events waits ``within`` at a time whatever the buffer holds: 0.5 s of nothing at 0.01 s is
+    ~50 wake-ups. take_batches waits for the first event without a timeout."""
+    def faust_take(stream, max_, within):
+        return stream.take_events(max_, within=within)
+    sends = [1, 0.5, 2]
+    faust_got, faust_waited = asyncio.run(_batches_from_a_channel(faust_take, sends, within=0.01))
+    got, waited = asyncio.run(_batches_from_a_channel(track_batches, sends, within=0.01))
+    assert got == faust_got == [[1], [2]]
+    assert faust_waited > 20  # the check can fail: Faust's own loop is counted the same way
+    assert waited <= 6  # per batch: one wait for its first event, one for the rest
 
 
 def test_the_module_names_its_versions():
@@ -366,7 +422,7 @@ def test_faust_internals_itself_is_where_the_reaches_are():
     reached = {name for _m, _l, what in reaches for name in re.findall(r"_[a-z][a-z_]*", what)}
     assert {"_committed_offset", "_fetch_max_wait_ms", "_create_worker_consumer", "_new_consumer_thread",
             "_new_transport", "_new_store_by_url", "_set", "_get", "_del", "_contains", "_key_index", "_dbs",
-            "_db_for_partition"} <= reached
+            "_db_for_partition", "_enable_passive", "_processors", "_active_agens"} <= reached
     relied_on = {name for _cls, name, _params in METHODS} | {name for _cls, name in ATTRIBUTES}
     assert reached <= relied_on, \
         f"faust_internals.py reaches {sorted(reached - relied_on)}: list them in METHODS or ATTRIBUTES above"
