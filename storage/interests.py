@@ -62,14 +62,16 @@ COPY_AFFINITY = "COPY product_affinity_deltas (product_id, neighbour_id, weight,
 # DELETE's snapshot is the sums' snapshot. log2 of a sum of 2^w is max + log2(sum(2^(w - max))), each term
 # floored as spoor_log2_add floors it; NULLs (no purchase) are left out of max and sum as they are zero. The
 # key's max by a window (one sort by key, which the GROUP BY and the key order reuse): 22 % less backend CPU
-# than a GROUP BY joined back (175,000 affinity deltas: 0.87 s against 1.12 s, medians of 3). A chunk's rows are
-# deleted by ctid: ``ctid = ANY(array)`` is a TID scan whatever the statistics. ``id = ANY(ARRAY(subquery))``
-# compared every row with the whole array (quadratic: 44,000 deltas 5.4 s), and ``id IN (subquery)``, a hash
-# semi-join on a table just analysed, took 41 s over a flood's folds as the stack planned it (bench/README.md).
+# than a GROUP BY joined back (175,000 affinity deltas: 0.87 s against 1.12 s, medians of 3). A chunk is the rows
+# up to its last one's id (popularity) or ctid (affinity): one comparison with a number per row, linear whatever
+# plan the statistics give. With the chunk as an array (``= ANY(ARRAY(subquery))``), or ``id IN (subquery)``, the
+# plan depended on them: a table analysed while the runner had emptied it got a scan comparing every row with the
+# whole array, quadratic (one fold of a bench took 50 s; bench/README.md).
 FOLD_CHUNK_ROWS = 250_000  # delta rows of a table folded in one transaction
 FOLD_POPULARITY = """
-    WITH d AS (DELETE FROM product_popularity_deltas WHERE ctid = ANY(ARRAY(
-                   SELECT ctid FROM product_popularity_deltas ORDER BY id LIMIT %(chunk)s)) RETURNING *),
+    WITH d AS (DELETE FROM product_popularity_deltas WHERE id <= coalesce(
+                   (SELECT id FROM product_popularity_deltas ORDER BY id OFFSET %(chunk)s - 1 LIMIT 1),
+                   9223372036854775807) RETURNING *),
     m AS (SELECT d.*, max(weight) OVER k AS mw, max(trend) OVER k AS mt, max(bought) OVER k AS mb
             FROM d WINDOW k AS (PARTITION BY product_id)),
     written AS (
@@ -89,8 +91,9 @@ FOLD_POPULARITY = """
     SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM written)
 """
 FOLD_AFFINITY = """
-    WITH d AS (DELETE FROM product_affinity_deltas WHERE ctid = ANY(ARRAY(
-                   SELECT ctid FROM product_affinity_deltas LIMIT %(chunk)s)) RETURNING *),
+    WITH d AS (DELETE FROM product_affinity_deltas WHERE ctid <= coalesce(
+                   (SELECT ctid FROM product_affinity_deltas ORDER BY ctid OFFSET %(chunk)s - 1 LIMIT 1),
+                   '(4294967295,65535)'::tid) RETURNING *),
     m AS (SELECT d.*, max(weight) OVER k AS mw, max(bought) OVER k AS mb
             FROM d WINDOW k AS (PARTITION BY product_id, neighbour_id)),
     written AS (

@@ -19,7 +19,14 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from spoor.events import Event, EventKind, ProductLine
-from spoor.storage.interests import fold_product_deltas, write_interests, write_product_merges
+from spoor.storage.interests import (
+    FOLD_AFFINITY,
+    FOLD_CHUNK_ROWS,
+    FOLD_POPULARITY,
+    fold_product_deltas,
+    write_interests,
+    write_product_merges,
+)
 from spoor.storage.writers import StreamWriter
 from spoor.stream_processors.interests import DAY_S, interest_batch
 from tests.integration.test_event_copy import AWKWARD
@@ -311,3 +318,36 @@ def test_product_ids_and_categories_with_copy_separators_fold_as_they_were_upser
     expected = product_rows(engine, "up-awkward-")
     assert {row[0] for row in expected["product_popularity"]} == set(AWKWARD)
     assert_same(product_rows(engine, "fold-awkward-"), expected)
+
+
+@pytest.mark.parametrize("statement", [FOLD_POPULARITY, FOLD_AFFINITY], ids=["popularity", "affinity"])
+def test_a_fold_chooses_its_chunk_by_one_bound_whatever_the_statistics(engine, statement):
+    """Linear in the deltas under any plan: the chunk's rows are those up to one id (or ctid). As an array
+    (``= ANY(ARRAY(subquery))``, or ``id IN (subquery)``) the plan followed the statistics, and a table analysed
+    while the runner kept it empty got a scan comparing every row with the whole array (one fold of a bench's took
+    50 s). The plan is read with the statistics of an empty table and of a full one."""
+    table = "product_popularity_deltas" if statement is FOLD_POPULARITY else "product_affinity_deltas"
+    fill = {"product_popularity_deltas": "INSERT INTO product_popularity_deltas (product_id, weight, trend) "
+                                         "SELECT 'bound-' || g % 50, 1, 1 FROM generate_series(1, 5000) g",
+            "product_affinity_deltas": "INSERT INTO product_affinity_deltas (product_id, neighbour_id, weight) "
+                                       "SELECT 'bound-' || g % 50, 'bound-n' || g % 7, 1 FROM generate_series(1, 5000) g"}
+    for analysed_full in (False, True):
+        with engine.connect() as conn:
+            transaction = conn.begin()
+            conn.execute(text(f"DELETE FROM {table}"))
+            if analysed_full:
+                conn.execute(text(fill[table]))
+            conn.execute(text(f"ANALYZE {table}"))
+            conn.execute(text(fill[table]))
+            cursor = conn.connection.dbapi_connection.cursor()
+            cursor.execute("EXPLAIN " + statement, {"chunk": FOLD_CHUNK_ROWS})
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            cursor.execute(statement, {"chunk": 3000})
+            first = cursor.fetchone()[0]
+            cursor.execute(statement, {"chunk": 3000})
+            second = cursor.fetchone()[0]
+            transaction.rollback()
+        deleting = plan.split("Delete on", 1)[1].split("CTE ", 1)[0]
+        assert "ANY" not in deleting and "Join" not in deleting and "Nested Loop" not in deleting, plan
+        # Chunks of exactly the rows asked for, then what is left (5,000 rows, or 10,000 with the analysed ones).
+        assert (first, second) == (3000, 3000 if analysed_full else 2000)
