@@ -69,7 +69,7 @@ def test_an_idle_consumer_fetches_less_often_and_a_record_still_arrives_at_once(
     finally:
         admin.delete_topics([topic])
         admin.close()
-    assert busy_fetches >= 20  # 2 s at 50 ms: the check below can fail
+    assert busy_fetches >= 10  # 2 s at 50 ms (~39 on a quiet machine): the check below can fail
     assert idle_fetches <= 2  # 2 s at 3 s: the fetch out when the 2 s began, perhaps one more
     assert max(idle_delays) < 1.0, f"records waited {idle_delays} (a parked fetch would hold one up to 3 s)"
     assert max(busy_delays) < 1.0

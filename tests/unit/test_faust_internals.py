@@ -214,7 +214,7 @@ async def _batches_from_a_channel(take, sends: list, within: float, max_: int = 
 
 
 def test_take_batches_cuts_at_max_and_within_the_wait_after_the_first_event():
-    got, _waited = asyncio.run(_batches_from_a_channel(track_batches, [*range(25), 0.2, 99], within=0.05))
+    got, _waited = asyncio.run(_batches_from_a_channel(track_batches, [*range(25), 1.0, 99], within=0.5))
     assert got == [list(range(10)), list(range(10, 20)), list(range(20, 25)), [99]]
 
 
@@ -227,7 +227,7 @@ def test_take_batches_does_not_wake_while_nothing_arrives():
     faust_got, faust_waited = asyncio.run(_batches_from_a_channel(faust_take, sends, within=0.01))
     got, waited = asyncio.run(_batches_from_a_channel(track_batches, sends, within=0.01))
     assert got == faust_got == [[1], [2]]
-    assert faust_waited > 20  # the check can fail: Faust's own loop is counted the same way
+    assert faust_waited > 15  # the check can fail: Faust's own loop is counted the same way
     assert waited <= 6  # per batch: one wait for its first event, one for the rest
 
 
