@@ -73,6 +73,7 @@ def wait_longer_when_idle(consumer: AIOKafkaConsumer, idle_ms: int) -> None:
     # consumed); no public way to vary the wait
     start = consumer.start
     busy_ms = consumer._fetch_max_wait_ms
+    idle_ms = max(busy_ms, idle_ms)
 
     async def start_then_vary_the_wait() -> None:
         await start()
@@ -80,7 +81,7 @@ def wait_longer_when_idle(consumer: AIOKafkaConsumer, idle_ms: int) -> None:
         build_requests = fetcher._get_actions_per_node
 
         def requests_with_wait(assignment):
-            fetcher._fetch_max_wait_ms = busy_ms if fetcher._records else max(busy_ms, idle_ms)
+            fetcher._fetch_max_wait_ms = busy_ms if fetcher._records else idle_ms
             return build_requests(assignment)
         fetcher._get_actions_per_node = requests_with_wait
     consumer.start = start_then_vary_the_wait
@@ -201,9 +202,7 @@ async def take_batches(stream: faust.Stream, max_: int, within: float) -> AsyncI
                 full.set()
                 consumed.clear()
                 await stream.wait(consumed)  # never more than max_ events in a batch
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # not CancelledError, a BaseException
             stream.log.exception("Error adding to take buffer: %r", exc)
             await stream.crash(exc)
         return value
@@ -217,15 +216,14 @@ async def take_batches(stream: faust.Stream, max_: int, within: float) -> AsyncI
                 await stream.wait_for_stopped(started)
             await stream.wait_for_stopped(full, timeout=within)
             if buffer:
-                consuming = stream.loop.create_future()
+                consuming = stream.loop.create_future()  # add_to_buffer waits on it: the buffer holds still
                 try:
-                    yield list(buffer)
+                    yield list(buffer)  # the caller's own list: the acks below do not depend on what it does
                 finally:
-                    batch = list(buffer)
+                    for event in buffer:
+                        await stream.ack(event)
                     buffer.clear()
                     started.clear()
-                    for event in batch:
-                        await stream.ack(event)
                     notify(consuming)
                     full.clear()
                     consumed.set()
