@@ -148,11 +148,6 @@ class Settings(BaseSettings):
         100, ge=1, le=1500,
         description="Longest a worker's fetch waits at the broker for data (Faust fixes 1,500 ms, which "
                     "idled the worker up to 1.5 s between batches).")
-    worker_idle_fetch_max_wait_ms: int = Field(
-        500, ge=1, le=5000,
-        description="Longest a worker's fetch waits at the broker when it asks for every partition (no fetched "
-                    "records waiting): it returns as soon as one has a record, so this only sets how often an idle "
-                    "worker asks.")
     dedupe_window: int = Field(
         2500, ge=1,
         description="Recent event ids remembered per user, to count a redelivered event once (and order "

@@ -62,31 +62,6 @@ def set_fetch_max_wait(consumer: AIOKafkaConsumer, ms: int) -> None:
     consumer._fetch_max_wait_ms = ms
 
 
-def wait_longer_when_idle(consumer: AIOKafkaConsumer, idle_ms: int) -> None:
-    """Make a built, not yet started, aiokafka consumer wait up to ``idle_ms`` (instead of its fetch wait) in a
-    fetch that asks for every assigned partition, i.e. while it holds no fetched records. Such a fetch returns as
-    soon as any partition has a record, so the longer wait costs no latency; it only spares the broker and the
-    worker a fetch every ``fetch_max_wait_ms`` while nothing arrives. A fetch sent while records are held leaves
-    their partitions out and could be parked on quiet ones: it keeps the short wait (kafka_transport.py)."""
-    # aiokafka 0.10.0-0.14.0: start() builds the Fetcher (_fetcher), whose fetch routine builds each request in
-    # _get_actions_per_node from _fetch_max_wait_ms, leaving out the partitions in _records (fetched, not yet
-    # consumed); no public way to vary the wait
-    start = consumer.start
-    busy_ms = consumer._fetch_max_wait_ms
-    idle_ms = max(busy_ms, idle_ms)
-
-    async def start_then_vary_the_wait() -> None:
-        await start()
-        fetcher = consumer._fetcher
-        build_requests = fetcher._get_actions_per_node
-
-        def requests_with_wait(assignment):
-            fetcher._fetch_max_wait_ms = busy_ms if fetcher._records else idle_ms
-            return build_requests(assignment)
-        fetcher._get_actions_per_node = requests_with_wait
-    consumer.start = start_then_vary_the_wait
-
-
 class _HookConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     # faust-streaming 0.15.1-0.15.3: where the worker's aiokafka consumer is built, from fixed arguments, with no hook
     def _create_worker_consumer(self, transport):

@@ -5,22 +5,18 @@ broker and leaves a partition out of the next fetch while it still holds fetched
 after the events partitions' records arrive, the next fetch can hold only a quiet partition (the
 dead-letter topic's), which the broker parks for the whole wait: the events partitions are not
 fetched again for up to 1.5 s (seen as 0.6-1.0 s idle gaps between a worker's batches under load).
-A fetch that holds every partition (none has records waiting) returns as soon as one has a record, so it
-may wait longer, ``idle_fetch_max_wait_ms``: an idle worker then sends a fetch every 0.5 s, not every 0.1 s.
 The consumer is reached through faust_internals.py (Faust builds it privately).
 """
 
 from aiokafka import AIOKafkaConsumer
 
-from spoor.stream_processors.faust_internals import ConsumerHookApp, set_fetch_max_wait, wait_longer_when_idle
+from spoor.stream_processors.faust_internals import ConsumerHookApp, set_fetch_max_wait
 
 
 class FetchWaitApp(ConsumerHookApp):
-    def __init__(self, *args, fetch_max_wait_ms: int, idle_fetch_max_wait_ms: int, **kwargs):
+    def __init__(self, *args, fetch_max_wait_ms: int, **kwargs):
         self.fetch_max_wait_ms = fetch_max_wait_ms
-        self.idle_fetch_max_wait_ms = idle_fetch_max_wait_ms
         super().__init__(*args, **kwargs)
 
     def worker_consumer_built(self, consumer: AIOKafkaConsumer) -> None:
         set_fetch_max_wait(consumer, self.fetch_max_wait_ms)  # read when start() builds the fetcher
-        wait_longer_when_idle(consumer, self.idle_fetch_max_wait_ms)

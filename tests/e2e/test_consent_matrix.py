@@ -106,7 +106,7 @@ def metric(url: str, name: str) -> float:
 
 def test_each_purpose_switched_off_in_turn(settings, collector, write_key, engine, start_process, receiver,
                                            processes):
-    start_process("worker", consent_refresh_s=1.0, metric_lateness_s=60.0, metric_idle_partition_s=2.0)
+    worker = start_process("worker", consent_refresh_s=1.0, metric_lateness_s=60.0, metric_idle_partition_s=2.0)
     run = uuid.uuid4().hex[:6]
     full, no_analytics, no_marketing, no_personal, recorded_out = (
         f"{name}-{run}" for name in ("full", "no-analytics", "no-marketing", "no-personal", "recorded-out"))
@@ -144,10 +144,21 @@ recommendations: {{k: 3}}
                  "context": {"consent": {"categoryPreferences": ALL}}}])
     status, body = client.post("/v1/batch", {"batch": batch})
     assert status == 200, body
+    t0 = time.monotonic()
 
     # The merged person: the consent recorded under the anonymous id is now the member's.
+    def where_the_merge_stands() -> str:
+        person = [anon, member]
+        return "\n".join([
+            f"user_identities: {rows(engine, 'SELECT * FROM user_identities WHERE id = ANY(:k) OR user_key = ANY(:k)', k=person)}",  # noqa: E501
+            f"profile: {rows(engine, 'SELECT user_key, events FROM user_profiles WHERE user_key = ANY(:k)', k=person)}",
+            f"stored events: {rows(engine, 'SELECT count(*) FROM events')}",
+            f"worker exit code: {worker.process.poll()}", worker.log_tail(40)])
+
     wait_until(lambda: rows(engine, "SELECT 1 FROM user_identities WHERE id = :a AND user_key = :m AND status = "
-                                    "'merged'", a=anon, m=member), 60, "the anonymous id merged into the member")
+                                    "'merged'", a=anon, m=member), 60, "the anonymous id merged into the member",
+               explain=where_the_merge_stands)
+    print("MERGE TOOK", time.monotonic() - t0)
     wait_until(lambda: rows(engine, "SELECT user_key, marketing FROM user_consent WHERE user_key = ANY(:k)",
                             k=[anon, member]) == [(member, False)], 30, "the anonymous id's consent merged")
 

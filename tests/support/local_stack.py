@@ -26,14 +26,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.25):
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.25,
+               explain: Callable[[], str] | None = None):
+    """``condition()``'s first truthy result within ``timeout`` s; else an AssertionError naming ``what``,
+    with ``explain()`` (the state a reader needs to tell where it stopped) when given."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                                 + (f"\n{explain()}" if explain else ""))
         time.sleep(interval)
 
 

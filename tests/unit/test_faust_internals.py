@@ -28,7 +28,6 @@ import faust
 import faust.transport.consumer as faust_consumer
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.consumer.fetcher import Fetcher
 from faust.stores import rocksdb
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -64,7 +63,6 @@ METHODS = [
     (faust_consumer.Consumer, "_drain_messages", ["self", "fetcher"]),  # continuity.py: behaviour relied on
     (faust_aiokafka.Producer, "_ensure_producer", ["self"]),
     (faust.Stream, "_enable_passive", ["self", "channel", "declare"]),  # take_batches
-    (Fetcher, "_get_actions_per_node", ["self", "assignment"]),  # wait_longer_when_idle
 ]
 # (class, private instance attribute): declared on the class (but UNDECLARED) and set in its __init__.
 ATTRIBUTES = [
@@ -74,13 +72,9 @@ ATTRIBUTES = [
     (AIOKafkaConsumer, "_fetch_max_wait_ms"),  # aiokafka annotates nothing: only set in __init__
     (faust.Stream, "_processors"),  # take_batches
     (faust.Stream, "_active_agens"),  # track_batches; annotated where __init__ sets it
-    (AIOKafkaConsumer, "_fetcher"),  # wait_longer_when_idle, as the three below
-    (Fetcher, "_records"),
-    (Fetcher, "_fetch_max_wait_ms"),
 ]
 
-UNDECLARED = {(AIOKafkaConsumer, "_fetch_max_wait_ms"), (faust.Stream, "_active_agens"), (AIOKafkaConsumer, "_fetcher"),
-              (Fetcher, "_records"), (Fetcher, "_fetch_max_wait_ms")}  # aiokafka annotates nothing
+UNDECLARED = {(AIOKafkaConsumer, "_fetch_max_wait_ms"), (faust.Stream, "_active_agens")}
 
 
 def _upgrade_hint(cls: type, name: str) -> str:
@@ -428,8 +422,7 @@ def test_faust_internals_itself_is_where_the_reaches_are():
     reached = {name for _m, _l, what in reaches for name in re.findall(r"_[a-z][a-z_]*", what)}
     assert {"_committed_offset", "_fetch_max_wait_ms", "_create_worker_consumer", "_new_consumer_thread",
             "_new_transport", "_new_store_by_url", "_set", "_get", "_del", "_contains", "_key_index", "_dbs",
-            "_db_for_partition", "_enable_passive", "_processors", "_active_agens", "_fetcher", "_records",
-            "_get_actions_per_node"} <= reached
+            "_db_for_partition", "_enable_passive", "_processors", "_active_agens"} <= reached
     relied_on = {name for _cls, name, _params in METHODS} | {name for _cls, name in ATTRIBUTES}
     assert reached <= relied_on, \
         f"faust_internals.py reaches {sorted(reached - relied_on)}: list them in METHODS or ATTRIBUTES above"
