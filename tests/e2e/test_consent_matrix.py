@@ -144,7 +144,6 @@ recommendations: {{k: 3}}
                  "context": {"consent": {"categoryPreferences": ALL}}}])
     status, body = client.post("/v1/batch", {"batch": batch})
     assert status == 200, body
-    t0 = time.monotonic()
 
     # The merged person: the consent recorded under the anonymous id is now the member's.
     def where_the_merge_stands() -> str:
@@ -158,7 +157,6 @@ recommendations: {{k: 3}}
     wait_until(lambda: rows(engine, "SELECT 1 FROM user_identities WHERE id = :a AND user_key = :m AND status = "
                                     "'merged'", a=anon, m=member), 60, "the anonymous id merged into the member",
                explain=where_the_merge_stands)
-    print("MERGE TOOK", time.monotonic() - t0)
     wait_until(lambda: rows(engine, "SELECT user_key, marketing FROM user_consent WHERE user_key = ANY(:k)",
                             k=[anon, member]) == [(member, False)], 30, "the anonymous id's consent merged")
 
