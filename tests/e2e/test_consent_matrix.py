@@ -148,11 +148,11 @@ recommendations: {{k: 3}}
     # The merged person: the consent recorded under the anonymous id is now the member's.
     def where_the_merge_stands() -> str:
         person = [anon, member]
-        return "\n".join([
-            f"user_identities: {rows(engine, 'SELECT * FROM user_identities WHERE id = ANY(:k) OR user_key = ANY(:k)', k=person)}",  # noqa: E501
-            f"profile: {rows(engine, 'SELECT user_key, events FROM user_profiles WHERE user_key = ANY(:k)', k=person)}",
-            f"stored events: {rows(engine, 'SELECT count(*) FROM events')}",
-            f"worker exit code: {worker.process.poll()}", worker.log_tail(40)])
+        links = rows(engine, "SELECT * FROM user_identities WHERE id = ANY(:k) OR user_key = ANY(:k)", k=person)
+        profiles = rows(engine, "SELECT user_key, events FROM user_profiles WHERE user_key = ANY(:k)", k=person)
+        return "\n".join([f"user_identities: {links}", f"profiles: {profiles}",
+                          f"stored events: {rows(engine, 'SELECT count(*) FROM events')}",
+                          f"worker exit code: {worker.process.poll()}", worker.log_tail(40)])
 
     wait_until(lambda: rows(engine, "SELECT 1 FROM user_identities WHERE id = :a AND user_key = :m AND status = "
                                     "'merged'", a=anon, m=member), 60, "the anonymous id merged into the member",
