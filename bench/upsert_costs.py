@@ -44,7 +44,7 @@ from bench.proc_cpu import process_table, tree_cpu  # noqa: E402
 from bench.worker_drain import process_cpu_seconds, start_workers  # noqa: E402
 from spoor.settings import Settings  # noqa: E402
 
-TABLES = ("events", "user_profiles", "user_activity", "sessions", "session_journeys", "user_interests",
+TABLES = ("events", "user_profiles", "user_activity", "sessions", "user_interests",
           "behaviour_triggers", "product_popularity", "product_affinity")
 TABLE_STATS = """
 SELECT coalesce(pg_partition_root(relid), relid)::regclass::text AS t, sum(n_tup_ins), sum(n_tup_upd),

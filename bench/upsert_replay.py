@@ -34,7 +34,7 @@ from spoor.storage.writers import StreamWriter  # noqa: E402
 from spoor.stream_processors.interests import DAY_S, interest_batch  # noqa: E402
 from tests.support.scratch_db import ScratchDatabase  # noqa: E402
 
-TABLES = ("user_profiles", "user_activity", "sessions", "session_journeys", "user_interests", "events")
+TABLES = ("user_profiles", "user_activity", "sessions", "user_interests", "events")
 STATS = """
 SELECT coalesce(pg_partition_root(relid), relid)::regclass::text AS t, sum(n_tup_upd), sum(n_tup_hot_upd),
        sum(n_dead_tup), sum(pg_relation_size(relid)), sum(pg_indexes_size(relid))

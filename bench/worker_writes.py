@@ -13,8 +13,9 @@ With no variant the run is an A/A: the ratio shows the noise.
     .venv/bin/python bench/worker_writes.py --variant-sql "ALTER TABLE sessions SET (fillfactor = 50)"
 
 ``--a-commit REV``: A writes with storage/writers.py, analytics_writer.py and interests.py as they were at REV
-(both databases have today's migrations). ``--a-before-copy``: A writes as before issue 25's writer changes
-(events by the JSON merge, journeys taken out of the sessions' document in PostgreSQL), B as today. ``--statements``: backend CPU per statement kind, per event.
+(both databases have today's migrations). ``--a-journeys-apart``: A's database is migrated to 0032 and A writes
+each session as before 0033, a ``sessions`` row and a ``session_journeys`` row (two upserts), B as today (one).
+``--statements``: backend CPU per statement kind, per event.
 ``--redeliver``: every batch is written twice (the second write must add nothing). ``--digest``: at the
 end, a digest of every table the worker writes, A against B (``now()`` columns left out): same input, same
 rows. ``--b-interests`` gives B's batches their interest rows and A none: the ratio is what interests cost.
@@ -34,9 +35,9 @@ import types
 import uuid
 from collections import defaultdict
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
+import orjson
 import psycopg2.extensions
 from sqlalchemy import create_engine, text
 
@@ -45,10 +46,11 @@ from spoor.cli.simulate import simulate  # noqa: E402
 from spoor.events import encode_events  # noqa: E402
 from spoor.ingest.normalize import normalize  # noqa: E402
 from spoor.settings import Settings  # noqa: E402
+from spoor.storage import analytics_writer  # noqa: E402
 from spoor.storage import writers as stream_writers  # noqa: E402
-from spoor.storage.analytics_writer import JOURNEYS_FROM_SESSIONS, write_analytics  # noqa: E402
+from spoor.storage.analytics_writer import write_analytics  # noqa: E402
 from spoor.storage.interests import fold_product_deltas  # noqa: E402
-from spoor.storage.migrate import upgrade  # noqa: E402
+from spoor.storage.migrate import downgrade, upgrade  # noqa: E402
 from spoor.storage.writers import StreamWriter  # noqa: E402
 from spoor.stream_processors.analytics_tracker import AnalyticsTracker  # noqa: E402
 from spoor.stream_processors.app import analytics_rules  # noqa: E402
@@ -89,6 +91,37 @@ def captured_batches(settings: Settings, users: int, batch_events: int) -> tuple
 
     asyncio.run(fold())
     return captured, len(events)
+
+
+# Before migration 0033: a session's journey in a table of its own, upserted from the same rows.
+JOURNEY_KEYS = ("user_key", "session_id", "opened_at", "events")
+JOURNEY_ONLY = ("page_depth", "steps_beyond", "step_times", "page_type", "product_id", "dwell_s", "dwell_source",
+                "search_term", "result_count", "cart_add_after")
+SESSIONS_APART = analytics_writer._merge(
+    "sessions", [c for c in analytics_writer.SESSION_COLUMNS if c not in JOURNEY_ONLY],
+    ("user_key", "session_id", "opened_at"), "sessions.events <= excluded.events")
+JOURNEYS_APART = analytics_writer._merge(
+    "session_journeys", [*JOURNEY_KEYS, *JOURNEY_ONLY], ("user_key", "session_id", "opened_at"),
+    "session_journeys.events <= excluded.events")
+
+
+def write_analytics_apart(cursor, out, default) -> None:
+    """``write_analytics`` as it was before migration 0033 (its rows, its statements), on a database at 0032."""
+    def dump(rows) -> str:
+        return orjson.dumps(rows, default=default).decode()
+
+    if out.retired_sessions:
+        retired = dump(out.retired_sessions)
+        for table in ("sessions", "session_journeys"):
+            cursor.execute(analytics_writer.DELETE_RETIRED.format(table=table), (retired,))
+    if out.sessions:
+        cursor.execute(SESSIONS_APART, (dump([{c: s[c] for c in s if c not in JOURNEY_ONLY} for s in out.sessions]),))
+        journeys = [{c: s[c] for c in (*JOURNEY_KEYS, *JOURNEY_ONLY)} for s in out.sessions]
+        cursor.execute(JOURNEYS_APART, (dump(journeys),))
+    if out.activity:
+        cursor.execute(analytics_writer.MERGE_ACTIVITY, (dump(out.activity),))
+    if out.triggers:
+        cursor.execute(analytics_writer.INSERT_TRIGGERS, (dump(out.triggers),))
 
 
 WRITTEN_TABLES = ("events", "user_profiles", "sessions", "session_journeys", "user_activity", "behaviour_triggers",
@@ -161,7 +194,8 @@ def digests(engine) -> dict[str, str]:
     out = {}
     with engine.connect() as conn:
         for table in WRITTEN_TABLES:
-            drop = "".join(f" - '{c}'" for c in NOW_COLUMNS)
+            # the journey's columns of sessions (0033) are compared through session_journeys, on either side
+            drop = "".join(f" - '{c}'" for c in NOW_COLUMNS + (JOURNEY_ONLY if table == "sessions" else ()))
             rows = f"SELECT {SUMMED[table]} FROM {table}" if table in SUMMED else f"SELECT * FROM {table}"
             out[table] = conn.execute(text(
                 f"SELECT count(*) || ':' || coalesce(md5(string_agg(r, '|' ORDER BY r)), '') FROM "
@@ -186,7 +220,8 @@ def main() -> None:
     parser.add_argument("--interests", action="store_true", help="both write the batches' interests (the worker's)")
     parser.add_argument("--b-interests", action="store_true", help="B alone writes the batches' interests")
     parser.add_argument("--a-commit", default="", help="A writes with the writers of this commit")
-    parser.add_argument("--a-before-copy", action="store_true", help="A writes events by JSON merge, as before")
+    parser.add_argument("--a-journeys-apart", action="store_true",
+                        help="A at migration 0032 writes sessions and journeys apart, as before 0033")
     parser.add_argument("--statements", action="store_true", help="backend CPU per statement kind")
     parser.add_argument("--redeliver", action="store_true", help="every batch written twice")
     parser.add_argument("--digest", action="store_true", help="compare the tables' rows at the end")
@@ -204,8 +239,10 @@ def main() -> None:
     clocks = [StatementClock(), StatementClock()]
     engines = []
     try:
-        for database, clock in zip(databases, clocks):
+        for side, (database, clock) in enumerate(zip(databases, clocks)):
             upgrade(database.url)
+            if args.a_journeys_apart and side == 0:
+                downgrade(database.url, "0032")
             engines.append(create_engine(database.url, pool_size=1, max_overflow=0,
                                          connect_args={"cursor_factory": clock.cursor}))
         if args.variant_sql:
@@ -221,9 +258,8 @@ def main() -> None:
         if args.a_commit:
             writers = [writer_at(args.a_commit)(engines[0]), StreamWriter(engines[1])]
         else:
-            writers = [StreamWriter(engines[0], copy_events=not args.a_before_copy), StreamWriter(engines[1])]
-        analytics_of = [partial(write_analytics, journeys=JOURNEYS_FROM_SESSIONS) if args.a_before_copy
-                        else write_analytics, write_analytics]
+            writers = [StreamWriter(engines[0]), StreamWriter(engines[1])]
+        analytics_of = [write_analytics_apart if args.a_journeys_apart else write_analytics, write_analytics]
         totals = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]  # wall, worker CPU, backend CPU (s)
         per_batch = [[], []]  # (wall, worker, backend) us per event of each batch
         for index, (rows, events, derived) in enumerate(batches):
@@ -245,7 +281,10 @@ def main() -> None:
                 updates, hot = conn.execute(text(
                     "SELECT sum(n_tup_upd), sum(n_tup_hot_upd) FROM pg_stat_user_tables WHERE relname = ANY(:t)"),
                     {"t": list(UPSERTED)}).one()
-            print(f"{name}: {hot / max(updates, 1):.0%} of updates HOT")
+                stored = conn.execute(text(  # the sessions' and journeys' partitions, with indexes and TOAST
+                    "SELECT sum(pg_total_relation_size(oid)) FROM pg_class WHERE relkind = 'r' "
+                    "AND (relname LIKE 'sessions%' OR relname LIKE 'session_journeys%')")).scalar_one()
+            print(f"{name}: {hot / max(updates, 1):.0%} of updates HOT; sessions and journeys {stored / 2**20:.1f} MiB")
         same = None
         if args.digest:
             tables = [digests(engine) for engine in engines]

@@ -1,11 +1,14 @@
 """Tables of the behaviour analytics (migration 0008): sessions, and what it adds to user_activity.
 
-``sessions`` is partitioned by month of ``opened_at`` (migration 0030, storage/retention.py)."""
+``sessions`` is partitioned by month of ``opened_at`` (migration 0030, storage/retention.py). A session's row
+holds its journey too (migration 0033): its steps as parallel arrays, one element per stored step in time order.
+The view ``session_journeys`` shows them as the table of migration 0022 did, and the daily journey views (paths,
+exits, dwell, search terms, page depth) read it; stream_processors/journeys.py says what a step and a dwell are."""
 
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ARRAY, Boolean, Column, Computed, DateTime, Float, Integer, String, Text, func
+from sqlalchemy import ARRAY, BigInteger, Boolean, Column, Computed, DateTime, Float, Integer, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from spoor.storage.tables import MONEY, Base, UserActivity
@@ -48,6 +51,17 @@ class Session(Base):
     view_categories: Mapped[list] = mapped_column(ARRAY(Text))
     cart_categories: Mapped[list] = mapped_column(ARRAY(Text))
     purchase_categories: Mapped[list] = mapped_column(ARRAY(Text))
+    # The journey (migration 0033; NULL on a row written before 0022).
+    page_depth: Mapped[int | None] = mapped_column(Integer)  # steps, stored or not
+    steps_beyond: Mapped[int | None] = mapped_column(Integer)  # steps past the stored ones (journeys.MAX_RECORDS)
+    step_times: Mapped[list | None] = mapped_column(ARRAY(Float))  # epoch seconds
+    page_type: Mapped[list | None] = mapped_column(ARRAY(Text))
+    product_id: Mapped[list | None] = mapped_column(ARRAY(Text))
+    dwell_s: Mapped[list | None] = mapped_column(ARRAY(Float))  # NULL: the last step, without a visible time
+    dwell_source: Mapped[list | None] = mapped_column(ARRAY(Text))  # "visible", "next" or NULL
+    search_term: Mapped[list | None] = mapped_column(ARRAY(Text))
+    result_count: Mapped[list | None] = mapped_column(ARRAY(BigInteger))
+    cart_add_after: Mapped[list | None] = mapped_column(ARRAY(Boolean))  # of a search step: a cart add followed
     traffic_source: Mapped[str] = mapped_column(Text, Computed(TRAFFIC_SOURCE_SQL, persisted=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

@@ -10,14 +10,12 @@ Rows are merged in key order: the campaigns runner inserts the same triggers at 
 import orjson
 
 from spoor.storage.analytics_tables import Session
-from spoor.storage.journey_tables import SessionJourney
 from spoor.storage.prepared import execute
 from spoor.storage.tables import BehaviourTrigger, UserActivity
 
 SESSION_COLUMNS = [c.name for c in Session.__table__.columns if c.name not in ("updated_at", "traffic_source")]
 ACTIVITY_COLUMNS = [c.name for c in UserActivity.__table__.columns if c.name != "updated_at"]
 TRIGGER_COLUMNS = [c.name for c in BehaviourTrigger.__table__.columns if c.name != "recorded_at"]
-JOURNEY_COLUMNS = [c.name for c in SessionJourney.__table__.columns if c.name != "updated_at"]
 
 
 def changed(table: str, columns: list[str], keys: tuple[str, ...]) -> str:
@@ -42,39 +40,26 @@ def _merge(table: str, columns: list[str], keys: tuple[str, ...], version_rule: 
 MERGE_SESSIONS = _merge("sessions", SESSION_COLUMNS, ("user_key", "session_id", "opened_at"),
                         "sessions.events <= excluded.events")
 MERGE_ACTIVITY = _merge("user_activity", ACTIVITY_COLUMNS, ("user_key",), "user_activity.as_of <= excluded.as_of")
-# A session row carries its journey row (analytics_tracker.session_row), sent as a document of its own:
-# taking it out of the sessions' document in PostgreSQL (json_array_elements, json_agg) cost more than its merge.
-MERGE_JOURNEYS = _merge("session_journeys", JOURNEY_COLUMNS, ("user_key", "session_id", "opened_at"),
-                        "session_journeys.events <= excluded.events")
-JOURNEYS_FROM_SESSIONS = MERGE_JOURNEYS.replace(
-    "%s::json", "(SELECT json_agg(s -> 'journey') FROM json_array_elements(%s::json) s)")
 DELETE_RETIRED = ("DELETE FROM {table} s USING json_to_recordset(%s::json) AS r(user_key text, session_id text) "
                   "WHERE s.user_key = r.user_key AND s.session_id = r.session_id")
 DELETE_RETIRED_SESSIONS = DELETE_RETIRED.format(table="sessions")
-DELETE_RETIRED_JOURNEYS = DELETE_RETIRED.format(table="session_journeys")
 INSERT_TRIGGERS = (
     f"INSERT INTO behaviour_triggers ({', '.join(TRIGGER_COLUMNS)}) "
     f"SELECT {', '.join(TRIGGER_COLUMNS)} FROM json_populate_recordset(NULL::behaviour_triggers, %s::json) "
     "ORDER BY trigger_id COLLATE \"C\" ON CONFLICT (trigger_id) DO NOTHING")
 
 
-def write_analytics(cursor, out, default, journeys=MERGE_JOURNEYS) -> None:
-    """Run the batch's statements on an open cursor (inside the caller's transaction). ``journeys``: the
-    journeys' statement; ``JOURNEYS_FROM_SESSIONS``, what it replaced, is kept for bench/worker_writes.py."""
+def write_analytics(cursor, out, default) -> None:
+    """Run the batch's statements on an open cursor (inside the caller's transaction). A session's row holds
+    its journey (migration 0033): one upsert writes both."""
     def dump(rows) -> str:
         return orjson.dumps(rows, default=default).decode()
 
     if out.retired_sessions:
         retired = dump(out.retired_sessions)
         execute(cursor, "spoor_delete_retired_sessions", DELETE_RETIRED_SESSIONS, retired)
-        execute(cursor, "spoor_delete_retired_journeys", DELETE_RETIRED_JOURNEYS, retired)
     if out.sessions:
-        sessions = dump(out.sessions)
-        execute(cursor, "spoor_merge_sessions", MERGE_SESSIONS, sessions)
-        if journeys is JOURNEYS_FROM_SESSIONS:
-            cursor.execute(journeys, (sessions,))
-        else:
-            execute(cursor, "spoor_merge_journeys", journeys, dump([session["journey"] for session in out.sessions]))
+        execute(cursor, "spoor_merge_sessions", MERGE_SESSIONS, dump(out.sessions))
     if out.activity:
         execute(cursor, "spoor_merge_activity", MERGE_ACTIVITY, dump(out.activity))
     if out.triggers:

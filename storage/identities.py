@@ -260,7 +260,6 @@ Rule = Callable[[Connection, str, str, str, list[list[str]]], int]
 RULES: dict[str, Rule] = {
     "events": _repoint,
     "sessions": _repoint,  # (user_key, session_id): the user's own session of the same id stays
-    "session_journeys": _repoint,  # as its session (sessions): the user's own of the same id stays
     "user_profiles": _delete,  # the batch upserts the merged user's profile in the same transaction
     "user_activity": _delete,  # likewise
     "behaviour_triggers": _repoint,  # the trigger_id keeps naming the id: deliveries refer to it

@@ -2,8 +2,9 @@
 
 Every store is partitioned by a time its rows never change: ``events`` (one partition a month, on ``event_time``)
 and ``dead_letters`` (one a day, on ``received_at``) by migration 0027; ``sessions`` (on ``opened_at``, the start its
-row was first keyed with, with ``session_journeys``), ``campaign_deliveries`` (on ``triggered_at``, the episode's
-time, with ``campaign_attempts``) and ``order_attribution`` (on ``converted_at``), a month each, by migration 0030.
+row was first keyed with; its journey is in its row since migration 0033), ``campaign_deliveries`` (on
+``triggered_at``, the episode's time, with ``campaign_attempts``) and ``order_attribution`` (on ``converted_at``),
+a month each, by migration 0030.
 A store's companions are partitioned on the same time with the same bounds and go with it. A run, per store:
 
 1. rows waiting in the store's DEFAULT partitions (a row older than every partition, or later than those made
@@ -165,7 +166,7 @@ def stores(settings: Settings) -> list[Store]:
     return [Store("events", "event_time", settings.retention_events_days, "month", ahead=3),
             Store("dead_letters", "received_at", settings.retention_dead_letters_days, "day", ahead=7),
             Store("sessions", "opened_at", settings.retention_sessions_days, "month", ahead=3,
-                  companions=("session_journeys",), margin=session_margin, fillfactor=50),
+                  margin=session_margin, fillfactor=50),
             Store("campaign_deliveries", "triggered_at", settings.retention_deliveries_days, "month", ahead=3,
                   companions=("campaign_attempts",), referenced=True),
             Store("order_attribution", "converted_at", settings.retention_order_attribution_days, "month", ahead=3)]

@@ -86,7 +86,7 @@ INSERT_DEAD_LETTERS = insert(_DEAD).from_select(
         ~exists().where(_DEAD.c.id == bindparam("id", type_=_DEAD.c.id.type)))).on_conflict_do_nothing()
 # What the worker writes about a user; an erased user's rows go before the batch's rows are merged, with the
 # interest profile made from them (refreshed by the segments runner, which never sees an erased user again).
-WORKER_TABLES = ("events", "user_profiles", "sessions", "session_journeys", "user_activity", "behaviour_triggers",
+WORKER_TABLES = ("events", "user_profiles", "sessions", "user_activity", "behaviour_triggers",
                  "user_interests", "user_interest_profiles", "user_recommendations")
 ERASE_USERS = [f"DELETE FROM {table} WHERE user_key = ANY(%s)" for table in WORKER_TABLES]
 

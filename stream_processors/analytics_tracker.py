@@ -49,9 +49,8 @@ def _utc(at: float) -> datetime:
 def session_row(user_key: str, session) -> dict:
     entry = session.entry or [None, None, None]
     campaign = session.campaign or [None, None, None]
-    opened_at = _utc(session.opened_at)
     return {
-        "user_key": user_key, "session_id": session.session_id, "opened_at": opened_at,
+        "user_key": user_key, "session_id": session.session_id, "opened_at": _utc(session.opened_at),
         "client_session": session.client,
         "started_at": _utc(session.started_at), "ended_at": _utc(session.ended_at),
         "duration_s": round(session.ended_at - session.started_at, 3),
@@ -63,10 +62,7 @@ def session_row(user_key: str, session) -> dict:
         "utm_medium": campaign[3] if len(campaign) > 3 else None,  # a state stored before 0023 has none
         "view_categories": session.view_categories, "cart_categories": session.cart_categories,
         "purchase_categories": session.purchase_categories,
-        # The session_journeys row, written from the same rows (storage/analytics_writer.py).
-        "journey": {"user_key": user_key, "session_id": session.session_id, "opened_at": opened_at,
-                    "events": session.events,
-                    **session.journey.summary()},
+        **session.journey.summary(),  # the journey's columns (migration 0033)
     }
 
 

@@ -39,17 +39,20 @@ def partitions(conn, table: str) -> list[str]:
                                     "WHERE i.inhparent = CAST(:t AS regclass)"), {"t": table}).scalars())
 
 
-def insert_session(conn, session_id: str, opened: datetime, user: str = "u1") -> None:
+def insert_session(conn, session_id: str, opened: datetime, user: str = "u1", journey: bool = True) -> None:
+    """A session's row with its journey of one step (migration 0033); ``journey=False``: the session's columns
+    alone, for a schema from before 0033."""
+    journey_columns, journey_values = ("", "")
+    if journey:
+        journey_columns = (", page_depth, steps_beyond, step_times, page_type, product_id, dwell_s, dwell_source, "
+                           "search_term, result_count, cart_add_after")
+        journey_values = ", 1, 0, '{0}', '{home}', '{NULL}', '{NULL}', '{NULL}', '{NULL}', '{NULL}', '{NULL}'"
     conn.execute(text(
         "INSERT INTO sessions (user_key, session_id, opened_at, client_session, started_at, ended_at, duration_s, "
         "events, page_views, product_views, cart_adds, checkouts, purchases, revenue, reached_cart, reached_checkout, "
-        "reached_purchase, view_categories, cart_categories, purchase_categories) VALUES (:u, :s, :at, true, :at, "
-        ":at, 0, 1, 1, 0, 0, 0, 0, 0, false, false, false, '{}', '{}', '{}')"),
+        f"reached_purchase, view_categories, cart_categories, purchase_categories{journey_columns}) VALUES (:u, :s, "
+        f":at, true, :at, :at, 0, 1, 1, 0, 0, 0, 0, 0, false, false, false, '{{}}', '{{}}', '{{}}'{journey_values})"),
         {"u": user, "s": session_id, "at": opened})
-    conn.execute(text("INSERT INTO session_journeys (user_key, session_id, opened_at, events, page_depth, "
-                      "steps_beyond, step_times, page_type, product_id, dwell_s, dwell_source, search_term, "
-                      "result_count, cart_add_after) VALUES (:u, :s, :at, 1, 1, 0, '{0}', '{home}', '{NULL}', "
-                      "'{NULL}', '{NULL}', '{NULL}', '{NULL}', '{NULL}')"), {"u": user, "s": session_id, "at": opened})
 
 
 def insert_delivery(conn, episode: str, triggered: datetime, attempts: int = 1) -> int:
@@ -96,7 +99,7 @@ def test_expired_partitions_go_with_their_companions_and_live_ones_stay(database
 
     # cutoff 2026-10-04 (less 12 hours for sessions): May to August go, whole, with their companions' partitions
     months = ("202605", "202606", "202607", "202608")
-    assert reports["sessions"].dropped == [f"{t}_p{m}" for m in months for t in ("sessions", "session_journeys")]
+    assert reports["sessions"].dropped == [f"sessions_p{m}" for m in months]  # the journeys in their rows (0033)
     assert reports["campaign_deliveries"].dropped == [f"{t}_p{m}" for m in months
                                                       for t in ("campaign_deliveries", "campaign_attempts")]
     assert reports["order_attribution"].dropped == [f"order_attribution_p{m}" for m in months]
@@ -107,7 +110,7 @@ def test_expired_partitions_go_with_their_companions_and_live_ones_stay(database
         assert column(conn, "SELECT episode FROM campaign_deliveries") == ["e-live"]
         assert column(conn, "SELECT delivery_id FROM campaign_attempts") == [live_delivery, live_delivery]
         assert column(conn, "SELECT conversion_id FROM order_attribution") == ["o-live"]
-        for table in ("sessions", "session_journeys", "campaign_deliveries", "campaign_attempts", "order_attribution"):
+        for table in ("sessions", "campaign_deliveries", "campaign_attempts", "order_attribution"):
             assert f"{table}_p202611" in partitions(conn, table) and f"{table}_p202605" not in partitions(conn, table)
             assert f"{table}_p202703" in partitions(conn, table)  # made ahead
     with engine.begin() as conn:  # the foreign key still holds, and still cascades
@@ -131,7 +134,7 @@ def test_a_sessions_partition_is_kept_while_its_sessions_can_still_be_updated(da
     within = run_retention(engine, settings, now=datetime(2026, 11, 30, 11, 59, tzinfo=UTC))
     assert {r.store: r for r in within}["sessions"].dropped == []
     past = run_retention(engine, settings, now=datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
-    assert {r.store: r for r in past}["sessions"].dropped == ["sessions_p202609", "session_journeys_p202609"]
+    assert {r.store: r for r in past}["sessions"].dropped == ["sessions_p202609"]
 
 
 def test_rows_in_the_default_partitions_move_with_their_attempts(database):
@@ -147,14 +150,15 @@ def test_rows_in_the_default_partitions_move_with_their_attempts(database):
     reports = {r.store: r for r in run_retention(engine, settings, now=NOW)}
     # past retention (395 and 730 days): deleted from the default partitions; the others moved, companions too
     assert (reports["campaign_deliveries"].rows_moved, reports["campaign_deliveries"].rows_deleted) == (4, 2)
-    assert (reports["sessions"].rows_moved, reports["sessions"].rows_deleted) == (2, 2)
+    assert (reports["sessions"].rows_moved, reports["sessions"].rows_deleted) == (1, 1)  # journeys in their rows
     assert {"campaign_deliveries_p202604", "campaign_attempts_p202604"} <= set(reports["campaign_deliveries"].created)
     with engine.connect() as conn:
         placed = conn.execute(text("SELECT DISTINCT tableoid::regclass::text FROM campaign_attempts")).scalars().all()
         assert placed == ["campaign_attempts_p202604"]
         assert conn.execute(text("SELECT count(*) FROM campaign_attempts WHERE delivery_id = :d"),
                             {"d": spring_id}).scalar_one() == 3  # the cascade found none of them while they moved
-        assert column(conn, "SELECT tableoid::regclass::text FROM session_journeys") == ["session_journeys_p202604"]
+        assert column(conn, "SELECT session_id FROM session_journeys") == ["s-spring"]  # moved with its session
+        assert column(conn, "SELECT tableoid::regclass::text FROM sessions") == ["sessions_p202604"]
         assert column(conn, "SELECT episode FROM campaign_deliveries") == ["e-spring"]
 
 
@@ -183,8 +187,8 @@ def fold_and_write(engine, events: list[Event], state: bytes | None, user: str =
 def session_rows(engine) -> list[tuple]:
     with engine.connect() as conn:
         return conn.execute(text(
-            "SELECT s.session_id, s.opened_at, s.started_at, s.events, s.tableoid::regclass::text, j.events, "
-            "j.tableoid::regclass::text FROM sessions s "
+            "SELECT s.session_id, s.opened_at, s.started_at, s.events, s.tableoid::regclass::text, j.events "
+            "FROM sessions s "
             "JOIN session_journeys j USING (user_key, session_id, opened_at) ORDER BY 1")).all()
 
 
@@ -196,7 +200,7 @@ def test_a_late_event_updating_an_old_session_lands_in_its_row(database):
     # its row stays the one it was keyed with, in March's partition, and takes the event.
     late = T_OPEN - timedelta(hours=2)
     state = fold_and_write(engine, [ev(3, late)], state, times=2)  # written twice: redelivered, the same row
-    assert session_rows(engine) == [("s1", T_OPEN, late, 3, "sessions_p202603", 3, "session_journeys_p202603")]
+    assert session_rows(engine) == [("s1", T_OPEN, late, 3, "sessions_p202603", 3)]
     # A second late event and a retention run that drops nothing live: still one row
     run_retention(engine, settings, now=T_OPEN + timedelta(days=1))
     fold_and_write(engine, [ev(4, late - timedelta(minutes=1))], state)
@@ -210,8 +214,8 @@ def test_a_late_event_moving_an_inactivity_session_gives_it_a_new_row_in_its_mon
     assert [r[0] for r in session_rows(engine)] == [f"t{int(T_OPEN.timestamp() * 1000)}"]
     late = T_OPEN - timedelta(minutes=20)  # within the inactivity gap: the same session, started in February
     fold_and_write(engine, [ev(2, late, session_id=None)], state)
-    assert session_rows(engine) == [(f"t{int(late.timestamp() * 1000)}", late, late, 2, "sessions_p202602", 2,
-                                      "session_journeys_p202602")]  # the old id's row retired, in March's
+    assert session_rows(engine) == [(f"t{int(late.timestamp() * 1000)}", late, late, 2, "sessions_p202602", 2)
+                                    ]  # the old id's row retired, in March's
 
 
 def test_a_merge_keeps_one_row_of_a_client_session_both_keys_opened(database):
@@ -272,10 +276,11 @@ def test_the_migration_converts_sessions_deliveries_and_attribution_that_hold_ro
         command.upgrade(config, "heads")
         with engine.connect() as conn:
             counts = {t: conn.execute(text(f"SELECT count(*), (SELECT count(*) FROM {t}_default) FROM {t}")).one()
-                      for t in ("sessions", "session_journeys", "campaign_deliveries", "campaign_attempts",
-                                "order_attribution")}
-            assert counts == {"sessions": (500, 0), "session_journeys": (500, 0), "campaign_deliveries": (300, 0),
+                      for t in ("sessions", "campaign_deliveries", "campaign_attempts", "order_attribution")}
+            assert counts == {"sessions": (500, 0), "campaign_deliveries": (300, 0),
                               "campaign_attempts": (600, 0), "order_attribution": (300, 0)}
+            # each journey in its session's row (migration 0033), shown by the view
+            assert conn.execute(text("SELECT count(*) FROM session_journeys")).scalar_one() == 500
             assert conn.execute(text("SELECT count(*) FROM sessions WHERE opened_at = started_at AND "
                                      "traffic_source = 'news'")).scalar_one() == 250  # still computed
             assert conn.execute(text("SELECT count(*) FROM campaign_attempts a JOIN campaign_deliveries d "

@@ -169,7 +169,6 @@ def sessions_table(key: Key) -> dict:
     for session_id, row in key.sessions.items():
         row = {**row, "revenue": Decimal(row["revenue"])}
         del row["opened_at"]
-        row["journey"] = {k: v for k, v in row["journey"].items() if k != "opened_at"}
         for name in ("view_categories", "cart_categories", "purchase_categories"):
             row[name] = sorted(row[name])
         table[session_id] = row

@@ -96,7 +96,7 @@ def test_defaults_per_store():
     assert {name: store.days for name, store in by_name.items()} == {
         "events": 395, "dead_letters": 28, "sessions": 395, "campaign_deliveries": 730, "order_attribution": 395}
     assert by_name["events"].unit == "month" and by_name["dead_letters"].unit == "day"
-    assert by_name["sessions"].tables == ("sessions", "session_journeys")
+    assert by_name["sessions"].tables == ("sessions",)  # its journey is in its row (migration 0033)
     assert by_name["campaign_deliveries"].tables == ("campaign_deliveries", "campaign_attempts")
     # a session is rewritten until its inactivity gap (lateness, for a client session) and the lateness have passed
     assert by_name["sessions"].margin == timedelta(hours=12) and not by_name["events"].margin

@@ -6,8 +6,7 @@ import importlib
 from spoor.storage.identities import RULES, unique_links
 from spoor.storage.tables import Base
 
-TABLE_MODULES = ("tables", "analytics_tables", "segment_tables", "metric_tables", "interest_tables", "attribution_tables",
-                 "journey_tables")
+TABLE_MODULES = ("tables", "analytics_tables", "segment_tables", "metric_tables", "interest_tables", "attribution_tables")
 
 
 def link(linked_id: str, user_key: str, status: str = "merged", **extra) -> dict:
