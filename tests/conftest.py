@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from spoor.settings import Settings
 from spoor.storage.write_keys import create_key
-from tests.support.local_stack import SpoorProcess, scratch_settings
+from tests.support.local_stack import SpoorProcess, delete_run_topics, scratch_settings
 
 
 def _reachable(address: str) -> bool:
@@ -35,7 +35,8 @@ def base_settings() -> Settings:
     if missing:
         pytest.fail(f"{' and '.join(missing)} not reachable: run `make test` (it starts them), "
                     "or `deploy/stack.sh infra` before pytest")
-    return settings
+    yield settings
+    delete_run_topics(settings)
 
 
 @pytest.fixture(scope="module")

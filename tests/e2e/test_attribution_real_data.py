@@ -18,7 +18,6 @@ import gzip
 import hashlib
 import subprocess
 import sys
-import uuid
 from datetime import timedelta
 from decimal import Decimal
 
@@ -30,7 +29,7 @@ from spoor.cli.collector_client import CollectorClient
 from spoor.cli.replay import Tally, online_retail_messages, rees46_messages
 from spoor.topics import create_segment_topics
 from tests.support.attribution_reference import KEY, as_set, attribution
-from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
+from tests.support.local_stack import REPO, SpoorProcess, free_port, run_id, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -163,7 +162,7 @@ def count_events(engine) -> int:
 def runner(test_settings, tmp_path_factory):
     """`spoor segments run`, whose turns attribute the orders of the people changed since the last."""
     settings = test_settings.model_copy(update={
-        "segments_topic": f"spoor.test-{uuid.uuid4().hex[:8]}.segments", "segments_poll_s": 0.5,
+        "segments_topic": f"spoor.test-{run_id(8)}.segments", "segments_poll_s": 0.5,
         "segments_web_port": free_port()})
     create_segment_topics(settings)
     log = open(tmp_path_factory.mktemp("runner") / "segments.log", "ab")

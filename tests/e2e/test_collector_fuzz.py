@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from spoor.bad_rows import dead_letter_row
 from spoor.events import decode_record, identity_record
-from tests.support.local_stack import wait_until
+from tests.support.local_stack import run_id, wait_until
 from tests.support.strategies import context, json_values, messages, plausible, some_messages, times
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -193,7 +193,7 @@ def read_topic(settings, topic: str, until, timeout: float = 60) -> list:
 
 
 def test_a_hostile_batch_costs_only_its_hostile_messages(stack, test_settings, write_key):
-    run = f"h{uuid.uuid4().hex[:8]}"
+    run = f"h{run_id(8)}"
     agent = f"hostile-batch-{run}"
     now = datetime.now(timezone.utc)
     body, must_reject, must_accept = hostile_batch(run, now, write_key)

@@ -16,7 +16,6 @@ switched off in turn, by the page or by `spoor users consent`, and for a person 
 import subprocess
 import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -27,7 +26,7 @@ from sqlalchemy import text
 from spoor.campaigns.webhook_delivery import verify
 from spoor.cli.collector_client import CollectorClient
 from spoor.topics import create_segment_topics, partition_for
-from tests.support.local_stack import REPO, SpoorProcess, free_port, spoor_commands, wait_until
+from tests.support.local_stack import REPO, SpoorProcess, free_port, run_id, spoor_commands, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 SECRET = "consent-webhook-secret"
@@ -41,7 +40,7 @@ ALL = {"Analytics": True, "Advertising": True, "Personalization": True, "Functio
 
 @pytest.fixture(scope="module")
 def settings(test_settings):
-    run = uuid.uuid4().hex[:8]
+    run = run_id(8)
     settings = test_settings.model_copy(update={
         "campaign_webhook_secret": SECRET, "admin_token": TOKEN, "admin_api_port": free_port(),
         "triggers_topic": f"spoor.test-{run}.triggers", "segments_topic": f"spoor.test-{run}.segments",
@@ -107,7 +106,7 @@ def metric(url: str, name: str) -> float:
 def test_each_purpose_switched_off_in_turn(settings, collector, write_key, engine, start_process, receiver,
                                            processes):
     worker = start_process("worker", consent_refresh_s=1.0, metric_lateness_s=60.0, metric_idle_partition_s=2.0)
-    run = uuid.uuid4().hex[:6]
+    run = run_id(6)
     full, no_analytics, no_marketing, no_personal, recorded_out = (
         f"{name}-{run}" for name in ("full", "no-analytics", "no-marketing", "no-personal", "recorded-out"))
     member, anon = f"member-{run}", f"anon-{run}"

@@ -34,7 +34,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from sqlalchemy import text
 from spoor.cli.collector_client import CollectorClient
 from spoor.privacy.erasure import audit_hash
 from spoor.topics import create_segment_topics, create_topics, erasure_deadline_s, partition_for
-from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
+from tests.support.local_stack import REPO, SpoorProcess, free_port, run_id, wait_until
 from tests.support.webhook_receiver import WebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -69,7 +68,7 @@ TEXT_COLUMNS = text("""
 @pytest.fixture(scope="module")
 def settings(test_settings):
     """Topics of this run with a 20 s retention (the erasure deadline made short enough to wait for)."""
-    run = uuid.uuid4().hex[:10]
+    run = run_id()
     settings = test_settings.model_copy(update={
         **{name: f"spoor.erasure-{run}.{suffix}" for name, suffix in (
             ("events_topic", "events"), ("dead_letter_topic", "events.dlq"), ("triggers_topic", "triggers"),

@@ -10,13 +10,11 @@ expects of a page that states the same (its fixtures and helpers are reused):
 | kafka_no_marketing| ``consent()``, Kafka transport    | yes       | no        |
 """
 
-import uuid
-
 import pytest
 from spoor_sdk import Client, KafkaTransport
 
 from tests.e2e.test_consent_matrix import ALL, keys, processes, rows, settings, spoor  # noqa: F401 (fixtures)
-from tests.support.local_stack import wait_until
+from tests.support.local_stack import run_id, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 SEGMENT, CAMPAIGN = "sdk_viewers", "sdk_consent"
@@ -34,7 +32,7 @@ action: {{webhook: "{receiver.url}"}}
 holdout_percent: 0
 """)
     spoor(settings, "campaigns", "launch", CAMPAIGN)
-    run = uuid.uuid4().hex[:6]
+    run = run_id(6)
     full, no_marketing, no_analytics, kafka_no_marketing = (
         f"sdk-{name}-{run}" for name in ("full", "no-marketing", "no-analytics", "kafka-no-marketing"))
     shoppers = [full, no_marketing, no_analytics, kafka_no_marketing]

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -21,7 +20,7 @@ from spoor.campaigns.webhook_delivery import verify
 from spoor.cli.collector_client import CollectorClient
 from spoor.privacy.erasure import audit_hash
 from spoor.topics import create_producer, create_segment_topics
-from tests.support.local_stack import REPO, SpoorProcess, free_port, spoor_commands, wait_until
+from tests.support.local_stack import REPO, SpoorProcess, free_port, run_id, spoor_commands, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 SECRET = "e2e-webhook-secret"
@@ -30,7 +29,7 @@ CAMPAIGN = "cart_rescue_e2e"
 
 @pytest.fixture(scope="module")
 def settings(test_settings):
-    run = uuid.uuid4().hex[:8]
+    run = run_id(8)
     settings = test_settings.model_copy(update={
         "campaign_webhook_secret": SECRET, "triggers_topic": f"spoor.test-{run}.triggers",
         "segments_topic": f"spoor.test-{run}.segments", "campaigns_dead_letter_topic": f"spoor.test-{run}.cdlq",
@@ -65,7 +64,7 @@ def spoor(settings, *args: str, stdin: str | None = None) -> str:
 
 
 def choose_users() -> tuple[list[str], list[str]]:
-    run = uuid.uuid4().hex[:6]
+    run = run_id(6)
     candidates = [f"e2e-{run}-{i}" for i in range(200)]
     treated = [u for u in candidates if not in_holdout(CAMPAIGN, u, 25)][:6]
     held = [u for u in candidates if in_holdout(CAMPAIGN, u, 25)][:2]

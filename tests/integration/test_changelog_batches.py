@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from spoor.stream_processors.durable_table import DurableTable
+from tests.support.local_stack import run_id
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 4
@@ -34,7 +35,7 @@ def read_all(bootstrap: str, topic: str) -> dict[int, list]:
 
 def test_changelog_records_go_in_batches_to_their_keys_partitions_and_their_offsets_are_kept(base_settings, tmp_path):
     bootstrap = base_settings.kafka_bootstrap
-    app = faust.App(f"changelog-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}", store="rocksdb://",
+    app = faust.App(f"changelog-{run_id(8)}", broker=f"kafka://{bootstrap}", store="rocksdb://",
                     datadir=str(tmp_path), key_serializer="raw", value_serializer="raw", producer_acks=-1,
                     producer_max_batch_size=BATCH_BYTES)
     table = DurableTable(app, name="profiles", partitions=PARTITIONS, use_partitioner=True, key_type=bytes,

@@ -17,7 +17,7 @@ from spoor.cli.admin_api import create_api
 from spoor.privacy.erasure import AuditKeyMissing, audit_hash, erase_user, erased_entries
 from spoor.storage.migrate import upgrade
 from spoor.topics import changelog_erasure_configs, create_segment_topics, create_topics, personal_retention
-from tests.support.local_stack import REPO, SpoorProcess
+from tests.support.local_stack import REPO, SpoorProcess, run_id
 from tests.support.scratch_db import ScratchDatabase
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ def test_without_the_audit_secret_nothing_is_erased_and_the_admin_api_does_not_s
 
 
 def test_dead_letters_naming_an_id_anywhere_go_and_the_audit_keeps_only_keyed_hashes(test_settings, engine):
-    run = uuid.uuid4().hex[:8]
+    run = run_id(8)
     user, anon, other = f"dl-user-{run}", f"dl-anon-{run}", f"dl-other-{run}"
     with engine.begin() as conn:
         insert_profile(conn, user)
@@ -113,7 +113,7 @@ def test_dead_letters_naming_an_id_anywhere_go_and_the_audit_keeps_only_keyed_ha
 
 
 def test_the_campaigns_that_sent_to_the_person_are_reported_as_recipients(test_settings, engine):
-    run = uuid.uuid4().hex[:8]
+    run = run_id(8)
     user = f"rcpt-{run}"
     with engine.begin() as conn:
         insert_profile(conn, user)
@@ -161,7 +161,7 @@ def topic_configs(admin: KafkaAdminClient, name: str) -> dict:
 
 
 def test_topic_creation_gives_existing_topics_and_changelogs_the_erasure_deadline(test_settings):
-    run = uuid.uuid4().hex[:8]
+    run = run_id(8)
     settings = test_settings.model_copy(update={
         "events_topic": f"spoor.test-{run}.events", "dead_letter_topic": f"spoor.test-{run}.dlq",
         "triggers_topic": f"spoor.test-{run}.triggers", "alerts_topic": f"spoor.test-{run}.alerts",

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import urllib.request
-import uuid
 from datetime import datetime, timezone
 
 import pytest
@@ -18,7 +17,7 @@ from spoor.cli.admin_api import create_api
 from spoor.segments.membership import SegmentStore
 from spoor.segments.segment_language import parse_segment
 from spoor.topics import create_segment_topics
-from tests.support.local_stack import REPO, SpoorProcess, free_port, wait_until
+from tests.support.local_stack import REPO, SpoorProcess, free_port, run_id, wait_until
 from tests.support.segments_data import profile, put_profiles
 
 pytestmark = pytest.mark.integration
@@ -97,7 +96,7 @@ def http_get(url: str) -> str:
 
 def test_broken_segments_do_not_stop_the_runner(test_settings, engine, tmp_path):
     now = datetime.now(timezone.utc)
-    run = uuid.uuid4().hex[:8]
+    run = run_id(8)
     put_profiles(engine, [profile(f"fail-{run}-1", now, orders=2, revenue="50", last_purchase_days=3),
                           profile(f"fail-{run}-2", now)])
     store = SegmentStore(engine)

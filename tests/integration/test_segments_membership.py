@@ -14,6 +14,7 @@ from spoor.segments.rfm import GROUPS
 from spoor.segments.segment_language import SegmentDefinitionError, parse_segment
 from spoor.storage.segment_tables import SegmentTransition
 from spoor.topics import create_producer, create_segment_topics
+from tests.support.local_stack import run_id
 from tests.support.segments_data import profile, put_activity, put_events, put_profiles
 
 pytestmark = pytest.mark.integration
@@ -181,8 +182,7 @@ def test_incremental_and_full_recompute_agree_and_history_is_kept(engine, store)
 
 
 def test_transitions_are_published_once_to_the_segments_topic(engine, test_settings):
-    import uuid
-    settings = test_settings.model_copy(update={"segments_topic": f"spoor.test-{uuid.uuid4().hex[:8]}.segments"})
+    settings = test_settings.model_copy(update={"segments_topic": f"spoor.test-{run_id(8)}.segments"})
     create_segment_topics(settings)
     producer = create_producer(settings, "test-segments")
     with engine.connect() as conn:

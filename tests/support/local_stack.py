@@ -2,6 +2,7 @@
 on the real Kafka and PostgreSQL, and real ``spoor`` processes."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,6 +12,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from kafka.admin import KafkaAdminClient
+from kafka.errors import UnknownTopicOrPartitionError
 
 from spoor.settings import Settings, environment
 from spoor.storage.migrate import upgrade
@@ -24,6 +28,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_RUN_IDS: set[str] = set()  # every run id made in this test session
+
+
+def run_id(length: int = 10) -> str:
+    """A fresh id (hex) for the names of a test's topics, consumer groups and worker app: the session deletes the
+    topics named with its ids when it ends (``delete_run_topics``)."""
+    run = uuid.uuid4().hex[:length]
+    _RUN_IDS.add(run)
+    return run
+
+
+def topic_names(settings: Settings) -> set[str]:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-tests")
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def delete_run_topics(settings: Settings) -> int:
+    """Deletes the topics named with this session's run ids (its tests' topics and their workers' Faust topics):
+    a broker kept between test sessions would otherwise gather thousands of partitions and take minutes to
+    start. Another session's topics on the same broker are not touched."""
+    ids = re.compile(rf"(?<![0-9a-f])({'|'.join(sorted(_RUN_IDS))})(?![0-9a-f])") if _RUN_IDS else None
+    made = sorted(name for name in topic_names(settings) if ids and ids.search(name))
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-tests")
+    try:
+        for start in range(0, len(made), 100):
+            try:
+                admin.delete_topics(made[start:start + 100], timeout_ms=60_000)
+            except UnknownTopicOrPartitionError:  # one was gone already: the request deleted the others
+                pass
+    finally:
+        admin.close()
+    return len(made)
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.25,
@@ -43,7 +84,7 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
 
 def scratch_settings(base: Settings, tmp_path_factory, prefix: str) -> tuple[Settings, ScratchDatabase]:
     """Settings of one test module: a fresh database (migrated), fresh topics, consumer group and ports."""
-    run = uuid.uuid4().hex[:10]
+    run = run_id()
     database = ScratchDatabase(base.database_url, f"{prefix.replace('-', '_')}_{run}")
     settings = base.model_copy(update={
         "database_url": database.url,
