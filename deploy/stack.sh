@@ -16,6 +16,9 @@ spoor="$venv/bin/spoor"
 workers=${SPOOR_WORKERS:-2}  # Faust worker processes sharing the partitions; the i-th serves worker_web_port+i-1
 worker_names=(worker); for i in $(seq 2 "$workers"); do worker_names+=("worker-$i"); done
 processes=(admin-api campaigns segments "${worker_names[@]}" collector)  # stop order
+# The collector answers clients and must keep taking events while the rest of a machine is busy; the workers and
+# the runners catch up from Kafka. So they run at a lower CPU priority (nice; 0 runs everything alike).
+background_nice=${SPOOR_BACKGROUND_NICE:-10}
 mkdir -p "$logs"
 
 running() { [[ -f "$run_dir/$1.pid" ]] && kill -0 "$(cat "$run_dir/$1.pid")" 2>/dev/null; }
@@ -49,12 +52,13 @@ agree() {  # variable, the value the settings give, the setting's variable
 }
 
 start_process() {  # name, health URL, seconds to wait, spoor arguments (default: the name)
-  local name=$1 health=$2 wait_s=$3
+  local name=$1 health=$2 wait_s=$3 priority=0
   shift 3
   if running "$name"; then echo "  $name already running"; return; fi
-  echo "  starting $name (log: $logs/$name.log)"
+  case $name in worker*|segments|campaigns) priority=$background_nice ;; esac
+  echo "  starting $name (log: $logs/$name.log)$([[ $priority == 0 ]] || echo ", nice $priority")"
   # PGAPPNAME (libpq): pg_stat_activity and pg_stat_statements tell whose connection it is.
-  PGAPPNAME="spoor-$name" nohup "$spoor" "${@:-$name}" >>"$logs/$name.log" 2>&1 &
+  PGAPPNAME="spoor-$name" nohup nice -n "$priority" "$spoor" "${@:-$name}" >>"$logs/$name.log" 2>&1 &
   echo $! >"$run_dir/$name.pid"
   for _ in $(seq 1 $((wait_s * 2))); do
     if curl -fsS -o /dev/null "$health" 2>/dev/null; then return; fi
