@@ -6,6 +6,8 @@ consumer group and ports, so tests never see each other's data.
 """
 
 import socket
+import warnings
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine
@@ -26,7 +28,7 @@ def _reachable(address: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def base_settings() -> Settings:
+def base_settings() -> Iterator[Settings]:
     settings = Settings()
     db = make_url(settings.database_url)
     missing = [name for name, address in (("Kafka", settings.kafka_bootstrap.split(",")[0]),
@@ -36,7 +38,10 @@ def base_settings() -> Settings:
         pytest.fail(f"{' and '.join(missing)} not reachable: run `make test` (it starts them), "
                     "or `deploy/stack.sh infra` before pytest")
     yield settings
-    delete_run_topics(settings)
+    try:
+        delete_run_topics(settings)
+    except Exception as error:  # the tests' outcome stands; the topics stay on the broker
+        warnings.warn(f"the test topics were not deleted: {error!r}", stacklevel=1)
 
 
 @pytest.fixture(scope="module")
