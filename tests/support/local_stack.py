@@ -41,22 +41,16 @@ def run_id(length: int = 10) -> str:
     return run
 
 
-def topic_names(settings: Settings) -> set[str]:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-tests")
-    try:
-        return set(admin.list_topics())
-    finally:
-        admin.close()
-
-
 def delete_run_topics(settings: Settings) -> int:
     """Deletes the topics named with this session's run ids (its tests' topics and their workers' Faust topics):
     a broker kept between test sessions would otherwise gather thousands of partitions and take minutes to
     start. Another session's topics on the same broker are not touched."""
-    ids = re.compile(rf"(?<![0-9a-f])({'|'.join(sorted(_RUN_IDS))})(?![0-9a-f])") if _RUN_IDS else None
-    made = sorted(name for name in topic_names(settings) if ids and ids.search(name))
+    if not _RUN_IDS:
+        return 0
+    ids = re.compile(rf"(?<![0-9a-f])({'|'.join(sorted(_RUN_IDS))})(?![0-9a-f])")
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap.split(","), client_id="spoor-tests")
     try:
+        made = sorted(name for name in admin.list_topics() if ids.search(name))
         for start in range(0, len(made), 100):
             try:
                 admin.delete_topics(made[start:start + 100], timeout_ms=60_000)
