@@ -96,6 +96,7 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.worker_web_host,
         web_port=settings.worker_web_port,
         fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
+        fetch_min_bytes=settings.worker_fetch_min_bytes,
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.events_topic, **raw)

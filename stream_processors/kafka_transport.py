@@ -14,9 +14,10 @@ from spoor.stream_processors.faust_internals import ConsumerHookApp, set_fetch_m
 
 
 class FetchWaitApp(ConsumerHookApp):
-    def __init__(self, *args, fetch_max_wait_ms: int, **kwargs):
+    def __init__(self, *args, fetch_max_wait_ms: int, fetch_min_bytes: int = 1, **kwargs):
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.fetch_min_bytes = fetch_min_bytes
         super().__init__(*args, **kwargs)
 
     def worker_consumer_built(self, consumer: AIOKafkaConsumer) -> None:
-        set_fetch_max_wait(consumer, self.fetch_max_wait_ms)  # read when start() builds the fetcher
+        set_fetch_max_wait(consumer, self.fetch_max_wait_ms, self.fetch_min_bytes)  # read when start() builds the fetcher

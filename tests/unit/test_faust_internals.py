@@ -70,11 +70,13 @@ ATTRIBUTES = [
     (rocksdb.Store, "_dbs"),
     (rocksdb.Store, "_key_index"),
     (AIOKafkaConsumer, "_fetch_max_wait_ms"),  # aiokafka annotates nothing: only set in __init__
+    (AIOKafkaConsumer, "_fetch_min_bytes"),
     (faust.Stream, "_processors"),  # take_batches
     (faust.Stream, "_active_agens"),  # track_batches; annotated where __init__ sets it
 ]
 
-UNDECLARED = {(AIOKafkaConsumer, "_fetch_max_wait_ms"), (faust.Stream, "_active_agens")}
+UNDECLARED = {(AIOKafkaConsumer, "_fetch_max_wait_ms"), (AIOKafkaConsumer, "_fetch_min_bytes"),
+              (faust.Stream, "_active_agens")}
 
 
 def _upgrade_hint(cls: type, name: str) -> str:
@@ -106,17 +108,18 @@ def test_aiokafka_still_builds_its_fetcher_from_the_fetch_wait_attribute():
     hint = _upgrade_hint(AIOKafkaConsumer, "_fetch_max_wait_ms")
     assert "fetch_max_wait_ms" in inspect.signature(AIOKafkaConsumer.__init__).parameters, \
         hint.format("lost its constructor argument")
-    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start), \
-        hint.format("is no longer what start() builds the fetcher from")
+    for name in ("fetch_max_wait_ms", "fetch_min_bytes"):
+        assert f"{name}=self._{name}" in inspect.getsource(AIOKafkaConsumer.start), \
+            _upgrade_hint(AIOKafkaConsumer, f"_{name}").format("is no longer what start() builds the fetcher from")
 
-    async def build() -> int:
+    async def build() -> tuple[int, int]:
         consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9092", fetch_max_wait_ms=1500)  # never started
         try:
-            set_fetch_max_wait(consumer, 37)
-            return consumer._fetch_max_wait_ms
+            set_fetch_max_wait(consumer, 37, 65536)
+            return consumer._fetch_max_wait_ms, consumer._fetch_min_bytes
         finally:
             await consumer.stop()
-    assert asyncio.run(build()) == 37
+    assert asyncio.run(build()) == (37, 65536)
 
 
 def test_committed_offset_reads_what_the_faust_consumer_keeps():
@@ -420,7 +423,7 @@ def test_faust_internals_itself_is_where_the_reaches_are():
     modules = _folder_modules(FOLDER)
     reaches = private_reaches(modules, exempt=tuple(name for name in modules if name != INTERNALS))
     reached = {name for _m, _l, what in reaches for name in re.findall(r"_[a-z][a-z_]*", what)}
-    assert {"_committed_offset", "_fetch_max_wait_ms", "_create_worker_consumer", "_new_consumer_thread",
+    assert {"_committed_offset", "_fetch_max_wait_ms", "_fetch_min_bytes", "_create_worker_consumer", "_new_consumer_thread",
             "_new_transport", "_new_store_by_url", "_set", "_get", "_del", "_contains", "_key_index", "_dbs",
             "_db_for_partition", "_enable_passive", "_processors", "_active_agens"} <= reached
     relied_on = {name for _cls, name, _params in METHODS} | {name for _cls, name in ATTRIBUTES}

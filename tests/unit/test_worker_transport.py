@@ -1,4 +1,4 @@
-"""The worker's Kafka consumer takes its fetch wait from settings, not Faust's fixed 1500 ms."""
+"""The worker's Kafka consumer takes its fetch wait and size from settings, not Faust's fixed 1500 ms and 1 byte."""
 
 import asyncio
 
@@ -8,20 +8,23 @@ from spoor.settings import Settings
 from spoor.stream_processors.app import create_app
 
 
-def fetch_wait_of(app: faust.App) -> int:
-    async def build() -> int:
+def fetch_wait_of(app: faust.App) -> tuple[int, int]:
+    """(the longest wait, the data waited for) of the worker's fetches."""
+    async def build() -> tuple[int, int]:
         kafka_consumer = app.consumer._thread._create_worker_consumer(app.transport)  # built, never started
         try:
-            return kafka_consumer._fetch_max_wait_ms
+            return kafka_consumer._fetch_max_wait_ms, kafka_consumer._fetch_min_bytes
         finally:
             await kafka_consumer.stop()
     return asyncio.run(build())
 
 
 def test_faust_alone_fixes_the_fetch_wait_at_1500_ms():
-    assert fetch_wait_of(faust.App("plain-faust", broker="kafka://127.0.0.1:9092")) == 1500
+    assert fetch_wait_of(faust.App("plain-faust", broker="kafka://127.0.0.1:9092")) == (1500, 1)
 
 
 def test_worker_consumer_uses_the_configured_fetch_wait():
-    assert fetch_wait_of(create_app(Settings())) == Settings().worker_fetch_max_wait_ms == 100
-    assert fetch_wait_of(create_app(Settings(worker_fetch_max_wait_ms=37))) == 37
+    defaults = Settings()
+    assert fetch_wait_of(create_app(defaults)) == (defaults.worker_fetch_max_wait_ms,
+                                                   defaults.worker_fetch_min_bytes)
+    assert fetch_wait_of(create_app(Settings(worker_fetch_max_wait_ms=37, worker_fetch_min_bytes=4096))) == (37, 4096)
