@@ -20,4 +20,5 @@ class FetchWaitApp(ConsumerHookApp):
         super().__init__(*args, **kwargs)
 
     def worker_consumer_built(self, consumer: AIOKafkaConsumer) -> None:
-        set_fetch_max_wait(consumer, self.fetch_max_wait_ms, self.fetch_min_bytes)  # read when start() builds the fetcher
+        # read when start() builds the fetcher
+        set_fetch_max_wait(consumer, self.fetch_max_wait_ms, self.fetch_min_bytes)

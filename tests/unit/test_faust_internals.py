@@ -423,8 +423,8 @@ def test_faust_internals_itself_is_where_the_reaches_are():
     modules = _folder_modules(FOLDER)
     reaches = private_reaches(modules, exempt=tuple(name for name in modules if name != INTERNALS))
     reached = {name for _m, _l, what in reaches for name in re.findall(r"_[a-z][a-z_]*", what)}
-    assert {"_committed_offset", "_fetch_max_wait_ms", "_fetch_min_bytes", "_create_worker_consumer", "_new_consumer_thread",
-            "_new_transport", "_new_store_by_url", "_set", "_get", "_del", "_contains", "_key_index", "_dbs",
+    assert {"_committed_offset", "_fetch_max_wait_ms", "_fetch_min_bytes", "_create_worker_consumer",
+            "_new_consumer_thread", "_new_transport", "_new_store_by_url", "_set", "_get", "_del", "_contains", "_key_index", "_dbs",
             "_db_for_partition", "_enable_passive", "_processors", "_active_agens"} <= reached
     relied_on = {name for _cls, name, _params in METHODS} | {name for _cls, name in ATTRIBUTES}
     assert reached <= relied_on, \
