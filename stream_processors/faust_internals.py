@@ -56,7 +56,7 @@ def kafka_producer(app: faust.App) -> AIOKafkaProducer:
     return app.producer._ensure_producer()
 
 
-def set_fetch_max_wait(consumer: AIOKafkaConsumer, ms: int, min_bytes: int = 1) -> None:
+def set_fetch_limits(consumer: AIOKafkaConsumer, ms: int, min_bytes: int) -> None:
     """Make a built, not yet started, aiokafka consumer wait at most ``ms`` for a fetch to hold ``min_bytes``."""
     # aiokafka 0.10.0-0.14.0: start() reads _fetch_max_wait_ms and _fetch_min_bytes; Faust 0.15.1-0.15.3 passes
     # the public fetch_max_wait_ms as 1500 and leaves fetch_min_bytes at aiokafka's 1

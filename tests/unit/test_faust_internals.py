@@ -38,7 +38,7 @@ from spoor.stream_processors.faust_internals import (
     PlacedRocksDBStore,
     StoreChoosingTable,
     committed_offset,
-    set_fetch_max_wait,
+    set_fetch_limits,
     track_batches,
 )
 
@@ -115,7 +115,7 @@ def test_aiokafka_still_builds_its_fetcher_from_the_fetch_wait_attribute():
     async def build() -> tuple[int, int]:
         consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9092", fetch_max_wait_ms=1500)  # never started
         try:
-            set_fetch_max_wait(consumer, 37, 65536)
+            set_fetch_limits(consumer, 37, 65536)
             return consumer._fetch_max_wait_ms, consumer._fetch_min_bytes
         finally:
             await consumer.stop()
