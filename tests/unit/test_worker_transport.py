@@ -3,6 +3,8 @@
 import asyncio
 
 import faust
+import pytest
+from pydantic import ValidationError
 
 from spoor.settings import Settings
 from spoor.stream_processors.app import create_app
@@ -28,3 +30,15 @@ def test_worker_consumer_uses_the_configured_fetch_wait():
     assert fetch_wait_of(create_app(defaults)) == (defaults.worker_fetch_max_wait_ms,
                                                    defaults.worker_fetch_min_bytes)
     assert fetch_wait_of(create_app(Settings(worker_fetch_max_wait_ms=37, worker_fetch_min_bytes=4096))) == (37, 4096)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", str(16 * 2**20 + 1), "lots", ""])
+def test_a_fetch_minimum_out_of_its_bounds_is_refused_by_name(monkeypatch, value):
+    monkeypatch.setenv("SPOOR_WORKER_FETCH_MIN_BYTES", value)
+    with pytest.raises(ValidationError, match="worker_fetch_min_bytes"):
+        Settings()
+
+
+def test_a_fetch_minimum_within_its_bounds_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SPOOR_WORKER_FETCH_MIN_BYTES", str(16 * 2**20))
+    assert Settings().worker_fetch_min_bytes == 16 * 2**20
