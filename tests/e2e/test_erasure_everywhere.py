@@ -179,17 +179,29 @@ def run_topics(settings) -> list[str]:
         admin.close()
 
 
+def every_record(consumer: KafkaConsumer, topic: str, timeout_s: float = 30):
+    """The topic's records from its start up to its end offsets read first. No idle timeout to wait out: a scan of
+    every topic takes well under a second, so records written meanwhile are seen before their 20 s retention ends
+    (with a 3 s idle timeout per topic a scan took 25 s, and a record written just after the scan passed its topic
+    could be deleted before the next scan reached it). A record deleted meanwhile moves the position to the end."""
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    ends = consumer.end_offsets(partitions)
+    deadline = time.monotonic() + timeout_s
+    while any(consumer.position(tp) < ends[tp] for tp in partitions):
+        assert time.monotonic() < deadline, f"{topic} not read to its end offsets {ends} in {timeout_s} s"
+        for batch in consumer.poll(timeout_ms=500).values():
+            yield from batch
+
+
 def topic_hits(settings, needles: list[str]) -> dict[str, set[str]]:
     """{topic: needles found in a key, value or header of any record}, every topic of the run from the start."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                             consumer_timeout_ms=3000)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
     hits: dict[str, set[str]] = {}
     try:
         for topic in run_topics(settings):
-            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-            consumer.assign(partitions)
-            consumer.seek_to_beginning(*partitions)
-            for record in consumer:
+            for record in every_record(consumer, topic):
                 blob = (record.key or b"") + b"\0" + (record.value or b"") + b"\0" + b"\0".join(
                     v or b"" for _, v in record.headers or ())
                 for needle in needles:
@@ -203,14 +215,10 @@ def topic_hits(settings, needles: list[str]) -> dict[str, set[str]]:
 def changelog_keys(settings, topic_suffix: str) -> set[bytes]:
     """Keys whose latest record on a changelog is a value (not a tombstone)."""
     topic = f"{settings.worker_app_id}-{topic_suffix}"
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                             consumer_timeout_ms=3000)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
     latest: dict[bytes, bytes | None] = {}
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        for record in consumer:
+        for record in every_record(consumer, topic):
             latest[record.key] = record.value
     finally:
         consumer.close()
