@@ -5,7 +5,9 @@ runner, served by the admin API from memory.
   segments runner makes the lists (``STORED_K`` long) of the users changed since its last pass whose
   interests changed since their list was made (``LISTS_BEHIND``: events, merges) or whose consent
   changed, and of the products whose popularity changed, then of users and products
-  without a list and of lists older than ``STORED_LIST_MAX_AGE_S``, oldest first. The work is bounded and
+  without a list and of lists older than ``STORED_LIST_MAX_AGE_S``, oldest first. An old list is remade only if
+  it was made before the last pass that found a change (``INPUTS_CHANGED``) or before the process started: a
+  shop with no traffic makes no list again, each made from the same rows as it would be. The work is bounded and
   paced (``ListPace``): ``LIST_SECONDS_PER_PASS`` for the changed ones (what is left waits for the next
   pass, after that pass's own changes), ``DUE_LISTS_SECONDS_PER_PASS`` for the others, resting as long as it worked, so the
   runner never takes more than half a core from the API and the worker beside it. A list is stored only if
@@ -28,6 +30,7 @@ import gc
 import logging
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 import orjson
@@ -64,19 +67,16 @@ USERS_MISSING = text("""
      WHERE NOT EXISTS (SELECT 1 FROM user_recommendations r WHERE r.user_key = u.user_key)
      LIMIT :n
 """)
-USERS_OLD = text("""
-    SELECT user_key FROM user_recommendations WHERE computed_at < now() - make_interval(secs => :max_age_s)
-     ORDER BY computed_at LIMIT :n
-""")
+# Lists made before :before (older than STORED_LIST_MAX_AGE_S, and made before the inputs last changed).
+USERS_OLD = text("SELECT user_key FROM user_recommendations WHERE computed_at < :before ORDER BY computed_at LIMIT :n")
 PRODUCTS_MISSING = text("""
     SELECT p.product_id FROM product_popularity p
      WHERE NOT EXISTS (SELECT 1 FROM product_recommendations r WHERE r.product_id = p.product_id)
      LIMIT :n
 """)
-PRODUCTS_OLD = text("""
-    SELECT product_id FROM product_recommendations WHERE computed_at < now() - make_interval(secs => :max_age_s)
-     ORDER BY computed_at LIMIT :n
-""")
+PRODUCTS_OLD = text("SELECT product_id FROM product_recommendations WHERE computed_at < :before"
+                    " ORDER BY computed_at LIMIT :n")
+DATABASE_NOW = text("SELECT now()")  # computed_at's clock
 # Of the users the pass was given, those whose list is missing or was made from other interests, or who had
 # ids merged into them since: newest change first. (Their profiles change for many reasons, their lists do not.)
 LISTS_BEHIND = text("""
@@ -239,6 +239,10 @@ class ListPace:
 # Changed keys a pass had no time for, made at the next pass after its own changes (of this process:
 # after a restart, their lists are remade when old).
 BACKLOG: dict[str, list[str]] = {"users": [], "products": []}
+# The database's time at the start of the last runner pass (``make_lists`` with ``since``) that found lists to
+# make for a change (users, consent, products), or at this process's first such pass (what changed while no
+# runner ran, and its lost backlog, are unknown). Lists made after it were made from the rows as they are.
+INPUTS_CHANGED: dict[str, datetime | None] = {"at": None}
 
 
 class RecommendationService:
@@ -267,17 +271,24 @@ class RecommendationService:
         pace = ListPace()
         with self.engine.connect() as conn:
             reads = self.products.reads(conn)
+            now = conn.execute(DATABASE_NOW).scalar_one()
             users, products = conn.execute(LISTS_BEHIND, {"keys": list(keys)}).scalars().all() if keys else [], []
             if since is not None:
                 users += conn.execute(CONSENT_CHANGED, {"since": since}).scalars().all()
                 products = conn.execute(PRODUCTS_CHANGED, {"since": since}).scalars().all()
-            made_users = self._make(conn, "users", users, (USERS_MISSING, USERS_OLD), pace,
+                if users or products or INPUTS_CHANGED["at"] is None:
+                    INPUTS_CHANGED["at"] = now
+            # Without ``since`` (a call outside the runner's passes), what changed is unknown: age alone.
+            inputs_changed = now if since is None else INPUTS_CHANGED["at"]
+            old_before = min(now - timedelta(seconds=STORED_LIST_MAX_AGE_S), inputs_changed)
+            made_users = self._make(conn, "users", users, (USERS_MISSING, USERS_OLD), old_before, pace,
                                     lambda key: self._store_user(conn, reads, key))
-            made_products = self._make(conn, "products", products, (PRODUCTS_MISSING, PRODUCTS_OLD), pace,
-                                       lambda key: self._store_product(conn, reads, key))
+            made_products = self._make(conn, "products", products, (PRODUCTS_MISSING, PRODUCTS_OLD), old_before,
+                                       pace, lambda key: self._store_product(conn, reads, key))
         return Made(made_users, made_products)
 
-    def _make(self, conn: Connection, kind: str, changed: list[str], due_queries, pace: ListPace, store) -> int:
+    def _make(self, conn: Connection, kind: str, changed: list[str], due_queries, old_before: datetime,
+              pace: ListPace, store) -> int:
         # Newest changes first: they are what shoppers on the site now did; the backlog's lists are stale already.
         queue = list(dict.fromkeys(changed + BACKLOG[kind]))
         BACKLOG[kind] = []
@@ -292,7 +303,7 @@ class RecommendationService:
         room = MAX_LISTS_PER_PASS - made
         due = conn.execute(missing, {"n": room}).scalars().all()
         if len(due) < room:
-            due += conn.execute(old, {"n": room - len(due), "max_age_s": STORED_LIST_MAX_AGE_S}).scalars().all()
+            due += conn.execute(old, {"n": room - len(due), "before": old_before}).scalars().all()
         budget_end = pace.worked + DUE_LISTS_SECONDS_PER_PASS
         listed = set(queue)
         for key in due:

@@ -24,6 +24,7 @@ from spoor.storage.identities import move_rows
 from spoor.storage.interests import fold_product_deltas
 from spoor.storage.recommendation_reads import (
     BACKLOG,
+    INPUTS_CHANGED,
     STORE_USER_LIST,
     STORED_K,
     STORED_LIST_MAX_AGE_S,
@@ -91,8 +92,10 @@ def served(engine):
 
 
 @pytest.fixture(autouse=True)
-def no_backlog():
+def a_new_runner():
+    """As in a runner just started: no backlog, no pass seen yet."""
     BACKLOG.update(users=[], products=[])
+    INPUTS_CHANGED.update(at=None)
 
 
 def computed(engine, user: str, k: int = STORED_K) -> dict:
@@ -306,6 +309,53 @@ def test_make_lists_caps_a_pass_carries_what_is_left_and_fills_in_missing_lists(
     left = list(BACKLOG["users"])
     assert make_lists(engine, users[5:6]).users == 1 and BACKLOG["users"] == left  # users[5] first
     assert stored(engine, users[5]) is not None
+
+
+def database_now(engine) -> datetime:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT now()")).scalar_one()
+
+
+def test_old_lists_are_made_again_only_after_a_change_or_a_restart(engine, writer, monkeypatch):
+    monkeypatch.setattr(recommendation_reads, "DUE_LISTS_SECONDS_PER_PASS", 60.0)  # every due list in one pass
+    ann = shop(writer, "i")
+    make_lists(engine, [ann], EPOCH)
+
+    def made_at() -> tuple[datetime, datetime]:
+        with engine.connect() as conn:
+            product = conn.execute(text("SELECT computed_at FROM product_recommendations WHERE product_id = 'i-P1'"))
+            return stored(engine, ann).computed_at, product.scalar_one()
+
+    def age_both() -> tuple[datetime, datetime]:
+        age(engine, "user_recommendations", "user_key", ann)
+        age(engine, "product_recommendations", "product_id", "i-P1")
+        return made_at()
+
+    # A runner's first pass remakes old lists even with nothing changed: what changed before it started is unknown.
+    INPUTS_CHANGED.update(at=None)
+    old = age_both()
+    make_lists(engine, [], database_now(engine))
+    first_pass = made_at()
+    assert first_pass[0] > old[0] and first_pass[1] > old[1]
+    # Idle: the last change was seen before the lists were made; old as they are, they stay (made from the same rows).
+    INPUTS_CHANGED.update(at=database_now(engine) - timedelta(seconds=STORED_LIST_MAX_AGE_S + 100))
+    old = age_both()
+    for _ in range(2):
+        make_lists(engine, [], database_now(engine))
+        assert made_at() == old
+    # Another shopper views i-P3: the product tables changed, so every list made before is due when old.
+    since = database_now(engine)
+    write(writer, [ev("i-bob-v", "i-bob", EventKind.PRODUCT_VIEW, NOW, "i-P3", category="i")])
+    make_lists(engine, ["i-bob"], since)
+    assert INPUTS_CHANGED["at"] > since
+    remade = made_at()
+    assert remade[0] > old[0] and remade[1] > old[1]
+    assert stored(engine, "i-bob") is not None
+    # Outside the runner's passes (no ``since``), age alone makes a list due.
+    INPUTS_CHANGED.update(at=database_now(engine) - timedelta(seconds=STORED_LIST_MAX_AGE_S + 100))
+    old = age_both()
+    make_lists(engine, [])
+    assert made_at()[0] > old[0] and made_at()[1] > old[1]
 
 
 def test_the_first_k_items_are_cut_from_the_served_bytes_whatever_the_ids_hold():
