@@ -6,8 +6,9 @@ runner, served by the admin API from memory.
   interests changed since their list was made (``LISTS_BEHIND``: events, merges) or whose consent
   changed, and of the products whose popularity changed, then of users and products
   without a list and of lists older than ``STORED_LIST_MAX_AGE_S``, oldest first. An old list is remade only if
-  it was made before the last pass that found a change (``INPUTS_CHANGED``) or before the process started: a
-  shop with no traffic makes no list again, each made from the same rows as it would be. The work is bounded and
+  the product tables changed after it was made (``PRODUCTS_CHANGED_AT``; the user's own changes remake it
+  above): a shop with no traffic makes no list again, each made from the same rows as it would be. A
+  process's first pass also makes the lists a stopped runner left behind (``LEFT_BEHIND``). The work is bounded and
   paced (``ListPace``): ``LIST_SECONDS_PER_PASS`` for the changed ones (what is left waits for the next
   pass, after that pass's own changes), ``DUE_LISTS_SECONDS_PER_PASS`` for the others, resting as long as it worked, so the
   runner never takes more than half a core from the API and the worker beside it. A list is stored only if
@@ -76,7 +77,18 @@ PRODUCTS_MISSING = text("""
 """)
 PRODUCTS_OLD = text("SELECT product_id FROM product_recommendations WHERE computed_at < :before"
                     " ORDER BY computed_at LIMIT :n")
-DATABASE_NOW = text("SELECT now()")  # computed_at's clock
+# When the product tables last changed: every fold that writes the affinity of a batch's events writes their
+# popularity, in the same turn or, if a worker committed between the two statements, the next. (The runner
+# folds before it makes lists, in one thread: no fold is open while a list is made.)
+PRODUCTS_CHANGED_AT = text("SELECT now(), max(updated_at) FROM product_popularity")
+# The lists made before their user's interests or consent last changed: what a stopped runner's backlog held.
+LEFT_BEHIND = text("""
+    SELECT r.user_key FROM user_recommendations r
+      JOIN (SELECT user_key, max(updated_at) AS changed_at FROM user_interests GROUP BY user_key) i USING (user_key)
+     WHERE r.interests_changed_at IS DISTINCT FROM i.changed_at
+    UNION
+    SELECT r.user_key FROM user_recommendations r JOIN user_consent c USING (user_key) WHERE c.updated_at >= r.computed_at
+""")
 # Of the users the pass was given, those whose list is missing or was made from other interests, or who had
 # ids merged into them since: newest change first. (Their profiles change for many reasons, their lists do not.)
 LISTS_BEHIND = text("""
@@ -236,13 +248,11 @@ class ListPace:
         return made
 
 
-# Changed keys a pass had no time for, made at the next pass after its own changes (of this process:
-# after a restart, their lists are remade when old).
+# Changed keys a pass had no time for, made at the next pass after its own changes (of this process: after a
+# restart, the first pass finds its users again with ``LEFT_BEHIND``; products changed have new popularity,
+# so their lists are due when old).
 BACKLOG: dict[str, list[str]] = {"users": [], "products": []}
-# The database's time at the start of the last runner pass (``make_lists`` with ``since``) that found lists to
-# make for a change (users, consent, products), or at this process's first such pass (what changed while no
-# runner ran, and its lost backlog, are unknown). Lists made after it were made from the rows as they are.
-INPUTS_CHANGED: dict[str, datetime | None] = {"at": None}
+LEFT_BEHIND_QUEUED = {"done": False}  # this process's first runner pass (``since`` given) looked for them
 
 
 class RecommendationService:
@@ -271,16 +281,16 @@ class RecommendationService:
         pace = ListPace()
         with self.engine.connect() as conn:
             reads = self.products.reads(conn)
-            now = conn.execute(DATABASE_NOW).scalar_one()
             users, products = conn.execute(LISTS_BEHIND, {"keys": list(keys)}).scalars().all() if keys else [], []
             if since is not None:
                 users += conn.execute(CONSENT_CHANGED, {"since": since}).scalars().all()
                 products = conn.execute(PRODUCTS_CHANGED, {"since": since}).scalars().all()
-                if users or products or INPUTS_CHANGED["at"] is None:
-                    INPUTS_CHANGED["at"] = now
-            # Without ``since`` (a call outside the runner's passes), what changed is unknown: age alone.
-            inputs_changed = now if since is None else INPUTS_CHANGED["at"]
-            old_before = min(now - timedelta(seconds=STORED_LIST_MAX_AGE_S), inputs_changed)
+                if not LEFT_BEHIND_QUEUED["done"]:
+                    users += conn.execute(LEFT_BEHIND).scalars().all()
+                    LEFT_BEHIND_QUEUED["done"] = True
+            # Old lists made after the product tables last changed were made from the rows as they are.
+            now, products_changed = conn.execute(PRODUCTS_CHANGED_AT).one()
+            old_before = min(now - timedelta(seconds=STORED_LIST_MAX_AGE_S), products_changed or now)
             made_users = self._make(conn, "users", users, (USERS_MISSING, USERS_OLD), old_before, pace,
                                     lambda key: self._store_user(conn, reads, key))
             made_products = self._make(conn, "products", products, (PRODUCTS_MISSING, PRODUCTS_OLD), old_before,

@@ -24,7 +24,7 @@ from spoor.storage.identities import move_rows
 from spoor.storage.interests import fold_product_deltas
 from spoor.storage.recommendation_reads import (
     BACKLOG,
-    INPUTS_CHANGED,
+    LEFT_BEHIND_QUEUED,
     STORE_USER_LIST,
     STORED_K,
     STORED_LIST_MAX_AGE_S,
@@ -93,9 +93,9 @@ def served(engine):
 
 @pytest.fixture(autouse=True)
 def a_new_runner():
-    """As in a runner just started: no backlog, no pass seen yet."""
+    """As in a runner that has run a while: no backlog, none left behind by another."""
     BACKLOG.update(users=[], products=[])
-    INPUTS_CHANGED.update(at=None)
+    LEFT_BEHIND_QUEUED.update(done=True)
 
 
 def computed(engine, user: str, k: int = STORED_K) -> dict:
@@ -316,7 +316,7 @@ def database_now(engine) -> datetime:
         return conn.execute(text("SELECT now()")).scalar_one()
 
 
-def test_old_lists_are_made_again_only_after_a_change_or_a_restart(engine, writer, monkeypatch):
+def test_old_lists_are_made_again_only_after_the_products_changed(engine, writer, monkeypatch):
     monkeypatch.setattr(recommendation_reads, "DUE_LISTS_SECONDS_PER_PASS", 60.0)  # every due list in one pass
     ann = shop(writer, "i")
     make_lists(engine, [ann], EPOCH)
@@ -331,31 +331,40 @@ def test_old_lists_are_made_again_only_after_a_change_or_a_restart(engine, write
         age(engine, "product_recommendations", "product_id", "i-P1")
         return made_at()
 
-    # A runner's first pass remakes old lists even with nothing changed: what changed before it started is unknown.
-    INPUTS_CHANGED.update(at=None)
+    # Idle: the product tables last changed before the lists were made. Old as they are, they stay.
     old = age_both()
-    make_lists(engine, [], database_now(engine))
-    first_pass = made_at()
-    assert first_pass[0] > old[0] and first_pass[1] > old[1]
-    # Idle: the last change was seen before the lists were made; old as they are, they stay (made from the same rows).
-    INPUTS_CHANGED.update(at=database_now(engine) - timedelta(seconds=STORED_LIST_MAX_AGE_S + 100))
-    old = age_both()
-    for _ in range(2):
-        make_lists(engine, [], database_now(engine))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE product_popularity SET updated_at = least(updated_at, now() - make_interval(secs => :s))"),
+                     {"s": STORED_LIST_MAX_AGE_S + 100})
+    for since in (database_now(engine), None):
+        make_lists(engine, [], since)
         assert made_at() == old
     # Another shopper views i-P3: the product tables changed, so every list made before is due when old.
     since = database_now(engine)
     write(writer, [ev("i-bob-v", "i-bob", EventKind.PRODUCT_VIEW, NOW, "i-P3", category="i")])
     make_lists(engine, ["i-bob"], since)
-    assert INPUTS_CHANGED["at"] > since
     remade = made_at()
     assert remade[0] > old[0] and remade[1] > old[1]
     assert stored(engine, "i-bob") is not None
-    # Outside the runner's passes (no ``since``), age alone makes a list due.
-    INPUTS_CHANGED.update(at=database_now(engine) - timedelta(seconds=STORED_LIST_MAX_AGE_S + 100))
-    old = age_both()
-    make_lists(engine, [])
-    assert made_at()[0] > old[0] and made_at()[1] > old[1]
+
+
+def test_a_restarted_runner_makes_the_lists_its_predecessor_left_behind(engine, writer):
+    ann, bob = shop(writer, "j"), "j-s1"
+    make_lists(engine, [ann, bob], EPOCH)
+    first_pass_done = database_now(engine)
+    made = {user: stored(engine, user) for user in (ann, bob)}
+    # Changes the runner was told of but had no time for: ann viewed another product, bob opted out.
+    write(writer, [ev("j-v3", ann, EventKind.PRODUCT_VIEW, NOW, "j-P2", category="j")])
+    set_consent(engine, bob, True)
+    # Its next pass would make them (past the changes' window: its cursor moved on); it stopped instead. Another
+    # runner's first pass finds both lists, though no key is given and their changes are out of its window.
+    since = database_now(engine)
+    make_lists(engine, [], since)
+    assert {user: stored(engine, user) for user in (ann, bob)} == made  # the same process: not looked for again
+    LEFT_BEHIND_QUEUED.update(done=False)
+    make_lists(engine, [], since)
+    assert stored(engine, ann).interests_changed_at > made[ann].interests_changed_at
+    assert stored(engine, bob).personal is False and stored(engine, bob).computed_at > first_pass_done
 
 
 def test_the_first_k_items_are_cut_from_the_served_bytes_whatever_the_ids_hold():
