@@ -7,9 +7,12 @@ over a few windows, then the medians. Run it on a stack nobody sends events to.
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
-from bench.proc_cpu import KINDS, StackCpu, cpu_delta
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.proc_cpu import KINDS, StackCpu, cpu_delta  # noqa: E402
 
 
 def window(stack: StackCpu, seconds: float) -> dict[str, float]:
