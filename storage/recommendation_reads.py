@@ -68,7 +68,7 @@ USERS_MISSING = text("""
      WHERE NOT EXISTS (SELECT 1 FROM user_recommendations r WHERE r.user_key = u.user_key)
      LIMIT :n
 """)
-# Lists made before :before (older than STORED_LIST_MAX_AGE_S, and made before the inputs last changed).
+# Lists made before :before (older than STORED_LIST_MAX_AGE_S, and made before the product tables last changed).
 USERS_OLD = text("SELECT user_key FROM user_recommendations WHERE computed_at < :before ORDER BY computed_at LIMIT :n")
 PRODUCTS_MISSING = text("""
     SELECT p.product_id FROM product_popularity p

@@ -92,8 +92,8 @@ def served(engine):
 
 
 @pytest.fixture(autouse=True)
-def a_new_runner():
-    """As in a runner that has run a while: no backlog, none left behind by another."""
+def a_runner_already_running():
+    """As in a runner past its first pass: no backlog, none left behind by another."""
     BACKLOG.update(users=[], products=[])
     LEFT_BEHIND_QUEUED.update(done=True)
 
