@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
-from bench.proc_cpu import StackCpu, cpu_delta
+from bench.proc_cpu import StackCpu, cpu_rates
 
 LIVE_CURSOR_S = 600
 TURN_METRIC = "spoor_segments_last_successful_turn_timestamp_seconds"
@@ -118,9 +118,7 @@ class Runners:
 
     def measure_idle(self, seconds: float) -> dict[str, float]:
         """The stack's CPU rate (cores) per kind over ``seconds`` of no traffic."""
-        before, started = self.stack_cpu.sample(), time.monotonic()
-        time.sleep(seconds)
-        rate = {k: v / (time.monotonic() - started) for k, v in cpu_delta(before, self.stack_cpu.sample()).items()}
+        rate = cpu_rates(self.stack_cpu, seconds)
         self.idle_cores = rate.get("postgres", 0) + rate.get("segments", 0) + rate.get("campaigns", 0)
         return rate
 

@@ -12,16 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.proc_cpu import KINDS, StackCpu, cpu_delta  # noqa: E402
-
-
-def window(stack: StackCpu, seconds: float) -> dict[str, float]:
-    """kind -> milliseconds of CPU per second over one window."""
-    before, started = stack.sample(), time.monotonic()
-    time.sleep(seconds)
-    spent = cpu_delta(before, stack.sample())
-    wall = time.monotonic() - started
-    return {kind: 1000 * cpu / wall for kind, cpu in spent.items()}
+from bench.proc_cpu import KINDS, StackCpu, cpu_rates  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +26,7 @@ def main() -> None:
         raise SystemExit(f"no stack's pid files in {args.run_dir} (deploy/stack.sh up starts one)")
     rates = []
     for n in range(args.windows):
-        rates.append(window(stack, args.seconds))
+        rates.append({kind: 1000 * cores for kind, cores in cpu_rates(stack, args.seconds).items()})
         print(f"window {n + 1} ({time.strftime('%X')}, {args.seconds:.0f} s), ms CPU per s: "
               + ", ".join(f"{kind} {rate:.1f}" for kind, rate in rates[-1].items()) + f"; total {sum(rates[-1].values()):.1f}",
               flush=True)

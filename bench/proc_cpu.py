@@ -16,6 +16,7 @@ processes does that.
 """
 
 import os
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -111,6 +112,15 @@ def cpu_sample(roots: Mapping[str, Iterable[int]]) -> dict[str, float]:
 def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     """kind -> CPU seconds between two samples (a kind missing from one counts zero there)."""
     return {kind: after.get(kind, 0.0) - before.get(kind, 0.0) for kind in dict.fromkeys([*before, *after])}
+
+
+def cpu_rates(stack: "StackCpu", seconds: float) -> dict[str, float]:
+    """kind -> cores (CPU seconds per second) of a stack over the next ``seconds``."""
+    before, started = stack.sample(), time.monotonic()
+    time.sleep(seconds)
+    spent = cpu_delta(before, stack.sample())
+    wall = time.monotonic() - started
+    return {kind: cpu / wall for kind, cpu in spent.items()}
 
 
 class StackCpu:
